@@ -1,0 +1,1 @@
+"""xlembed's command line (Typer): parses options, calls pipeline/, prints."""

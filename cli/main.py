@@ -1,0 +1,231 @@
+"""The `xlembed` command: one thin function per stage, plus `run`.
+
+Each command parses its options, calls the stage function in `pipeline/`
+and prints what it returned."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+from pipeline import __version__
+from pipeline.config import AlignOptions as A
+from pipeline.config import EncodeOptions as E
+from pipeline.config import ProjectOptions as P
+from pipeline.config import TokenizeOptions as T
+from pipeline.config import WorkDir
+from pipeline.config import WriteOptions as W
+from pipeline.io import XlembedError
+
+from . import options as o
+
+app = typer.Typer(
+    name="xlembed",
+    help="Build a Chinese word-embedding matrix from an English–Chinese parallel corpus and an English BERT.\n\n"
+         "Stages, in order: tokenize → encode → align → project → write; `run` does them all.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} {task.fields.get('unit', '')}/s" if speed else "", style="progress.data.speed")
+
+
+class RichReporter:
+    """Progress bars with count, rate, elapsed time and ETA, on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None, unit: str):
+        columns = [SpinnerColumn(), TextColumn("[bold]{task.description}")]
+        if total is not None:
+            columns += [BarColumn(), MofNCompleteColumn(), RateColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+        else:
+            columns += [TimeElapsedColumn()]
+        with Progress(*columns, console=err, disable=self.quiet, transient=False) as progress:
+            task_id = progress.add_task(description, total=total, unit=unit)
+
+            class Task:
+                def advance(self, n: int = 1) -> None:
+                    progress.advance(task_id, n)
+
+            yield Task()
+
+
+@contextlib.contextmanager
+def reported_errors():
+    """An XlembedError becomes one line on stderr and exit code 2."""
+    try:
+        yield
+    except XlembedError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/red]")
+        raise typer.Exit(130)
+
+
+def summarize(stage: str, record: dict, quiet: bool) -> None:
+    if quiet:
+        return
+    counts = record.get("counts", {})
+    text = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items() if isinstance(v, int))
+    seconds = record.get("seconds", {})
+    if isinstance(seconds, dict):
+        seconds = seconds.get(stage, 0.0)
+    err.print(f"[green]✔[/green] [bold]{stage}[/bold] ({seconds:.1f} s): {text}", highlight=False, soft_wrap=True)
+
+
+def version_callback(value: bool):
+    if value:
+        print(f"xlembed {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, help="Print the version and exit.")):
+    pass
+
+
+@app.command()
+def tokenize(
+    work: o.Work, config: o.Config = None,
+    tsv: o.Tsv = T.tsv, en: o.En = T.en, zh: o.Zh = T.zh, en_column: o.EnColumn = T.en_column, zh_column: o.ZhColumn = T.zh_column,
+    model: o.Model = T.model, user_dict: o.UserDict = T.user_dict, hmm: o.Hmm = T.hmm, quiet: o.Quiet = False,
+):
+    """Split both sides into words: English as the model's tokenizer pre-tokenizes, Chinese with jieba.
+
+    Writes WORK/corpus.en and WORK/corpus.zh (space-separated words, one pair per line). Pairs with an
+    empty side are dropped from both sides and counted."""
+    with reported_errors():
+        from pipeline.tokenize import tokenize as run_tokenize
+
+        opts = T(en=en, zh=zh, tsv=tsv, en_column=en_column, zh_column=zh_column, model=model, user_dict=user_dict, hmm=hmm)
+        summarize("tokenize", run_tokenize(opts, WorkDir(work), RichReporter(quiet)), quiet)
+
+
+@app.command()
+def encode(
+    work: o.Work, config: o.Config = None,
+    model: o.Model = E.model, layer: o.Layer = E.layer, batch_size: o.BatchSize = E.batch_size, max_length: o.MaxLength = E.max_length,
+    device: o.Device = E.device, shard_rows: o.ShardRows = E.shard_rows, quiet: o.Quiet = False,
+):
+    """Run the English BERT over WORK/corpus.en: one vector per English word (mean of its word pieces).
+
+    Identical sentences are encoded once, in length-sorted batches. Writes float16 shards and an index
+    from (sentence, word) to row under WORK/vectors/."""
+    with reported_errors():
+        from pipeline.encode import encode as run_encode
+
+        opts = E(model=model, layer=layer, batch_size=batch_size, max_length=max_length, device=device, shard_rows=shard_rows)
+        summarize("encode", run_encode(opts, WorkDir(work), RichReporter(quiet)), quiet)
+
+
+@app.command()
+def align(
+    work: o.Work, config: o.Config = None,
+    symmetrization: o.Symmetrization = A.symmetrization, align_model: o.AlignModel = A.align_model,
+    iterations: o.Iterations = A.iterations, samplers: o.Samplers = A.samplers, null_prior: o.NullPrior = A.null_prior,
+    quiet: o.Quiet = False,
+):
+    """Word-align the corpus with eflomal in both directions and symmetrise.
+
+    Writes WORK/align.links (zhIndex-enIndex per pair) and WORK/lexicon.tsv (zh, en, count, p(en|zh))."""
+    with reported_errors():
+        from pipeline.align import align as run_align
+
+        opts = A(symmetrization=symmetrization, align_model=align_model, iterations=iterations, samplers=samplers, null_prior=null_prior)
+        summarize("align", run_align(opts, WorkDir(work), RichReporter(quiet)), quiet)
+
+
+@app.command()
+def project(
+    work: o.Work, config: o.Config = None,
+    strategy: o.Strategy = P.strategy, min_count: o.MinCount = P.min_count, stopwords: o.Stopwords = P.stopwords,
+    quiet: o.Quiet = False,
+):
+    """Give each Chinese word the English vectors it is aligned to; also average each English word's vectors.
+
+    Writes per-word sums and counts (additive across corpus parts) to WORK/projection.*."""
+    with reported_errors():
+        from pipeline.project import project as run_project
+
+        opts = P(strategy=strategy, min_count=min_count, stopwords=stopwords)
+        summarize("project", run_project(opts, WorkDir(work), RichReporter(quiet)), quiet)
+
+
+@app.command()
+def write(
+    work: o.Work, out: o.Out, config: o.Config = None,
+    min_freq: o.MinFreq = W.min_freq, seed: o.Seed = W.seed, quiet: o.Quiet = False,
+):
+    """Fill rows without a projected vector with seeded random rows and write the matrix to OUT.
+
+    OUT gets embeddings.safetensors, vocab.txt, english.safetensors, english_vocab.txt and manifest.json."""
+    with reported_errors():
+        from pipeline.write import write as run_write
+
+        manifest = run_write(W(min_freq=min_freq, seed=seed), WorkDir(work), out)
+        summarize("write", manifest, quiet)
+        if not quiet:
+            err.print(f"wrote {out}/embeddings.safetensors", highlight=False)
+
+
+@app.command()
+def run(
+    out: o.Out, work: o.RunWork = None, config: o.Config = None,
+    tsv: o.Tsv = T.tsv, en: o.En = T.en, zh: o.Zh = T.zh, en_column: o.EnColumn = T.en_column, zh_column: o.ZhColumn = T.zh_column,
+    user_dict: o.UserDict = T.user_dict, hmm: o.Hmm = T.hmm,
+    model: o.Model = E.model, layer: o.Layer = E.layer, batch_size: o.BatchSize = E.batch_size, max_length: o.MaxLength = E.max_length,
+    device: o.Device = E.device, shard_rows: o.ShardRows = E.shard_rows,
+    symmetrization: o.Symmetrization = A.symmetrization, align_model: o.AlignModel = A.align_model,
+    iterations: o.Iterations = A.iterations, samplers: o.Samplers = A.samplers, null_prior: o.NullPrior = A.null_prior,
+    strategy: o.Strategy = P.strategy, min_count: o.MinCount = P.min_count, stopwords: o.Stopwords = P.stopwords,
+    min_freq: o.MinFreq = W.min_freq, seed: o.Seed = W.seed, quiet: o.Quiet = False,
+):
+    """Run every stage: tokenize → encode → align → project → write.
+
+    Example: xlembed run --tsv data/tatoeba/cmn-eng.tsv --out runs/demo"""
+    with reported_errors():
+        from pipeline.run import run as run_all
+
+        work_dir = WorkDir(work if work is not None else out.with_name(out.name + ".work"))
+        manifest = run_all(
+            T(en=en, zh=zh, tsv=tsv, en_column=en_column, zh_column=zh_column, model=model, user_dict=user_dict, hmm=hmm),
+            E(model=model, layer=layer, batch_size=batch_size, max_length=max_length, device=device, shard_rows=shard_rows),
+            A(symmetrization=symmetrization, align_model=align_model, iterations=iterations, samplers=samplers, null_prior=null_prior),
+            P(strategy=strategy, min_count=min_count, stopwords=stopwords),
+            W(min_freq=min_freq, seed=seed),
+            work_dir, out, RichReporter(quiet),
+            on_stage=lambda stage, record: summarize(stage, record, quiet),
+        )
+        if not quiet:
+            c = manifest["counts"]
+            err.print(f"wrote {out}/embeddings.safetensors: {c['vocab_size']:,} × {c['dim']} "
+                      f"({c['projected_rows']:,} projected, {c['filled_rows']:,} filled), "
+                      f"english.safetensors: {c['english_vocab_size']:,} × {c['dim']}", highlight=False)
+
+
+def entry() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

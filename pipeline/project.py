@@ -1,0 +1,142 @@
+"""Stage 4: project English contextual vectors onto Chinese words.
+
+For each aligned pair of positions (zh word i, en word j) of a sentence the
+vector of English occurrence j is added to the Chinese word's sum:
+
+- strategy `argmax` (default): only links whose English word is the Chinese
+  word's most probable translation (highest p(en|zh) in the lexicon), so
+  the row is that English word's vector averaged over the contexts where
+  the two are aligned;
+- strategy `weighted`: every link, i.e. the average over all aligned
+  English words, weighted by how often they are aligned.
+
+English word vectors (mean over all occurrences of each English word type)
+are accumulated in the same pass. Everything stored is a sum or a count per
+word, so projections of corpus parts can be added up.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .align import parse_links, read_lexicon
+from .config import STRATEGIES, ProjectOptions, WorkDir
+from .encode import VectorStore
+from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, read_json, require, sha256_file, write_json_atomic
+
+
+def read_stopwords(path) -> set[str]:
+    return {w for line in read_lines(path) for w in line.split()}
+
+
+def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_words: int, dim: int, task) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per word id: the sum (float64) and count of the vectors at `rows`,
+    streaming over the shards one at a time."""
+    order = np.argsort(rows, kind="stable")
+    word_ids, rows = word_ids[order], rows[order]
+    sums = torch.zeros((n_words, dim), dtype=torch.float64)
+    counts = torch.from_numpy(np.bincount(word_ids, minlength=n_words).astype(np.int64))
+    bounds = np.searchsorted(rows, store.shard_starts)
+    for k in range(store.n_shards):
+        lo, hi = bounds[k], bounds[k + 1]
+        if hi > lo:
+            shard = store.shard(k)
+            local = torch.from_numpy(rows[lo:hi] - store.shard_starts[k])
+            sums.index_add_(0, torch.from_numpy(word_ids[lo:hi]), shard[local].double())
+        task.advance()
+    return sums, counts
+
+
+def project(opts: ProjectOptions, work: WorkDir, reporter: Reporter = SilentReporter()) -> dict:
+    """Write per-word vector sums and counts for Chinese (projected) and
+    English words; return counts."""
+    start = time.perf_counter()
+    if opts.strategy not in STRATEGIES:
+        raise XlembedError(f"--strategy must be one of {', '.join(STRATEGIES)}, got '{opts.strategy}'")
+    if opts.min_count < 1:
+        raise XlembedError("--min-count must be at least 1")
+    store = VectorStore(work)
+    lexicon = read_lexicon(require(work.lexicon, "align"))
+    dim = read_json(require(work.record("encode"), "encode"))["dim"]
+    stopwords = read_stopwords(opts.stopwords) if opts.stopwords else set()
+    zh_sentences = [line.split(" ") for line in read_lines(require(work.corpus_zh, "tokenize"))]
+    en_sentences = [line.split(" ") for line in read_lines(work.corpus_en)]
+    links = [parse_links(line) for line in read_lines(require(work.links, "align"))]
+    if not len(zh_sentences) == len(en_sentences) == len(links) == len(store.sent_offsets) - 1:
+        raise XlembedError(f"{work.root}: corpus, links and vectors disagree on the number of sentences; rerun the earlier stages")
+
+    zh_freq = Counter(w for sent in zh_sentences for w in sent if w not in stopwords)
+    en_freq = Counter(w for sent in en_sentences for w in sent)
+    zh_vocab = sorted(zh_freq, key=lambda w: (-zh_freq[w], w))
+    en_vocab = sorted(en_freq, key=lambda w: (-en_freq[w], w))
+    zh_id = {w: i for i, w in enumerate(zh_vocab)}
+    en_id = {w: i for i, w in enumerate(en_vocab)}
+    best = {zh: entries[0] for zh, entries in lexicon.items()}  # (en, count, p), highest p first
+
+    # (Chinese word id, vector row) for every link that contributes
+    link_words, link_rows, links_without_vector = [], [], 0
+    for s, (zh, en, sentence_links) in enumerate(zip(zh_sentences, en_sentences, links)):
+        rows = store.rows_of(s)
+        for i, j in sentence_links:
+            word = zh[i]
+            if word in stopwords or (opts.strategy == "argmax" and en[j] != best[word][0]):
+                continue
+            if rows[j] < 0:
+                links_without_vector += 1
+                continue
+            link_words.append(zh_id[word])
+            link_rows.append(rows[j])
+    link_words = np.asarray(link_words, dtype=np.int64)
+    link_rows = np.asarray(link_rows, dtype=np.int64)
+    # (English word id, vector row) for every English occurrence with a vector
+    en_words = np.fromiter((en_id[w] for sent in en_sentences for w in sent), dtype=np.int64, count=len(store.word_rows))
+    has_vector = store.word_rows >= 0
+
+    with reporter.task("project", 2 * store.n_shards, "shards") as task:
+        zh_sum, zh_count = accumulate(store, link_words, link_rows, len(zh_vocab), dim, task)
+        en_sum, en_count = accumulate(store, en_words[has_vector], store.word_rows[has_vector], len(en_vocab), dim, task)
+
+    with atomic_path(work.projection) as tmp:
+        save_file(
+            {"zh_sum": zh_sum, "zh_count": zh_count, "zh_freq": torch.tensor([zh_freq[w] for w in zh_vocab], dtype=torch.int64),
+             "en_sum": en_sum, "en_count": en_count},
+            str(tmp), metadata={"strategy": opts.strategy, "min_count": str(opts.min_count), "dim": str(dim)},
+        )
+    with atomic_path(work.projection_zh_vocab) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("word\tfreq\taligned_en\tp_en_given_zh\n")
+        for w in zh_vocab:
+            en, _, p = best.get(w, ("", 0, 0.0))
+            f.write(f"{w}\t{zh_freq[w]}\t{en}\t{p:.6g}\n")
+    with atomic_path(work.projection_en_vocab) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("word\tfreq\n")
+        f.writelines(f"{w}\t{en_freq[w]}\n" for w in en_vocab)
+
+    n_projected = int((zh_count >= opts.min_count).sum())
+    record = dict(
+        stage="project",
+        options=vars(opts),
+        inputs={str(p): sha256_file(p) for p in (work.links, work.lexicon, work.vectors_index)},
+        counts=dict(zh_types=len(zh_vocab), zh_projected=n_projected, en_types=len(en_vocab),
+                    links_used=int(len(link_rows)), links_without_vector=links_without_vector,
+                    stopwords_dropped=len(stopwords & set(lexicon))),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    write_json_atomic(work.record("project"), record)
+    return record
+
+
+def load_projection(work: WorkDir) -> tuple[dict, list[tuple[str, int, str, float]], list[str]]:
+    """The projection tensors, the Chinese vocabulary rows
+    (word, freq, aligned English word, p) and the English vocabulary."""
+    tensors = load_file(str(require(work.projection, "project")))
+    zh_rows = []
+    for lineno, line in enumerate(read_lines(work.projection_zh_vocab)):
+        if lineno:
+            word, freq, en, p = line.split("\t")
+            zh_rows.append((word, int(freq), en, float(p)))
+    en_vocab = [line.split("\t")[0] for lineno, line in enumerate(read_lines(work.projection_en_vocab)) if lineno]
+    return tensors, zh_rows, en_vocab

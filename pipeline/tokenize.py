@@ -1,0 +1,143 @@
+"""Stage 1: read the parallel corpus and split both sides into words.
+
+English is split exactly as the model's tokenizer pre-tokenizes it (its
+normalizer included, so an uncased model's words are lowercased): every
+English word then maps to whole word pieces in `encode`. Chinese is
+NFKC-normalised and segmented by jieba.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import unicodedata
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .config import TokenizeOptions, WorkDir
+from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, sha256_file, write_json_atomic
+from .models import load_tokenizer, model_fingerprint, resolve_model_dir
+
+
+def english_splitter(model_dir: Path) -> Callable[[str], list[str]]:
+    """The model tokenizer's own normalizer and pre-tokenizer, as a function
+    from a sentence to its words."""
+    backend = load_tokenizer(model_dir).backend_tokenizer
+    normalizer, pre_tokenizer = backend.normalizer, backend.pre_tokenizer
+
+    def split(text: str) -> list[str]:
+        if normalizer is not None:
+            text = normalizer.normalize_str(text)
+        if pre_tokenizer is None:
+            return text.split()
+        words = (text[start:end].strip() for _, (start, end) in pre_tokenizer.pre_tokenize_str(text))
+        return [w for word in words for w in word.split()]
+
+    return split
+
+
+def chinese_splitter(user_dict: Path | None = None, hmm: bool = True) -> Callable[[str], list[str]]:
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    segmenter = jieba.Tokenizer()
+    if user_dict is not None:
+        if not Path(user_dict).is_file():
+            raise XlembedError(f"{user_dict}: jieba user dictionary does not exist")
+        segmenter.load_userdict(str(user_dict))
+
+    def split(text: str) -> list[str]:
+        text = unicodedata.normalize("NFKC", text)
+        return [w for token in segmenter.cut(text, HMM=hmm) for w in token.split()]
+
+    return split
+
+
+def _count_lines(path: Path) -> int | None:
+    if path.suffix == ".gz" or not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+
+
+def _pairs_from_tsv(path: Path, en_col: int, zh_col: int) -> Iterator[tuple[str, str]]:
+    need = max(en_col, zh_col)
+    for lineno, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            yield "", ""
+            continue
+        cols = line.split("\t")
+        if len(cols) < need:
+            raise XlembedError(f"{path}:{lineno}: has {len(cols)} tab-separated column(s), need at least {need}")
+        yield cols[en_col - 1], cols[zh_col - 1]
+
+
+def _pairs_from_files(en: Path, zh: Path) -> Iterator[tuple[str, str]]:
+    n_pairs = 0
+    for e, z in itertools.zip_longest(read_lines(en), read_lines(zh)):
+        if e is None or z is None:
+            # report both totals: count the rest of the longer file
+            n_en = sum(1 for _ in read_lines(en)) if e is not None else n_pairs
+            n_zh = sum(1 for _ in read_lines(zh)) if z is not None else n_pairs
+            raise XlembedError(f"line counts differ: {en} has {n_en} lines, {zh} has {n_zh}")
+        n_pairs += 1
+        yield e, z
+
+
+def tokenize(opts: TokenizeOptions, work: WorkDir, reporter: Reporter = SilentReporter()) -> dict:
+    """Write `corpus.en` and `corpus.zh` (space-separated words, one pair per
+    line) and return the counts."""
+    start = time.perf_counter()
+    if opts.tsv is not None:
+        if opts.en is not None or opts.zh is not None:
+            raise XlembedError("give either --tsv or --en/--zh, not both")
+        if min(opts.en_column, opts.zh_column) < 1 or opts.en_column == opts.zh_column:
+            raise XlembedError("--en-column and --zh-column must be different columns, counted from 1")
+        inputs = [Path(opts.tsv)]
+        pairs = _pairs_from_tsv(Path(opts.tsv), opts.en_column, opts.zh_column)
+    elif opts.en is not None and opts.zh is not None:
+        inputs = [Path(opts.en), Path(opts.zh)]
+        pairs = _pairs_from_files(Path(opts.en), Path(opts.zh))
+    else:
+        raise XlembedError("no corpus given: pass --tsv FILE, or both --en FILE and --zh FILE")
+    for p in inputs:  # fail early, before loading anything
+        if not p.exists():
+            raise XlembedError(f"{p}: file does not exist")
+        if p.is_dir():
+            raise XlembedError(f"{p}: is a directory, expected a file")
+
+    model_dir = resolve_model_dir(opts.model)
+    split_en = english_splitter(model_dir)
+    split_zh = chinese_splitter(opts.user_dict, opts.hmm)
+
+    counts = dict(pairs_read=0, pairs_kept=0, dropped_empty_en=0, dropped_empty_zh=0, en_words=0, zh_words=0)
+    work.root.mkdir(parents=True, exist_ok=True)
+    with atomic_path(work.corpus_en) as en_tmp, atomic_path(work.corpus_zh) as zh_tmp, \
+            open(en_tmp, "w", encoding="utf-8") as en_out, open(zh_tmp, "w", encoding="utf-8") as zh_out, \
+            reporter.task("tokenize", _count_lines(inputs[0]), "pairs") as task:
+        for en_text, zh_text in pairs:
+            counts["pairs_read"] += 1
+            task.advance()
+            en_words, zh_words = split_en(en_text), split_zh(zh_text)
+            if not en_words or not zh_words:
+                counts["dropped_empty_en"] += not en_words
+                counts["dropped_empty_zh"] += bool(en_words) and not zh_words
+                continue
+            en_out.write(" ".join(en_words) + "\n")
+            zh_out.write(" ".join(zh_words) + "\n")
+            counts["pairs_kept"] += 1
+            counts["en_words"] += len(en_words)
+            counts["zh_words"] += len(zh_words)
+        if counts["pairs_kept"] == 0:
+            raise XlembedError(f"{inputs[0]}: no sentence pair left after tokenization ({counts['pairs_read']} read)")
+    counts["pairs_dropped"] = counts["pairs_read"] - counts["pairs_kept"]
+    record = dict(
+        stage="tokenize",
+        options=dict(vars(opts), model=str(model_dir)),
+        inputs={str(p): sha256_file(p) for p in inputs},
+        model_fingerprint=model_fingerprint(model_dir),
+        counts=counts,
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    write_json_atomic(work.record("tokenize"), record)
+    return record
