@@ -100,11 +100,12 @@ def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReport
     tokenizer = load_tokenizer(model_dir)
     model = load_encoder(model_dir).to(device)
     layers = layer_indices(opts.layer, model.config.num_hidden_layers)
-    limit = getattr(model.config, "max_position_embeddings", None) or opts.max_length
+    # a --max-length beyond what the model can take is capped at its limit
+    max_length = min(opts.max_length, getattr(model.config, "max_position_embeddings", None) or opts.max_length)
     special_prefix, special_suffix = special_tokens(tokenizer)
     n_special = len(special_prefix) + len(special_suffix)
-    if not n_special < opts.max_length <= limit:
-        raise XlembedError(f"--max-length must be between {n_special + 1} and {limit} for this model, got {opts.max_length}")
+    if max_length <= n_special:
+        raise XlembedError(f"--max-length must be more than the {n_special} special tokens, got {opts.max_length}")
     prefix = len(special_prefix)
 
     # deduplicate sentences: sentence s is unique sentence unique_of[s]
@@ -112,7 +113,7 @@ def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReport
     unique_of = np.fromiter((unique_index.setdefault(line, len(unique_index)) for line in read_lines(corpus_en)), dtype=np.int64)
     unique_sentences = [line.split(" ") for line in unique_index]
     del unique_index
-    piece_ids, piece_words, has_vector, words_without_pieces = piece_plan(tokenizer, unique_sentences, opts.max_length - n_special)
+    piece_ids, piece_words, has_vector, words_without_pieces = piece_plan(tokenizer, unique_sentences, max_length - n_special)
 
     # rows in processing order: longest sentences first (memory peaks early)
     n_words = np.array([len(w) for w in unique_sentences], dtype=np.int64)
@@ -209,6 +210,7 @@ def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReport
     record = dict(
         stage="encode",
         options=dict(vars(opts), model=str(model_dir), device=str(device)),
+        max_length_used=max_length,
         inputs={str(corpus_en): sha256_file(corpus_en)},
         model_fingerprint=model_fingerprint(model_dir),
         dim=dim,

@@ -1,0 +1,49 @@
+import pytest
+
+from pipeline.align import format_links, grow_diag_final_and, lexicon_from_links, parse_links, symmetrize
+from pipeline.io import XlembedError
+
+# intersection {(0,0),(1,1)}; forward adds (3,3), reverse adds (0,3): far from
+# the intersection, so only final-and can add them, and only (3,3) has both
+# words unaligned.
+FORWARD = {(0, 0), (1, 1), (3, 3)}
+REVERSE = {(0, 0), (1, 1), (0, 3)}
+
+
+def test_intersect_and_union():
+    assert symmetrize(FORWARD, REVERSE, "intersect") == {(0, 0), (1, 1)}
+    assert symmetrize(FORWARD, REVERSE, "union") == {(0, 0), (1, 1), (3, 3), (0, 3)}
+
+
+def test_grow_diag_final_and_adds_only_links_of_unaligned_words():
+    assert grow_diag_final_and(FORWARD, REVERSE) == {(0, 0), (1, 1), (3, 3)}
+
+
+def test_grow_diag_grows_into_diagonal_neighbours():
+    # (2,2) is a diagonal neighbour of (1,1) and covers unaligned words
+    assert grow_diag_final_and({(0, 0), (1, 1), (2, 2)}, {(0, 0), (1, 1)}) == {(0, 0), (1, 1), (2, 2)}
+
+
+def test_grow_diag_skips_neighbours_whose_words_are_both_aligned():
+    # (0,1) neighbours (0,0) but zh 0 and en 1 are aligned already
+    assert grow_diag_final_and({(0, 0), (1, 1), (0, 1)}, {(0, 0), (1, 1)}) == {(0, 0), (1, 1)}
+
+
+def test_unknown_symmetrization_is_an_error():
+    with pytest.raises(XlembedError, match="symmetrization"):
+        symmetrize(FORWARD, REVERSE, "diagonal")
+
+
+def test_links_round_trip_in_pharaoh_format():
+    assert parse_links("2-1 0-0 1-3") == {(0, 0), (1, 3), (2, 1)}
+    assert format_links({(2, 1), (0, 0), (1, 3)}) == "0-0 1-3 2-1"
+    assert parse_links("3-4-P") == {(3, 4)}  # gold files mark possible links with -P
+
+
+def test_lexicon_counts_links_per_word_pair():
+    zh = [["猫", "喝", "水"], ["猫", "好"]]
+    en = [["cats", "drink", "water"], ["the", "cat", "is", "good"]]
+    links = [{(0, 0), (1, 1), (2, 2)}, {(0, 0), (0, 1), (1, 3)}]
+    lexicon = lexicon_from_links(zh, en, links)
+    assert lexicon["猫"] == {"cats": 1, "the": 1, "cat": 1}
+    assert lexicon["水"] == {"water": 1}

@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import ProjectOptions, WorkDir
+from pipeline.project import load_projection, project
+from pipeline.write import build_matrix
+
+from .conftest import write_fake_encoding
+
+# Two sentence pairs with hand-made alignments and known English vectors.
+#   0: 猫 喝 水 | cat drinks water        links 0-0 1-1 2-2
+#   1: 猫 很 好 | the cat is good         links 0-0 0-1 2-3
+#   2: 猫 水 | cat water                  links 0-0 1-1
+ZH = ["猫 喝 水", "猫 很 好", "猫 水"]
+EN = ["cat drinks water", "the cat is good", "cat water"]
+LINKS = ["0-0 1-1 2-2", "0-0 0-1 2-3", "0-0 1-1"]
+VECTORS = {
+    (0, 0): [1.0, 0.0], (0, 1): [0.0, 1.0], (0, 2): [2.0, 2.0],
+    (1, 0): [5.0, 5.0], (1, 1): [3.0, 1.0], (1, 2): [9.0, 9.0], (1, 3): [0.5, 0.25],
+    (2, 0): [2.0, 0.0], (2, 1): [4.0, 4.0],
+}
+# lexicon of 猫: cat 3 links, the 1 link -> argmax = cat
+
+
+def make_work(tmp_path, shard_rows=2) -> WorkDir:
+    work = WorkDir(tmp_path / "work")
+    work.root.mkdir(parents=True)
+    work.corpus_zh.write_text("\n".join(ZH) + "\n", encoding="utf-8")
+    work.corpus_en.write_text("\n".join(EN) + "\n", encoding="utf-8")
+    work.links.write_text("\n".join(LINKS) + "\n", encoding="utf-8")
+    work.lexicon.write_text(
+        "zh\ten\tcount\tp_en_given_zh\n"
+        "喝\tdrinks\t1\t1\n好\tgood\t1\t1\n水\twater\t2\t1\n猫\tcat\t3\t0.75\n猫\tthe\t1\t0.25\n", encoding="utf-8")
+    write_fake_encoding(work, [s.split() for s in EN], VECTORS, shard_rows=shard_rows)
+    return work
+
+
+def rows_by_word(work):
+    tensors, zh_rows, _ = load_projection(work)
+    mean = tensors["zh_sum"] / tensors["zh_count"].clamp(min=1).unsqueeze(1)
+    return {w: (mean[k].tolist(), int(tensors["zh_count"][k])) for k, (w, *_rest) in enumerate(zh_rows)}
+
+
+@pytest.mark.parametrize("shard_rows", [1, 2, 100])
+def test_argmax_averages_the_best_translation_over_its_contexts(tmp_path, shard_rows):
+    work = make_work(tmp_path, shard_rows)
+    project(ProjectOptions(strategy="argmax"), work)
+    rows = rows_by_word(work)
+    assert rows["猫"] == ([2.0, 1.0 / 3], 3)  # cat in sentences 0, 1, 2: (1,0) (3,1) (2,0)
+    assert rows["水"] == ([3.0, 3.0], 2)  # water: (2,2) and (4,4)
+    assert rows["好"] == ([0.5, 0.25], 1)
+    assert rows["很"] == ([0.0, 0.0], 0)  # unaligned: no projected vector
+
+
+def test_weighted_averages_every_aligned_english_word(tmp_path):
+    work = make_work(tmp_path)
+    project(ProjectOptions(strategy="weighted"), work)
+    rows = rows_by_word(work)
+    # cat (1,0) + the (5,5) + cat (3,1) + cat (2,0) over 4 links
+    assert rows["猫"] == ([11.0 / 4, 6.0 / 4], 4)
+
+
+def test_english_vectors_average_every_occurrence(tmp_path):
+    work = make_work(tmp_path)
+    project(ProjectOptions(), work)
+    tensors, _, en_vocab = load_projection(work)
+    en = dict(zip(en_vocab, (tensors["en_sum"] / tensors["en_count"].unsqueeze(1)).tolist()))
+    assert en["cat"] == [2.0, 1.0 / 3]
+    assert en["water"] == [3.0, 3.0]
+    assert en_vocab[:2] == ["cat", "water"]  # most frequent first
+
+
+def test_stopwords_leave_the_vocabulary(tmp_path):
+    work = make_work(tmp_path)
+    (tmp_path / "stop.txt").write_text("很\n喝\n", encoding="utf-8")
+    project(ProjectOptions(stopwords=tmp_path / "stop.txt"), work)
+    assert set(rows_by_word(work)) == {"猫", "水", "好"}
+
+
+def test_projection_statistics_are_additive(tmp_path):
+    """Projecting two halves and adding sums and counts gives the whole."""
+    whole = make_work(tmp_path / "whole")
+    project(ProjectOptions(), whole)
+    t_whole, zh_whole, _ = load_projection(whole)
+    sums, counts = {}, {}
+    for part, idx in (("a", [0]), ("b", [1, 2])):
+        work = WorkDir(tmp_path / part / "work")
+        work.root.mkdir(parents=True)
+        work.corpus_zh.write_text("".join(ZH[i] + "\n" for i in idx), encoding="utf-8")
+        work.corpus_en.write_text("".join(EN[i] + "\n" for i in idx), encoding="utf-8")
+        work.links.write_text("".join(LINKS[i] + "\n" for i in idx), encoding="utf-8")
+        work.lexicon.write_bytes(whole.lexicon.read_bytes())  # the same argmax choices
+        vec = {(n, j): VECTORS[(i, j)] for n, i in enumerate(idx) for j in range(len(EN[i].split()))}
+        write_fake_encoding(work, [EN[i].split() for i in idx], vec)
+        project(ProjectOptions(), work)
+        t, zh_rows, _ = load_projection(work)
+        for k, (w, *_rest) in enumerate(zh_rows):
+            sums[w] = sums.get(w, 0) + t["zh_sum"][k]
+            counts[w] = counts.get(w, 0) + int(t["zh_count"][k])
+    for k, (w, *_rest) in enumerate(zh_whole):
+        assert torch.equal(sums[w], t_whole["zh_sum"][k])
+        assert counts[w] == int(t_whole["zh_count"][k])
+
+
+def test_build_matrix_rows_specials_and_min_count():
+    zh_rows = [("猫", 3, "cat", 0.75), ("水", 2, "water", 1.0), ("很", 1, "", 0.0), ("好", 1, "good", 1.0)]
+    zh_sum = torch.tensor([[6.0, 2.0], [6.0, 6.0], [0.0, 0.0], [0.5, 0.25]], dtype=torch.float64)
+    zh_count = torch.tensor([3, 2, 0, 1])
+    vocab, rows, projected = build_matrix(zh_rows, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
+    assert vocab == ["[PAD]", "[UNK]", "猫", "水", "很", "好"]
+    assert projected.tolist() == [0, 0, 1, 1, 0, 1]
+    assert rows[0].tolist() == [0.0, 0.0]
+    assert rows[2].tolist() == [2.0, pytest.approx(2.0 / 3)]
+    assert rows[1].tolist() == pytest.approx([(2 + 3 + 0.5) / 3, (2 / 3 + 3 + 0.25) / 3])  # [UNK] = mean projected row
+    # min_count 2 drops 好's single context; min_freq 2 drops the rare words
+    vocab, rows, projected = build_matrix(zh_rows, zh_sum, zh_count, min_count=2, min_freq=2, seed=0)
+    assert vocab == ["[PAD]", "[UNK]", "猫", "水"]
+    assert projected.tolist() == [0, 0, 1, 1]

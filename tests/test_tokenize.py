@@ -1,0 +1,96 @@
+import gzip
+
+import pytest
+
+from pipeline.config import TokenizeOptions, WorkDir
+from pipeline.io import XlembedError
+from pipeline.tokenize import chinese_splitter, english_splitter, tokenize
+
+
+def run(tmp_path, model, **files):
+    work = WorkDir(tmp_path / "work")
+    record = tokenize(TokenizeOptions(model=model, **files), work)
+    return record, work.corpus_en.read_text("utf-8").splitlines(), work.corpus_zh.read_text("utf-8").splitlines()
+
+
+def test_english_is_split_like_the_model_pre_tokenizes(tiny_bert):
+    split = english_splitter(tiny_bert)
+    assert split("Hello, World! I don't   like CATS.") == ["hello", ",", "world", "!", "i", "don", "'", "t", "like", "cats", "."]
+    assert split("Café") == ["cafe"]  # the uncased model strips accents too
+
+
+def test_chinese_is_nfkc_normalised_and_segmented_without_whitespace_tokens():
+    split = chinese_splitter()
+    assert split("我喜欢猫。") == ["我", "喜欢", "猫", "。"]
+    assert split("ＡＢＣ　我\t喜欢") == ["ABC", "我", "喜欢"]  # full-width letters and space folded by NFKC
+
+
+def test_jieba_user_dictionary(tmp_path):
+    assert "喜欢猫" not in chinese_splitter()("我喜欢猫")
+    (tmp_path / "dict.txt").write_text("喜欢猫 100000\n", encoding="utf-8")
+    assert chinese_splitter(tmp_path / "dict.txt")("我喜欢猫") == ["我", "喜欢猫"]
+
+
+def test_tsv_with_bom_crlf_and_third_column(tmp_path, tiny_bert):
+    tsv = tmp_path / "c.tsv"
+    tsv.write_bytes("\ufeffHello.\t你好。\tCC-BY attribution\r\nI like cats.\t我喜欢猫。\tx\r\n".encode("utf-8"))
+    record, en, zh = run(tmp_path, tiny_bert, tsv=tsv)
+    assert en == ["hello .", "i like cats ."]
+    assert zh == ["你好 。", "我 喜欢 猫 。"]
+    assert record["counts"]["pairs_kept"] == 2 and record["counts"]["pairs_dropped"] == 0
+
+
+def test_tsv_columns_are_selectable(tmp_path, tiny_bert):
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("id1\t猫\tcat\n", encoding="utf-8")
+    _, en, zh = run(tmp_path, tiny_bert, tsv=tsv, en_column=3, zh_column=2)
+    assert (en, zh) == (["cat"], ["猫"])
+
+
+def test_empty_pairs_are_dropped_from_both_sides_and_the_rest_stay_paired(tmp_path, tiny_bert):
+    (tmp_path / "en.txt").write_text("the cat .\n\n...\nthe dog .\n   \nwater\n", encoding="utf-8")
+    (tmp_path / "zh.txt").write_text("猫。\n书\n点\n狗。\n水\n   \n", encoding="utf-8")
+    record, en, zh = run(tmp_path, tiny_bert, en=tmp_path / "en.txt", zh=tmp_path / "zh.txt")
+    assert en == ["the cat .", ". . .", "the dog ."]
+    assert zh == ["猫 。", "点", "狗 。"]
+    assert record["counts"]["dropped_empty_en"] == 2  # lines 2 and 5
+    assert record["counts"]["dropped_empty_zh"] == 1  # line 6
+    assert record["counts"]["pairs_dropped"] == 3
+
+
+def test_gzip_input(tmp_path, tiny_bert):
+    with gzip.open(tmp_path / "en.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("the cat\n")
+    with gzip.open(tmp_path / "zh.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("猫\n")
+    _, en, zh = run(tmp_path, tiny_bert, en=tmp_path / "en.txt.gz", zh=tmp_path / "zh.txt.gz")
+    assert (en, zh) == (["the cat"], ["猫"])
+
+
+def test_different_line_counts_name_both_counts(tmp_path, tiny_bert):
+    (tmp_path / "en.txt").write_text("a\nb\nc\n", encoding="utf-8")
+    (tmp_path / "zh.txt").write_text("甲\n乙\n", encoding="utf-8")
+    with pytest.raises(XlembedError, match=r"en.txt has 3 lines, .*zh.txt has 2"):
+        run(tmp_path, tiny_bert, en=tmp_path / "en.txt", zh=tmp_path / "zh.txt")
+    assert not (tmp_path / "work" / "corpus.en").exists()
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path, tiny_bert):
+    (tmp_path / "en.txt").write_bytes(b"the cat\nthe \xff dog\n")
+    (tmp_path / "zh.txt").write_text("猫\n狗\n", encoding="utf-8")
+    with pytest.raises(XlembedError, match=r"en.txt:2: not valid UTF-8"):
+        run(tmp_path, tiny_bert, en=tmp_path / "en.txt", zh=tmp_path / "zh.txt")
+
+
+def test_tsv_with_too_few_columns_names_the_line(tmp_path, tiny_bert):
+    (tmp_path / "c.tsv").write_text("cat\t猫\ndog only\n", encoding="utf-8")
+    with pytest.raises(XlembedError, match=r"c.tsv:2: has 1 tab-separated column"):
+        run(tmp_path, tiny_bert, tsv=tmp_path / "c.tsv")
+
+
+def test_missing_file_and_empty_corpus(tmp_path, tiny_bert):
+    with pytest.raises(XlembedError, match="nope.tsv: file does not exist"):
+        run(tmp_path, tiny_bert, tsv=tmp_path / "nope.tsv")
+    (tmp_path / "c.tsv").write_text("...\t\n\t\n", encoding="utf-8")
+    with pytest.raises(XlembedError, match="no sentence pair left"):
+        run(tmp_path, tiny_bert, tsv=tmp_path / "c.tsv")
