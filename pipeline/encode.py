@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import EncodeOptions, WorkDir
-from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, require, sha256_file, write_json_atomic
+from .io import Reporter, SilentReporter, XlembedError, read_lines, require, save_tensors, sha256_file, write_json_atomic
 from .models import load_encoder, load_tokenizer, model_fingerprint, resolve_model_dir
 
 TOKENIZE_CHUNK = 4096  # sentences per call of the Rust tokenizer
@@ -147,8 +147,7 @@ def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReport
 
     def flush():
         nonlocal buffer, buffered
-        with atomic_path(work.vectors_shard(len(shard_starts) - 1)) as tmp:
-            save_file({"vectors": torch.cat(buffer)}, str(tmp))
+        save_tensors(work.vectors_shard(len(shard_starts) - 1), {"vectors": torch.cat(buffer)})
         shard_starts.append(shard_starts[-1] + buffered)
         buffer, buffered = [], 0
 
@@ -201,12 +200,10 @@ def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReport
         vector_rows=int(n_rows),
         shards=len(shard_starts) - 1,
     )
-    with atomic_path(work.vectors_index) as tmp:
-        save_file(
-            {"sent_offsets": torch.from_numpy(sent_offsets), "word_rows": torch.from_numpy(word_rows),
-             "shard_starts": torch.tensor(shard_starts, dtype=torch.int64)},
-            str(tmp), metadata={"dim": str(dim), "rows": str(n_rows)},
-        )
+    save_tensors(work.vectors_index,
+                 {"sent_offsets": torch.from_numpy(sent_offsets), "word_rows": torch.from_numpy(word_rows),
+                  "shard_starts": torch.tensor(shard_starts, dtype=torch.int64)},
+                 metadata={"dim": str(dim), "rows": str(n_rows)})
     record = dict(
         stage="encode",
         options=dict(vars(opts), model=str(model_dir), device=str(device)),

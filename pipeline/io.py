@@ -132,6 +132,24 @@ def staged_dir(out: Path) -> Iterator[Path]:
             shutil.rmtree(stage)
 
 
+def save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write a .safetensors file atomically, byte-reproducibly: safetensors
+    serialises its metadata map in hash order, so the header is re-written
+    with sorted keys (the data section is the library's, unchanged)."""
+    import struct
+
+    from safetensors.torch import save
+
+    blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(header)) + header)
+            f.write(memoryview(blob)[8 + n:])
+
+
 class Task(Protocol):
     def advance(self, n: int = 1) -> None: ...
 

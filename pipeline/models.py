@@ -30,11 +30,24 @@ def default_model_dir() -> Path:
 
 
 def resolve_model_dir(model: Path | str | None) -> Path:
+    """The model directory, checked: it exists, its config is an
+    encoder-only (BERT-like) transformer, and it has weights."""
+    from transformers import AutoConfig
+
     path = default_model_dir() if model is None else Path(model)
     if not path.is_dir():
         raise XlembedError(f"{path}: model directory does not exist")
     if not (path / "config.json").exists():
         raise XlembedError(f"{path}: not a model directory (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # transformers raises many kinds here
+        raise XlembedError(f"{path}/config.json: not a transformers model config: {str(e).splitlines()[0]}")
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False) \
+            or not hasattr(config, "hidden_size") or not hasattr(config, "num_hidden_layers"):
+        raise XlembedError(f"{path}: model type '{config.model_type}' is not a BERT-like encoder")
+    if not any((path / name).exists() for name in WEIGHT_FILES):
+        raise XlembedError(f"{path}: no model weights ({' or '.join(WEIGHT_FILES[:2])})")
     return path.resolve()
 
 
@@ -66,25 +79,13 @@ def load_tokenizer(model_dir: Path):
 
 
 def load_encoder(model_dir: Path):
-    """Load a BERT-like encoder (an encoder-only transformer) in eval mode."""
+    """Load the encoder of a directory checked by `resolve_model_dir`, in eval mode."""
     import transformers
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-
     try:
-        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
-    except Exception as e:
-        raise XlembedError(f"{model_dir}: config.json is not a transformers model config: {str(e).splitlines()[0]}")
-    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
-        raise XlembedError(f"{model_dir}: model type '{config.model_type}' is not an encoder-only (BERT-like) model")
-    if not any((model_dir / name).exists() for name in WEIGHT_FILES):
-        raise XlembedError(f"{model_dir}: no model weights ({' or '.join(WEIGHT_FILES[:2])})")
-    try:
-        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+        return AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
     except Exception as e:
         raise XlembedError(f"{model_dir}: cannot load the model: {str(e).splitlines()[0]}")
-    if not hasattr(model.config, "hidden_size") or not hasattr(model.config, "num_hidden_layers"):
-        raise XlembedError(f"{model_dir}: model '{config.model_type}' has no hidden states to read word vectors from")
-    return model.eval()

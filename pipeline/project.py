@@ -21,12 +21,12 @@ from collections import Counter
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .align import parse_links, read_lexicon
 from .config import STRATEGIES, ProjectOptions, WorkDir
 from .encode import VectorStore
-from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, read_json, require, sha256_file, write_json_atomic
+from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, read_json, require, save_tensors, sha256_file, write_json_atomic
 
 
 def read_stopwords(path) -> set[str]:
@@ -100,12 +100,10 @@ def project(opts: ProjectOptions, work: WorkDir, reporter: Reporter = SilentRepo
         zh_sum, zh_count = accumulate(store, link_words, link_rows, len(zh_vocab), dim, task)
         en_sum, en_count = accumulate(store, en_words[has_vector], store.word_rows[has_vector], len(en_vocab), dim, task)
 
-    with atomic_path(work.projection) as tmp:
-        save_file(
-            {"zh_sum": zh_sum, "zh_count": zh_count, "zh_freq": torch.tensor([zh_freq[w] for w in zh_vocab], dtype=torch.int64),
-             "en_sum": en_sum, "en_count": en_count},
-            str(tmp), metadata={"strategy": opts.strategy, "min_count": str(opts.min_count), "dim": str(dim)},
-        )
+    save_tensors(work.projection,
+                 {"zh_sum": zh_sum, "zh_count": zh_count, "zh_freq": torch.tensor([zh_freq[w] for w in zh_vocab], dtype=torch.int64),
+                  "en_sum": en_sum, "en_count": en_count},
+                 metadata={"strategy": opts.strategy, "min_count": str(opts.min_count), "dim": str(dim)})
     with atomic_path(work.projection_zh_vocab) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("word\tfreq\taligned_en\tp_en_given_zh\n")
         for w in zh_vocab:

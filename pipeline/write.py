@@ -9,11 +9,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from . import __version__
 from .config import PAD, UNK, OutDir, WorkDir, WriteOptions
-from .io import XlembedError, check_output_dir, read_json, require, sha256_file, staged_dir, write_json_atomic
+from .io import XlembedError, check_output_dir, read_json, require, save_tensors, sha256_file, staged_dir, write_json_atomic
 from .project import load_projection
 
 STAGES = ("tokenize", "encode", "align", "project")
@@ -96,9 +95,9 @@ def write(opts: WriteOptions, work: WorkDir, out: Path) -> dict:
     )
     with staged_dir(out) as stage:
         o = OutDir(stage)
-        save_file({"embeddings": embeddings.contiguous(), "projected": projected}, str(o.embeddings), metadata=metadata)
+        save_tensors(o.embeddings, {"embeddings": embeddings, "projected": projected}, metadata)
         o.vocab.write_text("".join(w + "\n" for w in vocab), encoding="utf-8")
-        save_file({"embeddings": english.contiguous()}, str(o.english), metadata=dict(model=metadata["model"], layer=metadata["layer"]))
+        save_tensors(o.english, {"embeddings": english}, dict(model=metadata["model"], layer=metadata["layer"]))
         o.english_vocab.write_text("".join(w + "\n" for w in english_vocab), encoding="utf-8")
         seconds = {stage: records[stage]["seconds"] for stage in STAGES}
         seconds["write"] = round(time.perf_counter() - start, 3)
