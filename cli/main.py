@@ -7,11 +7,13 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
 from rich.text import Text
 
 from pipeline import __version__
@@ -221,6 +223,35 @@ def run(
             err.print(f"wrote {out}/embeddings.safetensors: {c['vocab_size']:,} × {c['dim']} "
                       f"({c['projected_rows']:,} projected, {c['filled_rows']:,} filled), "
                       f"english.safetensors: {c['english_vocab_size']:,} × {c['dim']}", highlight=False)
+
+
+@app.command("evaluate-alignment")
+def evaluate_alignment(
+    gold: Annotated[Path, typer.Option(help="Directory with train.zh (segmented), train.en and train.align (zhIndex-enIndex, -P = possible).")],
+    work: o.Work, config: o.Config = None,
+    align_model: o.AlignModel = A.align_model, iterations: o.Iterations = A.iterations, samplers: o.Samplers = A.samplers,
+    null_prior: o.NullPrior = A.null_prior,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores to this JSON file.")] = None,
+    quiet: o.Quiet = False,
+):
+    """Score word alignment against gold links: AER, precision and recall for each symmetrization.
+
+    The gold pairs are aligned together with WORK/corpus.* (run `xlembed tokenize` first) and only they are scored."""
+    with reported_errors():
+        from pipeline.evaluate import evaluate_alignment as run_evaluation
+        from pipeline.io import write_json_atomic
+
+        opts = A(align_model=align_model, iterations=iterations, samplers=samplers, null_prior=null_prior)
+        result = run_evaluation(gold, WorkDir(work), opts, RichReporter(quiet))
+        table = Table(title=f"alignment of {result['gold_pairs']} gold pairs (aligned with {result['corpus_pairs']:,} corpus pairs)")
+        for column in ("links", "AER", "precision", "recall"):
+            table.add_column(column, justify="right")
+        table.add_column("symmetrization", justify="left")
+        for method, s in result["scores"].items():
+            table.add_row(f"{s['links']:,}", f"{s['aer']:.3f}", f"{s['precision']:.3f}", f"{s['recall']:.3f}", method)
+        Console().print(table)
+        if json_out is not None:
+            write_json_atomic(json_out, result)
 
 
 def entry() -> None:
