@@ -117,3 +117,19 @@ def test_build_matrix_rows_specials_and_min_count():
     vocab, rows, projected = build_matrix(zh_rows, zh_sum, zh_count, min_count=2, min_freq=2, seed=0)
     assert vocab == ["[PAD]", "[UNK]", "猫", "水"]
     assert projected.tolist() == [0, 0, 1, 1]
+
+
+def test_filled_rows_follow_the_projected_rows_mean_and_spread():
+    generator = torch.Generator().manual_seed(1)
+    n_projected, n_filled = 3000, 3000
+    projected_rows = torch.randn((n_projected, 4), generator=generator, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5, 3.0]) + torch.tensor([5.0, -1.0, 0.0, 2.0])
+    zh_rows = [(f"w{k}", 1, "", 0.0) for k in range(n_projected + n_filled)]
+    zh_sum = torch.cat([projected_rows, torch.zeros((n_filled, 4), dtype=torch.float64)])
+    zh_count = torch.cat([torch.ones(n_projected, dtype=torch.int64), torch.zeros(n_filled, dtype=torch.int64)])
+    _, rows, projected = build_matrix(zh_rows, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
+    filled = rows[2:][projected[2:] == 0].double()
+    assert len(filled) == n_filled
+    torch.testing.assert_close(filled.mean(0), projected_rows.mean(0), atol=0.15, rtol=0)
+    torch.testing.assert_close(filled.std(0), projected_rows.std(0), atol=0, rtol=0.06)
+    _, again, _ = build_matrix(zh_rows, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
+    assert torch.equal(rows, again)
