@@ -39,9 +39,7 @@ err = Console(stderr=True)
 
 
 class RateColumn(ProgressColumn):
-    def __init__(self, unit: str):
-        super().__init__()
-        self.unit = unit
+    """Items per second, in the unit the task was given."""
 
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
@@ -58,7 +56,7 @@ class RichReporter:
     def task(self, description: str, total: int | None, unit: str):
         columns = [SpinnerColumn(), TextColumn("[bold]{task.description}")]
         if total is not None:
-            columns += [BarColumn(), MofNCompleteColumn(), RateColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+            columns += [BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
         else:
             columns += [TimeElapsedColumn()]
         with Progress(*columns, console=err, disable=self.quiet, transient=False) as progress:
