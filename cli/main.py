@@ -85,6 +85,11 @@ def reported_errors():
 def summarize(stage: str, record: dict, quiet: bool) -> None:
     if quiet:
         return
+    if record.get("skipped"):
+        err.print(f"[green]✔[/green] [bold]{stage}[/bold]: up to date, skipped (--force recomputes)", highlight=False)
+        return
+    if record.get("resumed_at_shard"):
+        err.print(f"  {stage}: resumed after {record['resumed_at_shard']} completed shard(s)", highlight=False)
     counts = record.get("counts", {})
     text = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items() if isinstance(v, int))
     seconds = record.get("seconds", {})
@@ -108,7 +113,7 @@ def main(version: bool = typer.Option(False, "--version", callback=version_callb
 def tokenize(
     work: o.Work, config: o.Config = None,
     tsv: o.Tsv = T.tsv, en: o.En = T.en, zh: o.Zh = T.zh, en_column: o.EnColumn = T.en_column, zh_column: o.ZhColumn = T.zh_column,
-    model: o.Model = T.model, user_dict: o.UserDict = T.user_dict, hmm: o.Hmm = T.hmm, quiet: o.Quiet = False,
+    model: o.Model = T.model, user_dict: o.UserDict = T.user_dict, hmm: o.Hmm = T.hmm, force: o.Force = False, quiet: o.Quiet = False,
 ):
     """Split both sides into words: English as the model's tokenizer pre-tokenizes, Chinese with jieba.
 
@@ -118,14 +123,14 @@ def tokenize(
         from pipeline.tokenize import tokenize as run_tokenize
 
         opts = T(en=en, zh=zh, tsv=tsv, en_column=en_column, zh_column=zh_column, model=model, user_dict=user_dict, hmm=hmm)
-        summarize("tokenize", run_tokenize(opts, WorkDir(work), RichReporter(quiet)), quiet)
+        summarize("tokenize", run_tokenize(opts, WorkDir(work), RichReporter(quiet), force), quiet)
 
 
 @app.command()
 def encode(
     work: o.Work, config: o.Config = None,
     model: o.Model = E.model, layer: o.Layer = E.layer, batch_size: o.BatchSize = E.batch_size, max_length: o.MaxLength = E.max_length,
-    device: o.Device = E.device, shard_rows: o.ShardRows = E.shard_rows, quiet: o.Quiet = False,
+    device: o.Device = E.device, shard_rows: o.ShardRows = E.shard_rows, force: o.Force = False, quiet: o.Quiet = False,
 ):
     """Run the English BERT over WORK/corpus.en: one vector per English word (mean of its word pieces).
 
@@ -135,7 +140,7 @@ def encode(
         from pipeline.encode import encode as run_encode
 
         opts = E(model=model, layer=layer, batch_size=batch_size, max_length=max_length, device=device, shard_rows=shard_rows)
-        summarize("encode", run_encode(opts, WorkDir(work), RichReporter(quiet)), quiet)
+        summarize("encode", run_encode(opts, WorkDir(work), RichReporter(quiet), force), quiet)
 
 
 @app.command()
@@ -143,7 +148,7 @@ def align(
     work: o.Work, config: o.Config = None,
     symmetrization: o.Symmetrization = A.symmetrization, align_model: o.AlignModel = A.align_model,
     iterations: o.Iterations = A.iterations, samplers: o.Samplers = A.samplers, null_prior: o.NullPrior = A.null_prior,
-    quiet: o.Quiet = False,
+    force: o.Force = False, quiet: o.Quiet = False,
 ):
     """Word-align the corpus with eflomal in both directions and symmetrise.
 
@@ -152,14 +157,14 @@ def align(
         from pipeline.align import align as run_align
 
         opts = A(symmetrization=symmetrization, align_model=align_model, iterations=iterations, samplers=samplers, null_prior=null_prior)
-        summarize("align", run_align(opts, WorkDir(work), RichReporter(quiet)), quiet)
+        summarize("align", run_align(opts, WorkDir(work), RichReporter(quiet), force), quiet)
 
 
 @app.command()
 def project(
     work: o.Work, config: o.Config = None,
     strategy: o.Strategy = P.strategy, min_count: o.MinCount = P.min_count, stopwords: o.Stopwords = P.stopwords,
-    quiet: o.Quiet = False,
+    force: o.Force = False, quiet: o.Quiet = False,
 ):
     """Give each Chinese word the English vectors it is aligned to; also average each English word's vectors.
 
@@ -168,7 +173,7 @@ def project(
         from pipeline.project import project as run_project
 
         opts = P(strategy=strategy, min_count=min_count, stopwords=stopwords)
-        summarize("project", run_project(opts, WorkDir(work), RichReporter(quiet)), quiet)
+        summarize("project", run_project(opts, WorkDir(work), RichReporter(quiet), force), quiet)
 
 
 @app.command()
@@ -198,7 +203,7 @@ def run(
     symmetrization: o.Symmetrization = A.symmetrization, align_model: o.AlignModel = A.align_model,
     iterations: o.Iterations = A.iterations, samplers: o.Samplers = A.samplers, null_prior: o.NullPrior = A.null_prior,
     strategy: o.Strategy = P.strategy, min_count: o.MinCount = P.min_count, stopwords: o.Stopwords = P.stopwords,
-    min_freq: o.MinFreq = W.min_freq, seed: o.Seed = W.seed, quiet: o.Quiet = False,
+    min_freq: o.MinFreq = W.min_freq, seed: o.Seed = W.seed, force: o.Force = False, quiet: o.Quiet = False,
 ):
     """Run every stage: tokenize → encode → align → project → write.
 
@@ -214,13 +219,27 @@ def run(
             P(strategy=strategy, min_count=min_count, stopwords=stopwords),
             W(min_freq=min_freq, seed=seed),
             work_dir, out, RichReporter(quiet),
-            on_stage=lambda stage, record: summarize(stage, record, quiet),
+            on_stage=lambda stage, record: summarize(stage, record, quiet), force=force,
         )
         if not quiet:
             c = manifest["counts"]
             err.print(f"wrote {out}/embeddings.safetensors: {c['vocab_size']:,} × {c['dim']} "
                       f"({c['projected_rows']:,} projected, {c['filled_rows']:,} filled), "
                       f"english.safetensors: {c['english_vocab_size']:,} × {c['dim']}", highlight=False)
+
+
+@app.command()
+def verify(out_dir: Annotated[Path, typer.Argument(help="An output directory of `xlembed write` or `xlembed run`.")]):
+    """Check an output directory: file checksums against manifest.json, and that rows, vocabulary lines,
+    the `projected` flags and the English matrix agree. Exit code 1 on any problem."""
+    from pipeline.verify import verify as run_verify
+
+    problems = run_verify(out_dir)
+    for problem in problems:
+        err.print(f"[red]✘[/red] {problem}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+    err.print(f"[green]✔[/green] {out_dir}: checksums and shapes agree", highlight=False)
 
 
 @app.command("evaluate-alignment")

@@ -31,6 +31,7 @@ Config = Annotated[Optional[Path], typer.Option(
 Work = Annotated[Path, typer.Option("--work", "-w", help="Directory of intermediate artifacts.", file_okay=False)]
 RunWork = Annotated[Optional[Path], typer.Option("--work", "-w", help="Directory of intermediate artifacts [default: OUT.work].", file_okay=False)]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (replaced as a whole when the job succeeds).")]
+Force = Annotated[bool, typer.Option("--force", "-f", help="Recompute even when the work directory's records show the result is up to date.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries (errors are still printed).")]
 
 # tokenize

@@ -11,7 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 from .config import SYMMETRIZATIONS, AlignOptions, WorkDir
-from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, require, sha256_file, write_json_atomic
+from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, require, write_json_atomic
+from .records import file_hash, invalidate, stage_key, up_to_date
 
 Links = set[tuple[int, int]]
 NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
@@ -96,12 +97,17 @@ def read_lexicon(path: Path) -> dict[str, list[tuple[str, int, float]]]:
     return lexicon
 
 
-def align(opts: AlignOptions, work: WorkDir, reporter: Reporter = SilentReporter()) -> dict:
+def align(opts: AlignOptions, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
     """Align `corpus.zh` with `corpus.en`; write the symmetrised links and the
-    lexical table; return counts."""
+    lexical table; return the record (counts; `skipped` when up to date)."""
     start = time.perf_counter()
     if opts.symmetrization not in SYMMETRIZATIONS:
         raise XlembedError(f"--symmetrization must be one of {', '.join(SYMMETRIZATIONS)}, got '{opts.symmetrization}'")
+    inputs = {str(p): file_hash(require(p, "tokenize")) for p in (work.corpus_zh, work.corpus_en)}
+    key = stage_key("align", inputs=list(inputs.values()), **vars(opts))
+    if not force and (record := up_to_date(work, "align", key)):
+        return dict(record, skipped=True)
+    invalidate(work, "align")
     zh_lines = list(read_lines(require(work.corpus_zh, "tokenize")))
     en_lines = list(read_lines(require(work.corpus_en, "tokenize")))
     if len(zh_lines) != len(en_lines):
@@ -131,8 +137,9 @@ def align(opts: AlignOptions, work: WorkDir, reporter: Reporter = SilentReporter
 
     record = dict(
         stage="align",
+        key=key,
         options=vars(opts),
-        inputs={str(p): sha256_file(p) for p in (work.corpus_zh, work.corpus_en)},
+        inputs=inputs,
         counts=dict(
             pairs=len(zh_lines),
             links=sum(len(links) for links in links_per_sentence),

@@ -120,6 +120,11 @@ class WorkDir:
     def vectors_index(self) -> Path:
         return self.vectors_dir / "index.safetensors"
 
+    @property
+    def vectors_progress(self) -> Path:
+        """Shards completed by an encode that has not finished."""
+        return self.vectors_dir / "progress.json"
+
     def vectors_shard(self, k: int) -> Path:
         return self.vectors_dir / f"shard-{k:05d}.safetensors"
 

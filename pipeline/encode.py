@@ -19,8 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 from .config import EncodeOptions, WorkDir
-from .io import Reporter, SilentReporter, XlembedError, read_lines, require, save_tensors, sha256_file, write_json_atomic
-from .models import load_encoder, load_tokenizer, model_fingerprint, resolve_model_dir
+from .io import Reporter, SilentReporter, XlembedError, read_json, read_lines, require, save_tensors, write_json_atomic
+from .models import load_encoder, load_tokenizer, resolve_model_dir
+from .records import file_hash, invalidate, model_hash, stage_key, up_to_date
 
 TOKENIZE_CHUNK = 4096  # sentences per call of the Rust tokenizer
 
@@ -87,8 +88,10 @@ def piece_plan(tokenizer, sentences: list[list[str]], max_pieces: int):
     return piece_ids, piece_words, has_vector, np.array(no_pieces, dtype=np.int64)
 
 
-def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReporter()) -> dict:
-    """Encode `corpus.en` into vector shards and their index; return counts."""
+def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
+    """Encode `corpus.en` into vector shards and their index; return the
+    record (counts; `skipped` when up to date, `resumed_at_shard` when an
+    interrupted run of the same key was continued)."""
     start = time.perf_counter()
     if opts.batch_size < 1:
         raise XlembedError("--batch-size must be at least 1")
@@ -97,6 +100,13 @@ def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReport
     device = resolve_device(opts.device)
     corpus_en = require(work.corpus_en, "tokenize")
     model_dir = resolve_model_dir(opts.model)
+    options = dict(vars(opts), model=str(model_dir), device=str(device))
+    key = stage_key("encode", corpus_en=file_hash(corpus_en), model=model_hash(model_dir),
+                    **{k: v for k, v in options.items() if k != "model"})
+    if not force and (record := up_to_date(work, "encode", key)):
+        return dict(record, skipped=True)
+    invalidate(work, "encode")
+
     tokenizer = load_tokenizer(model_dir)
     model = load_encoder(model_dir).to(device)
     layers = layer_indices(opts.layer, model.config.num_hidden_layers)
@@ -138,22 +148,34 @@ def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReport
     within = np.arange(sent_offsets[-1]) - np.repeat(sent_offsets[:-1], lengths)
     word_rows = unique_flat[np.repeat(unique_offsets[:-1][unique_of], lengths) + within]
 
+    # resume after the last completed shard of an interrupted run with this key
+    shard_starts, next_sentence = [0], 0
+    progress = read_progress(work, key)
+    if progress is not None:
+        shard_starts, next_sentence = progress["shard_starts"], progress["next_sentence"]
+    resumed_at_shard = len(shard_starts) - 1 if progress is not None else None
     work.vectors_dir.mkdir(parents=True, exist_ok=True)
     for old in work.vectors_dir.glob("shard-*.safetensors"):
-        old.unlink()
+        if int(old.stem.split("-")[1]) >= len(shard_starts) - 1:
+            old.unlink()
+    if progress is None:
+        work.vectors_progress.unlink(missing_ok=True)
+
     dim = model.config.hidden_size
-    shard_starts, buffer, buffered = [0], [], 0
+    buffer, buffered = [], 0
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    def flush():
+    def flush(next_sentence: int):
         nonlocal buffer, buffered
         save_tensors(work.vectors_shard(len(shard_starts) - 1), {"vectors": torch.cat(buffer)})
         shard_starts.append(shard_starts[-1] + buffered)
         buffer, buffered = [], 0
+        write_json_atomic(work.vectors_progress, dict(key=key, shard_starts=shard_starts, next_sentence=next_sentence))
 
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     with torch.inference_mode(), autocast, reporter.task("encode", len(order), "sentences") as task:
-        for b in range(0, len(order), opts.batch_size):
+        task.advance(next_sentence)
+        for b in range(next_sentence, len(order), opts.batch_size):
             batch = order[b:b + opts.batch_size]
             inputs = [special_prefix + piece_ids[u].tolist() + special_suffix for u in batch]
             width = max(len(x) for x in inputs)
@@ -166,7 +188,7 @@ def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReport
             batch_rows = [unique_rows[u][piece_words[u]] for u in batch]
             row_start = min((r.min() for r in batch_rows if len(r)), default=0)
             piece_sentence = np.repeat(np.arange(len(batch)), [len(r) for r in batch_rows])
-            piece_position = np.concatenate([np.arange(len(r)) + prefix for r in batch_rows]) if len(batch_rows) else np.zeros(0)
+            piece_position = np.concatenate([np.arange(len(r)) + prefix for r in batch_rows])
             piece_target = np.concatenate(batch_rows) - row_start
             n_batch_rows = int(sum(has_vector[u].sum() for u in batch))
 
@@ -184,10 +206,10 @@ def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReport
             buffer.append((sums / counts).to(torch.float16).cpu())
             buffered += n_batch_rows
             if buffered >= opts.shard_rows:
-                flush()
+                flush(b + len(batch))
             task.advance(len(batch))
         if buffered or len(shard_starts) == 1:
-            flush()
+            flush(len(order))
 
     n_vec_words = int((word_rows >= 0).sum())
     counts = dict(
@@ -206,16 +228,32 @@ def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReport
                  metadata={"dim": str(dim), "rows": str(n_rows)})
     record = dict(
         stage="encode",
-        options=dict(vars(opts), model=str(model_dir), device=str(device)),
+        key=key,
+        options=options,
         max_length_used=max_length,
-        inputs={str(corpus_en): sha256_file(corpus_en)},
-        model_fingerprint=model_fingerprint(model_dir),
+        inputs={str(corpus_en): file_hash(corpus_en)},
+        model_sha256=model_hash(model_dir),
         dim=dim,
         counts=counts,
+        resumed_at_shard=resumed_at_shard,
         seconds=round(time.perf_counter() - start, 3),
     )
     write_json_atomic(work.record("encode"), record)
+    work.vectors_progress.unlink(missing_ok=True)
     return record
+
+
+def read_progress(work: WorkDir, key: str) -> dict | None:
+    """The progress of an interrupted encode with this key, if its shards are all there."""
+    try:
+        progress = read_json(work.vectors_progress)
+    except (OSError, ValueError):
+        return None
+    if progress.get("key") != key:
+        return None
+    if not all(work.vectors_shard(k).exists() for k in range(len(progress["shard_starts"]) - 1)):
+        return None
+    return progress
 
 
 class VectorStore:

@@ -3,6 +3,7 @@ writes, stage records, and the progress-reporting protocol."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gzip
 import hashlib
 import json
@@ -113,23 +114,55 @@ def check_output_dir(out: Path) -> None:
 @contextlib.contextmanager
 def staged_dir(out: Path) -> Iterator[Path]:
     """Yield an empty staging directory beside `out`; on success it replaces
-    `out` as a whole, on failure it is removed and `out` is left as it was."""
+    `out` as a whole (an atomic exchange on Linux), on failure it is removed
+    and `out` is left as it was. Leftovers of a killed earlier write are
+    cleared first."""
     out = Path(out)
     check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in out.parent.glob(f".{out.name}.*.old"):  # killed between the two renames of the fallback
+        if not out.exists():
+            os.replace(old, out)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         yield stage
-        if out.exists():
+        for path in stage.iterdir():
+            _fsync(path)
+        _fsync(stage)
+        if not out.exists():
+            os.replace(stage, out)
+        elif not _exchange(stage, out):
             old = out.with_name(f".{out.name}.{os.getpid()}.old")
             os.replace(out, old)
             os.replace(stage, out)
             shutil.rmtree(old)
-        else:
-            os.replace(stage, out)
+        _fsync(out.parent)
     finally:
-        if stage.exists():
+        if stage.exists():  # the previous result after an exchange, or a failed write
             shutil.rmtree(stage)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False
+    where the system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:

@@ -6,7 +6,6 @@ be a local directory.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -49,20 +48,6 @@ def resolve_model_dir(model: Path | str | None) -> Path:
     if not any((path / name).exists() for name in WEIGHT_FILES):
         raise XlembedError(f"{path}: no model weights ({' or '.join(WEIGHT_FILES[:2])})")
     return path.resolve()
-
-
-def model_fingerprint(model_dir: Path) -> str:
-    """Identifies a model directory's contents cheaply: config, tokenizer
-    files and the size of the weights."""
-    h = hashlib.sha256()
-    for p in sorted(model_dir.iterdir()):
-        if p.is_file():
-            h.update(p.name.encode())
-            if p.stat().st_size < (1 << 20):
-                h.update(p.read_bytes())
-            else:
-                h.update(str(p.stat().st_size).encode())
-    return h.hexdigest()[:16]
 
 
 @lru_cache(maxsize=4)

@@ -26,7 +26,8 @@ from safetensors.torch import load_file
 from .align import parse_links, read_lexicon
 from .config import STRATEGIES, ProjectOptions, WorkDir
 from .encode import VectorStore
-from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, read_json, require, save_tensors, sha256_file, write_json_atomic
+from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, read_json, require, save_tensors, write_json_atomic
+from .records import file_hash, invalidate, stage_key, up_to_date
 
 
 def read_stopwords(path) -> set[str]:
@@ -51,17 +52,25 @@ def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_wor
     return sums, counts
 
 
-def project(opts: ProjectOptions, work: WorkDir, reporter: Reporter = SilentReporter()) -> dict:
+def project(opts: ProjectOptions, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
     """Write per-word vector sums and counts for Chinese (projected) and
-    English words; return counts."""
+    English words; return the record (counts; `skipped` when up to date)."""
     start = time.perf_counter()
     if opts.strategy not in STRATEGIES:
         raise XlembedError(f"--strategy must be one of {', '.join(STRATEGIES)}, got '{opts.strategy}'")
     if opts.min_count < 1:
         raise XlembedError("--min-count must be at least 1")
+    encode_record = read_json(require(work.record("encode"), "encode"))
+    # eflomal is not deterministic: depend on what it wrote, not on its key
+    inputs = {str(p): file_hash(require(p, "align")) for p in (work.links, work.lexicon, work.corpus_zh)}
+    key = stage_key("project", encode=encode_record.get("key"), inputs=list(inputs.values()), strategy=opts.strategy,
+                    min_count=opts.min_count, stopwords=file_hash(opts.stopwords) if opts.stopwords else None)
+    if not force and (record := up_to_date(work, "project", key)):
+        return dict(record, skipped=True)
+    invalidate(work, "project")
     store = VectorStore(work)
-    lexicon = read_lexicon(require(work.lexicon, "align"))
-    dim = read_json(require(work.record("encode"), "encode"))["dim"]
+    lexicon = read_lexicon(work.lexicon)
+    dim = encode_record["dim"]
     stopwords = read_stopwords(opts.stopwords) if opts.stopwords else set()
     zh_sentences = [line.split(" ") for line in read_lines(require(work.corpus_zh, "tokenize"))]
     en_sentences = [line.split(" ") for line in read_lines(work.corpus_en)]
@@ -116,8 +125,9 @@ def project(opts: ProjectOptions, work: WorkDir, reporter: Reporter = SilentRepo
     n_projected = int((zh_count >= opts.min_count).sum())
     record = dict(
         stage="project",
+        key=key,
         options=vars(opts),
-        inputs={str(p): sha256_file(p) for p in (work.links, work.lexicon, work.vectors_index)},
+        inputs=inputs,
         counts=dict(zh_types=len(zh_vocab), zh_projected=n_projected, en_types=len(en_vocab),
                     links_used=int(len(link_rows)), links_without_vector=links_without_vector,
                     stopwords_dropped=len(stopwords & set(lexicon))),

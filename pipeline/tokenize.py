@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .config import TokenizeOptions, WorkDir
-from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, sha256_file, write_json_atomic
-from .models import load_tokenizer, model_fingerprint, resolve_model_dir
+from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, write_json_atomic
+from .models import load_tokenizer, resolve_model_dir
+from .records import file_hash, invalidate, model_hash, stage_key, up_to_date
 
 
 def english_splitter(model_dir: Path) -> Callable[[str], list[str]]:
@@ -84,9 +85,9 @@ def _pairs_from_files(en: Path, zh: Path) -> Iterator[tuple[str, str]]:
         yield e, z
 
 
-def tokenize(opts: TokenizeOptions, work: WorkDir, reporter: Reporter = SilentReporter()) -> dict:
+def tokenize(opts: TokenizeOptions, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
     """Write `corpus.en` and `corpus.zh` (space-separated words, one pair per
-    line) and return the counts."""
+    line) and return the record (counts; `skipped` when up to date)."""
     start = time.perf_counter()
     if opts.tsv is not None:
         if opts.en is not None or opts.zh is not None:
@@ -107,6 +108,13 @@ def tokenize(opts: TokenizeOptions, work: WorkDir, reporter: Reporter = SilentRe
             raise XlembedError(f"{p}: is a directory, expected a file")
 
     model_dir = resolve_model_dir(opts.model)
+    input_hashes = {str(p): file_hash(p) for p in inputs}
+    key = stage_key("tokenize", inputs=list(input_hashes.values()), model=model_hash(model_dir), hmm=opts.hmm,
+                    columns=[opts.en_column, opts.zh_column] if opts.tsv else None,
+                    user_dict=file_hash(opts.user_dict) if opts.user_dict else None)
+    if not force and (record := up_to_date(work, "tokenize", key)):
+        return dict(record, skipped=True)
+    invalidate(work, "tokenize")
     split_en = english_splitter(model_dir)
     split_zh = chinese_splitter(opts.user_dict, opts.hmm)
 
@@ -133,9 +141,10 @@ def tokenize(opts: TokenizeOptions, work: WorkDir, reporter: Reporter = SilentRe
     counts["pairs_dropped"] = counts["pairs_read"] - counts["pairs_kept"]
     record = dict(
         stage="tokenize",
+        key=key,
         options=dict(vars(opts), model=str(model_dir)),
-        inputs={str(p): sha256_file(p) for p in inputs},
-        model_fingerprint=model_fingerprint(model_dir),
+        inputs=input_hashes,
+        model_sha256=model_hash(model_dir),
         counts=counts,
         seconds=round(time.perf_counter() - start, 3),
     )

@@ -105,7 +105,7 @@ def write(opts: WriteOptions, work: WorkDir, out: Path) -> dict:
             xlembed_version=__version__,
             parameters={stage: records[stage]["options"] for stage in STAGES} | {"write": vars(opts)},
             inputs=records["tokenize"]["inputs"],
-            model_fingerprint=records["encode"]["model_fingerprint"],
+            model_sha256=records["encode"]["model_sha256"],
             counts=counts,
             stage_counts={stage: records[stage]["counts"] for stage in STAGES},
             seconds=seconds,
