@@ -47,10 +47,11 @@ class RateColumn(ProgressColumn):
 
 
 class RichReporter:
-    """Progress bars with count, rate, elapsed time and ETA, on stderr."""
+    """Progress bars with count, rate, elapsed time and ETA, on stderr when
+    it is a terminal (logs get the one-line stage summaries only)."""
 
     def __init__(self, quiet: bool):
-        self.quiet = quiet
+        self.quiet = quiet or not err.is_terminal
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None, unit: str):

@@ -57,9 +57,12 @@ def read_lines(path: Path) -> Iterator[str]:
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except PermissionError:
+        raise XlembedError(f"{path}: file is not readable (permission denied)")
     return h.hexdigest()
 
 

@@ -20,6 +20,14 @@ from .models import load_tokenizer, resolve_model_dir
 from .records import file_hash, invalidate, model_hash, stage_key, up_to_date
 
 
+def without_controls(text: str) -> str:
+    """Control and format characters (NUL, lone CR, zero-width space, BOM,
+    joiners...) become spaces: they separate words and are never part of one."""
+    if text.isprintable():
+        return text
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
+
+
 def english_splitter(model_dir: Path) -> Callable[[str], list[str]]:
     """The model tokenizer's own normalizer and pre-tokenizer, as a function
     from a sentence to its words."""
@@ -27,6 +35,7 @@ def english_splitter(model_dir: Path) -> Callable[[str], list[str]]:
     normalizer, pre_tokenizer = backend.normalizer, backend.pre_tokenizer
 
     def split(text: str) -> list[str]:
+        text = without_controls(text)
         if normalizer is not None:
             text = normalizer.normalize_str(text)
         if pre_tokenizer is None:
@@ -48,7 +57,7 @@ def chinese_splitter(user_dict: Path | None = None, hmm: bool = True) -> Callabl
         segmenter.load_userdict(str(user_dict))
 
     def split(text: str) -> list[str]:
-        text = unicodedata.normalize("NFKC", text)
+        text = without_controls(unicodedata.normalize("NFKC", text))
         return [w for token in segmenter.cut(text, HMM=hmm) for w in token.split()]
 
     return split
@@ -136,6 +145,8 @@ def tokenize(opts: TokenizeOptions, work: WorkDir, reporter: Reporter = SilentRe
             counts["pairs_kept"] += 1
             counts["en_words"] += len(en_words)
             counts["zh_words"] += len(zh_words)
+        if counts["pairs_read"] == 0:
+            raise XlembedError(f"{inputs[0]}: empty file, no sentence pairs")
         if counts["pairs_kept"] == 0:
             raise XlembedError(f"{inputs[0]}: no sentence pair left after tokenization ({counts['pairs_read']} read)")
     counts["pairs_dropped"] = counts["pairs_read"] - counts["pairs_kept"]
