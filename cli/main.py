@@ -243,6 +243,44 @@ def verify(out_dir: Annotated[Path, typer.Argument(help="An output directory of 
     err.print(f"[green]✔[/green] {out_dir}: checksums and shapes agree", highlight=False)
 
 
+@app.command()
+def evaluate(
+    out_dir: Annotated[Path, typer.Argument(help="An output directory of `xlembed run` or `xlembed write`.")],
+    wordsim: Annotated[Optional[list[Path]], typer.Option(help="Word-similarity file (word1<TAB>word2<TAB>score); repeatable.")] = None,
+    dictionary: Annotated[Optional[Path], typer.Option(help="Bilingual dictionary (zh<TAB>en per line, several lines per word allowed).")] = None,
+    csls: Annotated[int, typer.Option(help="Retrieve translations by CSLS with this many neighbours (0 = plain cosine).")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores to this JSON file.")] = None,
+):
+    """Score a matrix: word similarity (Spearman rho, with coverage, also over pairs touching filled rows)
+    and bilingual lexicon induction (precision@1/@5 of the nearest English words)."""
+    with reported_errors():
+        from pipeline.evaluate import evaluate as run_evaluation
+        from pipeline.io import write_json_atomic
+
+        if not wordsim and dictionary is None:
+            raise XlembedError("nothing to evaluate: give --wordsim FILE and/or --dictionary FILE")
+        result = run_evaluation(out_dir, wordsim or [], dictionary, csls)
+        console = Console()
+        if result["wordsim"]:
+            table = Table(title=f"word similarity of {out_dir} (Spearman rho)")
+            for column in ("file", "pairs covered", "rho", "touching filled rows", "rho", "both projected", "rho"):
+                table.add_column(column, justify="left" if column == "file" else "right")
+            for path, r in result["wordsim"].items():
+                f, p = r["filled"], r["projected"]
+                table.add_row(Path(path).name, f"{r['covered']}/{r['pairs']}", f"{r['rho']:.3f}",
+                              f"{f['covered']}/{r['pairs']}", f"{f['rho']:.3f}", f"{p['covered']}/{r['pairs']}", f"{p['rho']:.3f}")
+            console.print(table)
+        if "lexicon_induction" in result:
+            r = result["lexicon_induction"]
+            table = Table(title=f"lexicon induction ({r['retrieval']})")
+            for column in ("words evaluated", "P@1", "P@5"):
+                table.add_column(column, justify="right")
+            table.add_row(f"{r['evaluated']}/{r['words']}", f"{r['p_at_1']:.3f}", f"{r['p_at_5']:.3f}")
+            console.print(table)
+        if json_out is not None:
+            write_json_atomic(json_out, result)
+
+
 @app.command("evaluate-alignment")
 def evaluate_alignment(
     gold: Annotated[Path, typer.Option(help="Directory with train.zh (segmented), train.en and train.align (zhIndex-enIndex, -P = possible).")],

@@ -1,18 +1,29 @@
-"""Alignment quality against hand-aligned gold pairs (AER, Och & Ney 2003).
+"""How good a matrix is, and how good the alignment under it is.
 
-The gold pairs are aligned together with a tokenized corpus (eflomal needs
-the bulk to learn from), and only the gold part is scored. The gold Chinese
-is already segmented and is used as it is (no jieba); the gold English is
-PTB-tokenized and cased: it is lowercased and -LRB-/-RRB- become brackets.
+- Word similarity: Spearman's rho between cosine similarity and human
+  scores, over the pairs whose two words have rows (coverage always given),
+  and separately over the pairs that touch a filled (not projected) row.
+- Bilingual lexicon induction: for each Chinese word with a projected row
+  and a gold translation in the English vocabulary, are the nearest English
+  words (cosine, or CSLS) among its translations? precision@1 and @5.
+- Alignment: AER (Och & Ney 2003) against hand-aligned gold pairs, which
+  are aligned together with a tokenized corpus (eflomal needs the bulk to
+  learn from); only the gold part is scored. The gold Chinese is already
+  segmented and is used as it is (no jieba); the gold English is
+  PTB-tokenized and cased: it is lowercased and -LRB-/-RRB- become brackets.
 """
 from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from .align import Links, parse_links, run_eflomal, symmetrize
-from .config import SYMMETRIZATIONS, AlignOptions, WorkDir
+from .config import SYMMETRIZATIONS, AlignOptions, OutDir, WorkDir
 from .io import Reporter, SilentReporter, XlembedError, read_lines, require
 
 PTB_BRACKETS = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}"}
@@ -68,3 +79,131 @@ def evaluate_alignment(gold_dir: Path, work: WorkDir, opts: AlignOptions, report
     scores["forward"] = alignment_scores(fwd, sure, possible)
     scores["reverse"] = alignment_scores(rev, sure, possible)
     return dict(gold_pairs=n, corpus_pairs=len(zh) - n, scores=scores, seconds=round(time.perf_counter() - start, 3))
+
+
+@dataclass
+class Matrix:
+    """An output directory in memory: rows L2-normalised for cosine."""
+
+    vocab: list[str]
+    rows: torch.Tensor
+    projected: torch.Tensor  # bool
+    english_vocab: list[str]
+    english: torch.Tensor
+
+    @classmethod
+    def load(cls, out: Path) -> "Matrix":
+        from safetensors.torch import load_file
+
+        o = OutDir(Path(out))
+        for path in (o.embeddings, o.vocab, o.english, o.english_vocab):
+            require(path, "write")
+        tensors = load_file(str(o.embeddings))
+        return cls(
+            vocab=o.vocab.read_text(encoding="utf-8").split("\n")[:-1],
+            rows=torch.nn.functional.normalize(tensors["embeddings"].float(), dim=1),
+            projected=tensors["projected"].bool(),
+            english_vocab=o.english_vocab.read_text(encoding="utf-8").split("\n")[:-1],
+            english=torch.nn.functional.normalize(load_file(str(o.english))["embeddings"].float(), dim=1),
+        )
+
+
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties sharing their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    _, tie_group, tie_size = np.unique(x, return_inverse=True, return_counts=True)
+    return (np.bincount(tie_group, weights=ranks) / tie_size)[tie_group]
+
+
+def spearman(a, b) -> float:
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = rankdata(np.asarray(a, dtype=float)), rankdata(np.asarray(b, dtype=float))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def read_wordsim(path: Path) -> list[tuple[str, str, float]]:
+    """`word1<TAB>word2<TAB>score` lines; words are stripped of spaces."""
+    pairs = []
+    for lineno, line in enumerate(read_lines(path), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cols = line.split("\t")
+        try:
+            pairs.append((cols[0].strip(), cols[1].strip(), float(cols[2])))
+        except (IndexError, ValueError):
+            raise XlembedError(f"{path}:{lineno}: expected word1<TAB>word2<TAB>score")
+    return pairs
+
+
+def word_similarity(matrix: Matrix, pairs: list[tuple[str, str, float]]) -> dict:
+    """rho over covered pairs, and over the covered pairs that touch a filled row."""
+    index = {w: i for i, w in enumerate(matrix.vocab)}
+    covered = [(index[a], index[b], score) for a, b, score in pairs if a in index and b in index]
+    result = dict(pairs=len(pairs), covered=len(covered))
+    if not covered:
+        return result | dict(rho=float("nan"), filled=dict(covered=0, rho=float("nan")), projected=dict(covered=0, rho=float("nan")))
+    ia = torch.tensor([a for a, _, _ in covered])
+    ib = torch.tensor([b for _, b, _ in covered])
+    cosine = (matrix.rows[ia] * matrix.rows[ib]).sum(1).numpy()
+    scores = np.array([s for _, _, s in covered])
+    touches_filled = (~matrix.projected[ia] | ~matrix.projected[ib]).numpy()
+    return result | dict(
+        rho=spearman(cosine, scores),
+        filled=dict(covered=int(touches_filled.sum()), rho=spearman(cosine[touches_filled], scores[touches_filled])),
+        projected=dict(covered=int((~touches_filled).sum()), rho=spearman(cosine[~touches_filled], scores[~touches_filled])),
+    )
+
+
+def read_dictionary(path: Path) -> dict[str, set[str]]:
+    """`zh<TAB>en` lines, several lines per Chinese word allowed."""
+    dictionary: dict[str, set[str]] = {}
+    for lineno, line in enumerate(read_lines(path), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cols = line.split("\t")
+        if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
+            raise XlembedError(f"{path}:{lineno}: expected zh<TAB>en")
+        dictionary.setdefault(cols[0].strip(), set()).add(cols[1].strip().lower())
+    return dictionary
+
+
+def lexicon_induction(matrix: Matrix, dictionary: dict[str, set[str]], csls_k: int = 0) -> dict:
+    """precision@1 and @5 of the nearest English words (cosine, or CSLS with
+    `csls_k` neighbours when > 0) over the Chinese words with a projected
+    row and a gold translation in the English vocabulary."""
+    english_index = {w: i for i, w in enumerate(matrix.english_vocab)}
+    zh_index = {w: i for i, w in enumerate(matrix.vocab)}
+    queries = [(zh_index[zh], {english_index[e] for e in en if e in english_index})
+               for zh, en in dictionary.items() if zh in zh_index and matrix.projected[zh_index[zh]]]
+    queries = [(i, gold) for i, gold in queries if gold]
+    result = dict(words=len(dictionary), evaluated=len(queries), retrieval="csls" if csls_k else "cosine")
+    if not queries:
+        return result | dict(p_at_1=float("nan"), p_at_5=float("nan"))
+    rows = matrix.rows[torch.tensor([i for i, _ in queries])]
+    scores = rows @ matrix.english.T
+    if csls_k:
+        k = min(csls_k, len(matrix.english_vocab))
+        source = matrix.rows[matrix.projected]
+        r_english = (matrix.english @ source.T).topk(min(csls_k, len(source)), dim=1).values.mean(1)
+        r_query = scores.topk(k, dim=1).values.mean(1)
+        scores = 2 * scores - r_query.unsqueeze(1) - r_english.unsqueeze(0)
+    top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices.tolist()
+    hits1 = sum(top[0] in gold for top, (_, gold) in zip(top5, queries))
+    hits5 = sum(bool(set(top) & gold) for top, (_, gold) in zip(top5, queries))
+    return result | dict(p_at_1=hits1 / len(queries), p_at_5=hits5 / len(queries))
+
+
+def evaluate(out: Path, wordsim: list[Path] = (), dictionary: Path | None = None, csls_k: int = 0) -> dict:
+    """Scores of an output directory on word-similarity files and a dictionary."""
+    matrix = Matrix.load(out)
+    result = dict(out=str(out), vocab_size=len(matrix.vocab), projected_rows=int(matrix.projected.sum()), wordsim={})
+    for path in wordsim:
+        result["wordsim"][str(path)] = word_similarity(matrix, read_wordsim(path))
+    if dictionary is not None:
+        result["lexicon_induction"] = lexicon_induction(matrix, read_dictionary(dictionary), csls_k)
+    return result
