@@ -77,13 +77,29 @@ def run_eflomal(zh_lines: list[str], en_lines: list[str], forward: Path, reverse
         aligner.align(zh_lines, en_lines, links_filename_fwd=str(fwd_tmp), links_filename_rev=str(rev_tmp), quiet=True)
 
 
-def lexicon_from_links(zh_sentences, en_sentences, links_per_sentence) -> dict[str, Counter]:
-    """links(zh word, en word) counted over all sentences."""
+def symmetrize_and_count(work: WorkDir, method: str) -> tuple[int, int, dict[str, Counter]]:
+    """From the two directions' link files, write the symmetrised links and
+    the lexical table, line by line (memory stays flat in the corpus size).
+    Returns (pairs, links, links per (zh word, en word))."""
     pair_counts: dict[str, Counter] = {}
-    for zh, en, links in zip(zh_sentences, en_sentences, links_per_sentence):
-        for i, j in links:
-            pair_counts.setdefault(zh[i], Counter())[en[j]] += 1
-    return pair_counts
+    n_pairs = n_links = 0
+    with atomic_path(work.links) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for zh_line, en_line, fwd, rev in zip(read_lines(work.corpus_zh), read_lines(work.corpus_en),
+                                              read_lines(work.links_forward), read_lines(work.links_reverse)):
+            links = symmetrize(parse_links(fwd), parse_links(rev), method)
+            out.write(format_links(links) + "\n")
+            zh, en = zh_line.split(" "), en_line.split(" ")
+            for i, j in links:
+                pair_counts.setdefault(zh[i], Counter())[en[j]] += 1
+            n_pairs += 1
+            n_links += len(links)
+    with atomic_path(work.lexicon) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("zh\ten\tcount\tp_en_given_zh\n")
+        for zh in sorted(pair_counts):
+            total = sum(pair_counts[zh].values())
+            for en, count in sorted(pair_counts[zh].items(), key=lambda kv: (-kv[1], kv[0])):
+                f.write(f"{zh}\t{en}\t{count}\t{count / total:.6g}\n")
+    return n_pairs, n_links, pair_counts
 
 
 def read_lexicon(path: Path) -> dict[str, list[tuple[str, int, float]]]:
@@ -108,32 +124,16 @@ def align(opts: AlignOptions, work: WorkDir, reporter: Reporter = SilentReporter
     if not force and (record := up_to_date(work, "align", key)):
         return dict(record, skipped=True)
     invalidate(work, "align")
-    zh_lines = list(read_lines(require(work.corpus_zh, "tokenize")))
-    en_lines = list(read_lines(require(work.corpus_en, "tokenize")))
-    if len(zh_lines) != len(en_lines):
-        raise XlembedError(f"line counts differ: {work.corpus_zh} has {len(zh_lines)} lines, {work.corpus_en} has {len(en_lines)}; rerun `xlembed tokenize`")
-
-    with reporter.task("align (eflomal, both directions)", None, "") as task:
-        run_eflomal(zh_lines, en_lines, work.links_forward, work.links_reverse, opts)
+    with reporter.task("align (eflomal, both directions)", None, "") as task, \
+            open(work.corpus_zh, encoding="utf-8") as zh_file, open(work.corpus_en, encoding="utf-8") as en_file:
+        try:
+            run_eflomal(zh_file, en_file, work.links_forward, work.links_reverse, opts)
+        except ValueError as e:  # eflomal: "Mismatched file sizes"
+            raise XlembedError(f"{work.corpus_zh} and {work.corpus_en} differ in line count ({e}); rerun `xlembed tokenize`")
         task.advance()
     eflomal_seconds = time.perf_counter() - start
 
-    zh_sentences = [line.split(" ") for line in zh_lines]
-    en_sentences = [line.split(" ") for line in en_lines]
-    links_per_sentence = [symmetrize(parse_links(fwd), parse_links(rev), opts.symmetrization)
-                          for fwd, rev in zip(read_lines(work.links_forward), read_lines(work.links_reverse))]
-    if len(links_per_sentence) != len(zh_lines):
-        raise XlembedError(f"{work.links_forward}: eflomal wrote {len(links_per_sentence)} lines for {len(zh_lines)} sentence pairs")
-    with atomic_path(work.links) as tmp:
-        tmp.write_text("".join(format_links(links) + "\n" for links in links_per_sentence), encoding="utf-8")
-
-    pair_counts = lexicon_from_links(zh_sentences, en_sentences, links_per_sentence)
-    with atomic_path(work.lexicon) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write("zh\ten\tcount\tp_en_given_zh\n")
-        for zh in sorted(pair_counts):
-            total = sum(pair_counts[zh].values())
-            for en, count in sorted(pair_counts[zh].items(), key=lambda kv: (-kv[1], kv[0])):
-                f.write(f"{zh}\t{en}\t{count}\t{count / total:.6g}\n")
+    n_pairs, n_links, pair_counts = symmetrize_and_count(work, opts.symmetrization)
 
     record = dict(
         stage="align",
@@ -141,8 +141,8 @@ def align(opts: AlignOptions, work: WorkDir, reporter: Reporter = SilentReporter
         options=vars(opts),
         inputs=inputs,
         counts=dict(
-            pairs=len(zh_lines),
-            links=sum(len(links) for links in links_per_sentence),
+            pairs=n_pairs,
+            links=n_links,
             lexicon_entries=sum(len(c) for c in pair_counts.values()),
             zh_words_aligned=len(pair_counts),
         ),

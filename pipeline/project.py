@@ -17,7 +17,7 @@ word, so projections of corpus parts can be added up.
 from __future__ import annotations
 
 import time
-from collections import Counter
+from array import array
 
 import numpy as np
 import torch
@@ -32,6 +32,17 @@ from .records import file_hash, invalidate, stage_key, up_to_date
 
 def read_stopwords(path) -> set[str]:
     return {w for line in read_lines(path) for w in line.split()}
+
+
+def by_frequency(first_seen: dict[str, int], freq) -> tuple[list[str], np.ndarray]:
+    """Words sorted by frequency (then by word), and the map from
+    first-seen ids to positions in that order."""
+    words = list(first_seen)
+    freq = freq.tolist()
+    order = sorted(range(len(words)), key=lambda i: (-freq[i], words[i]))
+    renumber = np.empty(len(words), dtype=np.int64)
+    renumber[order] = np.arange(len(words))
+    return [words[i] for i in order], renumber
 
 
 def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_words: int, dim: int, task) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,37 +83,47 @@ def project(opts: ProjectOptions, work: WorkDir, reporter: Reporter = SilentRepo
     lexicon = read_lexicon(work.lexicon)
     dim = encode_record["dim"]
     stopwords = read_stopwords(opts.stopwords) if opts.stopwords else set()
-    zh_sentences = [line.split(" ") for line in read_lines(require(work.corpus_zh, "tokenize"))]
-    en_sentences = [line.split(" ") for line in read_lines(work.corpus_en)]
-    links = [parse_links(line) for line in read_lines(require(work.links, "align"))]
-    if not len(zh_sentences) == len(en_sentences) == len(links) == len(store.sent_offsets) - 1:
-        raise XlembedError(f"{work.root}: corpus, links and vectors disagree on the number of sentences; rerun the earlier stages")
-
-    zh_freq = Counter(w for sent in zh_sentences for w in sent if w not in stopwords)
-    en_freq = Counter(w for sent in en_sentences for w in sent)
-    zh_vocab = sorted(zh_freq, key=lambda w: (-zh_freq[w], w))
-    en_vocab = sorted(en_freq, key=lambda w: (-en_freq[w], w))
-    zh_id = {w: i for i, w in enumerate(zh_vocab)}
-    en_id = {w: i for i, w in enumerate(en_vocab)}
     best = {zh: entries[0] for zh, entries in lexicon.items()}  # (en, count, p), highest p first
 
-    # (Chinese word id, vector row) for every link that contributes
-    link_words, link_rows, links_without_vector = [], [], 0
-    for s, (zh, en, sentence_links) in enumerate(zip(zh_sentences, en_sentences, links)):
+    # one streaming pass; words get ids in order of first sight, renumbered
+    # by frequency afterwards; per-occurrence data goes to compact arrays
+    zh_first, en_first = {}, {}
+    zh_tokens, en_words = array("q"), array("q")
+    link_words, link_rows = array("q"), array("q")
+    links_without_vector = n_sentences = 0
+    n_store = len(store.sent_offsets) - 1
+    for s, (zh_line, en_line, links_line) in enumerate(zip(
+            read_lines(require(work.corpus_zh, "tokenize")), read_lines(work.corpus_en), read_lines(require(work.links, "align")))):
+        n_sentences += 1
+        if s >= n_store:
+            break
+        zh, en = zh_line.split(" "), en_line.split(" ")
+        zh_ids = [-1 if w in stopwords else zh_first.setdefault(w, len(zh_first)) for w in zh]
+        zh_tokens.extend(zh_ids)
+        en_words.extend([en_first.setdefault(w, len(en_first)) for w in en])
         rows = store.rows_of(s)
-        for i, j in sentence_links:
-            word = zh[i]
-            if word in stopwords or (opts.strategy == "argmax" and en[j] != best[word][0]):
+        for i, j in parse_links(links_line):
+            if zh_ids[i] < 0 or (opts.strategy == "argmax" and en[j] != best[zh[i]][0]):
                 continue
             if rows[j] < 0:
                 links_without_vector += 1
                 continue
-            link_words.append(zh_id[word])
-            link_rows.append(rows[j])
-    link_words = np.asarray(link_words, dtype=np.int64)
-    link_rows = np.asarray(link_rows, dtype=np.int64)
-    # (English word id, vector row) for every English occurrence with a vector
-    en_words = np.fromiter((en_id[w] for sent in en_sentences for w in sent), dtype=np.int64, count=len(store.word_rows))
+            link_words.append(zh_ids[i])
+            link_rows.append(int(rows[j]))
+    if not n_sentences == n_store == len(store.sent_offsets) - 1 or len(en_words) != len(store.word_rows):
+        raise XlembedError(f"{work.root}: corpus, links and vectors disagree on the number of sentences; rerun the earlier stages")
+
+    zh_tokens = np.frombuffer(zh_tokens, dtype=np.int64)
+    en_words = np.frombuffer(en_words, dtype=np.int64)
+    zh_counts = np.bincount(zh_tokens[zh_tokens >= 0], minlength=len(zh_first))
+    en_counts = np.bincount(en_words, minlength=len(en_first))
+    zh_vocab, zh_renumber = by_frequency(zh_first, zh_counts)
+    en_vocab, en_renumber = by_frequency(en_first, en_counts)
+    zh_freq = dict(zip(zh_first, zh_counts.tolist()))
+    en_freq = dict(zip(en_first, en_counts.tolist()))
+    link_words = zh_renumber[np.frombuffer(link_words, dtype=np.int64)]
+    link_rows = np.frombuffer(link_rows, dtype=np.int64)
+    en_words = en_renumber[en_words]
     has_vector = store.word_rows >= 0
 
     with reporter.task("project", 2 * store.n_shards, "shards") as task:

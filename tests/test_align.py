@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.align import format_links, grow_diag_final_and, lexicon_from_links, parse_links, symmetrize
+from pipeline.align import format_links, grow_diag_final_and, parse_links, read_lexicon, symmetrize
 from pipeline.io import XlembedError
 
 # intersection {(0,0),(1,1)}; forward adds (3,3), reverse adds (0,3): far from
@@ -40,10 +40,24 @@ def test_links_round_trip_in_pharaoh_format():
     assert parse_links("3-4-P") == {(3, 4)}  # gold files mark possible links with -P
 
 
-def test_lexicon_counts_links_per_word_pair():
-    zh = [["猫", "喝", "水"], ["猫", "好"]]
-    en = [["cats", "drink", "water"], ["the", "cat", "is", "good"]]
-    links = [{(0, 0), (1, 1), (2, 2)}, {(0, 0), (0, 1), (1, 3)}]
-    lexicon = lexicon_from_links(zh, en, links)
-    assert lexicon["猫"] == {"cats": 1, "the": 1, "cat": 1}
-    assert lexicon["水"] == {"water": 1}
+
+
+def test_symmetrized_links_and_lexicon_from_both_directions(tmp_path):
+    from pipeline.align import symmetrize_and_count
+    from pipeline.config import WorkDir
+
+    work = WorkDir(tmp_path)
+    work.corpus_zh.write_text("猫 喝 水\n猫 好\n", encoding="utf-8")
+    work.corpus_en.write_text("cats drink water\nthe cat is good\n", encoding="utf-8")
+    work.links_forward.write_text("0-0 1-1 2-2\n0-0 0-1 1-3\n", encoding="utf-8")
+    work.links_reverse.write_text("0-0 1-1 2-2\n0-1 1-3\n", encoding="utf-8")
+    pairs, links, _ = symmetrize_and_count(work, "union")
+    assert (pairs, links) == (2, 6)
+    assert work.links.read_text().splitlines() == ["0-0 1-1 2-2", "0-0 0-1 1-3"]
+    lexicon = read_lexicon(work.lexicon)
+    # 猫: cats 1, the 1, cat 1 -> p = 1/3 each, ties by word
+    assert lexicon["猫"] == [("cat", 1, pytest.approx(1 / 3)), ("cats", 1, pytest.approx(1 / 3)), ("the", 1, pytest.approx(1 / 3))]
+    assert lexicon["水"] == [("water", 1, 1.0)]
+    symmetrize_and_count(work, "intersect")
+    assert work.links.read_text().splitlines() == ["0-0 1-1 2-2", "0-1 1-3"]
+    assert read_lexicon(work.lexicon)["猫"] == [("cat", 1, 0.5), ("cats", 1, 0.5)]  # 0-0 is in both directions of line 1
