@@ -47,7 +47,9 @@ def by_frequency(first_seen: dict[str, int], freq) -> tuple[list[str], np.ndarra
 
 def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_words: int, dim: int, task) -> tuple[torch.Tensor, torch.Tensor]:
     """Per word id: the sum (float64) and count of the vectors at `rows`,
-    streaming over the shards one at a time."""
+    streaming over the shards one at a time. Within a shard the sum is a
+    sparse (word x row) count matrix times the shard, so memory is one
+    shard, however often its rows occur."""
     order = np.argsort(rows, kind="stable")
     word_ids, rows = word_ids[order], rows[order]
     sums = torch.zeros((n_words, dim), dtype=torch.float64)
@@ -56,9 +58,11 @@ def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_wor
     for k in range(store.n_shards):
         lo, hi = bounds[k], bounds[k + 1]
         if hi > lo:
-            shard = store.shard(k)
+            shard = store.shard(k).float()
             local = torch.from_numpy(rows[lo:hi] - store.shard_starts[k])
-            sums.index_add_(0, torch.from_numpy(word_ids[lo:hi]), shard[local].double())
+            occurrences = torch.sparse_coo_tensor(torch.stack([torch.from_numpy(word_ids[lo:hi]), local]),
+                                                  torch.ones(hi - lo), (n_words, len(shard)), check_invariants=False).coalesce()
+            sums += torch.sparse.mm(occurrences, shard).double()
         task.advance()
     return sums, counts
 
