@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,7 +24,7 @@ from pipeline.config import ProjectOptions as P
 from pipeline.config import TokenizeOptions as T
 from pipeline.config import WorkDir
 from pipeline.config import WriteOptions as W
-from pipeline.io import XlembedError
+from pipeline.io import SilentTask, XlembedError
 
 from . import options as o
 
@@ -48,26 +49,44 @@ class RateColumn(ProgressColumn):
 
 class RichReporter:
     """Progress bars with count, rate, elapsed time and ETA, on stderr when
-    it is a terminal (logs get the one-line stage summaries only)."""
+    it is a terminal (logs get the one-line stage summaries only). Tasks
+    running at the same time (encode and align in `run`) share one display."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet or not err.is_terminal
+        self.lock = threading.Lock()
+        self.progress: Progress | None = None
+        self.active = 0
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None, unit: str):
-        columns = [SpinnerColumn(), TextColumn("[bold]{task.description}")]
-        if total is not None:
-            columns += [BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-        else:
-            columns += [TimeElapsedColumn()]
-        with Progress(*columns, console=err, disable=self.quiet, transient=False) as progress:
-            task_id = progress.add_task(description, total=total, unit=unit)
+        if self.quiet:
+            yield SilentTask()
+            return
+        with self.lock:
+            if self.progress is None:
+                self.progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                                         MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
+                                         TimeRemainingColumn(), console=err)
+                self.progress.start()
+            task_id = self.progress.add_task(description, total=total, unit=unit, eta="eta" if total else "")
+            self.active += 1
+        progress = self.progress
 
-            class Task:
-                def advance(self, n: int = 1) -> None:
-                    progress.advance(task_id, n)
+        class Task:
+            def advance(self, n: int = 1) -> None:
+                progress.advance(task_id, n)
 
+        try:
             yield Task()
+        finally:
+            with self.lock:
+                if total is None:
+                    progress.update(task_id, total=1, completed=1)
+                self.active -= 1
+                if self.active == 0:
+                    progress.stop()
+                    self.progress = None
 
 
 @contextlib.contextmanager

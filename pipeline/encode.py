@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from tokenizers import Tokenizer
 
 from .config import EncodeOptions, WorkDir
 from .io import Reporter, SilentReporter, XlembedError, read_json, read_lines, require, save_tensors, write_json_atomic
@@ -72,12 +73,17 @@ def piece_plan(tokenizer, sentences: list[list[str]], max_pieces: int):
     the number of words the tokenizer turned into no piece at all.
     """
     piece_ids, piece_words, has_vector, no_pieces = [], [], [], []
+    # the Rust tokenizer itself (no per-sentence Python conversion), as a
+    # private copy without the truncation/padding a tokenizer.json may carry
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
     for start in range(0, len(sentences), TOKENIZE_CHUNK):
         chunk = sentences[start:start + TOKENIZE_CHUNK]
-        enc = tokenizer(chunk, is_split_into_words=True, add_special_tokens=False)
-        for i, words in enumerate(chunk):
-            ids = np.asarray(enc["input_ids"][i], dtype=np.int32)
-            word_of_piece = np.asarray(enc.word_ids(i), dtype=np.int32)
+        encodings = backend.encode_batch(chunk, is_pretokenized=True, add_special_tokens=False)
+        for words, encoding in zip(chunk, encodings):
+            ids = np.asarray(encoding.ids, dtype=np.int32)
+            word_of_piece = np.asarray(encoding.word_ids, dtype=np.int32)
             n_pieces = np.bincount(word_of_piece, minlength=len(words))
             kept_words = (np.cumsum(n_pieces) <= max_pieces) & (n_pieces > 0)
             n_kept = int(n_pieces[kept_words].sum())  # kept words form a prefix of the pieces

@@ -196,7 +196,7 @@ class Reporter(Protocol):
     def task(self, description: str, total: int | None, unit: str) -> contextlib.AbstractContextManager[Task]: ...
 
 
-class _SilentTask:
+class SilentTask:
     def advance(self, n: int = 1) -> None:
         pass
 
@@ -204,4 +204,4 @@ class _SilentTask:
 class SilentReporter:
     @contextlib.contextmanager
     def task(self, description: str, total: int | None, unit: str):
-        yield _SilentTask()
+        yield SilentTask()

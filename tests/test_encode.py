@@ -41,6 +41,26 @@ def test_word_pieces_map_to_their_words(tiny_bert):
     assert has_vector[1].tolist() == [True, True]
 
 
+def test_truncation_and_padding_in_tokenizer_json_are_ignored(tiny_bert, tmp_path):
+    """MiniLM's tokenizer.json pads to 128 and truncates at 128: --max-length decides, not that."""
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    config = json.loads((model / "tokenizer.json").read_text())
+    config["truncation"] = {"max_length": 3, "strategy": "LongestFirst", "stride": 0, "direction": "Right"}
+    config["padding"] = {"strategy": {"Fixed": 16}, "direction": "Right", "pad_to_multiple_of": None,
+                         "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"}
+    (model / "tokenizer.json").write_text(json.dumps(config))
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    tokenizer.backend_tokenizer.enable_truncation(3)
+    tokenizer.backend_tokenizer.enable_padding(length=16)
+    ids, pieces, has_vector, _ = piece_plan(tokenizer, [["i", "like", "playing", "with", "the", "dog"]], 100)
+    assert pieces[0].tolist() == [0, 1, 2, 2, 3, 4, 5]
+    assert has_vector[0].all()
+
+
 def test_truncation_keeps_whole_words_only(tiny_bert):
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
     # pieces: i like play ##ing i -> with room for 3 pieces, "playing" would be cut: no vector
