@@ -31,7 +31,7 @@ class TokenizeOptions:
 @dataclass
 class EncodeOptions:
     model: Path | None = None  # local model directory; None = MiniLM
-    layer: str = "-1"  # hidden layer index (negative from the top) or "mean-last4"
+    layer: str = "mean-last4"  # or a hidden layer index (-1 = last); measured best (bench/RESULTS.md)
     batch_size: int = 128  # measured: 4% faster than 64 on 2 CPU cores (bench/RESULTS.md)
     max_length: int = 128  # word pieces per sentence, special tokens included
     device: str = "auto"  # auto | cpu | cuda
@@ -40,10 +40,10 @@ class EncodeOptions:
 
 @dataclass
 class AlignOptions:
-    symmetrization: str = "grow-diag-final-and"
+    symmetrization: str = "union"  # measured best for word similarity (bench/RESULTS.md)
     align_model: int = 3  # eflomal: 1 = IBM1, 2 = +HMM, 3 = +fertility
     iterations: float = 1.0  # eflomal: iterations relative to its default
-    samplers: int = 3  # eflomal: independent samplers
+    samplers: int = 6  # eflomal: independent samplers (its default is 3; 6 measured better)
     null_prior: float = 0.2  # eflomal: prior probability of a NULL link
 
 

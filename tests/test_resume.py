@@ -133,8 +133,8 @@ def test_up_to_date_stages_are_skipped_and_changes_recompute_what_depends_on_the
     assert stages_run(corpus, model, work, out) == {"write"}
     assert stages_run(corpus, model, work, out, strategy="weighted") == {"project", "write"}
     assert stages_run(corpus, model, work, out, strategy="weighted", layer="-2") == {"encode", "project", "write"}
-    assert stages_run(corpus, model, work, out, strategy="weighted", layer="-2", symmetrization="union") == {"align", "project", "write"}
-    assert stages_run(corpus, model, work, out, strategy="weighted", layer="-2", symmetrization="union", force=True) == everything
+    assert stages_run(corpus, model, work, out, strategy="weighted", layer="-2", symmetrization="intersect") == {"align", "project", "write"}
+    assert stages_run(corpus, model, work, out, strategy="weighted", layer="-2", symmetrization="intersect", force=True) == everything
 
 
 def test_a_single_stage_run_with_other_options_is_noticed_by_run(tmp_path, corpus, model):
