@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test env clean
+.PHONY: demo test bench env clean
 
 env: $(STAMP)
 
@@ -22,6 +22,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the figures in bench/RESULTS.md (about 15 minutes on 2 cores); JSON in bench/results/
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/speed.py --json bench/results/speed.json
+	$(BIN)/python bench/scale.py --json bench/results/scale.json
+	$(BIN)/python bench/quality.py --json bench/results/quality.json
+	$(BIN)/xlembed run --tsv data/tatoeba/cmn-eng.tsv --out runs/demo --work runs/demo.work --quiet
+	$(BIN)/python bench/reproducibility.py runs/demo.work --runs 3 > bench/results/reproducibility.json
 
 clean:
 	rm -rf runs

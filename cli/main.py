@@ -199,15 +199,17 @@ def project(
 @app.command()
 def write(
     work: o.Work, out: o.Out, config: o.Config = None,
-    min_freq: o.MinFreq = W.min_freq, seed: o.Seed = W.seed, quiet: o.Quiet = False,
+    min_freq: o.MinFreq = W.min_freq, seed: o.Seed = W.seed, oov: o.Oov = W.oov, vocab: o.Vocab = W.vocab,
+    quiet: o.Quiet = False,
 ):
-    """Fill rows without a projected vector with seeded random rows and write the matrix to OUT.
+    """Fill rows without a projected vector (--oov) and write the matrix to OUT.
 
-    OUT gets embeddings.safetensors, vocab.txt, english.safetensors, english_vocab.txt and manifest.json."""
+    OUT gets embeddings.safetensors, vocab.txt, vocab.tsv (where each row came from), english.safetensors,
+    english_vocab.txt and manifest.json."""
     with reported_errors():
         from pipeline.write import write as run_write
 
-        manifest = run_write(W(min_freq=min_freq, seed=seed), WorkDir(work), out)
+        manifest = run_write(W(min_freq=min_freq, seed=seed, oov=oov, vocab=vocab), WorkDir(work), out)
         summarize("write", manifest, quiet)
         if not quiet:
             err.print(f"wrote {out}/embeddings.safetensors", highlight=False)
@@ -223,7 +225,8 @@ def run(
     symmetrization: o.Symmetrization = A.symmetrization, align_model: o.AlignModel = A.align_model,
     iterations: o.Iterations = A.iterations, samplers: o.Samplers = A.samplers, null_prior: o.NullPrior = A.null_prior,
     strategy: o.Strategy = P.strategy, min_count: o.MinCount = P.min_count, stopwords: o.Stopwords = P.stopwords,
-    min_freq: o.MinFreq = W.min_freq, seed: o.Seed = W.seed, force: o.Force = False, quiet: o.Quiet = False,
+    min_freq: o.MinFreq = W.min_freq, seed: o.Seed = W.seed, oov: o.Oov = W.oov, vocab: o.Vocab = W.vocab,
+    force: o.Force = False, quiet: o.Quiet = False,
 ):
     """Run every stage: tokenize → encode → align → project → write.
 
@@ -237,7 +240,7 @@ def run(
             E(model=model, layer=layer, batch_size=batch_size, max_length=max_length, device=device, shard_rows=shard_rows),
             A(symmetrization=symmetrization, align_model=align_model, iterations=iterations, samplers=samplers, null_prior=null_prior),
             P(strategy=strategy, min_count=min_count, stopwords=stopwords),
-            W(min_freq=min_freq, seed=seed),
+            W(min_freq=min_freq, seed=seed, oov=oov, vocab=vocab),
             work_dir, out, RichReporter(quiet),
             on_stage=lambda stage, record: summarize(stage, record, quiet), force=force,
         )

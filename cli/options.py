@@ -66,3 +66,5 @@ Stopwords = Annotated[Optional[Path], typer.Option(help="Chinese words to drop f
 # write
 MinFreq = Annotated[int, typer.Option(help="Corpus frequency a Chinese word needs to get a row.", rich_help_panel="Write")]
 Seed = Annotated[int, typer.Option(help="Seed of the random rows of words without a projected vector.", rich_help_panel="Write")]
+Oov = Annotated[str, typer.Option(help="Rows for words without a projected vector: random, chars (composed from characters) or pinyin (same-sound variants, then chars); unreachable words get random rows.", rich_help_panel="Write")]
+Vocab = Annotated[Optional[Path], typer.Option(help="Your vocabulary (one word per line, order kept) instead of the corpus's; unseen words are filled by --oov.", rich_help_panel="Write")]

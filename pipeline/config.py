@@ -58,6 +58,8 @@ class ProjectOptions:
 class WriteOptions:
     min_freq: int = 1  # corpus frequency needed to get a row
     seed: int = 0  # seed of the random OOV rows
+    oov: str = "random"  # how rows without a projected vector are filled: random | chars | pinyin
+    vocab: Path | None = None  # the user's vocabulary (one word per line, order kept) instead of the corpus's
 
 
 STAGE_OPTIONS = {
@@ -178,6 +180,11 @@ class OutDir:
         return self.root / "vocab.txt"
 
     @property
+    def vocab_tsv(self) -> Path:
+        """Per-row provenance: word, freq, source, aligned English word, p, pinyin."""
+        return self.root / "vocab.tsv"
+
+    @property
     def english(self) -> Path:
         return self.root / "english.safetensors"
 
@@ -188,3 +195,8 @@ class OutDir:
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.json"
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files whose checksums manifest.json keeps."""
+        return (self.embeddings, self.vocab, self.vocab_tsv, self.english, self.english_vocab)

@@ -26,7 +26,7 @@ def verify(out: Path) -> list[str]:
             problems.append(f"{path}: missing")
         elif sha256_file(path) != expected:
             problems.append(f"{path}: checksum differs from manifest.json")
-    for path in (o.embeddings, o.vocab, o.english, o.english_vocab):
+    for path in o.files:
         if path.name not in manifest.get("files", {}):
             problems.append(f"{o.manifest}: has no checksum for {path.name}")
     if problems:
@@ -54,8 +54,12 @@ def verify(out: Path) -> list[str]:
         problems.append(f"{o.english}: {tuple(eng.shape)} rows, but english_vocab.txt has {len(english_vocab)} lines")
     if emb.ndim == 2 and eng.ndim == 2 and emb.shape[1] != eng.shape[1]:
         problems.append(f"{o.root}: Chinese rows have {emb.shape[1]} dimensions, English rows {eng.shape[1]}")
-    if vocab[:2] != [PAD, UNK]:
+    user_vocab = manifest.get("parameters", {}).get("write", {}).get("vocab")
+    if vocab[:2] != [PAD, UNK] and not user_vocab:
         problems.append(f"{o.vocab}: rows 0 and 1 must be {PAD} and {UNK}")
+    tsv_words = [line.split("\t", 1)[0] for line in o.vocab_tsv.read_text(encoding="utf-8").split("\n")[1:-1]]
+    if tsv_words != vocab:
+        problems.append(f"{o.vocab_tsv}: its words differ from vocab.txt")
     if len(set(vocab)) != len(vocab):
         problems.append(f"{o.vocab}: a word appears twice")
     counts = manifest.get("counts", {})

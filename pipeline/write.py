@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -12,40 +13,86 @@ from safetensors import safe_open
 
 from . import __version__
 from .config import PAD, UNK, OutDir, WorkDir, WriteOptions
-from .io import XlembedError, check_output_dir, read_json, require, save_tensors, sha256_file, staged_dir, write_json_atomic
+from .io import XlembedError, check_output_dir, read_json, read_lines, require, save_tensors, sha256_file, staged_dir, write_json_atomic
+from .oov import OOV_STRATEGIES, Filler, pinyin_of, random_rows
 from .project import load_projection
 
 STAGES = ("tokenize", "encode", "align", "project")
 
 
-def random_rows(n: int, mean: torch.Tensor, std: torch.Tensor, seed: int) -> torch.Tensor:
-    """`n` rows drawn from N(mean, std²) per dimension, reproducible by seed."""
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((n, mean.numel()), generator=generator, dtype=torch.float64)
-    return mean + std * noise
+def read_vocab(path: Path) -> list[str]:
+    """A user's vocabulary: one word per line, order kept."""
+    vocab, seen = [], {}
+    for lineno, line in enumerate(read_lines(path), start=1):
+        word = line.strip()
+        if not word or " " in word:
+            raise XlembedError(f"{path}:{lineno}: expected one word per line")
+        if word in seen:
+            raise XlembedError(f"{path}:{lineno}: '{word}' is already on line {seen[word]}")
+        seen[word] = lineno
+        vocab.append(word)
+    if not vocab:
+        raise XlembedError(f"{path}: empty vocabulary")
+    return vocab
 
 
-def build_matrix(zh_rows, zh_sum, zh_count, min_count: int, min_freq: int, seed: int):
-    """Vocabulary and rows: [PAD] (zeros), [UNK] (the mean projected row),
-    then every word with frequency >= min_freq, most frequent first.
-    Returns (vocab, embeddings float32, projected uint8)."""
-    keep = [k for k, (word, freq, _, _) in enumerate(zh_rows) if freq >= min_freq and word not in (PAD, UNK)]
-    vocab = [PAD, UNK] + [zh_rows[k][0] for k in keep]
-    counts = zh_count[keep]
-    projected = counts >= min_count
-    if not projected.any():
-        raise XlembedError("no Chinese word got a projected vector: the corpus is too small, or --min-count/--min-freq too high")
-    dim = zh_sum.shape[1]
-    rows = torch.zeros((len(vocab), dim), dtype=torch.float64)
-    word_rows = zh_sum[keep] / counts.clamp(min=1).unsqueeze(1).double()
-    mean, std = word_rows[projected].mean(0), word_rows[projected].std(0, unbiased=False)
-    n_filled = int((~projected).sum())
-    word_rows[~projected] = random_rows(n_filled, mean, std, seed)
-    rows[2:] = word_rows
-    rows[1] = mean
-    projected_flags = torch.zeros(len(vocab), dtype=torch.uint8)
-    projected_flags[2:] = projected.to(torch.uint8)
-    return vocab, rows.float(), projected_flags
+def build_matrix(zh_rows, zh_sum, zh_count, min_count: int, min_freq: int, seed: int,
+                 oov: str = "random", vocab: list[str] | None = None):
+    """Vocabulary, rows and where each row came from.
+
+    The vocabulary is `vocab` as given, or [PAD], [UNK], then every corpus
+    word with frequency >= min_freq, most frequent first. [PAD] is zeros,
+    [UNK] the mean projected row; words with >= min_count aligned contexts
+    get their projected row, the others a row from the `oov` strategy
+    (random rows drawn in vocabulary order with `seed`, scaled to the
+    per-dimension mean and std of the projected rows).
+    Returns (vocab, embeddings float32, projected uint8, rows_info), where
+    rows_info[i] = (freq, source, aligned English word, p(en|zh))."""
+    if oov not in OOV_STRATEGIES:
+        raise XlembedError(f"--oov must be one of {', '.join(OOV_STRATEGIES)}, got '{oov}'")
+    projected_ids = [k for k, (word, *_) in enumerate(zh_rows) if zh_count[k] >= min_count and word not in (PAD, UNK)]
+    if not projected_ids:
+        raise XlembedError("no Chinese word got a projected vector: the corpus is too small, or --min-count too high")
+    means = zh_sum[projected_ids] / zh_count[projected_ids].unsqueeze(1).double()
+    mean, std = means.mean(0), means.std(0, unbiased=False)
+    projected_index = {zh_rows[k][0]: i for i, k in enumerate(projected_ids)}
+    in_corpus = {row[0]: row for row in zh_rows}
+    if vocab is None:
+        vocab = [PAD, UNK] + [w for w, freq, *_ in zh_rows if freq >= min_freq and w not in (PAD, UNK)]
+    filler = None if oov == "random" else Filler([zh_rows[k][0] for k in projected_ids], means, [zh_rows[k][1] for k in projected_ids])
+
+    rows = torch.zeros((len(vocab), means.shape[1]), dtype=torch.float64)
+    sources, need_random = [], []
+    for i, word in enumerate(vocab):
+        if word in (PAD, UNK):
+            source = "special"
+            if word == UNK:
+                rows[i] = mean
+        elif word in projected_index:
+            source = "projected"
+            rows[i] = means[projected_index[word]]
+        else:
+            row, source = filler.fill(word, oov) if filler else (None, "random")
+            if row is None:
+                need_random.append(i)
+            else:
+                rows[i] = row
+        sources.append(source)
+    rows[need_random] = random_rows(len(need_random), mean, std, seed)
+    projected = torch.tensor([s == "projected" for s in sources], dtype=torch.uint8)
+    rows_info = [(in_corpus[w][1], s, in_corpus[w][2], in_corpus[w][3]) if w in in_corpus else (0, s, "", 0.0)
+                 for w, s in zip(vocab, sources)]
+    return vocab, rows.float(), projected, rows_info
+
+
+def vocab_tsv(vocab: list[str], rows_info) -> str:
+    """Per-row provenance: word, corpus frequency, source, aligned English
+    word and p(en|zh), pinyin with tone marks."""
+    lines = ["word\tfreq\tsource\taligned_en\tp_en_given_zh\tpinyin\n"]
+    for word, (freq, source, en, p) in zip(vocab, rows_info):
+        sound = "" if source == "special" else pinyin_of(word)
+        lines.append(f"{word}\t{freq}\t{source}\t{en}\t{p:.6g}\t{sound}\n")
+    return "".join(lines)
 
 
 def english_matrix(en_vocab, en_sum, en_count):
@@ -67,18 +114,21 @@ def write(opts: WriteOptions, work: WorkDir, out: Path) -> dict:
         projection_meta = f.metadata()
     min_count = int(projection_meta["min_count"])
 
-    vocab, embeddings, projected = build_matrix(zh_rows, tensors["zh_sum"], tensors["zh_count"], min_count, opts.min_freq, opts.seed)
+    user_vocab = read_vocab(opts.vocab) if opts.vocab is not None else None
+    vocab, embeddings, projected, rows_info = build_matrix(
+        zh_rows, tensors["zh_sum"], tensors["zh_count"], min_count, opts.min_freq, opts.seed, opts.oov, user_vocab)
     english_vocab, english = english_matrix(en_vocab, tensors["en_sum"], tensors["en_count"])
-    n_projected = int(projected.sum())
+    sources = Counter(source for _, source, _, _ in rows_info)
     counts = dict(
         pairs_read=records["tokenize"]["counts"]["pairs_read"],
         pairs_dropped=records["tokenize"]["counts"]["pairs_dropped"],
         pairs_kept=records["tokenize"]["counts"]["pairs_kept"],
         words_truncated=records["encode"]["counts"]["words_truncated"],
         vocab_size=len(vocab),
-        projected_rows=n_projected,
-        filled_rows=len(vocab) - 2 - n_projected,
-        special_rows=2,
+        projected_rows=sources["projected"],
+        filled_rows=sources["chars"] + sources["pinyin"] + sources["random"],
+        filled_by={name: sources[name] for name in OOV_STRATEGIES},
+        special_rows=sources["special"],
         english_vocab_size=len(english_vocab),
         dim=int(embeddings.shape[1]),
     )
@@ -89,7 +139,7 @@ def write(opts: WriteOptions, work: WorkDir, out: Path) -> dict:
         strategy=records["project"]["options"]["strategy"],
         symmetrization=records["align"]["options"]["symmetrization"],
         seed=str(opts.seed),
-        oov_fill="random",
+        oov_fill=opts.oov,
         counts=json.dumps(counts),
         xlembed_version=__version__,
     )
@@ -97,6 +147,7 @@ def write(opts: WriteOptions, work: WorkDir, out: Path) -> dict:
         o = OutDir(stage)
         save_tensors(o.embeddings, {"embeddings": embeddings, "projected": projected}, metadata)
         o.vocab.write_text("".join(w + "\n" for w in vocab), encoding="utf-8")
+        o.vocab_tsv.write_text(vocab_tsv(vocab, rows_info), encoding="utf-8")
         save_tensors(o.english, {"embeddings": english}, dict(model=metadata["model"], layer=metadata["layer"]))
         o.english_vocab.write_text("".join(w + "\n" for w in english_vocab), encoding="utf-8")
         seconds = {stage: records[stage]["seconds"] for stage in STAGES}
@@ -109,7 +160,7 @@ def write(opts: WriteOptions, work: WorkDir, out: Path) -> dict:
             counts=counts,
             stage_counts={stage: records[stage]["counts"] for stage in STAGES},
             seconds=seconds,
-            files={p.name: sha256_file(p) for p in (o.embeddings, o.vocab, o.english, o.english_vocab)},
+            files={p.name: sha256_file(p) for p in o.files},
         )
         write_json_atomic(o.manifest, manifest)
     return manifest

@@ -76,7 +76,7 @@ def test_output_contract(built, tiny_bert):
 def test_nothing_but_the_contract_is_left_beside_the_output(built):
     assert sorted(p.name for p in built.parent.iterdir()) == ["out", "out.work"]
     assert sorted(p.name for p in built.iterdir()) == sorted(
-        ["embeddings.safetensors", "vocab.txt", "english.safetensors", "english_vocab.txt", "manifest.json"])
+        ["embeddings.safetensors", "vocab.txt", "vocab.tsv", "english.safetensors", "english_vocab.txt", "manifest.json"])
 
 
 def test_write_is_seeded(built, tmp_path):

@@ -107,14 +107,14 @@ def test_build_matrix_rows_specials_and_min_count():
     zh_rows = [("猫", 3, "cat", 0.75), ("水", 2, "water", 1.0), ("很", 1, "", 0.0), ("好", 1, "good", 1.0)]
     zh_sum = torch.tensor([[6.0, 2.0], [6.0, 6.0], [0.0, 0.0], [0.5, 0.25]], dtype=torch.float64)
     zh_count = torch.tensor([3, 2, 0, 1])
-    vocab, rows, projected = build_matrix(zh_rows, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
+    vocab, rows, projected, _ = build_matrix(zh_rows, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
     assert vocab == ["[PAD]", "[UNK]", "猫", "水", "很", "好"]
     assert projected.tolist() == [0, 0, 1, 1, 0, 1]
     assert rows[0].tolist() == [0.0, 0.0]
     assert rows[2].tolist() == [2.0, pytest.approx(2.0 / 3)]
     assert rows[1].tolist() == pytest.approx([(2 + 3 + 0.5) / 3, (2 / 3 + 3 + 0.25) / 3])  # [UNK] = mean projected row
     # min_count 2 drops 好's single context; min_freq 2 drops the rare words
-    vocab, rows, projected = build_matrix(zh_rows, zh_sum, zh_count, min_count=2, min_freq=2, seed=0)
+    vocab, rows, projected, _ = build_matrix(zh_rows, zh_sum, zh_count, min_count=2, min_freq=2, seed=0)
     assert vocab == ["[PAD]", "[UNK]", "猫", "水"]
     assert projected.tolist() == [0, 0, 1, 1]
 
@@ -126,10 +126,10 @@ def test_filled_rows_follow_the_projected_rows_mean_and_spread():
     zh_rows = [(f"w{k}", 1, "", 0.0) for k in range(n_projected + n_filled)]
     zh_sum = torch.cat([projected_rows, torch.zeros((n_filled, 4), dtype=torch.float64)])
     zh_count = torch.cat([torch.ones(n_projected, dtype=torch.int64), torch.zeros(n_filled, dtype=torch.int64)])
-    _, rows, projected = build_matrix(zh_rows, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
+    _, rows, projected, _ = build_matrix(zh_rows, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
     filled = rows[2:][projected[2:] == 0].double()
     assert len(filled) == n_filled
     torch.testing.assert_close(filled.mean(0), projected_rows.mean(0), atol=0.15, rtol=0)
     torch.testing.assert_close(filled.std(0), projected_rows.std(0), atol=0, rtol=0.06)
-    _, again, _ = build_matrix(zh_rows, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
+    _, again, _, _ = build_matrix(zh_rows, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
     assert torch.equal(rows, again)
