@@ -252,6 +252,96 @@ def run(
 
 
 @app.command()
+def extend(
+    out_dir: Annotated[Path, typer.Argument(help="An output directory of `xlembed run` or `xlembed write`.")],
+    words: Annotated[Path, typer.Option(help="Words to add, one per line (those already there are skipped).")],
+    oov: Annotated[Optional[str], typer.Option(help="random, chars or pinyin [default: the strategy the matrix was built with].")] = None,
+):
+    """Add rows for new words to an existing matrix, filled from its projected rows (atomically)."""
+    with reported_errors():
+        from pipeline.extend import extend as run_extend
+
+        result = run_extend(out_dir, words, oov)
+        err.print(f"[green]✔[/green] added {result['added']:,} rows ({result['oov']}: "
+                  + ", ".join(f"{n} {src}" for src, n in sorted(result["sources"].items()))
+                  + f"), {result['already_present']:,} already present; {result['vocab_size']:,} rows now", highlight=False)
+
+
+@app.command()
+def neighbors(
+    out_dir: Annotated[Path, typer.Argument(help="An output directory of `xlembed run` or `xlembed write`.")],
+    word: Annotated[str, typer.Argument(help="A Chinese word (or an English word with --lang en).")],
+    k: Annotated[int, typer.Option("-k", help="How many neighbours on each side.")] = 10,
+    lang: Annotated[str, typer.Option(help="zh: WORD is Chinese; en: WORD is English.")] = "zh",
+):
+    """Nearest Chinese words and nearest English words (cosine) of a word: translations and neighbours."""
+    with reported_errors():
+        from pipeline.inspect import neighbors as find_neighbors
+
+        result = find_neighbors(out_dir, word, k, lang)
+        title = word + ("" if lang == "en" else " (projected)" if result["projected"] else " (filled row)")
+        table = Table(title=title)
+        for column in ("Chinese", "cos", "English", "cos"):
+            table.add_column(column, justify="right" if column == "cos" else "left")
+        for i in range(max(len(result["zh"]), len(result["en"]))):
+            zh = result["zh"][i] if i < len(result["zh"]) else ("", "")
+            en = result["en"][i] if i < len(result["en"]) else ("", "")
+            table.add_row(zh[0], f"{zh[1]:.3f}" if zh[1] != "" else "", en[0], f"{en[1]:.3f}" if en[1] != "" else "")
+        Console().print(table)
+
+
+@app.command()
+def info(
+    out_dir: Annotated[Path, typer.Argument(help="An output directory of `xlembed run` or `xlembed write`.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """Shape, dtype, model, settings, projected and filled rows, and the most frequent words of a matrix."""
+    with reported_errors():
+        from pipeline.inspect import info as read_info
+        from pipeline.inspect import summary_json
+
+        result = read_info(out_dir)
+        if json_out:
+            print(summary_json(result))
+            return
+        c = result["counts"]
+        table = Table(title=str(out_dir), show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("matrix", f"{result['shape'][0]:,} × {result['shape'][1]} {result['dtype']}")
+        table.add_row("english", f"{result['english_shape'][0]:,} × {result['english_shape'][1]}")
+        filled_by = ", ".join(f"{n:,} {k}" for k, n in c.get("filled_by", {}).items() if n)
+        table.add_row("rows", f"{c.get('projected_rows', 0):,} projected, {c.get('filled_rows', 0):,} filled"
+                      + (f" ({filled_by})" if filled_by else "") + f", {c.get('special_rows', 0)} special")
+        table.add_row("model", f"{result['model']} (layer {result['layer']})")
+        table.add_row("method", f"{result['strategy']}, {result['symmetrization']}, oov {result['oov_fill']}, seed {result['seed']}")
+        table.add_row("corpus", f"{c.get('pairs_kept', 0):,} pairs ({c.get('pairs_dropped', 0):,} dropped)")
+        table.add_row("top words", " ".join(result["top_words"]))
+        table.add_row("xlembed", str(result["xlembed_version"]))
+        Console().print(table)
+
+
+@app.command()
+def export(
+    out_dir: Annotated[Path, typer.Argument(help="An output directory of `xlembed run` or `xlembed write`.")],
+    format: Annotated[str, typer.Option("--format", help="word2vec (text; gensim's KeyedVectors.load_word2vec_format reads it).")] = "word2vec",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write [default: OUT_DIR/embeddings.word2vec.txt].")] = None,
+    lang: Annotated[str, typer.Option(help="zh: the Chinese matrix; en: the English one.")] = "zh",
+):
+    """Export a matrix in another format."""
+    with reported_errors():
+        from pipeline.inspect import export_word2vec
+
+        if format != "word2vec":
+            raise XlembedError(f"--format must be word2vec, got '{format}'")
+        if lang not in ("zh", "en"):
+            raise XlembedError(f"--lang must be zh or en, got '{lang}'")
+        target = output or out_dir / ("embeddings.word2vec.txt" if lang == "zh" else "english.word2vec.txt")
+        n = export_word2vec(out_dir, target, lang)
+        err.print(f"[green]✔[/green] wrote {n:,} rows to {target}", highlight=False)
+
+
+@app.command()
 def verify(out_dir: Annotated[Path, typer.Argument(help="An output directory of `xlembed write` or `xlembed run`.")]):
     """Check an output directory: file checksums against manifest.json, and that rows, vocabulary lines,
     the `projected` flags and the English matrix agree. Exit code 1 on any problem."""

@@ -1,0 +1,137 @@
+"""Using a built matrix: --vocab, extend, neighbors, info, export, and the Python API."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from cli.main import app
+from pipeline.api import ChineseTokenizer, load
+from pipeline.io import save_tensors
+
+from .test_cli import built, corpus  # noqa: F401  (fixtures: a tiny-model build of a small corpus)
+
+
+def xlembed(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_write_with_a_user_vocabulary(built, tmp_path):
+    (tmp_path / "v.txt").write_text("[PAD]\n狗\n足球\n[UNK]\n猫\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = xlembed("write", "--work", built.with_name("out.work"), "--out", out, "--vocab", tmp_path / "v.txt", "--oov", "chars", "-q")
+    assert result.exit_code == 0, result.output
+    assert (out / "vocab.txt").read_text("utf-8").splitlines() == ["[PAD]", "狗", "足球", "[UNK]", "猫"]
+    rows = [line.split("\t") for line in (out / "vocab.tsv").read_text("utf-8").splitlines()[1:]]
+    assert [r[2] for r in rows] == ["special", "projected", "random", "special", "projected"]  # no projected word has 足 or 球
+    assert rows[1][5] == "gǒu"
+    m = load_file(str(out / "embeddings.safetensors"))
+    assert m["embeddings"].shape[0] == 5 and m["projected"].tolist() == [0, 1, 0, 0, 1]
+    assert xlembed("verify", out).exit_code == 0
+    ours = load_file(str(built / "embeddings.safetensors"))["embeddings"]
+    vocab = (built / "vocab.txt").read_text("utf-8").splitlines()
+    assert torch.equal(m["embeddings"][4], ours[vocab.index("猫")])  # the same projected row
+
+
+def test_extend_appends_rows_atomically(built, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(built, out)
+    before = load_file(str(out / "embeddings.safetensors"))
+    (tmp_path / "w.txt").write_text("猫\n小猫\n🐱\n", encoding="utf-8")
+    result = xlembed("extend", out, "--words", tmp_path / "w.txt", "--oov", "chars")
+    assert result.exit_code == 0, result.output
+    assert "added 2 rows" in result.output and "1 already present" in result.output
+    after = load_file(str(out / "embeddings.safetensors"))
+    n = before["embeddings"].shape[0]
+    assert torch.equal(after["embeddings"][:n], before["embeddings"])
+    assert after["embeddings"].shape[0] == n + 2 and after["projected"][n:].tolist() == [0, 0]
+    assert (out / "vocab.txt").read_text("utf-8").splitlines()[-2:] == ["小猫", "🐱"]
+    assert [line.split("\t")[2] for line in (out / "vocab.tsv").read_text("utf-8").splitlines()[-2:]] == ["chars", "random"]
+    assert xlembed("verify", out).exit_code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["vocab_size"] == n + 2 and manifest["extended"][0]["added"] == 2
+    # the same extension of the same matrix gives the same bytes
+    again = tmp_path / "again"
+    shutil.copytree(built, again)
+    xlembed("extend", again, "--words", tmp_path / "w.txt", "--oov", "chars")
+    assert (again / "embeddings.safetensors").read_bytes() == (out / "embeddings.safetensors").read_bytes()
+
+
+@pytest.fixture
+def hand_made(tmp_path):
+    """猫 next to cat, 狗 next to dog, 书 far from both."""
+    out = tmp_path / "hand"
+    out.mkdir()
+    save_tensors(out / "embeddings.safetensors", {
+        "embeddings": torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 0.1], [0.9, 0.3], [-1.0, 0.2]]),
+        "projected": torch.tensor([0, 0, 1, 1, 0], dtype=torch.uint8)}, {"model": "m", "layer": "-1", "seed": "0", "oov_fill": "random"})
+    (out / "vocab.txt").write_text("[PAD]\n[UNK]\n猫\n狗\n书\n", encoding="utf-8")
+    save_tensors(out / "english.safetensors", {"embeddings": torch.tensor([[1.0, 0.0], [0.9, 0.35], [-1.0, 0.0]])})
+    (out / "english_vocab.txt").write_text("cat\ndog\nbook\n", encoding="utf-8")
+    (out / "manifest.json").write_text(json.dumps({"counts": {"projected_rows": 2, "filled_rows": 1, "special_rows": 2},
+                                                   "parameters": {"tokenize": {"user_dict": None, "hmm": True}}}))
+    return out
+
+
+def test_neighbors_of_a_chinese_and_an_english_word(hand_made):
+    from pipeline.inspect import neighbors
+
+    r = neighbors(hand_made, "猫", k=2)
+    assert [w for w, _ in r["zh"]] == ["狗", "书"] and [w for w, _ in r["en"]] == ["cat", "dog"]
+    assert r["projected"] is True
+    r = neighbors(hand_made, "book", k=1, lang="en")
+    assert r["zh"][0][0] == "书" and r["en"][0][0] == "dog"
+    result = xlembed("neighbors", hand_made, "鱼")
+    assert result.exit_code == 2 and "'鱼' is not in vocab.txt" in result.output
+
+
+def test_info(hand_made):
+    result = xlembed("info", hand_made, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["shape"] == [5, 2] and info["dtype"] == "F32" and info["english_shape"] == [3, 2]
+    assert info["top_words"] == ["猫", "狗", "书"] and info["counts"]["projected_rows"] == 2
+    assert "5 × 2 F32" in xlembed("info", hand_made).output
+
+
+def test_export_word2vec_reads_back_in_gensim(hand_made, tmp_path):
+    from gensim.models import KeyedVectors
+
+    result = xlembed("export", hand_made, "--format", "word2vec", "-o", tmp_path / "e.txt")
+    assert result.exit_code == 0, result.output
+    kv = KeyedVectors.load_word2vec_format(str(tmp_path / "e.txt"), binary=False)
+    assert kv.index_to_key == ["[PAD]", "[UNK]", "猫", "狗", "书"]
+    assert kv["狗"].tolist() == pytest.approx([0.9, 0.3])
+    assert kv.most_similar("猫", topn=1)[0][0] == "狗"
+    assert xlembed("export", hand_made, "--format", "glove").exit_code == 2
+
+
+def test_python_api_embedding_and_tokenizer(hand_made):
+    embedding, tokenizer = load(hand_made)
+    assert isinstance(embedding, torch.nn.Embedding) and embedding.weight.shape == (5, 2)
+    assert embedding.padding_idx == 0 and not embedding.weight.requires_grad
+    assert load(hand_made, freeze=False)[0].weight.requires_grad
+    assert tokenizer.tokenize("猫和狗。") == ["猫", "和", "狗", "。"]
+    assert tokenizer.encode("猫和狗") == [2, 1, 3]  # 和 is unknown: [UNK]
+    ids, mask = tokenizer.batch_encode(["猫和狗", "书"])
+    assert ids.tolist() == [[2, 1, 3], [4, 0, 0]]
+    assert mask.tolist() == [[True, True, True], [True, False, False]]
+    assert embedding(ids).shape == (2, 3, 2)
+    assert isinstance(tokenizer, ChineseTokenizer) and len(tokenizer) == 5
+
+
+def test_the_readme_example_runs(built, monkeypatch):
+    """The README's API example, run as it is written (on a tiny build)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    code = readme.split("<!-- api-example -->")[1].split("```python")[1].split("```")[0]
+    monkeypatch.chdir(built.parent)
+    (built.parent / "runs").mkdir(exist_ok=True)
+    if not (built.parent / "runs" / "demo").exists():
+        (built.parent / "runs" / "demo").symlink_to(built)
+    namespace = {}
+    exec(code, namespace)
+    assert namespace["logits"].shape == (2, 2)
