@@ -47,3 +47,28 @@ def test_frequent_words_land_next_to_their_translation(demo, zh, en):
     similarity = torch.nn.functional.cosine_similarity(english, row.unsqueeze(0))
     top3 = [english_vocab[i] for i in similarity.topk(3).indices]
     assert en in top3, top3
+
+
+def test_using_the_real_output(demo, tmp_path):
+    """info, export, and extend with composed rows, on the MiniLM build."""
+    import shutil
+
+    from gensim.models import KeyedVectors
+
+    from pipeline.extend import extend
+    from pipeline.inspect import export_word2vec, info, neighbors
+    from pipeline.verify import verify
+
+    summary = info(demo)
+    assert summary["shape"][1] == 384 and summary["top_words"][0] == "。"
+    assert export_word2vec(demo, tmp_path / "w2v.txt") == summary["shape"][0]
+    assert KeyedVectors.load_word2vec_format(str(tmp_path / "w2v.txt")).vector_size == 384
+    out = tmp_path / "out"
+    shutil.copytree(demo, out)
+    vocab = (out / "vocab.txt").read_text("utf-8").splitlines()
+    assert "猫狗" not in vocab
+    (tmp_path / "words.txt").write_text("猫狗\n", encoding="utf-8")
+    assert extend(out, tmp_path / "words.txt", "chars")["sources"] == {"chars": 1}
+    assert verify(out) == []
+    english = [w for w, _ in neighbors(out, "猫狗", k=5)["en"]]
+    assert {"cat", "cats", "dog", "dogs"} & set(english), english
