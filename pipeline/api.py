@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from .config import PAD, UNK, OutDir
-from .io import XlembedError, read_json, require
+from .io import XlembedError, read_json, read_words, require
 
 
 class ChineseTokenizer:
@@ -36,7 +36,7 @@ class ChineseTokenizer:
         o = OutDir(Path(out))
         options = read_json(require(o.manifest, "write"))["parameters"]["tokenize"]
         user_dict = options.get("user_dict")
-        return cls(o.vocab.read_text(encoding="utf-8").split("\n")[:-1], Path(user_dict) if user_dict else None, options.get("hmm", True))
+        return cls(read_words(o.vocab), Path(user_dict) if user_dict else None, options.get("hmm", True))
 
     def tokenize(self, text: str) -> list[str]:
         return self.split(text)
@@ -68,7 +68,7 @@ def load_embedding(out: Path, freeze: bool = True) -> torch.nn.Embedding:
     """The matrix as an nn.Embedding (padding_idx = the [PAD] row)."""
     o = OutDir(Path(out))
     weights = load_file(str(require(o.embeddings, "write")))["embeddings"]
-    vocab = o.vocab.read_text(encoding="utf-8").split("\n")[:-1]
+    vocab = read_words(o.vocab)
     pad = vocab.index(PAD) if PAD in vocab else None
     return torch.nn.Embedding.from_pretrained(weights, freeze=freeze, padding_idx=pad)
 

@@ -107,7 +107,8 @@ def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReport
     corpus_en = require(work.corpus_en, "tokenize")
     model_dir = resolve_model_dir(opts.model)
     options = dict(vars(opts), model=str(model_dir), device=str(device))
-    key = stage_key("encode", corpus_en=file_hash(corpus_en), model=model_hash(model_dir),
+    model_sha256 = model_hash(model_dir)
+    key = stage_key("encode", corpus_en=file_hash(corpus_en), model=model_sha256,
                     **{k: v for k, v in options.items() if k != "model"})
     if not force and (record := up_to_date(work, "encode", key)):
         return dict(record, skipped=True)
@@ -238,7 +239,7 @@ def encode(opts: EncodeOptions, work: WorkDir, reporter: Reporter = SilentReport
         options=options,
         max_length_used=max_length,
         inputs={str(corpus_en): file_hash(corpus_en)},
-        model_sha256=model_hash(model_dir),
+        model_sha256=model_sha256,
         dim=dim,
         counts=counts,
         resumed_at_shard=resumed_at_shard,

@@ -24,7 +24,7 @@ import torch
 
 from .align import Links, parse_links, run_eflomal, symmetrize
 from .config import SYMMETRIZATIONS, AlignOptions, OutDir, WorkDir
-from .io import Reporter, SilentReporter, XlembedError, read_lines, require
+from .io import Reporter, SilentReporter, XlembedError, read_lines, read_words, require
 
 PTB_BRACKETS = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}"}
 
@@ -100,10 +100,10 @@ class Matrix:
             require(path, "write")
         tensors = load_file(str(o.embeddings))
         return cls(
-            vocab=o.vocab.read_text(encoding="utf-8").split("\n")[:-1],
+            vocab=read_words(o.vocab),
             rows=torch.nn.functional.normalize(tensors["embeddings"].float(), dim=1),
             projected=tensors["projected"].bool(),
-            english_vocab=o.english_vocab.read_text(encoding="utf-8").split("\n")[:-1],
+            english_vocab=read_words(o.english_vocab),
             english=torch.nn.functional.normalize(load_file(str(o.english))["embeddings"].float(), dim=1),
         )
 

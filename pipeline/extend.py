@@ -10,8 +10,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .config import OutDir
-from .io import XlembedError, read_json, read_lines, require, save_tensors, sha256_file, staged_dir, write_json_atomic
-from .oov import OOV_STRATEGIES, Filler, pinyin_of, random_rows
+from .io import XlembedError, read_json, read_lines, read_words, require, save_tensors, sha256_file, staged_dir, write_json_atomic
+from .oov import OOV_STRATEGIES, Filler, fill_rows
+from .write import vocab_tsv
 
 
 def extend(out: Path, words_file: Path, oov: str | None = None) -> dict:
@@ -28,8 +29,8 @@ def extend(out: Path, words_file: Path, oov: str | None = None) -> dict:
     oov = oov or metadata.get("oov_fill", "random")
     if oov not in OOV_STRATEGIES:
         raise XlembedError(f"--oov must be one of {', '.join(OOV_STRATEGIES)}, got '{oov}'")
-    vocab = require(o.vocab, "write").read_text(encoding="utf-8").split("\n")[:-1]
-    tsv = require(o.vocab_tsv, "write").read_text(encoding="utf-8").split("\n")[:-1]
+    vocab = read_words(require(o.vocab, "write"))
+    tsv = read_words(require(o.vocab_tsv, "write"))
     known = set(vocab)
     new_words = []
     for lineno, line in enumerate(read_lines(words_file), start=1):
@@ -47,16 +48,8 @@ def extend(out: Path, words_file: Path, oov: str | None = None) -> dict:
         raise XlembedError(f"{o.embeddings}: has no projected rows to build new rows from")
     base = rows[projected_ids].double()
     filler = Filler([vocab[i] for i in projected_ids], base, [freq[i] for i in projected_ids])
-    new_rows, sources, need_random = torch.zeros((len(new_words), rows.shape[1]), dtype=torch.float64), [], []
-    for i, word in enumerate(new_words):
-        row, source = filler.fill(word, oov) if oov != "random" else (None, "random")
-        if row is None:
-            need_random.append(i)
-        else:
-            new_rows[i] = row
-        sources.append(source)
     seed = int(metadata.get("seed", 0)) * 1_000_003 + len(vocab)  # another stream than write's, still reproducible
-    new_rows[need_random] = random_rows(len(need_random), base.mean(0), base.std(0, unbiased=False), seed)
+    new_rows, sources = fill_rows(new_words, oov, filler, base.mean(0), base.std(0, unbiased=False), seed)
 
     counts = manifest["counts"]
     counts["vocab_size"] = len(vocab) + len(new_words)
@@ -73,8 +66,8 @@ def extend(out: Path, words_file: Path, oov: str | None = None) -> dict:
                                     "projected": torch.cat([tensors["projected"], torch.zeros(len(new_words), dtype=torch.uint8)])},
                      metadata)
         s.vocab.write_text("".join(w + "\n" for w in vocab + new_words), encoding="utf-8")
-        s.vocab_tsv.write_text("\n".join(tsv) + "\n" + "".join(
-            f"{w}\t0\t{src}\t\t0\t{pinyin_of(w)}\n" for w, src in zip(new_words, sources)), encoding="utf-8")
+        new_lines = vocab_tsv(new_words, [(0, src, "", 0.0) for src in sources]).split("\n", 1)[1]  # without its header
+        s.vocab_tsv.write_text("\n".join(tsv) + "\n" + new_lines, encoding="utf-8")
         manifest.setdefault("extended", []).append(dict(words_file=str(words_file), oov=oov, added=len(new_words)))
         manifest["files"] = {p.name: sha256_file(p) for p in s.files}
         write_json_atomic(s.manifest, manifest)

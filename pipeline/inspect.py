@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 from .config import PAD, UNK, OutDir
 from .evaluate import Matrix
-from .io import XlembedError, atomic_path, read_json, require
+from .io import XlembedError, atomic_path, read_json, read_words, require
 
 
 def neighbors(out: Path, word: str, k: int = 10, lang: str = "zh") -> dict:
@@ -49,7 +49,7 @@ def info(out: Path, top: int = 10) -> dict:
     manifest = read_json(require(o.manifest, "write"))
     with safe_open(str(o.english), "pt") as f:
         english_shape = list(f.get_slice("embeddings").get_shape())
-    vocab = o.vocab.read_text(encoding="utf-8").split("\n")[:-1]
+    vocab = read_words(o.vocab)
     return dict(
         out=str(out), shape=shape, dtype=dtype, english_shape=english_shape,
         model=metadata.get("model"), layer=metadata.get("layer"), strategy=metadata.get("strategy"),
@@ -67,7 +67,7 @@ def export_word2vec(out: Path, target: Path, lang: str = "zh") -> int:
     o = OutDir(Path(out))
     matrix_path, vocab_path = (o.embeddings, o.vocab) if lang == "zh" else (o.english, o.english_vocab)
     rows = load_file(str(require(matrix_path, "write")))["embeddings"]
-    vocab = vocab_path.read_text(encoding="utf-8").split("\n")[:-1]
+    vocab = read_words(vocab_path)
     with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(f"{rows.shape[0]} {rows.shape[1]}\n")
         for word, row in zip(vocab, rows.tolist()):

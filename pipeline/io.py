@@ -18,12 +18,18 @@ class XlembedError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
-def _open_binary(path: Path):
+def require_file(path: Path) -> Path:
+    """An input file given by the user: it exists and is not a directory."""
     path = Path(path)
     if not path.exists():
         raise XlembedError(f"{path}: file does not exist")
     if path.is_dir():
         raise XlembedError(f"{path}: is a directory, expected a file")
+    return path
+
+
+def _open_binary(path: Path):
+    path = require_file(path)
     try:
         if path.suffix == ".gz":
             return gzip.open(path, "rb")
@@ -53,6 +59,12 @@ def read_lines(path: Path) -> Iterator[str]:
                     raise XlembedError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start + 1} of the line)")
         except (OSError, EOFError) as e:  # truncated or corrupt gzip
             raise XlembedError(f"{path}:{lineno + 1}: cannot read: {e}")
+
+
+def read_words(path: Path) -> list[str]:
+    """A word list as xlembed writes it (vocab.txt, english_vocab.txt): one
+    word per line, each line ended by a newline."""
+    return Path(path).read_text(encoding="utf-8").split("\n")[:-1]
 
 
 def sha256_file(path: Path) -> str:

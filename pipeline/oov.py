@@ -84,3 +84,21 @@ class Filler:
             if row is not None:
                 return row, "chars"
         return None, "random"
+
+
+def fill_rows(words: list[str], strategy: str, filler: Filler | None, mean: torch.Tensor, std: torch.Tensor,
+              seed: int) -> tuple[torch.Tensor, list[str]]:
+    """Rows (float64) and sources for words without a projected row: the
+    strategy's rows, and random rows (drawn in the words' order with `seed`)
+    where it cannot reach. `filler` may be None for `random`."""
+    rows = torch.zeros((len(words), mean.numel()), dtype=torch.float64)
+    sources, need_random = [], []
+    for i, word in enumerate(words):
+        row, source = filler.fill(word, strategy) if filler is not None else (None, "random")
+        if row is None:
+            need_random.append(i)
+        else:
+            rows[i] = row
+        sources.append(source)
+    rows[need_random] = random_rows(len(need_random), mean, std, seed)
+    return rows, sources

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .config import TokenizeOptions, WorkDir
-from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, write_json_atomic
+from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, require_file, write_json_atomic
 from .models import load_tokenizer, resolve_model_dir
 from .records import file_hash, invalidate, model_hash, stage_key, up_to_date
 
@@ -111,14 +111,12 @@ def tokenize(opts: TokenizeOptions, work: WorkDir, reporter: Reporter = SilentRe
     else:
         raise XlembedError("no corpus given: pass --tsv FILE, or both --en FILE and --zh FILE")
     for p in inputs:  # fail early, before loading anything
-        if not p.exists():
-            raise XlembedError(f"{p}: file does not exist")
-        if p.is_dir():
-            raise XlembedError(f"{p}: is a directory, expected a file")
+        require_file(p)
 
     model_dir = resolve_model_dir(opts.model)
     input_hashes = {str(p): file_hash(p) for p in inputs}
-    key = stage_key("tokenize", inputs=list(input_hashes.values()), model=model_hash(model_dir), hmm=opts.hmm,
+    model_sha256 = model_hash(model_dir)
+    key = stage_key("tokenize", inputs=list(input_hashes.values()), model=model_sha256, hmm=opts.hmm,
                     columns=[opts.en_column, opts.zh_column] if opts.tsv else None,
                     user_dict=file_hash(opts.user_dict) if opts.user_dict else None)
     if not force and (record := up_to_date(work, "tokenize", key)):
@@ -155,7 +153,7 @@ def tokenize(opts: TokenizeOptions, work: WorkDir, reporter: Reporter = SilentRe
         key=key,
         options=dict(vars(opts), model=str(model_dir)),
         inputs=input_hashes,
-        model_sha256=model_hash(model_dir),
+        model_sha256=model_sha256,
         counts=counts,
         seconds=round(time.perf_counter() - start, 3),
     )

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from .config import PAD, UNK, OutDir
-from .io import sha256_file
+from .io import read_words, sha256_file
 
 
 def verify(out: Path) -> list[str]:
@@ -39,8 +39,8 @@ def verify(out: Path) -> list[str]:
         tensors, english = load_file(str(o.embeddings)), load_file(str(o.english))
     except (SafetensorError, OSError) as e:
         return [f"{o.root}: cannot read the matrices: {e}"]
-    vocab = o.vocab.read_text(encoding="utf-8").split("\n")[:-1]
-    english_vocab = o.english_vocab.read_text(encoding="utf-8").split("\n")[:-1]
+    vocab = read_words(o.vocab)
+    english_vocab = read_words(o.english_vocab)
     emb, projected, eng = tensors.get("embeddings"), tensors.get("projected"), english.get("embeddings")
     if emb is None or projected is None or eng is None:
         return [f"{o.root}: a tensor is missing (embeddings, projected, or english embeddings)"]

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from . import __version__
 from .config import PAD, UNK, OutDir, WorkDir, WriteOptions
 from .io import XlembedError, check_output_dir, read_json, read_lines, require, save_tensors, sha256_file, staged_dir, write_json_atomic
-from .oov import OOV_STRATEGIES, Filler, pinyin_of, random_rows
+from .oov import OOV_STRATEGIES, Filler, fill_rows, pinyin_of
 from .project import load_projection
 
 STAGES = ("tokenize", "encode", "align", "project")
@@ -62,23 +62,22 @@ def build_matrix(zh_rows, zh_sum, zh_count, min_count: int, min_freq: int, seed:
     filler = None if oov == "random" else Filler([zh_rows[k][0] for k in projected_ids], means, [zh_rows[k][1] for k in projected_ids])
 
     rows = torch.zeros((len(vocab), means.shape[1]), dtype=torch.float64)
-    sources, need_random = [], []
+    sources, to_fill = [], []
     for i, word in enumerate(vocab):
         if word in (PAD, UNK):
-            source = "special"
+            sources.append("special")
             if word == UNK:
                 rows[i] = mean
         elif word in projected_index:
-            source = "projected"
+            sources.append("projected")
             rows[i] = means[projected_index[word]]
         else:
-            row, source = filler.fill(word, oov) if filler else (None, "random")
-            if row is None:
-                need_random.append(i)
-            else:
-                rows[i] = row
-        sources.append(source)
-    rows[need_random] = random_rows(len(need_random), mean, std, seed)
+            sources.append(None)  # set below
+            to_fill.append(i)
+    filled, filled_sources = fill_rows([vocab[i] for i in to_fill], oov, filler, mean, std, seed)
+    rows[to_fill] = filled
+    for i, source in zip(to_fill, filled_sources):
+        sources[i] = source
     projected = torch.tensor([s == "projected" for s in sources], dtype=torch.uint8)
     rows_info = [(in_corpus[w][1], s, in_corpus[w][2], in_corpus[w][3]) if w in in_corpus else (0, s, "", 0.0)
                  for w, s in zip(vocab, sources)]
