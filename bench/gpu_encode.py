@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.config import EncodeOptions, WorkDir  # noqa: E402
-from pipeline.encode import VectorStore, encode  # noqa: E402
+from xlembed.config import EncodeOptions, WorkDir  # noqa: E402
+from xlembed.encode import VectorStore, encode  # noqa: E402
 
 
 def random_init_copy(model_dir: Path, into: Path) -> Path:

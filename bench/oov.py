@@ -17,11 +17,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from pipeline.config import PAD, UNK, WorkDir, WriteOptions  # noqa: E402
-from pipeline.evaluate import evaluate, read_wordsim  # noqa: E402
-from pipeline.io import read_lines  # noqa: E402
-from pipeline.oov import OOV_STRATEGIES  # noqa: E402
-from pipeline.write import write  # noqa: E402
+from xlembed.config import PAD, UNK, WorkDir, WriteOptions  # noqa: E402
+from xlembed.evaluate import evaluate, read_wordsim  # noqa: E402
+from xlembed.io import read_lines  # noqa: E402
+from xlembed.oov import OOV_STRATEGIES  # noqa: E402
+from xlembed.write import write  # noqa: E402
 
 
 def main() -> None:

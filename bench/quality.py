@@ -26,13 +26,13 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from pipeline.align import align, symmetrize_and_count  # noqa: E402
-from pipeline.config import SYMMETRIZATIONS, STRATEGIES, AlignOptions, EncodeOptions, ProjectOptions, TokenizeOptions, WorkDir, WriteOptions  # noqa: E402
-from pipeline.encode import encode  # noqa: E402
-from pipeline.evaluate import evaluate, evaluate_alignment, read_wordsim, spearman  # noqa: E402
-from pipeline.project import project  # noqa: E402
-from pipeline.tokenize import tokenize  # noqa: E402
-from pipeline.write import write  # noqa: E402
+from xlembed.align import align, symmetrize_and_count  # noqa: E402
+from xlembed.config import SYMMETRIZATIONS, STRATEGIES, AlignOptions, EncodeOptions, ProjectOptions, TokenizeOptions, WorkDir, WriteOptions  # noqa: E402
+from xlembed.encode import encode  # noqa: E402
+from xlembed.evaluate import evaluate, evaluate_alignment, read_wordsim, spearman  # noqa: E402
+from xlembed.project import project  # noqa: E402
+from xlembed.tokenize import tokenize  # noqa: E402
+from xlembed.write import write  # noqa: E402
 
 LAYERS = ("-1", "-2", "mean-last4")
 

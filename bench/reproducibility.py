@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.align import align, parse_links, read_lexicon  # noqa: E402
-from pipeline.config import AlignOptions, EncodeOptions, ProjectOptions, WorkDir, WriteOptions  # noqa: E402
-from pipeline.encode import encode  # noqa: E402
-from pipeline.io import read_json, read_lines  # noqa: E402
-from pipeline.project import project  # noqa: E402
-from pipeline.write import write  # noqa: E402
+from xlembed.align import align, parse_links, read_lexicon  # noqa: E402
+from xlembed.config import AlignOptions, EncodeOptions, ProjectOptions, WorkDir, WriteOptions  # noqa: E402
+from xlembed.encode import encode  # noqa: E402
+from xlembed.io import read_json, read_lines  # noqa: E402
+from xlembed.project import project  # noqa: E402
+from xlembed.write import write  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 

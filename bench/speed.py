@@ -27,8 +27,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from pipeline.config import EncodeOptions  # noqa: E402
-from pipeline.models import load_encoder, load_tokenizer, resolve_model_dir  # noqa: E402
+from xlembed.config import EncodeOptions  # noqa: E402
+from xlembed.models import load_encoder, load_tokenizer, resolve_model_dir  # noqa: E402
 
 
 def forward_seconds(model, tokenizer, sentences: list[list[str]], batch_size: int) -> float:

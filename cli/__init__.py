@@ -1,1 +1,1 @@
-"""xlembed's command line (Typer): parses options, calls pipeline/, prints."""
+"""xlembed's command line (Typer): parses options, calls xlembed, prints."""

@@ -1,2 +1,22 @@
-"""xlembed's stages, each a function from input artifacts to output artifacts."""
+"""xlembed: Chinese word embeddings from an English–Chinese parallel corpus and an English BERT.
+
+    import xlembed
+    e = xlembed.load("runs/demo")             # Embeddings
+    e.translate("猫", k=3)                     # nearest English words, (word, cosine) pairs
+    config = xlembed.load_config(None)        # defaults; or a TOML file
+    config.tokenize.tsv = "pairs.tsv"
+    xlembed.run(config, "out.work", "out")    # the whole pipeline
+"""
 __version__ = "0.1.0"
+
+from .config import (AlignConfig, Config, Device, EncodeConfig, Oov, ProjectConfig, Strategy, Symmetrization,  # noqa: E402
+                     TokenizeConfig, WriteConfig, load_config)
+from .embeddings import Embeddings, load  # noqa: E402
+from .io import XlembedError  # noqa: E402
+from .run import run  # noqa: E402
+
+__all__ = [
+    "__version__", "load", "run", "load_config", "Embeddings", "XlembedError",
+    "Config", "TokenizeConfig", "EncodeConfig", "AlignConfig", "ProjectConfig", "WriteConfig",
+    "Symmetrization", "Strategy", "Oov", "Device",
+]

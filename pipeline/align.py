@@ -6,13 +6,21 @@ give the lexical table p(en | zh) = links(zh, en) / links(zh, *).
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
-from .config import SYMMETRIZATIONS, AlignOptions, WorkDir
-from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, require, write_json_atomic
-from .records import file_hash, invalidate, stage_key, up_to_date
+from .config import AlignConfig, Config, Symmetrization, WorkDir, section_dict
+from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, require
+from .records import file_hash, fingerprint, run_stage, stage_key
 
 Links = set[tuple[int, int]]
 NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
@@ -54,30 +62,74 @@ def grow_diag_final_and(forward: Links, reverse: Links) -> Links:
     return links
 
 
-def symmetrize(forward: Links, reverse: Links, method: str) -> Links:
-    if method == "intersect":
+def symmetrize(forward: Links, reverse: Links, method: Symmetrization) -> Links:
+    method = Symmetrization(method)
+    if method == Symmetrization.intersect:
         return forward & reverse
-    if method == "union":
+    if method == Symmetrization.union:
         return forward | reverse
-    if method == "grow-diag-final-and":
-        return grow_diag_final_and(forward, reverse)
-    raise XlembedError(f"--symmetrization must be one of {', '.join(SYMMETRIZATIONS)}, got '{method}'")
+    return grow_diag_final_and(forward, reverse)
 
 
-def run_eflomal(zh_lines: list[str], en_lines: list[str], forward: Path, reverse: Path, opts: AlignOptions) -> None:
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: SIGKILL it when the process that started it
+    dies (Linux prctl PR_SET_PDEATHSIG), so a killed xlembed orphans nothing."""
+    if _prctl is not None:
+        _prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+
+
+class _ChildrenDieWithUs:
+    """`subprocess` as eflomal's binding sees it, with every child started so
+    that it dies with this process."""
+
+    def __getattr__(self, name):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def _wrap(function):
+        def call(*args, **kwargs):
+            kwargs.setdefault("preexec_fn", _die_with_parent)
+            return function(*args, **kwargs)
+        return call
+
+    def __init__(self):
+        for name in ("Popen", "call", "check_call", "run", "check_output"):
+            setattr(self, name, self._wrap(getattr(subprocess, name)))
+
+
+_EFLOMAL_LOCK = threading.Lock()  # eflomal's module globals are patched for the length of one call
+
+
+def run_eflomal(zh_lines, en_lines, forward: Path, reverse: Path, opts: AlignConfig, scratch: Path) -> None:
+    """Align with the eflomal package (Chinese = source): both directions in
+    one call, links written as zhIndex-enIndex. Its temporary files go to
+    `scratch` (cleared first), its binary dies with this process."""
     import eflomal
+    import eflomal.cython
 
-    if opts.align_model not in (1, 2, 3):
-        raise XlembedError(f"--align-model must be 1 (IBM1), 2 (HMM) or 3 (HMM+fertility), got {opts.align_model}")
-    if opts.samplers < 1 or opts.iterations <= 0:
-        raise XlembedError("--samplers must be at least 1 and --iterations positive")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    temp_file = functools.partial(tempfile.NamedTemporaryFile, dir=scratch)
     aligner = eflomal.Aligner(model=opts.align_model, n_samplers=opts.samplers,
                               rel_iterations=opts.iterations, null_prior=opts.null_prior)
-    with atomic_path(forward) as fwd_tmp, atomic_path(reverse) as rev_tmp:
-        aligner.align(zh_lines, en_lines, links_filename_fwd=str(fwd_tmp), links_filename_rev=str(rev_tmp), quiet=True)
+    with _EFLOMAL_LOCK, atomic_path(forward) as fwd_tmp, atomic_path(reverse) as rev_tmp:
+        saved = eflomal.NamedTemporaryFile, eflomal.cython.NamedTemporaryFile, eflomal.cython.subprocess
+        eflomal.NamedTemporaryFile = eflomal.cython.NamedTemporaryFile = temp_file
+        eflomal.cython.subprocess = _ChildrenDieWithUs()
+        try:
+            aligner.align(zh_lines, en_lines, links_filename_fwd=str(fwd_tmp), links_filename_rev=str(rev_tmp), quiet=True)
+        finally:
+            eflomal.NamedTemporaryFile, eflomal.cython.NamedTemporaryFile, eflomal.cython.subprocess = saved
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
-def symmetrize_and_count(work: WorkDir, method: str) -> tuple[int, int, dict[str, Counter]]:
+def symmetrize_and_count(work: WorkDir, method: Symmetrization) -> tuple[int, int, dict[str, Counter]]:
     """From the two directions' link files, write the symmetrised links and
     the lexical table, line by line (memory stays flat in the corpus size).
     Returns (pairs, links, links per (zh word, en word))."""
@@ -102,52 +154,49 @@ def symmetrize_and_count(work: WorkDir, method: str) -> tuple[int, int, dict[str
     return n_pairs, n_links, pair_counts
 
 
-def read_lexicon(path: Path) -> dict[str, list[tuple[str, int, float]]]:
-    """zh word -> [(en word, links, p(en|zh))], most probable first."""
-    lexicon: dict[str, list] = {}
+class Translation(NamedTuple):
+    """One line of lexicon.tsv: an English word aligned to a Chinese word."""
+
+    en: str
+    count: int  # links between the two
+    p: float  # p(en | zh)
+
+
+def read_lexicon(path: Path) -> dict[str, list[Translation]]:
+    """zh word -> its translations, most probable first."""
+    lexicon: dict[str, list[Translation]] = {}
     for lineno, line in enumerate(read_lines(path), start=1):
         if lineno == 1:
             continue  # header
         zh, en, count, p = line.split("\t")
-        lexicon.setdefault(zh, []).append((en, int(count), float(p)))
+        lexicon.setdefault(zh, []).append(Translation(en, int(count), float(p)))
     return lexicon
 
 
-def align(opts: AlignOptions, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
+def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
     """Align `corpus.zh` with `corpus.en`; write the symmetrised links and the
     lexical table; return the record (counts; `skipped` when up to date)."""
-    start = time.perf_counter()
-    if opts.symmetrization not in SYMMETRIZATIONS:
-        raise XlembedError(f"--symmetrization must be one of {', '.join(SYMMETRIZATIONS)}, got '{opts.symmetrization}'")
+    opts = config.align
     inputs = {str(p): file_hash(require(p, "tokenize")) for p in (work.corpus_zh, work.corpus_en)}
-    key = stage_key("align", inputs=list(inputs.values()), **vars(opts))
-    if not force and (record := up_to_date(work, "align", key)):
-        return dict(record, skipped=True)
-    invalidate(work, "align")
-    with reporter.task("align (eflomal, both directions)", None, "") as task, \
-            open(work.corpus_zh, encoding="utf-8") as zh_file, open(work.corpus_en, encoding="utf-8") as en_file:
-        try:
-            run_eflomal(zh_file, en_file, work.links_forward, work.links_reverse, opts)
-        except ValueError as e:  # eflomal: "Mismatched file sizes"
-            raise XlembedError(f"{work.corpus_zh} and {work.corpus_en} differ in line count ({e}); rerun `xlembed tokenize`")
-        task.advance()
-    eflomal_seconds = time.perf_counter() - start
+    key = stage_key("align", inputs=list(inputs.values()), config=fingerprint(opts))
 
-    n_pairs, n_links, pair_counts = symmetrize_and_count(work, opts.symmetrization)
+    def compute() -> dict:
+        start = time.perf_counter()
+        with reporter.task("align (eflomal, both directions)", None, "") as task, \
+                open(work.corpus_zh, encoding="utf-8") as zh_file, open(work.corpus_en, encoding="utf-8") as en_file:
+            try:
+                run_eflomal(zh_file, en_file, work.links_forward, work.links_reverse, opts, work.scratch)
+            except ValueError as e:  # eflomal: "Mismatched file sizes"
+                raise XlembedError(f"{work.corpus_zh} and {work.corpus_en} differ in line count ({e}); rerun `xlembed tokenize`")
+            task.advance()
+        eflomal_seconds = time.perf_counter() - start
+        n_pairs, n_links, pair_counts = symmetrize_and_count(work, opts.symmetrization)
+        return dict(
+            options=section_dict(opts),
+            inputs=inputs,
+            counts=dict(pairs=n_pairs, links=n_links, lexicon_entries=sum(len(c) for c in pair_counts.values()),
+                        zh_words_aligned=len(pair_counts)),
+            eflomal_seconds=round(eflomal_seconds, 3),
+        )
 
-    record = dict(
-        stage="align",
-        key=key,
-        options=vars(opts),
-        inputs=inputs,
-        counts=dict(
-            pairs=n_pairs,
-            links=n_links,
-            lexicon_entries=sum(len(c) for c in pair_counts.values()),
-            zh_words_aligned=len(pair_counts),
-        ),
-        eflomal_seconds=round(eflomal_seconds, 3),
-        seconds=round(time.perf_counter() - start, 3),
-    )
-    write_json_atomic(work.record("align"), record)
-    return record
+    return run_stage(work, "align", key, force, compute)

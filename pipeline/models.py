@@ -29,9 +29,11 @@ def default_model_dir() -> Path:
 
 
 def resolve_model_dir(model: Path | str | None) -> Path:
-    """The model directory, checked: it exists, its config is an
-    encoder-only (BERT-like) transformer, and it has weights."""
+    """The model directory, checked: it exists, its config is a bidirectional
+    (masked-language-model) encoder that gives hidden states, and it has
+    weights. Decoders such as GPT-2 and encoder-decoders are refused."""
     from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     path = default_model_dir() if model is None else Path(model)
     if not path.is_dir():
@@ -42,12 +44,67 @@ def resolve_model_dir(model: Path | str | None) -> Path:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as e:  # transformers raises many kinds here
         raise XlembedError(f"{path}/config.json: not a transformers model config: {str(e).splitlines()[0]}")
-    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False) \
+    bidirectional = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    if not bidirectional or getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False) \
             or not hasattr(config, "hidden_size") or not hasattr(config, "num_hidden_layers"):
-        raise XlembedError(f"{path}: model type '{config.model_type}' is not a BERT-like encoder")
+        raise XlembedError(f"{path}: model type '{config.model_type}' is not a BERT-like encoder "
+                           "(a bidirectional encoder such as BERT, RoBERTa or MiniLM is needed)")
     if not any((path / name).exists() for name in WEIGHT_FILES):
         raise XlembedError(f"{path}: no model weights ({' or '.join(WEIGHT_FILES[:2])})")
     return path.resolve()
+
+
+def check_model(model: Path | None, layer: str | None = None, max_length: int | None = None) -> Path:
+    """Everything about the model that encode needs, checked before any stage
+    runs: a BERT-like encoder with weights, a fast tokenizer that gives word
+    ids, `layer` within its layers and `max_length` above its special tokens.
+    Loads the config and the tokenizer, not the weights. Returns the
+    resolved directory."""
+    from transformers import AutoConfig
+
+    model_dir = resolve_model_dir(model)
+    tokenizer = load_tokenizer(model_dir)
+    try:
+        word_ids = tokenizer(["a", "b"], is_split_into_words=True).word_ids()
+    except Exception:
+        word_ids = None
+    if not word_ids or 1 not in word_ids:
+        raise XlembedError(f"{model_dir}: its tokenizer does not map word pieces to words (word ids)")
+    n_layers = AutoConfig.from_pretrained(str(model_dir), local_files_only=True).num_hidden_layers
+    if layer is not None:
+        layer_indices(layer, n_layers)
+    if max_length is not None:
+        n_special = sum(len(ids) for ids in special_tokens(tokenizer))
+        if max_length <= n_special:
+            raise XlembedError(f"--max-length must be more than the model's {n_special} special tokens, got {max_length}")
+    return model_dir
+
+
+def layer_indices(layer: str, n_layers: int) -> list[int]:
+    """Indices into `hidden_states` (0 = embeddings, n_layers = last layer)."""
+    if layer == "mean-last4":
+        if n_layers < 4:
+            raise XlembedError(f"--layer mean-last4 needs at least 4 layers, the model has {n_layers}")
+        return list(range(n_layers - 3, n_layers + 1))
+    try:
+        index = int(layer)
+    except ValueError:
+        raise XlembedError(f"--layer must be an integer or 'mean-last4', got '{layer}'")
+    resolved = index + n_layers + 1 if index < 0 else index
+    if not 0 <= resolved <= n_layers:
+        raise XlembedError(f"--layer {layer} is out of range: the model has {n_layers} layers (0 = embeddings, -1 = last)")
+    return [resolved]
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single sentence
+    (e.g. [CLS] and [SEP]), found by encoding a probe word both ways."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return full[:start], full[start + len(bare):]
+    raise XlembedError("cannot tell where this tokenizer puts its special tokens")
 
 
 @lru_cache(maxsize=4)

@@ -20,9 +20,6 @@ from functools import lru_cache
 
 import torch
 
-OOV_STRATEGIES = ("random", "chars", "pinyin")
-
-
 @lru_cache(maxsize=65536)
 def pinyin_of(word: str) -> str:
     """Tone-marked pinyin, syllables separated by spaces (pypinyin)."""

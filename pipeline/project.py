@@ -16,18 +16,21 @@ word, so projections of corpus parts can be added up.
 """
 from __future__ import annotations
 
-import time
 from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from .align import parse_links, read_lexicon
-from .config import STRATEGIES, ProjectOptions, WorkDir
+from .align import Translation, parse_links, read_lexicon
+from .config import Config, Strategy, WorkDir, section_dict
 from .encode import VectorStore
-from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, read_json, require, save_tensors, write_json_atomic
-from .records import file_hash, invalidate, stage_key, up_to_date
+from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_json, read_lines, require, save_tensors
+from .records import file_hash, fingerprint, run_stage, stage_key
 
 
 def read_stopwords(path) -> set[str]:
@@ -67,109 +70,126 @@ def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_wor
     return sums, counts
 
 
-def project(opts: ProjectOptions, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
+def project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
     """Write per-word vector sums and counts for Chinese (projected) and
     English words; return the record (counts; `skipped` when up to date)."""
-    start = time.perf_counter()
-    if opts.strategy not in STRATEGIES:
-        raise XlembedError(f"--strategy must be one of {', '.join(STRATEGIES)}, got '{opts.strategy}'")
-    if opts.min_count < 1:
-        raise XlembedError("--min-count must be at least 1")
+    opts = config.project
     encode_record = read_json(require(work.record("encode"), "encode"))
     # eflomal is not deterministic: depend on what it wrote, not on its key
     inputs = {str(p): file_hash(require(p, "align")) for p in (work.links, work.lexicon, work.corpus_zh)}
-    key = stage_key("project", encode=encode_record.get("key"), inputs=list(inputs.values()), strategy=opts.strategy,
-                    min_count=opts.min_count, stopwords=file_hash(opts.stopwords) if opts.stopwords else None)
-    if not force and (record := up_to_date(work, "project", key)):
-        return dict(record, skipped=True)
-    invalidate(work, "project")
-    store = VectorStore(work)
-    lexicon = read_lexicon(work.lexicon)
-    dim = encode_record["dim"]
-    stopwords = read_stopwords(opts.stopwords) if opts.stopwords else set()
-    best = {zh: entries[0] for zh, entries in lexicon.items()}  # (en, count, p), highest p first
+    key = stage_key("project", encode=encode_record.get("key"), inputs=list(inputs.values()), config=fingerprint(opts))
 
-    # one streaming pass; words get ids in order of first sight, renumbered
-    # by frequency afterwards; per-occurrence data goes to compact arrays
-    zh_first, en_first = {}, {}
-    zh_tokens, en_words = array("q"), array("q")
-    link_words, link_rows = array("q"), array("q")
-    links_without_vector = n_sentences = 0
-    n_store = len(store.sent_offsets) - 1
-    for s, (zh_line, en_line, links_line) in enumerate(zip(
-            read_lines(require(work.corpus_zh, "tokenize")), read_lines(work.corpus_en), read_lines(require(work.links, "align")))):
-        n_sentences += 1
-        if s >= n_store:
-            break
-        zh, en = zh_line.split(" "), en_line.split(" ")
-        zh_ids = [-1 if w in stopwords else zh_first.setdefault(w, len(zh_first)) for w in zh]
-        zh_tokens.extend(zh_ids)
-        en_words.extend([en_first.setdefault(w, len(en_first)) for w in en])
-        rows = store.rows_of(s)
-        for i, j in parse_links(links_line):
-            if zh_ids[i] < 0 or (opts.strategy == "argmax" and en[j] != best[zh[i]][0]):
-                continue
-            if rows[j] < 0:
-                links_without_vector += 1
-                continue
-            link_words.append(zh_ids[i])
-            link_rows.append(int(rows[j]))
-    if not n_sentences == n_store == len(store.sent_offsets) - 1 or len(en_words) != len(store.word_rows):
-        raise XlembedError(f"{work.root}: corpus, links and vectors disagree on the number of sentences; rerun the earlier stages")
+    def compute() -> dict:
+        store = VectorStore(work)
+        lexicon = read_lexicon(work.lexicon)
+        dim = encode_record["dim"]
+        stopwords = read_stopwords(opts.stopwords) if opts.stopwords else set()
+        best = {zh: translations[0] for zh, translations in lexicon.items()}  # highest p first
+        argmax = opts.strategy == Strategy.argmax
 
-    zh_tokens = np.frombuffer(zh_tokens, dtype=np.int64)
-    en_words = np.frombuffer(en_words, dtype=np.int64)
-    zh_counts = np.bincount(zh_tokens[zh_tokens >= 0], minlength=len(zh_first))
-    en_counts = np.bincount(en_words, minlength=len(en_first))
-    zh_vocab, zh_renumber = by_frequency(zh_first, zh_counts)
-    en_vocab, en_renumber = by_frequency(en_first, en_counts)
-    zh_freq = dict(zip(zh_first, zh_counts.tolist()))
-    en_freq = dict(zip(en_first, en_counts.tolist()))
-    link_words = zh_renumber[np.frombuffer(link_words, dtype=np.int64)]
-    link_rows = np.frombuffer(link_rows, dtype=np.int64)
-    en_words = en_renumber[en_words]
-    has_vector = store.word_rows >= 0
+        # one streaming pass; words get ids in order of first sight, renumbered
+        # by frequency afterwards; per-occurrence data goes to compact arrays
+        zh_first, en_first = {}, {}
+        zh_tokens, en_words = array("q"), array("q")
+        link_words, link_rows = array("q"), array("q")
+        links_without_vector = n_sentences = 0
+        n_store = len(store.sent_offsets) - 1
+        for s, (zh_line, en_line, links_line) in enumerate(zip(
+                read_lines(require(work.corpus_zh, "tokenize")), read_lines(work.corpus_en), read_lines(require(work.links, "align")))):
+            n_sentences += 1
+            if s >= n_store:
+                break
+            zh, en = zh_line.split(" "), en_line.split(" ")
+            zh_ids = [-1 if w in stopwords else zh_first.setdefault(w, len(zh_first)) for w in zh]
+            zh_tokens.extend(zh_ids)
+            en_words.extend([en_first.setdefault(w, len(en_first)) for w in en])
+            rows = store.rows_of(s)
+            for i, j in parse_links(links_line):
+                if zh_ids[i] < 0 or (argmax and en[j] != best[zh[i]].en):
+                    continue
+                if rows[j] < 0:
+                    links_without_vector += 1
+                    continue
+                link_words.append(zh_ids[i])
+                link_rows.append(int(rows[j]))
+        if not n_sentences == n_store == len(store.sent_offsets) - 1 or len(en_words) != len(store.word_rows):
+            raise XlembedError(f"{work.root}: corpus, links and vectors disagree on the number of sentences; rerun the earlier stages")
 
-    with reporter.task("project", 2 * store.n_shards, "shards") as task:
-        zh_sum, zh_count = accumulate(store, link_words, link_rows, len(zh_vocab), dim, task)
-        en_sum, en_count = accumulate(store, en_words[has_vector], store.word_rows[has_vector], len(en_vocab), dim, task)
+        zh_tokens = np.frombuffer(zh_tokens, dtype=np.int64)
+        en_words = np.frombuffer(en_words, dtype=np.int64)
+        zh_counts = np.bincount(zh_tokens[zh_tokens >= 0], minlength=len(zh_first))
+        en_counts = np.bincount(en_words, minlength=len(en_first))
+        zh_vocab, zh_renumber = by_frequency(zh_first, zh_counts)
+        en_vocab, en_renumber = by_frequency(en_first, en_counts)
+        zh_freq = dict(zip(zh_first, zh_counts.tolist()))
+        en_freq = dict(zip(en_first, en_counts.tolist()))
+        link_words = zh_renumber[np.frombuffer(link_words, dtype=np.int64)]
+        link_rows = np.frombuffer(link_rows, dtype=np.int64)
+        en_words = en_renumber[en_words]
+        has_vector = store.word_rows >= 0
 
-    save_tensors(work.projection,
-                 {"zh_sum": zh_sum, "zh_count": zh_count, "zh_freq": torch.tensor([zh_freq[w] for w in zh_vocab], dtype=torch.int64),
-                  "en_sum": en_sum, "en_count": en_count},
-                 metadata={"strategy": opts.strategy, "min_count": str(opts.min_count), "dim": str(dim)})
-    with atomic_path(work.projection_zh_vocab) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        with reporter.task("project", 2 * store.n_shards, "shards") as task:
+            zh_sum, zh_count = accumulate(store, link_words, link_rows, len(zh_vocab), dim, task)
+            en_sum, en_count = accumulate(store, en_words[has_vector], store.word_rows[has_vector], len(en_vocab), dim, task)
+
+        save_tensors(work.projection,
+                     {"zh_sum": zh_sum, "zh_count": zh_count, "zh_freq": torch.tensor([zh_freq[w] for w in zh_vocab], dtype=torch.int64),
+                      "en_sum": en_sum, "en_count": en_count},
+                     metadata={"strategy": opts.strategy.value, "min_count": str(opts.min_count), "dim": str(dim)})
+        no_translation = Translation("", 0, 0.0)
+        write_projected_words(work.projection_zh_vocab,
+                              [ProjectedWord(w, zh_freq[w], best.get(w, no_translation).en, best.get(w, no_translation).p) for w in zh_vocab])
+        with atomic_path(work.projection_en_vocab) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write("word\tfreq\n")
+            f.writelines(f"{w}\t{en_freq[w]}\n" for w in en_vocab)
+        return dict(
+            options=section_dict(opts),
+            inputs=inputs,
+            counts=dict(zh_types=len(zh_vocab), zh_projected=int((zh_count >= opts.min_count).sum()), en_types=len(en_vocab),
+                        links_used=int(len(link_rows)), links_without_vector=links_without_vector,
+                        stopwords_dropped=len(stopwords & set(lexicon))),
+        )
+
+    return run_stage(work, "project", key, force, compute)
+
+
+class ProjectedWord(NamedTuple):
+    """One line of projection.zh.tsv: a Chinese word of the corpus."""
+
+    word: str
+    freq: int  # corpus frequency
+    aligned_en: str  # its most probable English translation ("" if never aligned)
+    p: float  # p(aligned_en | word)
+
+
+def write_projected_words(path: Path, words: list[ProjectedWord]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("word\tfreq\taligned_en\tp_en_given_zh\n")
-        for w in zh_vocab:
-            en, _, p = best.get(w, ("", 0, 0.0))
-            f.write(f"{w}\t{zh_freq[w]}\t{en}\t{p:.6g}\n")
-    with atomic_path(work.projection_en_vocab) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write("word\tfreq\n")
-        f.writelines(f"{w}\t{en_freq[w]}\n" for w in en_vocab)
-
-    n_projected = int((zh_count >= opts.min_count).sum())
-    record = dict(
-        stage="project",
-        key=key,
-        options=vars(opts),
-        inputs=inputs,
-        counts=dict(zh_types=len(zh_vocab), zh_projected=n_projected, en_types=len(en_vocab),
-                    links_used=int(len(link_rows)), links_without_vector=links_without_vector,
-                    stopwords_dropped=len(stopwords & set(lexicon))),
-        seconds=round(time.perf_counter() - start, 3),
-    )
-    write_json_atomic(work.record("project"), record)
-    return record
+        f.writelines(f"{w.word}\t{w.freq}\t{w.aligned_en}\t{w.p:.6g}\n" for w in words)
 
 
-def load_projection(work: WorkDir) -> tuple[dict, list[tuple[str, int, str, float]], list[str]]:
-    """The projection tensors, the Chinese vocabulary rows
-    (word, freq, aligned English word, p) and the English vocabulary."""
-    tensors = load_file(str(require(work.projection, "project")))
-    zh_rows = []
-    for lineno, line in enumerate(read_lines(work.projection_zh_vocab)):
+def read_projected_words(path: Path) -> list[ProjectedWord]:
+    words = []
+    for lineno, line in enumerate(read_lines(path)):
         if lineno:
             word, freq, en, p = line.split("\t")
-            zh_rows.append((word, int(freq), en, float(p)))
-    en_vocab = [line.split("\t")[0] for lineno, line in enumerate(read_lines(work.projection_en_vocab)) if lineno]
-    return tensors, zh_rows, en_vocab
+            words.append(ProjectedWord(word, int(freq), en, float(p)))
+    return words
+
+
+@dataclass
+class Projection:
+    """What project wrote: per-word sums and counts, and the two vocabularies."""
+
+    tensors: dict[str, torch.Tensor]  # zh_sum [Z, d] f64, zh_count [Z], zh_freq [Z], en_sum [E, d] f64, en_count [E]
+    zh_words: list[ProjectedWord]
+    en_words: list[str]
+    min_count: int
+
+
+def load_projection(work: WorkDir) -> Projection:
+    tensors = load_file(str(require(work.projection, "project")))
+    with safe_open(str(work.projection), "pt") as f:
+        min_count = int(f.metadata()["min_count"])
+    en_words = [line.split("\t")[0] for lineno, line in enumerate(read_lines(work.projection_en_vocab)) if lineno]
+    return Projection(tensors, read_projected_words(work.projection_zh_vocab), en_words, min_count)

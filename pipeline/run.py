@@ -1,37 +1,66 @@
-"""The whole chain: tokenize → encode → align → project → write."""
+"""The whole chain, tokenize → encode → align → project → write, and the
+checks every command makes before it touches a work directory."""
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterator
 
 from .align import align
-from .config import AlignOptions, EncodeOptions, ProjectOptions, TokenizeOptions, WorkDir, WriteOptions
+from .config import Config, WorkDir
 from .encode import encode
-from .io import Reporter, SilentReporter, check_output_dir
+from .io import Reporter, SilentReporter, WorkLock, check_output_dir, check_writable
+from .models import check_model
 from .project import project
 from .tokenize import tokenize
 from .write import write
 
 
-def run(tokenize_opts: TokenizeOptions, encode_opts: EncodeOptions, align_opts: AlignOptions,
-        project_opts: ProjectOptions, write_opts: WriteOptions, work: WorkDir, out: Path,
-        reporter: Reporter = SilentReporter(), on_stage=lambda stage, record: None, force: bool = False) -> dict:
+def default_work_dir(out: Path) -> Path:
+    """OUT.work beside OUT."""
+    return Path(out).with_name(Path(out).name + ".work")
+
+
+@contextlib.contextmanager
+def prepared(config: Config, stages: tuple[str, ...], work: WorkDir, out: Path | None = None,
+             command: str = "xlembed") -> Iterator[None]:
+    """Validate every option of `stages` (the model too, when a stage needs
+    it), check that --out may be replaced and that the work directory and
+    --out's parent take files, then hold the work directory's lock: all
+    before any stage touches anything."""
+    config.validate(stages)
+    if "encode" in stages:
+        check_model(config.encode.model, config.encode.layer, config.encode.max_length)
+    elif "tokenize" in stages:
+        check_model(config.encode.model)
+    if out is not None:
+        check_output_dir(out)
+        check_writable(Path(out).parent)
+    check_writable(work.root)
+    with WorkLock(work.lock, command):
+        yield
+
+
+def run(config: Config, work: WorkDir | Path, out: Path, reporter: Reporter = SilentReporter(),
+        on_stage: Callable[[str, dict], None] = lambda stage, record: None, force: bool = False) -> dict:
     """Run every stage in order, skipping those whose record shows they are
     up to date (unless `force`); `on_stage(name, record)` is called after
     each. Returns the manifest."""
-    check_output_dir(out)  # fail before an hour of encoding, not after
-    on_stage("tokenize", tokenize(tokenize_opts, work, reporter, force))
-    # align needs only the tokenized corpus: eflomal (a separate process)
-    # runs while the encoder does (measured: 2 s less of 30 on 2 cores)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        aligned = pool.submit(align, align_opts, work, reporter, force)
-        try:
-            encoded = encode(encode_opts, work, reporter, force)
-        finally:
-            aligned.exception()  # on failure too, let the alignment end before leaving
-        on_stage("encode", encoded)
-        on_stage("align", aligned.result())
-    on_stage("project", project(project_opts, work, reporter, force))
-    manifest = write(write_opts, work, out)
-    on_stage("write", manifest)
+    work = work if isinstance(work, WorkDir) else WorkDir(Path(work))
+    with prepared(config, ("tokenize", "encode", "align", "project", "write"), work, out, "xlembed run"):
+        on_stage("tokenize", tokenize(config, work, reporter, force))
+        # align needs only the tokenized corpus: eflomal (a separate process)
+        # runs while the encoder does (measured: 2 s less of 30 on 2 cores)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            aligned = pool.submit(align, config, work, reporter, force)
+            try:
+                encoded = encode(config, work, reporter, force)
+            finally:
+                aligned.exception()  # on failure too, let the alignment end before leaving
+            on_stage("encode", encoded)
+            on_stage("align", aligned.result())
+        on_stage("project", project(config, work, reporter, force))
+        manifest = write(config, work, out)
+        on_stage("write", manifest)
     return manifest

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 import unicodedata
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .config import TokenizeOptions, WorkDir
-from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, require_file, write_json_atomic
+from .config import Config, WorkDir, section_dict
+from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines
 from .models import load_tokenizer, resolve_model_dir
-from .records import file_hash, invalidate, model_hash, stage_key, up_to_date
+from .records import file_hash, fingerprint, model_hash, run_stage, stage_key
 
 
 def without_controls(text: str) -> str:
@@ -94,68 +93,48 @@ def _pairs_from_files(en: Path, zh: Path) -> Iterator[tuple[str, str]]:
         yield e, z
 
 
-def tokenize(opts: TokenizeOptions, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
+def tokenize(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
     """Write `corpus.en` and `corpus.zh` (space-separated words, one pair per
-    line) and return the record (counts; `skipped` when up to date)."""
-    start = time.perf_counter()
+    line) and return the record (counts; `skipped` when up to date). The
+    English side is split by the tokenizer of `config.encode.model`."""
+    opts = config.tokenize
     if opts.tsv is not None:
-        if opts.en is not None or opts.zh is not None:
-            raise XlembedError("give either --tsv or --en/--zh, not both")
-        if min(opts.en_column, opts.zh_column) < 1 or opts.en_column == opts.zh_column:
-            raise XlembedError("--en-column and --zh-column must be different columns, counted from 1")
         inputs = [Path(opts.tsv)]
-        pairs = _pairs_from_tsv(Path(opts.tsv), opts.en_column, opts.zh_column)
-    elif opts.en is not None and opts.zh is not None:
-        inputs = [Path(opts.en), Path(opts.zh)]
-        pairs = _pairs_from_files(Path(opts.en), Path(opts.zh))
     else:
-        raise XlembedError("no corpus given: pass --tsv FILE, or both --en FILE and --zh FILE")
-    for p in inputs:  # fail early, before loading anything
-        require_file(p)
+        inputs = [Path(opts.en), Path(opts.zh)]
+    model_dir = resolve_model_dir(config.encode.model)
+    key = stage_key("tokenize", config=fingerprint(opts), model=model_hash(model_dir))
 
-    model_dir = resolve_model_dir(opts.model)
-    input_hashes = {str(p): file_hash(p) for p in inputs}
-    model_sha256 = model_hash(model_dir)
-    key = stage_key("tokenize", inputs=list(input_hashes.values()), model=model_sha256, hmm=opts.hmm,
-                    columns=[opts.en_column, opts.zh_column] if opts.tsv else None,
-                    user_dict=file_hash(opts.user_dict) if opts.user_dict else None)
-    if not force and (record := up_to_date(work, "tokenize", key)):
-        return dict(record, skipped=True)
-    invalidate(work, "tokenize")
-    split_en = english_splitter(model_dir)
-    split_zh = chinese_splitter(opts.user_dict, opts.hmm)
+    def compute() -> dict:
+        if opts.tsv is not None:
+            pairs = _pairs_from_tsv(Path(opts.tsv), opts.en_column, opts.zh_column)
+        else:
+            pairs = _pairs_from_files(Path(opts.en), Path(opts.zh))
+        split_en = english_splitter(model_dir)
+        split_zh = chinese_splitter(opts.user_dict, opts.hmm)
+        counts = dict(pairs_read=0, pairs_kept=0, dropped_empty_en=0, dropped_empty_zh=0, en_words=0, zh_words=0)
+        with atomic_path(work.corpus_en) as en_tmp, atomic_path(work.corpus_zh) as zh_tmp, \
+                open(en_tmp, "w", encoding="utf-8") as en_out, open(zh_tmp, "w", encoding="utf-8") as zh_out, \
+                reporter.task("tokenize", _count_lines(inputs[0]), "pairs") as task:
+            for en_text, zh_text in pairs:
+                counts["pairs_read"] += 1
+                task.advance()
+                en_words, zh_words = split_en(en_text), split_zh(zh_text)
+                if not en_words or not zh_words:
+                    counts["dropped_empty_en"] += not en_words
+                    counts["dropped_empty_zh"] += bool(en_words) and not zh_words
+                    continue
+                en_out.write(" ".join(en_words) + "\n")
+                zh_out.write(" ".join(zh_words) + "\n")
+                counts["pairs_kept"] += 1
+                counts["en_words"] += len(en_words)
+                counts["zh_words"] += len(zh_words)
+            if counts["pairs_read"] == 0:
+                raise XlembedError(f"{inputs[0]}: empty file, no sentence pairs")
+            if counts["pairs_kept"] == 0:
+                raise XlembedError(f"{inputs[0]}: no sentence pair left after tokenization ({counts['pairs_read']} read)")
+        counts["pairs_dropped"] = counts["pairs_read"] - counts["pairs_kept"]
+        return dict(options=dict(section_dict(opts), model=str(model_dir)),
+                    inputs={str(p): file_hash(p) for p in inputs}, model_sha256=model_hash(model_dir), counts=counts)
 
-    counts = dict(pairs_read=0, pairs_kept=0, dropped_empty_en=0, dropped_empty_zh=0, en_words=0, zh_words=0)
-    work.root.mkdir(parents=True, exist_ok=True)
-    with atomic_path(work.corpus_en) as en_tmp, atomic_path(work.corpus_zh) as zh_tmp, \
-            open(en_tmp, "w", encoding="utf-8") as en_out, open(zh_tmp, "w", encoding="utf-8") as zh_out, \
-            reporter.task("tokenize", _count_lines(inputs[0]), "pairs") as task:
-        for en_text, zh_text in pairs:
-            counts["pairs_read"] += 1
-            task.advance()
-            en_words, zh_words = split_en(en_text), split_zh(zh_text)
-            if not en_words or not zh_words:
-                counts["dropped_empty_en"] += not en_words
-                counts["dropped_empty_zh"] += bool(en_words) and not zh_words
-                continue
-            en_out.write(" ".join(en_words) + "\n")
-            zh_out.write(" ".join(zh_words) + "\n")
-            counts["pairs_kept"] += 1
-            counts["en_words"] += len(en_words)
-            counts["zh_words"] += len(zh_words)
-        if counts["pairs_read"] == 0:
-            raise XlembedError(f"{inputs[0]}: empty file, no sentence pairs")
-        if counts["pairs_kept"] == 0:
-            raise XlembedError(f"{inputs[0]}: no sentence pair left after tokenization ({counts['pairs_read']} read)")
-    counts["pairs_dropped"] = counts["pairs_read"] - counts["pairs_kept"]
-    record = dict(
-        stage="tokenize",
-        key=key,
-        options=dict(vars(opts), model=str(model_dir)),
-        inputs=input_hashes,
-        model_sha256=model_sha256,
-        counts=counts,
-        seconds=round(time.perf_counter() - start, 3),
-    )
-    write_json_atomic(work.record("tokenize"), record)
-    return record
+    return run_stage(work, "tokenize", key, force, compute)

@@ -3,65 +3,45 @@ write the output contract (see README) into a directory that replaces
 `--out` as a whole, or not at all."""
 from __future__ import annotations
 
-import json
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from . import __version__
-from .config import PAD, UNK, OutDir, WorkDir, WriteOptions
-from .io import XlembedError, check_output_dir, read_json, read_lines, require, save_tensors, sha256_file, staged_dir, write_json_atomic
-from .oov import OOV_STRATEGIES, Filler, fill_rows, pinyin_of
-from .project import load_projection
+from .config import PAD, STAGES, UNK, Config, Oov, WorkDir, section_dict
+from .embeddings import Embeddings, VocabRow, read_word_list
+from .io import XlembedError, check_output_dir, read_json, require
+from .oov import Filler, fill_rows
+from .project import ProjectedWord, load_projection
 
-STAGES = ("tokenize", "encode", "align", "project")
-
-
-def read_vocab(path: Path) -> list[str]:
-    """A user's vocabulary: one word per line, order kept."""
-    vocab, seen = [], {}
-    for lineno, line in enumerate(read_lines(path), start=1):
-        word = line.strip()
-        if not word or " " in word:
-            raise XlembedError(f"{path}:{lineno}: expected one word per line")
-        if word in seen:
-            raise XlembedError(f"{path}:{lineno}: '{word}' is already on line {seen[word]}")
-        seen[word] = lineno
-        vocab.append(word)
-    if not vocab:
-        raise XlembedError(f"{path}: empty vocabulary")
-    return vocab
+UPSTREAM = STAGES[:-1]  # the stages whose records write reads
 
 
-def build_matrix(zh_rows, zh_sum, zh_count, min_count: int, min_freq: int, seed: int,
-                 oov: str = "random", vocab: list[str] | None = None):
-    """Vocabulary, rows and where each row came from.
+def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: torch.Tensor, min_count: int, min_freq: int,
+                 seed: int, oov: Oov = Oov.random, vocab: list[str] | None = None) -> tuple[list[str], torch.Tensor, torch.Tensor, list[VocabRow]]:
+    """Vocabulary, rows [V, d] float32, projected [V] uint8 and where each row came from.
 
     The vocabulary is `vocab` as given, or [PAD], [UNK], then every corpus
     word with frequency >= min_freq, most frequent first. [PAD] is zeros,
     [UNK] the mean projected row; words with >= min_count aligned contexts
     get their projected row, the others a row from the `oov` strategy
     (random rows drawn in vocabulary order with `seed`, scaled to the
-    per-dimension mean and std of the projected rows).
-    Returns (vocab, embeddings float32, projected uint8, rows_info), where
-    rows_info[i] = (freq, source, aligned English word, p(en|zh))."""
-    if oov not in OOV_STRATEGIES:
-        raise XlembedError(f"--oov must be one of {', '.join(OOV_STRATEGIES)}, got '{oov}'")
-    projected_ids = [k for k, (word, *_) in enumerate(zh_rows) if zh_count[k] >= min_count and word not in (PAD, UNK)]
+    per-dimension mean and std of the projected rows)."""
+    oov = Oov(oov)
+    projected_ids = [k for k, w in enumerate(zh_words) if zh_count[k] >= min_count and w.word not in (PAD, UNK)]
     if not projected_ids:
         raise XlembedError("no Chinese word got a projected vector: the corpus is too small, or --min-count too high")
-    means = zh_sum[projected_ids] / zh_count[projected_ids].unsqueeze(1).double()
-    mean, std = means.mean(0), means.std(0, unbiased=False)
-    projected_index = {zh_rows[k][0]: i for i, k in enumerate(projected_ids)}
-    in_corpus = {row[0]: row for row in zh_rows}
+    means = zh_sum[projected_ids] / zh_count[projected_ids].unsqueeze(1).double()  # [P, d]
+    mean, std = means.mean(0), means.std(0, unbiased=False)  # [d]
+    projected_index = {zh_words[k].word: i for i, k in enumerate(projected_ids)}
+    in_corpus = {w.word: w for w in zh_words}
     if vocab is None:
-        vocab = [PAD, UNK] + [w for w, freq, *_ in zh_rows if freq >= min_freq and w not in (PAD, UNK)]
-    filler = None if oov == "random" else Filler([zh_rows[k][0] for k in projected_ids], means, [zh_rows[k][1] for k in projected_ids])
+        vocab = [PAD, UNK] + [w.word for w in zh_words if w.freq >= min_freq and w.word not in (PAD, UNK)]
+    filler = None if oov == Oov.random else Filler([zh_words[k].word for k in projected_ids], means,
+                                                   [zh_words[k].freq for k in projected_ids])
 
-    rows = torch.zeros((len(vocab), means.shape[1]), dtype=torch.float64)
+    rows = torch.zeros((len(vocab), means.shape[1]), dtype=torch.float64)  # [V, d]
     sources, to_fill = [], []
     for i, word in enumerate(vocab):
         if word in (PAD, UNK):
@@ -74,92 +54,58 @@ def build_matrix(zh_rows, zh_sum, zh_count, min_count: int, min_freq: int, seed:
         else:
             sources.append(None)  # set below
             to_fill.append(i)
-    filled, filled_sources = fill_rows([vocab[i] for i in to_fill], oov, filler, mean, std, seed)
+    filled, filled_sources = fill_rows([vocab[i] for i in to_fill], oov.value, filler, mean, std, seed)
     rows[to_fill] = filled
     for i, source in zip(to_fill, filled_sources):
         sources[i] = source
-    projected = torch.tensor([s == "projected" for s in sources], dtype=torch.uint8)
-    rows_info = [(in_corpus[w][1], s, in_corpus[w][2], in_corpus[w][3]) if w in in_corpus else (0, s, "", 0.0)
-                 for w, s in zip(vocab, sources)]
-    return vocab, rows.float(), projected, rows_info
+    provenance = [VocabRow.new(w, in_corpus[w].freq, s, in_corpus[w].aligned_en, in_corpus[w].p) if w in in_corpus
+                  else VocabRow.new(w, 0, s) for w, s in zip(vocab, sources)]
+    projected = torch.tensor([r.source == "projected" for r in provenance], dtype=torch.uint8)
+    return vocab, rows.float(), projected, provenance
 
 
-def vocab_tsv(vocab: list[str], rows_info) -> str:
-    """Per-row provenance: word, corpus frequency, source, aligned English
-    word and p(en|zh), pinyin with tone marks."""
-    lines = ["word\tfreq\tsource\taligned_en\tp_en_given_zh\tpinyin\n"]
-    for word, (freq, source, en, p) in zip(vocab, rows_info):
-        sound = "" if source == "special" else pinyin_of(word)
-        lines.append(f"{word}\t{freq}\t{source}\t{en}\t{p:.6g}\t{sound}\n")
-    return "".join(lines)
-
-
-def english_matrix(en_vocab, en_sum, en_count):
+def english_matrix(en_words: list[str], en_sum: torch.Tensor, en_count: torch.Tensor) -> tuple[list[str], torch.Tensor]:
     keep = (en_count > 0).nonzero().squeeze(1)
-    vocab = [en_vocab[k] for k in keep.tolist()]
-    return vocab, (en_sum[keep] / en_count[keep].unsqueeze(1).double()).float()
+    return [en_words[k] for k in keep.tolist()], (en_sum[keep] / en_count[keep].unsqueeze(1).double()).float()
 
 
-def write(opts: WriteOptions, work: WorkDir, out: Path) -> dict:
-    """Write embeddings.safetensors, vocab.txt, english.safetensors,
+def write(config: Config, work: WorkDir, out: Path) -> dict:
+    """Write embeddings.safetensors, vocab.txt, vocab.tsv, english.safetensors,
     english_vocab.txt and manifest.json into `out`; return the manifest."""
     start = time.perf_counter()
+    opts = config.write
     check_output_dir(out)
-    if opts.min_freq < 1:
-        raise XlembedError("--min-freq must be at least 1")
-    records = {stage: read_json(require(work.record(stage), stage)) for stage in STAGES}
-    tensors, zh_rows, en_vocab = load_projection(work)
-    with safe_open(str(work.projection), "pt") as f:
-        projection_meta = f.metadata()
-    min_count = int(projection_meta["min_count"])
-
-    user_vocab = read_vocab(opts.vocab) if opts.vocab is not None else None
-    vocab, embeddings, projected, rows_info = build_matrix(
-        zh_rows, tensors["zh_sum"], tensors["zh_count"], min_count, opts.min_freq, opts.seed, opts.oov, user_vocab)
-    english_vocab, english = english_matrix(en_vocab, tensors["en_sum"], tensors["en_count"])
-    sources = Counter(source for _, source, _, _ in rows_info)
-    counts = dict(
-        pairs_read=records["tokenize"]["counts"]["pairs_read"],
-        pairs_dropped=records["tokenize"]["counts"]["pairs_dropped"],
-        pairs_kept=records["tokenize"]["counts"]["pairs_kept"],
-        words_truncated=records["encode"]["counts"]["words_truncated"],
-        vocab_size=len(vocab),
-        projected_rows=sources["projected"],
-        filled_rows=sources["chars"] + sources["pinyin"] + sources["random"],
-        filled_by={name: sources[name] for name in OOV_STRATEGIES},
-        special_rows=sources["special"],
-        english_vocab_size=len(english_vocab),
-        dim=int(embeddings.shape[1]),
-    )
+    records = {stage: read_json(require(work.record(stage), stage)) for stage in UPSTREAM}
+    projection = load_projection(work)
+    user_vocab = read_word_list(opts.vocab) if opts.vocab is not None else None
+    vocab, vectors, projected, provenance = build_matrix(projection.zh_words, projection.tensors["zh_sum"], projection.tensors["zh_count"],
+                                              projection.min_count, opts.min_freq, opts.seed, opts.oov, user_vocab)
+    english_words, english = english_matrix(projection.en_words, projection.tensors["en_sum"], projection.tensors["en_count"])
+    tokenized = records["tokenize"]["counts"]
     encode_options = records["encode"]["options"]
-    metadata = dict(
-        model=encode_options["model"],
-        layer=str(encode_options["layer"]),
-        strategy=records["project"]["options"]["strategy"],
-        symmetrization=records["align"]["options"]["symmetrization"],
-        seed=str(opts.seed),
-        oov_fill=opts.oov,
-        counts=json.dumps(counts),
-        xlembed_version=__version__,
+    embeddings = Embeddings(
+        words=vocab,
+        vectors=vectors,
+        projected=projected.bool(),
+        english_words=english_words,
+        english_vectors=english,
+        rows=provenance,
+        metadata=dict(model=encode_options["model"], layer=str(encode_options["layer"]),
+                      strategy=records["project"]["options"]["strategy"],
+                      symmetrization=records["align"]["options"]["symmetrization"],
+                      seed=str(opts.seed), oov_fill=opts.oov.value, xlembed_version=__version__),
     )
-    with staged_dir(out) as stage:
-        o = OutDir(stage)
-        save_tensors(o.embeddings, {"embeddings": embeddings, "projected": projected}, metadata)
-        o.vocab.write_text("".join(w + "\n" for w in vocab), encoding="utf-8")
-        o.vocab_tsv.write_text(vocab_tsv(vocab, rows_info), encoding="utf-8")
-        save_tensors(o.english, {"embeddings": english}, dict(model=metadata["model"], layer=metadata["layer"]))
-        o.english_vocab.write_text("".join(w + "\n" for w in english_vocab), encoding="utf-8")
-        seconds = {stage: records[stage]["seconds"] for stage in STAGES}
-        seconds["write"] = round(time.perf_counter() - start, 3)
-        manifest = dict(
-            xlembed_version=__version__,
-            parameters={stage: records[stage]["options"] for stage in STAGES} | {"write": vars(opts)},
-            inputs=records["tokenize"]["inputs"],
-            model_sha256=records["encode"]["model_sha256"],
-            counts=counts,
-            stage_counts={stage: records[stage]["counts"] for stage in STAGES},
-            seconds=seconds,
-            files={p.name: sha256_file(p) for p in o.files},
-        )
-        write_json_atomic(o.manifest, manifest)
-    return manifest
+    counts = dict(pairs_read=tokenized["pairs_read"], pairs_dropped=tokenized["pairs_dropped"], pairs_kept=tokenized["pairs_kept"],
+                  words_truncated=records["encode"]["counts"]["words_truncated"])
+    seconds = {stage: records[stage]["seconds"] for stage in UPSTREAM}
+    seconds["write"] = round(time.perf_counter() - start, 3)
+    embeddings.manifest = dict(
+        xlembed_version=__version__,
+        parameters={stage: records[stage]["options"] for stage in UPSTREAM} | {"write": section_dict(opts)},
+        inputs=records["tokenize"]["inputs"],
+        model_sha256=records["encode"]["model_sha256"],
+        counts=counts,
+        stage_counts={stage: records[stage]["counts"] for stage in UPSTREAM},
+        seconds=seconds,
+    )
+    return embeddings.save(out)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.config import WorkDir
-from pipeline.io import write_json_atomic
+from xlembed.config import WorkDir
+from xlembed.io import write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.align import format_links, grow_diag_final_and, parse_links, read_lexicon, symmetrize
-from pipeline.io import XlembedError
+from xlembed.align import format_links, grow_diag_final_and, parse_links, read_lexicon, symmetrize
+from xlembed.io import XlembedError
 
 # intersection {(0,0),(1,1)}; forward adds (3,3), reverse adds (0,3): far from
 # the intersection, so only final-and can add them, and only (3,3) has both
@@ -30,8 +30,10 @@ def test_grow_diag_skips_neighbours_whose_words_are_both_aligned():
 
 
 def test_unknown_symmetrization_is_an_error():
+    from xlembed.config import Config
+
     with pytest.raises(XlembedError, match="symmetrization"):
-        symmetrize(FORWARD, REVERSE, "diagonal")
+        Config().set(symmetrization="diagonal").validate(("align",))
 
 
 def test_links_round_trip_in_pharaoh_format():
@@ -43,8 +45,8 @@ def test_links_round_trip_in_pharaoh_format():
 
 
 def test_symmetrized_links_and_lexicon_from_both_directions(tmp_path):
-    from pipeline.align import symmetrize_and_count
-    from pipeline.config import WorkDir
+    from xlembed.align import symmetrize_and_count
+    from xlembed.config import WorkDir
 
     work = WorkDir(tmp_path)
     work.corpus_zh.write_text("猫 喝 水\n猫 好\n", encoding="utf-8")

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from cli.main import app
+from xlembed.cli.main import app
 
 SUBJECTS = [("i", "我"), ("you", "你"), ("he", "他"), ("she", "她"), ("we", "我们"), ("they", "他们")]
 VERBS = [("like", "喜欢"), ("read", "读")]

@@ -3,9 +3,10 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from pipeline.config import EncodeOptions, WorkDir
-from pipeline.encode import VectorStore, encode, layer_indices, piece_plan
-from pipeline.io import XlembedError
+from xlembed.config import Config, WorkDir
+from xlembed.encode import VectorStore, encode, piece_plan
+from xlembed.models import layer_indices
+from xlembed.io import XlembedError
 
 SENTENCES = ["i like playing", "the cats are playing with the dog", "i like playing", "hello world !", "we read books"]
 
@@ -26,7 +27,7 @@ def encoded(tmp_path, model_dir, sentences=SENTENCES, **options):
     work = WorkDir(tmp_path / "work")
     work.root.mkdir(parents=True, exist_ok=True)
     work.corpus_en.write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
-    record = encode(EncodeOptions(model=model_dir, **options), work)
+    record = encode(Config().set(model=model_dir, **options).validate(("encode",)), work)
     store = VectorStore(work)
     matrix = torch.cat([store.shard(k) for k in range(store.n_shards)]).float()
     return record, store, matrix

@@ -6,9 +6,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
-from pipeline.evaluate import Matrix, lexicon_induction, rankdata, read_wordsim, spearman, word_similarity
-from pipeline.io import XlembedError, save_tensors
+from xlembed.cli.main import app
+from xlembed.embeddings import Embeddings
+from xlembed.evaluate import lexicon_induction, rankdata, read_wordsim, spearman, word_similarity
+from xlembed.io import XlembedError, save_tensors
 
 
 def test_rankdata_averages_ties():
@@ -28,9 +29,8 @@ def unit(angle_degrees):
 
 
 def matrix(vocab, rows, projected, english_vocab=("x",), english=((1.0, 0.0),)):
-    return Matrix(vocab=list(vocab), rows=torch.nn.functional.normalize(torch.tensor(rows), dim=1),
-                  projected=torch.tensor(projected, dtype=torch.bool), english_vocab=list(english_vocab),
-                  english=torch.nn.functional.normalize(torch.tensor(english), dim=1))
+    return Embeddings(words=list(vocab), vectors=torch.tensor(rows), projected=torch.tensor(projected, dtype=torch.bool),
+                      english_words=list(english_vocab), english_vectors=torch.tensor(english))
 
 
 # a at 0°, b at 10°, c at 60°, d at 170° (d is a filled row)

@@ -3,8 +3,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from pipeline.evaluate import alignment_scores, read_gold
+from xlembed.cli.main import app
+from xlembed.evaluate import alignment_scores, read_gold
 
 
 def test_aer_precision_recall_on_hand_made_links():

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pipeline.io
-from pipeline.config import TokenizeOptions, WorkDir
-from pipeline.io import XlembedError
-from pipeline.tokenize import tokenize
+import xlembed.io
+from xlembed.config import Config, WorkDir
+from xlembed.io import XlembedError
+from xlembed.tokenize import tokenize
 
 XLEMBED = str(Path(sys.executable).with_name("xlembed"))
 MARKER = re.compile(r"^m(\d+)m$")
@@ -55,7 +55,7 @@ def test_kept_pairs_stay_paired(tmp_path_factory, tiny_bert, corpus):
     (d / "en.txt").write_bytes(("\n".join(en) + "\n").encode("utf-8"))
     (d / "zh.txt").write_bytes(("\n".join(zh) + "\n").encode("utf-8"))
     work = WorkDir(d / "work")
-    record = tokenize(TokenizeOptions(en=d / "en.txt", zh=d / "zh.txt", model=tiny_bert), work)
+    record = tokenize(Config().set(en=d / "en.txt", zh=d / "zh.txt", model=tiny_bert).validate(("tokenize",)), work)
     out_en = work.corpus_en.read_text("utf-8").split("\n")[:-1]
     out_zh = work.corpus_zh.read_text("utf-8").split("\n")[:-1]
     assert len(out_en) == len(out_zh) == record["counts"]["pairs_kept"]
@@ -139,6 +139,6 @@ def test_unreadable_file(tmp_path, tiny_bert, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(pipeline.io, "open", denied, raising=False)  # root can read anything: simulate
+    monkeypatch.setattr(xlembed.io, "open", denied, raising=False)  # root can read anything: simulate
     with pytest.raises(XlembedError, match=r"c.tsv: file is not readable"):
-        tokenize(TokenizeOptions(tsv=tmp_path / "c.tsv", model=tiny_bert), WorkDir(tmp_path / "w"))
+        tokenize(Config().set(tsv=tmp_path / "c.tsv", model=tiny_bert).validate(("tokenize",)), WorkDir(tmp_path / "w"))

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from cli.main import app
+from xlembed.cli.main import app
 
 from .conftest import TATOEBA
 
@@ -55,20 +55,20 @@ def test_using_the_real_output(demo, tmp_path):
 
     from gensim.models import KeyedVectors
 
-    from pipeline.extend import extend
-    from pipeline.inspect import export_word2vec, info, neighbors
-    from pipeline.verify import verify
+    from xlembed import Embeddings
+    from xlembed.embeddings import verify
 
-    summary = info(demo)
+    summary = Embeddings.load(demo).info()
     assert summary["shape"][1] == 384 and summary["top_words"][0] == "。"
-    assert export_word2vec(demo, tmp_path / "w2v.txt") == summary["shape"][0]
+    assert Embeddings.load(demo).to_word2vec(tmp_path / "w2v.txt") == summary["shape"][0]
     assert KeyedVectors.load_word2vec_format(str(tmp_path / "w2v.txt")).vector_size == 384
     out = tmp_path / "out"
     shutil.copytree(demo, out)
     vocab = (out / "vocab.txt").read_text("utf-8").splitlines()
     assert "猫狗" not in vocab
-    (tmp_path / "words.txt").write_text("猫狗\n", encoding="utf-8")
-    assert extend(out, tmp_path / "words.txt", "chars")["sources"] == {"chars": 1}
+    extended, added = Embeddings.load(out).extend(["猫狗"], "chars")
+    assert [row.source for row in added] == ["chars"]
+    extended.save(out)
     assert verify(out) == []
-    english = [w for w, _ in neighbors(out, "猫狗", k=5)["en"]]
+    english = [w for w, _ in Embeddings.load(out).translate("猫狗", k=5)]
     assert {"cat", "cats", "dog", "dogs"} & set(english), english

@@ -3,10 +3,12 @@ import math
 import pytest
 import torch
 
-from pipeline.config import PAD, UNK
-from pipeline.io import XlembedError
-from pipeline.oov import Filler, pinyin_of
-from pipeline.write import build_matrix, read_vocab, vocab_tsv
+from xlembed.config import PAD, UNK
+from xlembed.io import XlembedError
+from xlembed.oov import Filler, pinyin_of
+from xlembed.embeddings import format_vocab_tsv, read_word_list
+from xlembed.project import ProjectedWord
+from xlembed.write import build_matrix
 
 # four projected words on a circle of radius 2 around the origin: the mean
 # projected row is (0, 0) and every row is 2 away from it
@@ -48,7 +50,7 @@ def test_unreachable_words_fall_back_to_random():
     assert f.fill("猫咪", "random") == (None, "random")
 
 
-ZH_ROWS = [("猫", 5, "cat", 0.8), ("小猫", 2, "kitten", 1.0), ("狗", 1, "dog", 1.0), ("吗", 1, "", 0.0)]
+ZH_ROWS = [ProjectedWord("猫", 5, "cat", 0.8), ProjectedWord("小猫", 2, "kitten", 1.0), ProjectedWord("狗", 1, "dog", 1.0), ProjectedWord("吗", 1, "", 0.0)]
 ZH_SUM = torch.tensor([[10.0, 0.0], [0.0, 4.0], [-2.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
 ZH_COUNT = torch.tensor([5, 2, 1, 0])
 
@@ -56,13 +58,13 @@ ZH_COUNT = torch.tensor([5, 2, 1, 0])
 def test_user_vocabulary_keeps_its_order_and_records_sources():
     vocab, rows, projected, info = build_matrix(ZH_ROWS, ZH_SUM, ZH_COUNT, 1, 1, 0, "chars", ["狗", "猫咪", UNK, "吗", "猫", "🐱"])
     assert vocab == ["狗", "猫咪", UNK, "吗", "猫", "🐱"]
-    assert [source for _, source, _, _ in info] == ["projected", "chars", "special", "random", "projected", "random"]  # no projected word holds 吗
+    assert [row.source for row in info] == ["projected", "chars", "special", "random", "projected", "random"]  # no projected word holds 吗
     assert projected.tolist() == [1, 0, 0, 0, 1, 0]
     assert rows[0].tolist() == [-2.0, 0.0] and rows[4].tolist() == [2.0, 0.0]
-    assert info[4] == (5, "projected", "cat", 0.8)
-    assert info[1] == (0, "chars", "", 0.0)  # never in the corpus
-    assert info[3][0] == 1  # 吗 was in the corpus, but never aligned: filled
-    tsv = vocab_tsv(vocab, info).splitlines()
+    assert info[4][1:5] == (5, "projected", "cat", 0.8)
+    assert info[1][1:5] == (0, "chars", "", 0.0)  # never in the corpus
+    assert info[3].freq == 1  # 吗 was in the corpus, but never aligned: filled
+    tsv = format_vocab_tsv(info).splitlines()
     assert tsv[0] == "word\tfreq\tsource\taligned_en\tp_en_given_zh\tpinyin"
     assert tsv[5] == "猫\t5\tprojected\tcat\t0.8\tmāo"
     assert tsv[3] == f"{UNK}\t0\tspecial\t\t0\t"
@@ -71,17 +73,17 @@ def test_user_vocabulary_keeps_its_order_and_records_sources():
 def test_default_vocabulary_and_random_fill_are_unchanged_by_the_strategy_choice():
     vocab, rows, projected, info = build_matrix(ZH_ROWS, ZH_SUM, ZH_COUNT, 1, 1, 0, "random")
     assert vocab == [PAD, UNK, "猫", "小猫", "狗", "吗"]
-    assert [s for _, s, _, _ in info] == ["special", "special", "projected", "projected", "projected", "random"]
+    assert [row.source for row in info] == ["special", "special", "projected", "projected", "projected", "random"]
     _, chars_rows, _, _ = build_matrix(ZH_ROWS, ZH_SUM, ZH_COUNT, 1, 1, 0, "chars")
     torch.testing.assert_close(rows[:5], chars_rows[:5])  # only the filled row differs
 
 
 def test_bad_oov_strategy_and_vocabulary_files(tmp_path):
-    with pytest.raises(XlembedError, match="--oov"):
+    with pytest.raises(ValueError, match="sound"):
         build_matrix(ZH_ROWS, ZH_SUM, ZH_COUNT, 1, 1, 0, "sound")
     (tmp_path / "v.txt").write_text("猫\n狗\n猫\n", encoding="utf-8")
     with pytest.raises(XlembedError, match=r"v.txt:3: '猫' is already on line 1"):
-        read_vocab(tmp_path / "v.txt")
+        read_word_list(tmp_path / "v.txt")
     (tmp_path / "v.txt").write_text("猫\n\n狗\n", encoding="utf-8")
     with pytest.raises(XlembedError, match=r"v.txt:2: expected one word per line"):
-        read_vocab(tmp_path / "v.txt")
+        read_word_list(tmp_path / "v.txt")

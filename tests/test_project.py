@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import ProjectOptions, WorkDir
-from pipeline.project import load_projection, project
-from pipeline.write import build_matrix
+from xlembed.config import Config, WorkDir
+from xlembed.project import ProjectedWord, load_projection, project
+from xlembed.write import build_matrix
 
 from .conftest import write_fake_encoding
 
@@ -37,7 +37,8 @@ def make_work(tmp_path, shard_rows=2) -> WorkDir:
 
 
 def rows_by_word(work):
-    tensors, zh_rows, _ = load_projection(work)
+    projection = load_projection(work)
+    tensors, zh_rows = projection.tensors, projection.zh_words
     mean = tensors["zh_sum"] / tensors["zh_count"].clamp(min=1).unsqueeze(1)
     return {w: (mean[k].tolist(), int(tensors["zh_count"][k])) for k, (w, *_rest) in enumerate(zh_rows)}
 
@@ -45,7 +46,7 @@ def rows_by_word(work):
 @pytest.mark.parametrize("shard_rows", [1, 2, 100])
 def test_argmax_averages_the_best_translation_over_its_contexts(tmp_path, shard_rows):
     work = make_work(tmp_path, shard_rows)
-    project(ProjectOptions(strategy="argmax"), work)
+    project(Config().set(strategy="argmax").validate(("project",)), work)
     rows = rows_by_word(work)
     assert rows["猫"] == ([2.0, 1.0 / 3], 3)  # cat in sentences 0, 1, 2: (1,0) (3,1) (2,0)
     assert rows["水"] == ([3.0, 3.0], 2)  # water: (2,2) and (4,4)
@@ -55,7 +56,7 @@ def test_argmax_averages_the_best_translation_over_its_contexts(tmp_path, shard_
 
 def test_weighted_averages_every_aligned_english_word(tmp_path):
     work = make_work(tmp_path)
-    project(ProjectOptions(strategy="weighted"), work)
+    project(Config().set(strategy="weighted").validate(("project",)), work)
     rows = rows_by_word(work)
     # cat (1,0) + the (5,5) + cat (3,1) + cat (2,0) over 4 links
     assert rows["猫"] == ([11.0 / 4, 6.0 / 4], 4)
@@ -63,8 +64,9 @@ def test_weighted_averages_every_aligned_english_word(tmp_path):
 
 def test_english_vectors_average_every_occurrence(tmp_path):
     work = make_work(tmp_path)
-    project(ProjectOptions(), work)
-    tensors, _, en_vocab = load_projection(work)
+    project(Config().set().validate(("project",)), work)
+    projection = load_projection(work)
+    tensors, en_vocab = projection.tensors, projection.en_words
     en = dict(zip(en_vocab, (tensors["en_sum"] / tensors["en_count"].unsqueeze(1)).tolist()))
     assert en["cat"] == [2.0, 1.0 / 3]
     assert en["water"] == [3.0, 3.0]
@@ -74,15 +76,15 @@ def test_english_vectors_average_every_occurrence(tmp_path):
 def test_stopwords_leave_the_vocabulary(tmp_path):
     work = make_work(tmp_path)
     (tmp_path / "stop.txt").write_text("很\n喝\n", encoding="utf-8")
-    project(ProjectOptions(stopwords=tmp_path / "stop.txt"), work)
+    project(Config().set(stopwords=tmp_path / "stop.txt").validate(("project",)), work)
     assert set(rows_by_word(work)) == {"猫", "水", "好"}
 
 
 def test_projection_statistics_are_additive(tmp_path):
     """Projecting two halves and adding sums and counts gives the whole."""
     whole = make_work(tmp_path / "whole")
-    project(ProjectOptions(), whole)
-    t_whole, zh_whole, _ = load_projection(whole)
+    project(Config().set().validate(("project",)), whole)
+    t_whole, zh_whole = load_projection(whole).tensors, load_projection(whole).zh_words
     sums, counts = {}, {}
     for part, idx in (("a", [0]), ("b", [1, 2])):
         work = WorkDir(tmp_path / part / "work")
@@ -93,8 +95,8 @@ def test_projection_statistics_are_additive(tmp_path):
         work.lexicon.write_bytes(whole.lexicon.read_bytes())  # the same argmax choices
         vec = {(n, j): VECTORS[(i, j)] for n, i in enumerate(idx) for j in range(len(EN[i].split()))}
         write_fake_encoding(work, [EN[i].split() for i in idx], vec)
-        project(ProjectOptions(), work)
-        t, zh_rows, _ = load_projection(work)
+        project(Config().set().validate(("project",)), work)
+        t, zh_rows = load_projection(work).tensors, load_projection(work).zh_words
         for k, (w, *_rest) in enumerate(zh_rows):
             sums[w] = sums.get(w, 0) + t["zh_sum"][k]
             counts[w] = counts.get(w, 0) + int(t["zh_count"][k])
@@ -104,7 +106,7 @@ def test_projection_statistics_are_additive(tmp_path):
 
 
 def test_build_matrix_rows_specials_and_min_count():
-    zh_rows = [("猫", 3, "cat", 0.75), ("水", 2, "water", 1.0), ("很", 1, "", 0.0), ("好", 1, "good", 1.0)]
+    zh_rows = [ProjectedWord("猫", 3, "cat", 0.75), ProjectedWord("水", 2, "water", 1.0), ProjectedWord("很", 1, "", 0.0), ProjectedWord("好", 1, "good", 1.0)]
     zh_sum = torch.tensor([[6.0, 2.0], [6.0, 6.0], [0.0, 0.0], [0.5, 0.25]], dtype=torch.float64)
     zh_count = torch.tensor([3, 2, 0, 1])
     vocab, rows, projected, _ = build_matrix(zh_rows, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
@@ -123,7 +125,7 @@ def test_filled_rows_follow_the_projected_rows_mean_and_spread():
     generator = torch.Generator().manual_seed(1)
     n_projected, n_filled = 3000, 3000
     projected_rows = torch.randn((n_projected, 4), generator=generator, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5, 3.0]) + torch.tensor([5.0, -1.0, 0.0, 2.0])
-    zh_rows = [(f"w{k}", 1, "", 0.0) for k in range(n_projected + n_filled)]
+    zh_rows = [ProjectedWord(f"w{k}", 1, "", 0.0) for k in range(n_projected + n_filled)]
     zh_sum = torch.cat([projected_rows, torch.zeros((n_filled, 4), dtype=torch.float64)])
     zh_count = torch.cat([torch.ones(n_projected, dtype=torch.int64), torch.zeros(n_filled, dtype=torch.int64)])
     _, rows, projected, _ = build_matrix(zh_rows, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from pipeline.config import AlignOptions, EncodeOptions, ProjectOptions, TokenizeOptions, WorkDir, WriteOptions
-from pipeline.run import run
+from xlembed.cli.main import app
+from xlembed.config import Config, WorkDir
+from xlembed.run import run
 
 from .conftest import TATOEBA, make_tiny_bert
 
@@ -116,13 +116,9 @@ def test_sigkill_during_write_leaves_a_complete_output(tmp_path, reference):
 
 
 def stages_run(corpus, model, work, out, force=False, **changes):
-    opts = dict(tokenize=TokenizeOptions(tsv=corpus, model=model), encode=EncodeOptions(model=model, shard_rows=2000),
-                align=AlignOptions(), project=ProjectOptions(), write=WriteOptions())
-    for name, value in changes.items():
-        stage = next(s for s, o in opts.items() if hasattr(o, name))
-        setattr(opts[stage], name, value)
+    config = Config().set(tsv=corpus, model=model, shard_rows=2000, **changes)
     ran = {}
-    run(*opts.values(), WorkDir(work), out, on_stage=lambda stage, record: ran.setdefault(stage, not record.get("skipped")), force=force)
+    run(config, WorkDir(work), out, on_stage=lambda stage, record: ran.setdefault(stage, not record.get("skipped")), force=force)
     return {stage for stage, computed in ran.items() if computed}
 
 
@@ -160,7 +156,7 @@ def test_verify_catches_tampering(tmp_path, reference):
     assert result.exit_code == 1 and "vocab.txt: checksum differs" in result.output
     # consistent checksums but one line too many: rows and lines disagree
     manifest = json.loads((out / "manifest.json").read_text())
-    from pipeline.io import sha256_file
+    from xlembed.io import sha256_file
     manifest["files"]["vocab.txt"] = sha256_file(out / "vocab.txt")
     (out / "manifest.json").write_text(json.dumps(manifest))
     result = verify()

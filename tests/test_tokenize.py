@@ -2,14 +2,14 @@ import gzip
 
 import pytest
 
-from pipeline.config import TokenizeOptions, WorkDir
-from pipeline.io import XlembedError
-from pipeline.tokenize import chinese_splitter, english_splitter, tokenize
+from xlembed.config import Config, WorkDir
+from xlembed.io import XlembedError
+from xlembed.tokenize import chinese_splitter, english_splitter, tokenize
 
 
 def run(tmp_path, model, **files):
     work = WorkDir(tmp_path / "work")
-    record = tokenize(TokenizeOptions(model=model, **files), work)
+    record = tokenize(Config().set(model=model, **files).validate(("tokenize",)), work)
     return record, work.corpus_en.read_text("utf-8").splitlines(), work.corpus_zh.read_text("utf-8").splitlines()
 
 

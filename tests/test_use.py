@@ -7,9 +7,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from cli.main import app
-from pipeline.api import ChineseTokenizer, load
-from pipeline.io import save_tensors
+from xlembed.cli.main import app
+from xlembed import load
+from xlembed.embeddings import ChineseTokenizer, VocabRow, format_vocab_tsv
+from xlembed.io import save_tensors
 
 from .test_cli import built, corpus  # noqa: F401  (fixtures: a tiny-model build of a small corpus)
 
@@ -70,19 +71,18 @@ def hand_made(tmp_path):
     (out / "vocab.txt").write_text("[PAD]\n[UNK]\n猫\n狗\n书\n", encoding="utf-8")
     save_tensors(out / "english.safetensors", {"embeddings": torch.tensor([[1.0, 0.0], [0.9, 0.35], [-1.0, 0.0]])})
     (out / "english_vocab.txt").write_text("cat\ndog\nbook\n", encoding="utf-8")
+    (out / "vocab.tsv").write_text(format_vocab_tsv([VocabRow.new(w, 1, s) for w, s in zip(
+        ["[PAD]", "[UNK]", "猫", "狗", "书"], ["special", "special", "projected", "projected", "random"])]), encoding="utf-8")
     (out / "manifest.json").write_text(json.dumps({"counts": {"projected_rows": 2, "filled_rows": 1, "special_rows": 2},
                                                    "parameters": {"tokenize": {"user_dict": None, "hmm": True}}}))
     return out
 
 
 def test_neighbors_of_a_chinese_and_an_english_word(hand_made):
-    from pipeline.inspect import neighbors
-
-    r = neighbors(hand_made, "猫", k=2)
-    assert [w for w, _ in r["zh"]] == ["狗", "书"] and [w for w, _ in r["en"]] == ["cat", "dog"]
-    assert r["projected"] is True
-    r = neighbors(hand_made, "book", k=1, lang="en")
-    assert r["zh"][0][0] == "书" and r["en"][0][0] == "dog"
+    e = load(hand_made)
+    assert [w for w, _ in e.most_similar("猫", k=2)] == ["狗", "书"] and [w for w, _ in e.translate("猫", k=2)] == ["cat", "dog"]
+    assert bool(e.projected[e.index("猫")]) is True
+    assert e.translate("book", k=1, lang="en")[0][0] == "书" and e.most_similar("book", k=1, lang="en")[0][0] == "dog"
     result = xlembed("neighbors", hand_made, "鱼")
     assert result.exit_code == 2 and "'鱼' is not in vocab.txt" in result.output
 
@@ -109,10 +109,10 @@ def test_export_word2vec_reads_back_in_gensim(hand_made, tmp_path):
 
 
 def test_python_api_embedding_and_tokenizer(hand_made):
-    embedding, tokenizer = load(hand_made)
+    embedding, tokenizer = load(hand_made).to_torch(), load(hand_made).tokenizer
     assert isinstance(embedding, torch.nn.Embedding) and embedding.weight.shape == (5, 2)
     assert embedding.padding_idx == 0 and not embedding.weight.requires_grad
-    assert load(hand_made, freeze=False)[0].weight.requires_grad
+    assert load(hand_made).to_torch(freeze=False).weight.requires_grad
     assert tokenizer.tokenize("猫和狗。") == ["猫", "和", "狗", "。"]
     assert tokenizer.encode("猫和狗") == [2, 1, 3]  # 和 is unknown: [UNK]
     ids, mask = tokenizer.batch_encode(["猫和狗", "书"])

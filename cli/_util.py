@@ -1,0 +1,298 @@
+"""Shared plumbing of the `xlembed` command (as spaCy's cli/_util.py): the
+Typer app, one-line errors, progress display, stage summaries, and the
+options generated from the config declarations in xlembed.config."""
+import contextlib
+import errno
+import inspect
+import os
+import sys
+import threading
+import time
+from dataclasses import fields
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from typer import _click as click  # Typer's own copy of click: its exceptions and parameter sources
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+from typer.core import TyperGroup
+
+from xlembed import __version__
+from xlembed.config import SECTIONS, Config, base_type, default_config_path, flag_name, load_config
+from xlembed.io import SilentTask, XlembedError
+
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+out = Console(soft_wrap=True, highlight=False)
+
+
+def fail(message: str, code: int = 2):
+    """One line `error: …` on stderr, then exit."""
+    err.print(f"[red]error:[/red] {escape(message)}")
+    raise SystemExit(code)
+
+
+def _os_error_message(e: OSError) -> str:
+    where = e.filename if e.filename is not None else ""
+    reason = e.strerror or str(e)
+    if e.errno == errno.ENOSPC:
+        reason = "no space left on the device; the previous output is intact"
+    return f"{where}: {reason}" if where else reason
+
+
+class OneLineErrors(TyperGroup):
+    """Every usage error (Typer's and click's own too), every XlembedError and
+    every OS error becomes one line `error: …` on stderr with exit code 2,
+    whatever the terminal width; Ctrl-C is 'interrupted', exit 130."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:  # `xlembed` alone: the help, as click does
+            e.show()
+            raise SystemExit(e.exit_code)
+        except click.ClickException as e:
+            message = e.format_message().replace("\n", " ")
+            command = e.ctx.command_path if getattr(e, "ctx", None) is not None else "xlembed"
+            fail(f"{message} (see `{command} --help`)", e.exit_code)
+        except typer.Abort:
+            fail("interrupted", 130)
+        except XlembedError as e:
+            fail(str(e))
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # `xlembed … | head`
+                sys.stderr = open(os.devnull, "w")
+                raise SystemExit(1)
+            fail(_os_error_message(e))
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        if not standalone_mode:
+            return code
+        raise SystemExit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    name="xlembed",
+    cls=OneLineErrors,
+    help="Build a Chinese word-embedding matrix from an English–Chinese parallel corpus and an English BERT.\n\n"
+         "Stages, in order: tokenize → encode → align → project → write; `run` does them all.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+class RateColumn(ProgressColumn):
+    """Items per second, in the unit the task was given."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} {task.fields.get('unit', '')}/s" if speed else "", style="progress.data.speed")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class LogTask:
+    """Progress for a log (stderr not a terminal): a plain line with count,
+    rate, elapsed time and ETA at each 10 % of the work, but no more often
+    than every `min_gap` seconds, and at least every `interval` seconds.
+    Short tasks print nothing but their summary. XLEMBED_PROGRESS_INTERVAL
+    sets `interval` (seconds)."""
+
+    def __init__(self, description: str, total: int | None, unit: str, interval: float | None = None,
+                 min_gap: float | None = None, clock: Callable[[], float] = time.monotonic):
+        self.description, self.total, self.unit, self.clock = description, total, unit, clock
+        self.interval = interval if interval is not None else float(os.environ.get("XLEMBED_PROGRESS_INTERVAL", 30))
+        self.min_gap = min_gap if min_gap is not None else min(5.0, self.interval)
+        self.done = 0
+        self.start = self.last = clock()
+        self.next_fraction = 0.1
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = self.clock()
+        fraction = self.done / self.total if self.total else 0.0
+        at_mark = bool(self.total) and fraction >= self.next_fraction and self.done < self.total
+        if now - self.last >= self.interval or (at_mark and now - self.last >= self.min_gap):
+            self.last = now
+            while self.total and fraction >= self.next_fraction:
+                self.next_fraction += 0.1
+            err.print(escape(self.line(now)))
+
+    def line(self, now: float) -> str:
+        elapsed = now - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        line = f"{self.description}: {self.done:,}"
+        if self.total:
+            line += f"/{self.total:,} {self.unit} ({self.done / self.total:.0%})"
+        elif self.unit:
+            line += f" {self.unit}"
+        if self.unit:
+            line += f", {rate:,.0f} {self.unit}/s"
+        line += f", elapsed {_duration(elapsed)}"
+        if self.total and rate > 0:
+            line += f", eta {_duration((self.total - self.done) / rate)}"
+        return line
+
+
+class Reporter:
+    """Progress with count, rate, elapsed time and ETA on stderr: bars on a
+    terminal (tasks running at the same time, encode and align in `run`,
+    share one display), plain lines in a log."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.terminal = err.is_terminal
+        self.lock = threading.Lock()
+        self.progress: Progress | None = None
+        self.active = 0
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None, unit: str):
+        if self.quiet:
+            yield SilentTask()
+            return
+        if not self.terminal:
+            yield LogTask(description, total, unit)
+            return
+        with self.lock:
+            if self.progress is None:
+                self.progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                                         MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
+                                         TimeRemainingColumn(), console=err)
+                self.progress.start()
+            task_id = self.progress.add_task(description, total=total, unit=unit, eta="eta" if total else "")
+            self.active += 1
+        progress = self.progress
+
+        class Task:
+            def advance(self, n: int = 1) -> None:
+                progress.advance(task_id, n)
+
+        try:
+            yield Task()
+        finally:
+            with self.lock:
+                if total is None:
+                    progress.update(task_id, total=1, completed=1)
+                self.active -= 1
+                if self.active == 0:
+                    progress.stop()
+                    self.progress = None
+
+
+def summarize(stage: str, record: dict, quiet: bool) -> None:
+    """One line per stage: what it counted and how long it took."""
+    if quiet:
+        return
+    if record.get("skipped"):
+        err.print(f"[green]✔[/green] [bold]{stage}[/bold]: up to date, skipped (--force recomputes)")
+        return
+    if record.get("resumed_at_shard"):
+        err.print(f"  {stage}: resumed after {record['resumed_at_shard']} completed shard(s)")
+    counts = record.get("counts", {})
+    text = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items() if isinstance(v, int))
+    seconds = record.get("seconds", {})
+    if isinstance(seconds, dict):
+        seconds = seconds.get(stage, 0.0)
+    err.print(f"[green]✔[/green] [bold]{stage}[/bold] ({seconds:.1f} s): {escape(text)}")
+
+
+def version_callback(value: bool):
+    if value:
+        print(f"xlembed {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, metavar="",
+                                               help="Print the version and exit.")] = False):
+    pass
+
+
+# --- options shared by commands -----------------------------------------------------------------
+
+Work = Annotated[Path, typer.Option("--work", "-w", help="Directory of intermediate artifacts.", file_okay=False)]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (replaced as a whole when the job succeeds; "
+                                                       "only an earlier xlembed output is ever replaced).")]
+OutDirArg = Annotated[Path, typer.Argument(help="An output directory of `xlembed run` or `xlembed write`.")]
+Force = Annotated[bool, typer.Option("--force", "-f", metavar="", help="Recompute even when the work directory's records show the result is up to date.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress or summaries (errors are still printed).")]
+ConfigFile = Annotated[Optional[str], typer.Option(
+    "--config", "-c", metavar="FILE",
+    help="TOML file setting any option, one table per stage; 'default' is the shipped configs/default.toml. "
+         "Flags given on the command line override it.", show_default="none: the defaults shown here")]
+
+
+def _typer_option(stage: str, f) -> Any:
+    """The Typer option of one config field, from its declaration."""
+    kind = base_type(f)
+    annotation = Optional[kind] if "None" in f.type else kind
+    flag = flag_name(f)
+    decls = [f"--{flag}/--no-{flag}"] if kind is bool else [f"--{flag}"]
+    help_text = f.metadata["help"]
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if lo is not None or hi is not None:
+        bounds = [f"more than {lo}" if f.metadata.get("min_exclusive") else f"at least {lo}"] if lo is not None else []
+        bounds += [f"at most {hi}"] if hi is not None else []
+        help_text += f" ({' and '.join(bounds)})"
+    shown = f.metadata.get("shown")
+    show_default: bool | str = shown if shown else f.default is not None
+    if kind is bool:
+        show_default = f"--{flag}" if f.default else f"--no-{flag}"
+    elif isinstance(f.default, Enum) and not shown:
+        show_default = True
+    return Annotated[annotation, typer.Option(*decls, help=escape(help_text), show_default=show_default,
+                                              metavar="" if kind is bool else None,
+                                              rich_help_panel=f"{stage.capitalize()} options")]
+
+
+def _resolve_config_file(value: str | None) -> Path | None:
+    if value is None:
+        return None
+    return default_config_path() if value == "default" else Path(value)
+
+
+def config_command(*selectors: str) -> Callable:
+    """Give a command the options of whole stages ("encode") or single
+    fields ("encode.model"), generated from their declarations, plus
+    --config. The command receives `config`: defaults, then the TOML file,
+    then the flags given on the command line (not validated yet)."""
+    chosen = []
+    for selector in selectors:
+        stage, _, name = selector.partition(".")
+        chosen += [(stage, f) for f in fields(SECTIONS[stage]) if not name or f.name == name]
+    names = [f.name for _, f in chosen]
+    assert len(set(names)) == len(names), f"an option name is declared twice: {names}"
+
+    def decorate(func: Callable) -> Callable:
+        signature = inspect.signature(func)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values() if p.name != "config"]
+        generated = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=_typer_option(stage, f))
+                     for stage, f in chosen]
+        context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        config_file = inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigFile)
+
+        def command(ctx: typer.Context, config_file: str | None = None, **kwargs):
+            overrides: dict[str, dict] = {}
+            for stage, f in chosen:
+                value = kwargs.pop(f.name)
+                if ctx.get_parameter_source(f.name) not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP):
+                    overrides.setdefault(stage, {})[f.name] = value
+            return func(config=load_config(_resolve_config_file(config_file), overrides), **kwargs)
+
+        command.__name__, command.__doc__, command.__module__ = func.__name__, func.__doc__, func.__module__
+        command.__signature__ = signature.replace(parameters=[context, *own, config_file, *generated])
+        return command
+
+    return decorate
+

@@ -1,0 +1,99 @@
+"""The stage commands and `run`: each parses its options (generated from the
+config declarations), calls the stage in xlembed and prints what it returned."""
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from xlembed.config import Config, WorkDir
+
+from ._util import Force, Out, Quiet, Reporter, Work, app, config_command, err, summarize
+
+
+def _stage(name: str, config: Config, work: Path, force: bool, quiet: bool) -> None:
+    import importlib
+
+    from xlembed.run import prepared
+
+    stage = getattr(importlib.import_module(f"xlembed.{name}"), name)
+    work_dir = WorkDir(work)
+    with prepared(config, (name,), work_dir, command=f"xlembed {name}"):
+        summarize(name, stage(config, work_dir, Reporter(quiet), force), quiet)
+
+
+@app.command()
+@config_command("tokenize", "encode.model")
+def tokenize(work: Work, config: Config, force: Force = False, quiet: Quiet = False):
+    """Split both sides into words: English as the model's tokenizer pre-tokenizes, Chinese with jieba.
+
+    Writes WORK/corpus.en and WORK/corpus.zh (space-separated words, one pair per line). Pairs with an
+    empty side are dropped from both sides and counted."""
+    _stage("tokenize", config, work, force, quiet)
+
+
+@app.command()
+@config_command("encode")
+def encode(work: Work, config: Config, force: Force = False, quiet: Quiet = False):
+    """Run the English BERT over WORK/corpus.en: one vector per English word (mean of its word pieces).
+
+    Identical sentences are encoded once, in length-sorted batches. Writes float16 shards and an index
+    from (sentence, word) to row under WORK/vectors/."""
+    _stage("encode", config, work, force, quiet)
+
+
+@app.command()
+@config_command("align")
+def align(work: Work, config: Config, force: Force = False, quiet: Quiet = False):
+    """Word-align the corpus with eflomal in both directions and symmetrise.
+
+    Writes WORK/align.links (zhIndex-enIndex per pair) and WORK/lexicon.tsv (zh, en, count, p(en|zh))."""
+    _stage("align", config, work, force, quiet)
+
+
+@app.command()
+@config_command("project")
+def project(work: Work, config: Config, force: Force = False, quiet: Quiet = False):
+    """Give each Chinese word the English vectors it is aligned to; also average each English word's vectors.
+
+    Writes per-word sums and counts (additive across corpus parts) to WORK/projection.*."""
+    _stage("project", config, work, force, quiet)
+
+
+@app.command()
+@config_command("write")
+def write(work: Work, out: Out, config: Config, quiet: Quiet = False):
+    """Fill rows without a projected vector (--oov) and write the matrix to OUT.
+
+    OUT gets embeddings.safetensors, vocab.txt, vocab.tsv (where each row came from), english.safetensors,
+    english_vocab.txt and manifest.json."""
+    from xlembed.run import prepared
+    from xlembed.write import write as write_output
+
+    work_dir = WorkDir(work)
+    with prepared(config, ("write",), work_dir, out, command="xlembed write"):
+        manifest = write_output(config, work_dir, out)
+    summarize("write", manifest, quiet)
+    if not quiet:
+        err.print(f"wrote {out}/embeddings.safetensors")
+
+
+RunWork = Annotated[Optional[Path], typer.Option("--work", "-w", help="Directory of intermediate artifacts.",
+                                                 show_default="OUT.work beside OUT", file_okay=False)]
+
+
+@app.command()
+@config_command("tokenize", "encode", "align", "project", "write")
+def run(out: Out, config: Config, work: RunWork = None, force: Force = False, quiet: Quiet = False):
+    """Run every stage: tokenize → encode → align → project → write.
+
+    Example: xlembed run --tsv data/tatoeba/cmn-eng.tsv --out runs/demo"""
+    from xlembed.run import default_work_dir
+    from xlembed.run import run as run_all
+
+    manifest = run_all(config, WorkDir(work if work is not None else default_work_dir(out)), out, Reporter(quiet),
+                       on_stage=lambda stage, record: summarize(stage, record, quiet), force=force)
+    if not quiet:
+        c = manifest["counts"]
+        err.print(f"wrote {out}/embeddings.safetensors: {c['vocab_size']:,} × {c['dim']} "
+                  f"({c['projected_rows']:,} projected, {c['filled_rows']:,} filled), "
+                  f"english.safetensors: {c['english_vocab_size']:,} × {c['dim']}")

@@ -1,0 +1,497 @@
+"""`Embeddings`: a built matrix, the one reader and writer of an output
+directory (the way gensim's KeyedVectors or Model2Vec's StaticModel are).
+
+    import xlembed
+    e = xlembed.load("runs/demo")
+    e.translate("猫", k=3)          # [('cat', 0.93), ('cats', 0.88), ('kitten', 0.84)]
+    e.most_similar("医生", k=5)     # nearest Chinese words
+    layer = e.to_torch()           # frozen nn.Embedding, padding_idx = [PAD]
+    ids, mask = e.tokenizer.batch_encode(["我喜欢猫。"])
+
+A reader always sees one complete build: `load` opens the output directory
+once and reads every file through that one handle. `write` and `extend`
+build a new directory beside it and exchange the two atomically, so the
+handle is either the old build or the new one, never a mix; if the old one
+is removed while it is being read, the read starts again on the new one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from . import __version__
+from .config import PAD, UNK, Oov, OutDir
+from .io import XLEMBED_OUTPUT, XlembedError, atomic_path, read_lines, save_tensors, sha256_file, staged_dir, write_json_atomic
+from .oov import Filler, fill_rows, pinyin_of
+
+VOCAB_TSV_HEADER = "word\tfreq\tsource\taligned_en\tp_en_given_zh\tpinyin"
+
+
+class VocabRow(NamedTuple):
+    """One row's provenance, one line of vocab.tsv."""
+
+    word: str
+    freq: int  # corpus frequency (0: not in the corpus)
+    source: str  # projected | chars | pinyin | random | special
+    aligned_en: str  # the English word it was projected from ("" if none)
+    p: float  # p(aligned_en | word)
+    pinyin: str  # tone-marked, syllables separated by spaces ("" for specials)
+
+    @classmethod
+    def new(cls, word: str, freq: int, source: str, aligned_en: str = "", p: float = 0.0) -> "VocabRow":
+        return cls(word, freq, source, aligned_en, p, "" if source == "special" else pinyin_of(word))
+
+
+def format_vocab_tsv(rows: list[VocabRow]) -> str:
+    return VOCAB_TSV_HEADER + "\n" + "".join(f"{r.word}\t{r.freq}\t{r.source}\t{r.aligned_en}\t{r.p:.6g}\t{r.pinyin}\n" for r in rows)
+
+
+def parse_vocab_tsv(text: str) -> list[VocabRow]:
+    rows = []
+    for line in text.split("\n")[1:-1]:
+        word, freq, source, en, p, sound = line.split("\t")
+        rows.append(VocabRow(word, int(freq), source, en, float(p), sound))
+    return rows
+
+
+def _words(text: str) -> list[str]:
+    """A word list as xlembed writes it: one word per line, each ended by a newline."""
+    return text.split("\n")[:-1]
+
+
+def _format_words(words: list[str]) -> str:
+    return "".join(w + "\n" for w in words)
+
+
+def _safetensors_metadata(blob: bytes) -> dict[str, str]:
+    (n,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8:8 + n]).get("__metadata__", {}) or {}
+
+
+def read_build(out: Path, attempts: int = 100) -> dict[str, bytes]:
+    """The files of an output directory (those present), all from one build.
+
+    They are opened through one handle on the directory; once all are open,
+    the path must still lead to that same directory (inode): then they were
+    all files of the live build at that moment, and builds are never changed
+    once live. If a writer swapped a new build in meanwhile, read again."""
+    o = OutDir(Path(out))
+    for attempt in range(attempts):
+        try:
+            fd = os.open(o.root, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # missing, or between the two renames of the non-Linux fallback
+            time.sleep(0.01)
+            continue
+        except NotADirectoryError:
+            raise XlembedError(f"{o.root}: not a directory")
+        handles = {}
+        try:
+            for path in o.all_files:
+                try:
+                    handles[path.name] = os.open(path.name, os.O_RDONLY, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+            try:
+                live = os.stat(o.root).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                live = False
+            if live:
+                files = {}
+                for name, handle in handles.items():
+                    with os.fdopen(handle, "rb") as f:
+                        files[name] = f.read()
+                    handles[name] = None
+                return files
+        finally:
+            for handle in handles.values():
+                if handle is not None:
+                    os.close(handle)
+            os.close(fd)
+    raise XlembedError(f"{o.root}: output directory does not exist")
+
+
+@dataclass(eq=False)
+class Embeddings:
+    """A Chinese word-embedding matrix and the English word vectors in the same space."""
+
+    words: list[str]  # [V] row i is the vector of words[i]
+    vectors: torch.Tensor  # [V, d] float32
+    projected: torch.Tensor  # [V] bool: projected from English (else filled, or [PAD]/[UNK])
+    english_words: list[str]  # [E]
+    english_vectors: torch.Tensor  # [E, d] float32
+    rows: list[VocabRow] = field(default_factory=list)  # [V] where each row came from
+    manifest: dict = field(default_factory=dict)  # parameters, inputs, counts, seconds, checksums
+    metadata: dict = field(default_factory=dict)  # embeddings.safetensors' metadata (model, layer, strategy, ...)
+    path: Path | None = None  # the directory it was loaded from
+
+    # --- reading and writing ---------------------------------------------------------------
+
+    @classmethod
+    def load(cls, out: Path | str) -> "Embeddings":
+        """Load an output directory of `xlembed run` or `xlembed write` (one complete build)."""
+        from safetensors.torch import load as load_tensors
+
+        o = OutDir(Path(out))
+        files = read_build(o.root)
+        for path in (o.embeddings, o.vocab, o.english, o.english_vocab):
+            if path.name not in files:
+                raise XlembedError(f"{path}: missing; not a complete xlembed output (run `xlembed write`)")
+        try:
+            tensors = load_tensors(files[o.embeddings.name])
+            english = load_tensors(files[o.english.name])["embeddings"]
+            manifest = json.loads(files[o.manifest.name]) if o.manifest.name in files else {}
+        except Exception as e:  # safetensors and json raise several kinds
+            raise XlembedError(f"{o.root}: cannot read the matrices: {str(e).splitlines()[0]}")
+        words = _words(files[o.vocab.name].decode("utf-8"))
+        projected = tensors["projected"].bool()
+        if o.vocab_tsv.name in files:
+            rows = parse_vocab_tsv(files[o.vocab_tsv.name].decode("utf-8"))
+        else:  # a matrix made elsewhere: provenance from the flags alone
+            rows = [VocabRow.new(w, 0, "special" if w in (PAD, UNK) else "projected" if p else "random")
+                    for w, p in zip(words, projected.tolist())]
+        return cls(
+            words=words,
+            vectors=tensors["embeddings"],
+            projected=projected,
+            english_words=_words(files[o.english_vocab.name].decode("utf-8")),
+            english_vectors=english,
+            rows=rows,
+            manifest=manifest,
+            metadata=_safetensors_metadata(files[o.embeddings.name]),
+            path=o.root,
+        )
+
+    def save(self, out: Path | str) -> dict:
+        """Write the output contract into `out`, replacing it as a whole and
+        atomically (only an earlier xlembed output is ever replaced); the
+        manifest gets the files' checksums. Returns the manifest."""
+        o_final = OutDir(Path(out))
+        counts = self.counts()
+        metadata = dict(self.metadata, counts=json.dumps(counts), xlembed_version=self.metadata.get("xlembed_version", __version__))
+        with staged_dir(o_final.root) as stage:
+            o = OutDir(stage)
+            save_tensors(o.embeddings, {"embeddings": self.vectors.float(), "projected": self.projected.to(torch.uint8)}, metadata)
+            o.vocab.write_text(_format_words(self.words), encoding="utf-8")
+            o.vocab_tsv.write_text(format_vocab_tsv(self.rows), encoding="utf-8")
+            save_tensors(o.english, {"embeddings": self.english_vectors.float()},
+                         {k: metadata[k] for k in ("model", "layer") if k in metadata})
+            o.english_vocab.write_text(_format_words(self.english_words), encoding="utf-8")
+            manifest = dict(self.manifest, kind=XLEMBED_OUTPUT, counts=counts,
+                            files={p.name: sha256_file(p) for p in o.files})
+            manifest.setdefault("xlembed_version", __version__)
+            write_json_atomic(o.manifest, manifest)
+        self.manifest, self.metadata, self.path = manifest, metadata, o_final.root
+        return manifest
+
+    def counts(self) -> dict:
+        """The manifest's counts, brought up to date with the rows."""
+        sources = [r.source for r in self.rows]
+        counts = dict(self.manifest.get("counts", {}))
+        counts.update(
+            vocab_size=len(self.words),
+            projected_rows=sources.count("projected"),
+            filled_rows=sum(sources.count(s.value) for s in Oov),
+            filled_by={s.value: sources.count(s.value) for s in Oov},
+            special_rows=sources.count("special"),
+            english_vocab_size=len(self.english_words),
+            dim=int(self.vectors.shape[1]),
+        )
+        return counts
+
+    # --- lookups ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self._index
+
+    def __getitem__(self, word: str) -> torch.Tensor:
+        return self.vectors[self.index(word)]
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {w: i for i, w in enumerate(self.words)}
+
+    @cached_property
+    def _english_index(self) -> dict[str, int]:
+        return {w: i for i, w in enumerate(self.english_words)}
+
+    def index(self, word: str, lang: str = "zh") -> int:
+        index = self._index if lang == "zh" else self._english_index
+        if word not in index:
+            raise XlembedError(f"'{word}' is not in {'vocab.txt' if lang == 'zh' else 'english_vocab.txt'}"
+                               + (f" of {self.path}" if self.path else ""))
+        return index[word]
+
+    @cached_property
+    def unit_vectors(self) -> torch.Tensor:
+        """[V, d] rows scaled to length 1 (cosine = dot product)."""
+        return torch.nn.functional.normalize(self.vectors.float(), dim=1)
+
+    @cached_property
+    def english_unit_vectors(self) -> torch.Tensor:
+        """[E, d]"""
+        return torch.nn.functional.normalize(self.english_vectors.float(), dim=1)
+
+    def _side(self, lang: str) -> tuple[list[str], torch.Tensor]:
+        if lang not in ("zh", "en"):
+            raise XlembedError(f"lang must be zh or en, got '{lang}'")
+        return (self.words, self.unit_vectors) if lang == "zh" else (self.english_words, self.english_unit_vectors)
+
+    def _nearest(self, query: torch.Tensor, lang: str, k: int, skip: set[str], scores: torch.Tensor | None = None) -> list[tuple[str, float]]:
+        words, unit = self._side(lang)
+        cosine = unit @ query  # [N]
+        ranking = (cosine if scores is None else scores).argsort(descending=True).tolist()
+        found = []
+        for j in ranking:
+            if words[j] in skip:
+                continue
+            found.append((words[j], round(float(cosine[j]), 4)))
+            if len(found) == k:
+                break
+        return found
+
+    def most_similar(self, word: str, k: int = 10, lang: str = "zh") -> list[tuple[str, float]]:
+        """The `k` nearest words of `word` in its own language (cosine), as (word, cosine) pairs."""
+        _check_k(k)
+        words, unit = self._side(lang)
+        return self._nearest(unit[self.index(word, lang)], lang, k, {word, PAD, UNK})
+
+    def translate(self, word: str, k: int = 10, csls: int = 0, lang: str = "zh") -> list[tuple[str, float]]:
+        """The `k` nearest words of `word` in the other language, as (word,
+        cosine) pairs; with `csls` > 0 ranked by CSLS with that many
+        neighbours (Conneau et al. 2018), which tempers hub words."""
+        _check_k(k)
+        _, unit = self._side(lang)
+        query = unit[self.index(word, lang)]
+        other = "en" if lang == "zh" else "zh"
+        scores = None
+        if csls:
+            _, target = self._side(other)
+            cosine = target @ query  # [N]
+            r_query = cosine.topk(min(csls, len(cosine))).values.mean()
+            scores = 2 * cosine - r_query - self.csls_radius(other, csls)
+        return self._nearest(query, other, k, {PAD, UNK}, scores)
+
+    def csls_radius(self, lang: str, k: int) -> torch.Tensor:
+        """[N] for each word of `lang`: the mean cosine to its k nearest words
+        of the other language (projected Chinese rows only), CSLS's r term."""
+        cache = self.__dict__.setdefault("_csls_radius", {})
+        if (lang, k) not in cache:
+            source = self.english_unit_vectors if lang == "zh" else self.unit_vectors[self.projected]
+            _, target = self._side(lang)
+            cache[(lang, k)] = csls_radius(target, source, k)
+        return cache[(lang, k)]
+
+    # --- uses -----------------------------------------------------------------------------------
+
+    def to_torch(self, freeze: bool = True) -> torch.nn.Embedding:
+        """The matrix as an nn.Embedding (frozen by default; padding_idx = the [PAD] row)."""
+        pad = self._index.get(PAD)
+        return torch.nn.Embedding.from_pretrained(self.vectors.float().clone(), freeze=freeze, padding_idx=pad)
+
+    @cached_property
+    def tokenizer(self) -> "ChineseTokenizer":
+        """Segments Chinese exactly as the build did and maps words to row ids."""
+        options = self.manifest.get("parameters", {}).get("tokenize", {})
+        user_dict = options.get("user_dict")
+        return ChineseTokenizer(self.words, Path(user_dict) if user_dict else None, options.get("hmm", True))
+
+    def to_word2vec(self, target: Path | str, lang: str = "zh") -> int:
+        """Write the matrix in word2vec text format (`V d` header, then `word
+        v1 … vd`), every row in order; returns the number of rows."""
+        target = Path(target)
+        if target.is_dir():
+            raise XlembedError(f"{target}: is a directory; give a file name")
+        words, rows = (self.words, self.vectors) if lang == "zh" else (self.english_words, self.english_vectors)
+        with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"{rows.shape[0]} {rows.shape[1]}\n")
+            for word, row in zip(words, rows.tolist()):
+                f.write(word + " " + " ".join(f"{x:.6g}" for x in row) + "\n")
+        return rows.shape[0]
+
+    def extend(self, words: list[str], oov: Oov | str | None = None) -> tuple["Embeddings", list[VocabRow]]:
+        """A new Embeddings with rows appended for the `words` it lacks,
+        filled by `oov` (default: the strategy it was built with) from its
+        projected rows; random rows are seeded by its seed and row count.
+        Returns it and the new rows' provenance."""
+        oov = Oov(oov or self.metadata.get("oov_fill", "random"))
+        new_words = list(dict.fromkeys(w for w in words if w not in self._index))
+        projected_ids = self.projected.nonzero().squeeze(1).tolist()
+        if not projected_ids:
+            raise XlembedError("the matrix has no projected rows to build new rows from")
+        base = self.vectors[projected_ids].double()
+        freq = [self.rows[i].freq if self.rows else 1 for i in projected_ids]
+        filler = Filler([self.words[i] for i in projected_ids], base, freq)
+        seed = int(self.metadata.get("seed", 0)) * 1_000_003 + len(self.words)  # another stream than write's, still reproducible
+        new_rows, sources = fill_rows(new_words, oov.value, filler, base.mean(0), base.std(0, unbiased=False), seed)
+        added = [VocabRow.new(w, 0, source) for w, source in zip(new_words, sources)]
+        manifest = dict(self.manifest)
+        manifest["extended"] = list(manifest.get("extended", [])) + [dict(oov=oov.value, added=len(new_words))]
+        extended = Embeddings(
+            words=self.words + new_words,
+            vectors=torch.cat([self.vectors, new_rows.float()]),
+            projected=torch.cat([self.projected, torch.zeros(len(new_words), dtype=torch.bool)]),
+            english_words=self.english_words,
+            english_vectors=self.english_vectors,
+            rows=self.rows + added,
+            manifest=manifest,
+            metadata=dict(self.metadata),
+        )
+        return extended, added
+
+    def info(self, top: int = 10) -> dict:
+        """Shape, model, settings, row sources and the most frequent words."""
+        m = self.metadata
+        return dict(
+            out=str(self.path), shape=list(self.vectors.shape),
+            dtype={torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}.get(self.vectors.dtype, str(self.vectors.dtype)),
+            english_shape=list(self.english_vectors.shape), model=m.get("model"), layer=m.get("layer"),
+            strategy=m.get("strategy"), symmetrization=m.get("symmetrization"), oov_fill=m.get("oov_fill"), seed=m.get("seed"),
+            counts=self.manifest.get("counts", {}), xlembed_version=m.get("xlembed_version"),
+            top_words=[w for w in self.words if w not in (PAD, UNK)][:top],
+        )
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise XlembedError(f"k must be at least 1, got {k}")
+
+
+def csls_radius(target: torch.Tensor, source: torch.Tensor, k: int) -> torch.Tensor:
+    """[N] mean cosine of each target row to its k nearest source rows (CSLS's r_T)."""
+    return (target @ source.T).topk(min(k, len(source)), dim=1).values.mean(1)
+
+
+def verify(out: Path | str) -> list[str]:
+    """Every problem of an output directory, one line each; empty when all is
+    well: checksums against manifest.json, and rows, vocabulary lines, the
+    `projected` flags and the English matrix agree."""
+    from safetensors.torch import load as load_tensors
+
+    o = OutDir(Path(out))
+    if not o.root.is_dir():
+        return [f"{o.root}: not a directory"]
+    files = read_build(o.root)
+    if o.manifest.name not in files:
+        return [f"{o.manifest}: missing"]
+    try:
+        manifest = json.loads(files[o.manifest.name])
+    except (ValueError, UnicodeDecodeError) as e:
+        return [f"{o.manifest}: not valid JSON: {e}"]
+    import hashlib
+
+    problems = []
+    for name, expected in manifest.get("files", {}).items():
+        if name not in files:
+            problems.append(f"{o.root / name}: missing")
+        elif hashlib.sha256(files[name]).hexdigest() != expected:
+            problems.append(f"{o.root / name}: checksum differs from manifest.json")
+    for path in o.files:
+        if path.name not in manifest.get("files", {}):
+            problems.append(f"{o.manifest}: has no checksum for {path.name}")
+    if problems:
+        return problems
+    try:
+        tensors, english = load_tensors(files[o.embeddings.name]), load_tensors(files[o.english.name])
+    except Exception as e:
+        return [f"{o.root}: cannot read the matrices: {e}"]
+    vocab = _words(files[o.vocab.name].decode("utf-8"))
+    english_vocab = _words(files[o.english_vocab.name].decode("utf-8"))
+    emb, projected, eng = tensors.get("embeddings"), tensors.get("projected"), english.get("embeddings")
+    if emb is None or projected is None or eng is None:
+        return [f"{o.root}: a tensor is missing (embeddings, projected, or english embeddings)"]
+    if emb.ndim != 2 or emb.shape[0] != len(vocab):
+        problems.append(f"{o.embeddings}: {tuple(emb.shape)} rows, but vocab.txt has {len(vocab)} lines")
+    if projected.shape != (len(vocab),):
+        problems.append(f"{o.embeddings}: projected has shape {tuple(projected.shape)}, expected ({len(vocab)},)")
+    elif not set(projected.unique().tolist()) <= {0, 1}:
+        problems.append(f"{o.embeddings}: projected holds values other than 0 and 1")
+    if eng.ndim != 2 or eng.shape[0] != len(english_vocab):
+        problems.append(f"{o.english}: {tuple(eng.shape)} rows, but english_vocab.txt has {len(english_vocab)} lines")
+    if emb.ndim == 2 and eng.ndim == 2 and emb.shape[1] != eng.shape[1]:
+        problems.append(f"{o.root}: Chinese rows have {emb.shape[1]} dimensions, English rows {eng.shape[1]}")
+    user_vocab = manifest.get("parameters", {}).get("write", {}).get("vocab")
+    if vocab[:2] != [PAD, UNK] and not user_vocab:
+        problems.append(f"{o.vocab}: rows 0 and 1 must be {PAD} and {UNK}")
+    tsv_words = [line.split("\t", 1)[0] for line in files[o.vocab_tsv.name].decode("utf-8").split("\n")[1:-1]]
+    if tsv_words != vocab:
+        problems.append(f"{o.vocab_tsv}: its words differ from vocab.txt")
+    if len(set(vocab)) != len(vocab):
+        problems.append(f"{o.vocab}: a word appears twice")
+    counts = manifest.get("counts", {})
+    if counts.get("vocab_size") != len(vocab):
+        problems.append(f"{o.manifest}: vocab_size {counts.get('vocab_size')} but vocab.txt has {len(vocab)} lines")
+    if projected.ndim == 1 and counts.get("projected_rows") != int(projected.sum()):
+        problems.append(f"{o.manifest}: projected_rows {counts.get('projected_rows')} but the matrix marks {int(projected.sum())}")
+    return problems
+
+
+def read_word_list(path: Path) -> list[str]:
+    """A user's word list: one word per line, order kept; errors name the line."""
+    words, seen = [], {}
+    for lineno, line in enumerate(read_lines(path), start=1):
+        word = line.strip()
+        if not word or " " in word:
+            raise XlembedError(f"{path}:{lineno}: expected one word per line")
+        if word in seen:
+            raise XlembedError(f"{path}:{lineno}: '{word}' is already on line {seen[word]}")
+        seen[word] = lineno
+        words.append(word)
+    if not words:
+        raise XlembedError(f"{path}: empty word list")
+    return words
+
+
+class ChineseTokenizer:
+    """Segments Chinese as a build did (NFKC, control characters as spaces,
+    jieba with its user dictionary and HMM setting) and maps words to row ids:
+    unknown words to [UNK], padding with [PAD]."""
+
+    def __init__(self, vocab: list[str], user_dict: Path | None = None, hmm: bool = True):
+        from .tokenize import chinese_splitter
+
+        self.vocab = vocab
+        self.ids = {w: i for i, w in enumerate(vocab)}
+        self.pad_id = self.ids.get(PAD)
+        self.unk_id = self.ids.get(UNK)
+        self.split = chinese_splitter(user_dict, hmm)
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.split(text)
+
+    def encode(self, text: str) -> list[int]:
+        """Row ids of the words of `text`; unknown words become [UNK] (or are
+        left out when the vocabulary has no [UNK])."""
+        ids = (self.ids.get(w, self.unk_id) for w in self.split(text))
+        return [i for i in ids if i is not None]
+
+    def batch_encode(self, texts: list[str], max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [B, T] padded with [PAD], mask [B, T] True at words)."""
+        if self.pad_id is None:
+            raise XlembedError("the vocabulary has no [PAD] row to pad with")
+        encoded = [self.encode(t)[:max_length] for t in texts]
+        width = max((len(e) for e in encoded), default=0)
+        ids = torch.full((len(texts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(texts), width), dtype=torch.bool)
+        for i, e in enumerate(encoded):
+            ids[i, :len(e)] = torch.tensor(e, dtype=torch.long)
+            mask[i, :len(e)] = True
+        return ids, mask
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+
+def load(out: Path | str) -> Embeddings:
+    """Load an output directory: `xlembed.load("runs/demo")`."""
+    return Embeddings.load(out)
