@@ -217,7 +217,8 @@ def coerce(f, value, where: str):
             raise XlembedError(f"{where}: expected true or false, got {value!r}")
         return value
     if isinstance(value, bool):  # TOML true is not a number
-        raise XlembedError(f"{where}: expected {kind.__name__ if kind in (int, float) else 'a string'}, got {str(value).lower()}")
+        expected = {int: "an integer", float: "a number"}.get(kind, "a string")
+        raise XlembedError(f"{where}: expected {expected}, got {str(value).lower()}")
     if kind is int:
         if not isinstance(value, int):
             raise XlembedError(f"{where}: expected an integer, got {value!r}")

@@ -154,10 +154,15 @@ def check_output_dir(out: Path) -> None:
         return
     ours = {p.name for p in OutDir(out).all_files}
     try:
-        kind = read_json(out / "manifest.json").get("kind")
-    except (OSError, ValueError, AttributeError):
-        kind = None
-    if kind != XLEMBED_OUTPUT:
+        manifest = read_json(out / "manifest.json")
+    except (OSError, ValueError):
+        manifest = None
+    ours_by_manifest = isinstance(manifest, dict) and (
+        manifest.get("kind") == XLEMBED_OUTPUT
+        # written before "kind" existed (xlembed 0.1): its version, and checksums of our files only
+        or ("xlembed_version" in manifest and isinstance(manifest.get("files"), dict) and manifest["files"]
+            and set(manifest["files"]) <= ours))
+    if not ours_by_manifest:
         raise XlembedError(f"{out}: directory is not empty and is not an xlembed output; refusing to replace it")
     if present - ours:
         raise XlembedError(f"{out}: holds files xlembed did not write ({', '.join(sorted(present - ours))}); refusing to replace it")
