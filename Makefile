@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/xlembed run --config configs/default.toml --tsv data/tatoeba/cmn-eng.tsv --out runs/demo --work runs/demo.work
+	$(BIN)/xlembed run --config default --tsv data/tatoeba/cmn-eng.tsv --out runs/demo --work runs/demo.work
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

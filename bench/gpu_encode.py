@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from xlembed.config import EncodeOptions, WorkDir  # noqa: E402
-from xlembed.encode import VectorStore, encode  # noqa: E402
+from xlembed.config import Config, WorkDir
+from xlembed.encode import VectorStore, encode
 
 
 def random_init_copy(model_dir: Path, into: Path) -> Path:
@@ -59,7 +57,7 @@ def main() -> None:
         work = WorkDir(tmp / f"cmp-{device}")
         work.root.mkdir()
         work.corpus_en.write_text("".join(line + "\n" for line in lines[:args.compare]), encoding="utf-8")
-        record = encode(EncodeOptions(model=model, device=device), work)
+        record = encode(Config().set(model=model, device=device).validate(("encode",)), work)
         matrix, store = all_vectors(work)
         # rows in sentence order, so both devices' matrices line up
         matrices[device] = matrix[torch.from_numpy(store.word_rows[store.word_rows >= 0])]
@@ -76,7 +74,7 @@ def main() -> None:
         shutil.copy(args.corpus_en, work.corpus_en)
         torch.cuda.synchronize()
         start = time.perf_counter()
-        record = encode(EncodeOptions(model=model, device="cuda", batch_size=batch_size), work)
+        record = encode(Config().set(model=model, device="cuda", batch_size=batch_size).validate(("encode",)), work)
         result[f"cuda_batch{batch_size}_seconds"] = round(time.perf_counter() - start, 2)
         result["vector_rows"] = record["counts"]["vector_rows"]
     result["peak_cuda_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
+from xlembed.config import PAD, UNK, Config, Oov, WorkDir
+from xlembed.evaluate import evaluate, read_wordsim
+from xlembed.io import read_lines
+from xlembed.write import write
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from xlembed.config import PAD, UNK, WorkDir, WriteOptions  # noqa: E402
-from xlembed.evaluate import evaluate, read_wordsim  # noqa: E402
-from xlembed.io import read_lines  # noqa: E402
-from xlembed.oov import OOV_STRATEGIES  # noqa: E402
-from xlembed.write import write  # noqa: E402
 
 
 def main() -> None:
@@ -38,8 +36,8 @@ def main() -> None:
     (tmp / "vocab.txt").write_text("".join(w + "\n" for w in vocab), encoding="utf-8")
     result = dict(work=str(work.root), wordsim=str(args.wordsim), vocab_size=len(vocab),
                   words_not_in_corpus=len(set(extra) - set(corpus_words)), strategies={})
-    for strategy in OOV_STRATEGIES:
-        manifest = write(WriteOptions(oov=strategy, vocab=tmp / "vocab.txt"), work, tmp / strategy)
+    for strategy in (s.value for s in Oov):
+        manifest = write(Config().set(oov=strategy, vocab=tmp / "vocab.txt").validate(("write",)), work, tmp / strategy)
         ws = evaluate(tmp / strategy, [args.wordsim])["wordsim"][str(args.wordsim)]
         result["strategies"][strategy] = dict(
             filled_by=manifest["counts"]["filled_by"],

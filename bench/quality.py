@@ -24,15 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
+from xlembed.align import align, symmetrize_and_count
+from xlembed.config import Config, Strategy, Symmetrization, WorkDir
+from xlembed.encode import encode
+from xlembed.evaluate import evaluate, evaluate_alignment, read_wordsim, spearman
+from xlembed.project import project
+from xlembed.tokenize import tokenize
+from xlembed.write import write
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from xlembed.align import align, symmetrize_and_count  # noqa: E402
-from xlembed.config import SYMMETRIZATIONS, STRATEGIES, AlignOptions, EncodeOptions, ProjectOptions, TokenizeOptions, WorkDir, WriteOptions  # noqa: E402
-from xlembed.encode import encode  # noqa: E402
-from xlembed.evaluate import evaluate, evaluate_alignment, read_wordsim, spearman  # noqa: E402
-from xlembed.project import project  # noqa: E402
-from xlembed.tokenize import tokenize  # noqa: E402
-from xlembed.write import write  # noqa: E402
 
 LAYERS = ("-1", "-2", "mean-last4")
 
@@ -60,35 +60,35 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     base = WorkDir(tmp / "base")
-    tokenize(TokenizeOptions(tsv=args.tsv), base)
+    tokenize(Config().set(tsv=args.tsv).validate(), base)
     layers = {}
     for layer in LAYERS:
         work = WorkDir(tmp / f"layer{layer}")
         shutil.copytree(base.root, work.root)
-        encode(EncodeOptions(layer=layer), work)
+        encode(Config().set(layer=layer).validate(("encode",)), work)
         layers[layer] = work
 
     scores: dict[tuple, list[float]] = {}
     for run in range(args.align_runs):
-        align(AlignOptions(), base, force=True)
+        align(Config(), base, force=True)
         for layer, work in layers.items():
             for name in (base.links_forward.name, base.links_reverse.name, base.record("align").name):
                 shutil.copy(base.root / name, work.root / name)
-            for symmetrization, strategy in itertools.product(SYMMETRIZATIONS, STRATEGIES):
+            for symmetrization, strategy in itertools.product(Symmetrization, Strategy):
                 symmetrize_and_count(work, symmetrization)
-                project(ProjectOptions(strategy=strategy), work, force=True)
-                write(WriteOptions(), work, tmp / "out")
+                project(Config().set(strategy=strategy), work, force=True)
+                write(Config(), work, tmp / "out")
                 ws = evaluate(tmp / "out", [args.wordsim])["wordsim"][str(args.wordsim)]
-                scores.setdefault((layer, symmetrization, strategy), []).append(ws["rho"])
-                print(run, layer, symmetrization, strategy, ws["covered"], round(ws["rho"], 4), file=sys.stderr)
+                scores.setdefault((layer, symmetrization.value, strategy.value), []).append(ws["rho"])
+                print(run, layer, symmetrization.value, strategy.value, ws["covered"], round(ws["rho"], 4), file=sys.stderr)
     covered = ws["covered"]
     grid = [dict(layer=layer, symmetrization=symmetrization, strategy=strategy, covered=covered, pairs=ws["pairs"],
                  rho_runs=[round(r, 4) for r in rhos], rho_mean=round(float(np.mean(rhos)), 4), rho_sd=round(float(np.std(rhos)), 4))
             for (layer, symmetrization, strategy), rhos in scores.items()]
 
-    aer = {method: [] for method in (*SYMMETRIZATIONS, "forward", "reverse")}
+    aer = {method: [] for method in (*(s.value for s in Symmetrization), "forward", "reverse")}
     for _ in range(args.aer_runs):
-        scores = evaluate_alignment(args.gold, base, AlignOptions())["scores"]
+        scores = evaluate_alignment(args.gold, base, Config().align)["scores"]
         for method, s in scores.items():
             aer[method].append(round(s["aer"], 4))
     aer = {method: dict(runs=values, mean=round(float(np.mean(values)), 4)) for method, values in aer.items()}

@@ -16,20 +16,19 @@ import argparse
 import itertools
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from xlembed.align import align, parse_links, read_lexicon  # noqa: E402
-from xlembed.config import AlignOptions, EncodeOptions, ProjectOptions, WorkDir, WriteOptions  # noqa: E402
-from xlembed.encode import encode  # noqa: E402
-from xlembed.io import read_json, read_lines  # noqa: E402
-from xlembed.project import project  # noqa: E402
-from xlembed.write import write  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+from safetensors.torch import load_file
+
+from xlembed.align import align, parse_links, read_lexicon
+from xlembed.config import Config, WorkDir
+from xlembed.encode import encode
+from xlembed.io import read_json, read_lines
+from xlembed.project import project
+from xlembed.write import write
 
 
 def quantiles(x: torch.Tensor) -> dict:
@@ -50,13 +49,14 @@ def main() -> None:
     for r in range(args.runs):
         work = WorkDir(tmp / f"work{r}")
         shutil.copytree(base.root, work.root)
-        align(AlignOptions(**recorded["align"]), work, force=True)
-        project(ProjectOptions(**{k: v for k, v in recorded["project"].items()}), work, force=True)
-        write(WriteOptions(), work, tmp / f"out{r}")
+        config = Config().set(**recorded["align"], **recorded["project"]).validate(("align", "project"))
+        align(config, work, force=True)
+        project(config, work, force=True)
+        write(Config(), work, tmp / f"out{r}")
         out = tmp / f"out{r}"
         runs.append(dict(
             links=[parse_links(line) for line in read_lines(work.links)],
-            best={zh: entries[0][0] for zh, entries in read_lexicon(work.lexicon).items()},
+            best={zh: entries[0].en for zh, entries in read_lexicon(work.lexicon).items()},
             vocab=(out / "vocab.txt").read_text("utf-8").split("\n")[:-1],
             tensors=load_file(str(out / "embeddings.safetensors")),
             english=load_file(str(out / "english.safetensors"))["embeddings"],
@@ -95,7 +95,7 @@ def main() -> None:
     again = WorkDir(tmp / "encode-again")
     again.root.mkdir()
     shutil.copy(base.corpus_en, again.corpus_en)
-    encode(EncodeOptions(**{k: v for k, v in recorded["encode"].items() if k != "device"}), again)
+    encode(Config().set(**{k: v for k, v in recorded["encode"].items() if k != "device"}).validate(("encode",)), again)
     shards = sorted(p.name for p in base.vectors_dir.glob("shard-*.safetensors"))
     identical = all((base.vectors_dir / s).read_bytes() == (again.vectors_dir / s).read_bytes() for s in shards)
     print(json.dumps(dict(work=str(base.root), alignment_runs=args.runs, pairs=pairs,

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import torch
 
+from xlembed.config import EncodeConfig
+from xlembed.models import load_encoder, load_tokenizer, resolve_model_dir
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from xlembed.config import EncodeOptions  # noqa: E402
-from xlembed.models import load_encoder, load_tokenizer, resolve_model_dir  # noqa: E402
 
 
 def forward_seconds(model, tokenizer, sentences: list[list[str]], batch_size: int) -> float:
-    encoded = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=EncodeOptions.max_length)["input_ids"]
+    encoded = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=EncodeConfig().max_length)["input_ids"]
     encoded.sort(key=len, reverse=True)
     batches = []
     for b in range(0, len(encoded), batch_size):
@@ -69,7 +69,7 @@ def main() -> None:
     tokenizer, model = load_tokenizer(model_dir), load_encoder(model_dir)
     sentences = [line.split(" ") for line in (tmp / "work" / "corpus.en").read_text(encoding="utf-8").splitlines()]
     unique = [s.split(" ") for s in dict.fromkeys(" ".join(s) for s in sentences)]
-    batch_size = EncodeOptions.batch_size
+    batch_size = EncodeConfig().batch_size
     floor = forward_seconds(model, tokenizer, sentences, batch_size)
     floor_unique = forward_seconds(model, tokenizer, unique, batch_size)
 

@@ -23,7 +23,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from xlembed import __version__
-from xlembed.config import SECTIONS, Config, base_type, default_config_path, flag_name, load_config
+from xlembed.config import SECTIONS, base_type, default_config_path, flag_name, load_config
 from xlembed.io import SilentTask, XlembedError
 
 err = Console(stderr=True, soft_wrap=True, highlight=False)

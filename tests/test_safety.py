@@ -9,12 +9,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import xlembed
@@ -161,7 +159,7 @@ def test_neighbors_k_must_be_positive(built):
 def test_a_busy_work_directory_is_a_one_line_error_naming_the_holder(work_copy, corpus, tiny_bert):
     work, out = work_copy
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from xlembed.io import WorkLock\n"
-                               f"with WorkLock(sys.argv[1], 'xlembed run (test)'):\n    print('held', flush=True); time.sleep(60)",
+                               "with WorkLock(sys.argv[1], 'xlembed run (test)'):\n    print('held', flush=True); time.sleep(60)",
                                str(work / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
