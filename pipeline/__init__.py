@@ -9,7 +9,7 @@
 """
 __version__ = "0.2.0"
 
-from .config import (AlignConfig, Config, Device, EncodeConfig, Oov, ProjectConfig, Strategy, Symmetrization,  # noqa: E402
+from .config import (AlignConfig, Config, Device, EncodeConfig, Oov, Precision, ProjectConfig, Strategy, Symmetrization,  # noqa: E402
                      TokenizeConfig, WriteConfig, load_config)
 from .embeddings import Embeddings, load  # noqa: E402
 from .io import XlembedError  # noqa: E402
@@ -18,5 +18,5 @@ from .run import run  # noqa: E402
 __all__ = [
     "__version__", "load", "run", "load_config", "Embeddings", "XlembedError",
     "Config", "TokenizeConfig", "EncodeConfig", "AlignConfig", "ProjectConfig", "WriteConfig",
-    "Symmetrization", "Strategy", "Oov", "Device",
+    "Symmetrization", "Strategy", "Oov", "Device", "Precision",
 ]

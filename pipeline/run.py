@@ -3,7 +3,6 @@ checks every command makes before it touches a work directory."""
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -50,16 +49,11 @@ def run(config: Config, work: WorkDir | Path, out: Path, reporter: Reporter = Si
     work = work if isinstance(work, WorkDir) else WorkDir(Path(work))
     with prepared(config, ("tokenize", "encode", "align", "project", "write"), work, out, "xlembed run"):
         on_stage("tokenize", tokenize(config, work, reporter, force))
-        # align needs only the tokenized corpus: eflomal (a separate process)
-        # runs while the encoder does (measured: 2 s less of 30 on 2 cores)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            aligned = pool.submit(align, config, work, reporter, force)
-            try:
-                encoded = encode(config, work, reporter, force)
-            finally:
-                aligned.exception()  # on failure too, let the alignment end before leaving
-            on_stage("encode", encoded)
-            on_stage("align", aligned.result())
+        # one after the other: eflomal beside the encoder slows the run down on
+        # a small machine, the encoder's threads stalling at every barrier
+        # (measured in bench/RESULTS.md); on a cluster they run on their own nodes
+        on_stage("encode", encode(config, work, reporter, force))
+        on_stage("align", align(config, work, reporter, force))
         on_stage("project", project(config, work, reporter, force))
         manifest = write(config, work, out)
         on_stage("write", manifest)

@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from xlembed.config import Config, WorkDir
-from xlembed.encode import VectorStore, encode, piece_plan
+from xlembed.config import Config, Precision, WorkDir
+from xlembed.encode import VectorStore, encode, piece_plan, windows
 from xlembed.models import layer_indices
 from xlembed.io import XlembedError
 
@@ -23,6 +24,7 @@ def reference_word_vectors(model_dir, words, layers):
 
 
 def encoded(tmp_path, model_dir, sentences=SENTENCES, **options):
+    options.setdefault("precision", "fp32")  # the references are float32
     work = WorkDir(tmp_path / "work")
     work.root.mkdir(parents=True, exist_ok=True)
     work.corpus_en.write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
@@ -34,11 +36,11 @@ def encoded(tmp_path, model_dir, sentences=SENTENCES, **options):
 
 def test_word_pieces_map_to_their_words(tiny_bert):
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
-    ids, words_of_pieces, has_vector, no_pieces = piece_plan(tokenizer, [["i", "like", "playing"], ["dogs", "played"]], 100)
+    ids, words_of_pieces, n_pieces = piece_plan(tokenizer, [["i", "like", "playing"], ["dogs", "played"]])
     assert tokenizer.convert_ids_to_tokens(ids[0].tolist()) == ["i", "like", "play", "##ing"]
     assert words_of_pieces[0].tolist() == [0, 1, 2, 2]
     assert words_of_pieces[1].tolist() == [0, 1, 1]  # play ##ed
-    assert has_vector[1].tolist() == [True, True]
+    assert n_pieces[1].tolist() == [1, 2]
 
 
 def test_truncation_and_padding_in_tokenizer_json_are_ignored(tiny_bert, tmp_path):
@@ -56,17 +58,9 @@ def test_truncation_and_padding_in_tokenizer_json_are_ignored(tiny_bert, tmp_pat
     tokenizer = AutoTokenizer.from_pretrained(str(model))
     tokenizer.backend_tokenizer.enable_truncation(3)
     tokenizer.backend_tokenizer.enable_padding(length=16)
-    ids, pieces, has_vector, _ = piece_plan(tokenizer, [["i", "like", "playing", "with", "the", "dog"]], 100)
+    ids, pieces, n_pieces = piece_plan(tokenizer, [["i", "like", "playing", "with", "the", "dog"]])
     assert pieces[0].tolist() == [0, 1, 2, 2, 3, 4, 5]
-    assert has_vector[0].all()
-
-
-def test_truncation_keeps_whole_words_only(tiny_bert):
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
-    # pieces: i like play ##ing i -> with room for 3 pieces, "playing" would be cut: no vector
-    _, pieces, has_vector, _ = piece_plan(tokenizer, [["i", "like", "playing", "i"]], 3)
-    assert has_vector[0].tolist() == [True, True, False, False]
-    assert pieces[0].tolist() == [0, 1]
+    assert (n_pieces[0] > 0).all()
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 64])
@@ -96,11 +90,79 @@ def test_identical_sentences_are_encoded_once(tmp_path, tiny_bert):
     assert matrix.dtype == torch.float32 and store.shard(0).dtype == torch.float16
 
 
-def test_words_past_max_length_get_no_vector_and_are_counted(tmp_path, tiny_bert):
-    # [CLS] + 4 pieces + [SEP]: "the cats are playing" = the cat ##s are -> "playing" and the rest are cut
-    record, store, _ = encoded(tmp_path, tiny_bert, sentences=["the cats are playing with the dog"], max_length=6)
-    assert (store.rows_of(0) >= 0).tolist() == [True, True, True, False, False, False, False]
-    assert record["counts"]["words_truncated"] == 4
+# --- sentences longer than the window ---------------------------------------------------------------
+
+def test_windows_cover_every_word_once_with_context_on_both_sides():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n_pieces = rng.integers(1, 4, size=rng.integers(30, 400))  # words of 1-3 pieces
+        n_pieces[rng.integers(len(n_pieces))] = 0  # a word the tokenizer dropped
+        window = int(rng.integers(8, 60))
+        spans = windows(n_pieces, window)
+        ends = np.cumsum(n_pieces)
+        begins = ends - n_pieces
+        owner = np.full(len(n_pieces), -1)
+        for k, (start, stop, owned) in enumerate(spans):
+            assert stop - start <= window
+            assert (begins[owned] >= start).all() and (ends[owned] <= stop).all()  # whole words
+            assert (owner[owned] == -1).all()  # once
+            owner[owned] = k
+            interior = owned[(begins[owned] >= window) & (ends[owned] <= ends[-1] - window)]
+            # away from the sentence's ends a word has about a quarter window of context each side
+            assert ((begins[interior] - start >= window // 4 - 3) & (stop - ends[interior] >= window // 4 - 3)).all()
+        assert ((owner >= 0) == (n_pieces > 0)).all()
+
+
+def test_a_sentence_of_hundreds_of_words_gets_a_vector_for_every_word(tmp_path, tiny_bert):
+    words = (["the", "cats", "are", "playing", "with", "the", "dog", "."] * 60)[:450]  # 510 pieces; windows of 14 pieces
+    long = " ".join(words)
+    record, store, matrix = encoded(tmp_path, tiny_bert, sentences=[long, "i like playing"], max_length=16, layer="-1")
+    assert (store.rows_of(0) >= 0).all() and len(store.rows_of(0)) == 450
+    assert record["counts"]["words_truncated"] == 0 and record["counts"]["sentences_in_windows"] == 1
+    # a word's vector is the one it gets in the window that owns it: encode that window alone
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    _, _, n_pieces = piece_plan(tokenizer, [words])
+    assert record["counts"]["windows"] == len(windows(n_pieces[0], 14)) + 1 == 73  # a window every 7 pieces, and the short sentence
+    ends = np.cumsum(n_pieces[0])
+    for start, stop, owned in windows(n_pieces[0], 14)[3:6]:
+        first, last = int(np.searchsorted(ends, start, side="right")), int(np.searchsorted(ends, stop, side="left"))
+        expected = reference_word_vectors(tiny_bert, words[first:last + 1], [4])
+        got = matrix[torch.from_numpy(store.rows_of(0)[owned])]
+        torch.testing.assert_close(got, expected[owned - first], atol=2e-3, rtol=2e-3)
+
+
+def test_a_short_sentence_gets_exactly_the_vectors_it_got_without_long_ones(tmp_path, tiny_bert):
+    long = " ".join(["we", "read", "books", "and", "the", "cats", "are", "playing", "."] * 40)
+    _, alone_store, alone = encoded(tmp_path / "a", tiny_bert, sentences=SENTENCES, batch_size=1)
+    _, store, matrix = encoded(tmp_path / "b", tiny_bert, sentences=[long, *SENTENCES], batch_size=1)
+    for s in range(len(SENTENCES)):
+        assert torch.equal(matrix[torch.from_numpy(store.rows_of(s + 1))], alone[torch.from_numpy(alone_store.rows_of(s))])
+
+
+# --- precision ------------------------------------------------------------------------------------------
+
+def test_precision_auto_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch):
+    import xlembed.encode as enc
+
+    assert enc.cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert not enc.cpu_has_native_bf16("flags\t\t: fpu avx512f avx512_bf16 avx512_fp16\n")  # bf16 dot products, no matrix units
+    assert not enc.cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f\n")
+    assert not enc.cpu_has_native_bf16("")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(enc, "cpu_has_native_bf16", lambda: True)
+    assert enc.resolve_precision(Precision.auto, cpu) == Precision.bf16
+    monkeypatch.setattr(enc, "cpu_has_native_bf16", lambda: False)
+    assert enc.resolve_precision(Precision.auto, cpu) == Precision.fp32  # the fallback
+    assert enc.resolve_precision(Precision.auto, cuda) == Precision.fp16
+    assert enc.resolve_precision(Precision.bf16, cpu) == Precision.bf16  # asked for: given
+
+
+def test_bf16_vectors_agree_with_fp32_and_the_record_says_which_was_used(tmp_path, tiny_bert):
+    fp32_record, store, fp32 = encoded(tmp_path / "a", tiny_bert, precision="fp32")
+    bf16_record, _, bf16 = encoded(tmp_path / "b", tiny_bert, precision="bf16")
+    assert fp32_record["precision_used"] == "fp32" and bf16_record["precision_used"] == "bf16"
+    assert not torch.equal(fp32, bf16)
+    assert torch.nn.functional.cosine_similarity(fp32, bf16).min() > 0.99
 
 
 def test_shards_bound_the_rows_held_at_once(tmp_path, tiny_bert):
