@@ -73,6 +73,8 @@ class TokenizeConfig:
     zh_column: int = option(2, "TSV column of the Chinese side, from 1.", min=1)
     user_dict: Path | None = option(None, "jieba user dictionary: one word per line, optionally followed by a frequency and a tag.")
     hmm: bool = option(True, "jieba's HMM for words not in its dictionary.")
+    workers: int = option(0, "Processes that segment (jieba is single-threaded); 0 = one per CPU core. "
+                             "The output is the same for any number.", min=0, cache_key=False)
 
 
 @dataclass

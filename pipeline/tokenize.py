@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
+import os
 import unicodedata
 from pathlib import Path
 from typing import Callable, Iterator
@@ -93,6 +95,54 @@ def _pairs_from_files(en: Path, zh: Path) -> Iterator[tuple[str, str]]:
         yield e, z
 
 
+CHUNK = 2048  # pairs per task of a worker process
+
+_splitters: tuple[Callable, Callable] | None = None  # (English, Chinese), set before the workers fork
+
+
+def _split_chunk(chunk: list[tuple[str, str]]) -> list[tuple[list[str], list[str]]]:
+    split_en, split_zh = _splitters
+    return [(split_en(en), split_zh(zh)) for en, zh in chunk]
+
+
+def _chunks(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    while chunk := list(itertools.islice(pairs, size)):
+        yield chunk
+
+
+def split_pairs(pairs: Iterator[tuple[str, str]], split_en: Callable, split_zh: Callable,
+                workers: int) -> Iterator[tuple[list[str], list[str]]]:
+    """(English words, Chinese words) of each pair, in order. With more than
+    one worker and more than one chunk of input, chunks are split by forked
+    worker processes (jieba is single-threaded), results kept in input order,
+    so the output is the same whatever the number of workers. Reading and
+    its errors (file and line) stay in this process."""
+    global _splitters
+    chunks = _chunks(iter(pairs), CHUNK)
+    first = next(chunks, [])
+    second = next(chunks, None)
+    if workers <= 1 or second is None:
+        for chunk in itertools.chain([first], [second] if second else [], chunks):
+            yield from ((split_en(en), split_zh(zh)) for en, zh in chunk)
+        return
+    _splitters = (split_en, split_zh)  # inherited by the forked workers, dictionary loaded once
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers) as pool:
+        for result in pool.imap(_split_chunk, itertools.chain([first, second], chunks), chunksize=1):
+            yield from result
+    _splitters = None
+
+
+def worker_count(workers: int) -> int:
+    """0: one per CPU core this process may use."""
+    if workers:
+        return workers
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def tokenize(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
     """Write `corpus.en` and `corpus.zh` (space-separated words, one pair per
     line) and return the record (counts; `skipped` when up to date). The
@@ -116,10 +166,9 @@ def tokenize(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(
         with atomic_path(work.corpus_en) as en_tmp, atomic_path(work.corpus_zh) as zh_tmp, \
                 open(en_tmp, "w", encoding="utf-8") as en_out, open(zh_tmp, "w", encoding="utf-8") as zh_out, \
                 reporter.task("tokenize", _count_lines(inputs[0]), "pairs") as task:
-            for en_text, zh_text in pairs:
+            for en_words, zh_words in split_pairs(pairs, split_en, split_zh, worker_count(opts.workers)):
                 counts["pairs_read"] += 1
                 task.advance()
-                en_words, zh_words = split_en(en_text), split_zh(zh_text)
                 if not en_words or not zh_words:
                     counts["dropped_empty_en"] += not en_words
                     counts["dropped_empty_zh"] += bool(en_words) and not zh_words

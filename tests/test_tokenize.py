@@ -94,3 +94,23 @@ def test_missing_file_and_empty_corpus(tmp_path, tiny_bert):
     (tmp_path / "c.tsv").write_text("...\t\n\t\n", encoding="utf-8")
     with pytest.raises(XlembedError, match="no sentence pair left"):
         run(tmp_path, tiny_bert, tsv=tmp_path / "c.tsv")
+
+
+def test_parallel_tokenization_gives_identical_output_and_errors(tmp_path, tiny_bert):
+    from .conftest import TATOEBA
+
+    lines = TATOEBA.read_text(encoding="utf-8-sig").splitlines()[:7000]
+    lines[100] = "\t"  # an empty pair, dropped
+    lines[5000] = "Zero\u200bwidth\tand 中\x00文"
+    (tmp_path / "c.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    records, outputs = [], []
+    for workers in (1, 3):
+        work = WorkDir(tmp_path / f"w{workers}")
+        records.append(tokenize(Config().set(tsv=tmp_path / "c.tsv", model=tiny_bert, workers=workers).validate(("tokenize",)), work))
+        outputs.append((work.corpus_en.read_bytes(), work.corpus_zh.read_bytes()))
+    assert outputs[0] == outputs[1]
+    assert records[0]["counts"] == records[1]["counts"] and records[0]["counts"]["pairs_read"] == 7000
+    assert records[0]["key"] == records[1]["key"]  # the number of workers is not part of the cache key
+    (tmp_path / "bad.tsv").write_bytes("\n".join(lines[:6000]).encode() + b"\ncaf\xe9\t\xe5\x92\x96\n")
+    with pytest.raises(XlembedError, match=r"bad.tsv:6001: not valid UTF-8"):
+        tokenize(Config().set(tsv=tmp_path / "bad.tsv", model=tiny_bert, workers=2).validate(("tokenize",)), WorkDir(tmp_path / "bad"))
