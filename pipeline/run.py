@@ -49,9 +49,8 @@ def run(config: Config, work: WorkDir | Path, out: Path, reporter: Reporter = Si
     work = work if isinstance(work, WorkDir) else WorkDir(Path(work))
     with prepared(config, ("tokenize", "encode", "align", "project", "write"), work, out, "xlembed run"):
         on_stage("tokenize", tokenize(config, work, reporter, force))
-        # one after the other: eflomal beside the encoder slows the run down on
-        # a small machine, the encoder's threads stalling at every barrier
-        # (measured in bench/RESULTS.md); on a cluster they run on their own nodes
+        # one after the other: on 2 cores eflomal beside the encoder saved
+        # nothing (bench/RESULTS.md), and their memory never adds up
         on_stage("encode", encode(config, work, reporter, force))
         on_stage("align", align(config, work, reporter, force))
         on_stage("project", project(config, work, reporter, force))
