@@ -133,14 +133,15 @@ def word_similarity(matrix: Embeddings, pairs: list[tuple[str, str, float]]) -> 
 
 
 def read_dictionary(path: Path) -> dict[str, set[str]]:
-    """`zh<TAB>en` lines, several lines per Chinese word allowed."""
+    """`zh<TAB>en` lines, or `zh en` (MUSE's format: one space); several
+    lines per Chinese word allowed."""
     dictionary: dict[str, set[str]] = {}
     for lineno, line in enumerate(read_lines(path), start=1):
         if not line.strip() or line.startswith("#"):
             continue
-        cols = line.split("\t")
+        cols = line.split("\t") if "\t" in line else line.split(" ", 1)
         if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
-            raise XlembedError(f"{path}:{lineno}: expected zh<TAB>en")
+            raise XlembedError(f"{path}:{lineno}: expected zh<TAB>en (or zh en)")
         dictionary.setdefault(cols[0].strip(), set()).add(cols[1].strip().lower())
     return dictionary
 

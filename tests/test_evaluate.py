@@ -98,3 +98,13 @@ def test_evaluate_command_on_an_output_directory(tmp_path):
     assert scores["wordsim"][str(tmp_path / "ws.txt")]["rho"] == pytest.approx(1.0)
     assert scores["lexicon_induction"]["p_at_1"] == pytest.approx(1.0) and scores["lexicon_induction"]["evaluated"] == 3
     assert CliRunner().invoke(app, ["evaluate", str(out)]).exit_code == 2  # nothing asked
+
+
+def test_dictionary_reads_tab_and_muse_space_formats(tmp_path):
+    from xlembed.evaluate import read_dictionary
+
+    (tmp_path / "d.txt").write_text("猫\tcat\n狗 dog\n狗 hound\n", encoding="utf-8")
+    assert read_dictionary(tmp_path / "d.txt") == {"猫": {"cat"}, "狗": {"dog", "hound"}}
+    (tmp_path / "bad.txt").write_text("猫\n", encoding="utf-8")
+    with pytest.raises(XlembedError, match=r"bad.txt:1: expected zh<TAB>en \(or zh en\)"):
+        read_dictionary(tmp_path / "bad.txt")
