@@ -17,38 +17,50 @@ JsonOut = Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help=
 def evaluate(
     out_dir: OutDirArg,
     wordsim: Annotated[Optional[list[Path]], typer.Option(help="Word-similarity file (word1<TAB>word2<TAB>score); repeatable.")] = None,
-    dictionary: Annotated[Optional[Path], typer.Option(help="Bilingual dictionary (zh<TAB>en per line, several lines per word allowed).")] = None,
-    csls: Annotated[int, typer.Option(min=0, help="Retrieve translations by CSLS with this many neighbours (0 = plain cosine).")] = 0,
+    dictionary: Annotated[Optional[Path], typer.Option(help="Bilingual dictionary: zh<TAB>en or MUSE's 'zh en' per line, "
+                                                            "several lines per word allowed.")] = None,
+    csls: Annotated[int, typer.Option(min=0, help="Neighbours of CSLS retrieval, reported beside cosine (0: cosine only).")] = 10,
+    analogies: Annotated[Optional[Path], typer.Option("--analogy", help="Analogy questions 'a b c d' per line "
+                                                                        "(a is to b as c is to d; ':' lines are sections).")] = None,
     json_out: JsonOut = None,
 ):
-    """Score a matrix: word similarity (Spearman rho) and bilingual lexicon induction (P@1, P@5).
+    """Score a matrix in one table: word similarity, bilingual lexicon induction, word analogy.
 
-    Word similarity is given with its coverage, and also over the pairs touching filled rows."""
+    Word similarity: Spearman rho over covered pairs, also over pairs touching filled rows. Lexicon
+    induction the MUSE way: P@1/5/10 by cosine and by CSLS, over covered words and over all
+    dictionary words. Analogy: 3CosAdd and 3CosMul accuracy over covered questions."""
     from xlembed.config import require_input
     from xlembed.evaluate import evaluate as run_evaluation
     from xlembed.io import write_json_atomic
 
-    if not wordsim and dictionary is None:
-        fail("nothing to evaluate: give --wordsim FILE and/or --dictionary FILE")
-    for path in [*(wordsim or []), *([dictionary] if dictionary else [])]:
+    if not wordsim and dictionary is None and analogies is None:
+        fail("nothing to evaluate: give --wordsim FILE, --dictionary FILE and/or --analogy FILE")
+    for path in [*(wordsim or []), *([dictionary] if dictionary else []), *([analogies] if analogies else [])]:
         require_input(path)
-    result = run_evaluation(out_dir, wordsim or [], dictionary, csls)
-    if result["wordsim"]:
-        table = Table(title=escape(f"word similarity of {out_dir} (Spearman rho)"))
-        for column in ("file", "pairs covered", "rho", "touching filled rows", "rho", "both projected", "rho"):
-            table.add_column(column, justify="left" if column == "file" else "right")
-        for path, r in result["wordsim"].items():
-            f, p = r["filled"], r["projected"]
-            table.add_row(escape(Path(path).name), f"{r['covered']}/{r['pairs']}", f"{r['rho']:.3f}",
-                          f"{f['covered']}/{r['pairs']}", f"{f['rho']:.3f}", f"{p['covered']}/{r['pairs']}", f"{p['rho']:.3f}")
-        out.print(table)
+    result = run_evaluation(out_dir, wordsim or [], dictionary, csls, analogies)
+    table = Table(title=escape(f"quality of {out_dir}"))
+    for column in ("set", "measure", "score", "coverage"):
+        table.add_column(column, justify="left" if column in ("set", "measure") else "right")
+    for path, r in result["wordsim"].items():
+        name = escape(Path(path).name)
+        table.add_row(name, "Spearman rho", f"{r['rho']:.3f}", f"{r['covered']}/{r['pairs']}")
+        table.add_row(name, "rho, pairs touching filled rows", f"{r['filled']['rho']:.3f}", f"{r['filled']['covered']}/{r['pairs']}")
     if "lexicon_induction" in result:
         r = result["lexicon_induction"]
-        table = Table(title=f"lexicon induction ({r['retrieval']})")
-        for column in ("words evaluated", "P@1", "P@5"):
-            table.add_column(column, justify="right")
-        table.add_row(f"{r['evaluated']}/{r['words']}", f"{r['p_at_1']:.3f}", f"{r['p_at_5']:.3f}")
-        out.print(table)
+        name = escape(Path(dictionary).name)
+        for method in ("cosine", "csls"):
+            if method not in r:
+                continue
+            label = "cosine" if method == "cosine" else f"CSLS-{r['csls_k']}"
+            for k in (1, 5, 10):
+                table.add_row(name, f"P@{k} {label} (covered / all words)",
+                              f"{r[method][f'p_at_{k}']:.3f} / {r[method][f'p_at_{k}_all']:.3f}", f"{r['covered']}/{r['words']}")
+    if "analogy" in result:
+        r = result["analogy"]
+        name = escape(Path(analogies).name)
+        table.add_row(name, "3CosAdd accuracy", f"{r['three_cos_add']:.3f}", f"{r['covered']}/{r['questions']}")
+        table.add_row(name, "3CosMul accuracy", f"{r['three_cos_mul']:.3f}", f"{r['covered']}/{r['questions']}")
+    out.print(table)
     if json_out is not None:
         write_json_atomic(json_out, result)
 

@@ -146,35 +146,88 @@ def read_dictionary(path: Path) -> dict[str, set[str]]:
     return dictionary
 
 
-def lexicon_induction(matrix: Embeddings, dictionary: dict[str, set[str]], csls_k: int = 0) -> dict:
-    """precision@1 and @5 of the nearest English words (cosine, or CSLS with
-    `csls_k` neighbours when > 0) over the Chinese words with a projected
-    row and a gold translation in the English vocabulary."""
-    english_index = {w: i for i, w in enumerate(matrix.english_words)}
-    zh_index = {w: i for i, w in enumerate(matrix.words)}
-    queries = [(zh_index[zh], {english_index[e] for e in en if e in english_index})
-               for zh, en in dictionary.items() if zh in zh_index and matrix.projected[zh_index[zh]]]
+def lexicon_induction(matrix: Embeddings, dictionary: dict[str, set[str]], csls_k: int = 10, ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+    """Bilingual lexicon induction the MUSE way: for each Chinese word of the
+    dictionary that has a row and a translation in the English vocabulary
+    (the covered words), are the k nearest English words among its
+    translations? P@k by cosine and, with `csls_k` > 0, by CSLS with that
+    many neighbours (Conneau et al. 2018), over the covered words and over
+    all dictionary words (an uncovered word counts as a miss)."""
+    english_index = matrix._english_index
+    queries = [(matrix._index[zh], {english_index[e] for e in en if e in english_index})
+               for zh, en in dictionary.items() if zh in matrix._index]
     queries = [(i, gold) for i, gold in queries if gold]
-    result = dict(words=len(dictionary), evaluated=len(queries), retrieval="csls" if csls_k else "cosine")
+    n, words = len(queries), len(dictionary)
+    result = dict(words=words, covered=n, coverage=n / words if words else float("nan"),
+                  covered_projected=sum(bool(matrix.projected[i]) for i, _ in queries))
+    methods = ["cosine"] + (["csls"] if csls_k else [])
     if not queries:
-        return result | dict(p_at_1=float("nan"), p_at_5=float("nan"))
-    rows = matrix.unit_vectors[torch.tensor([i for i, _ in queries])]
-    scores = rows @ matrix.english_unit_vectors.T  # [Q, E]
-    if csls_k:
-        r_query = scores.topk(min(csls_k, len(matrix.english_words)), dim=1).values.mean(1)  # [Q]
-        scores = 2 * scores - r_query.unsqueeze(1) - matrix.csls_radius("en", csls_k).unsqueeze(0)
-    top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices.tolist()
-    hits1 = sum(top[0] in gold for top, (_, gold) in zip(top5, queries))
-    hits5 = sum(bool(set(top) & gold) for top, (_, gold) in zip(top5, queries))
-    return result | dict(p_at_1=hits1 / len(queries), p_at_5=hits5 / len(queries))
+        return result | {m: {f"p_at_{k}{suffix}": float("nan") for k in ks for suffix in ("", "_all")} for m in methods}
+    rows = matrix.unit_vectors[torch.tensor([i for i, _ in queries])]  # [Q, d]
+    cosine = rows @ matrix.english_unit_vectors.T  # [Q, E]
+    for method in methods:
+        scores = cosine
+        if method == "csls":
+            r_query = cosine.topk(min(csls_k, cosine.shape[1]), dim=1).values.mean(1)  # [Q]
+            scores = 2 * cosine - r_query.unsqueeze(1) - matrix.csls_radius("en", csls_k).unsqueeze(0)  # [Q, E]
+        top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices.tolist()  # [Q, K]
+        result[method] = {}
+        for k in ks:
+            hits = sum(bool(set(t[:k]) & gold) for t, (_, gold) in zip(top, queries))
+            result[method][f"p_at_{k}"] = hits / n
+            result[method][f"p_at_{k}_all"] = hits / words
+    result["csls_k"] = csls_k
+    return result
 
 
-def evaluate(out: Path, wordsim: list[Path] = (), dictionary: Path | None = None, csls_k: int = 0) -> dict:
-    """Scores of an output directory on word-similarity files and a dictionary."""
+def read_analogies(path: Path) -> list[tuple[str, str, str, str]]:
+    """`a b c d` per line (a is to b as c is to d), as in word2vec's
+    questions-words.txt; `:` lines name sections and are skipped."""
+    questions = []
+    for lineno, line in enumerate(read_lines(path), start=1):
+        if not line.strip() or line.startswith(":") or line.startswith("#"):
+            continue
+        words = line.split()
+        if len(words) != 4:
+            raise XlembedError(f"{path}:{lineno}: expected four words: a b c d (a is to b as c is to d)")
+        questions.append(tuple(words))
+    return questions
+
+
+def analogy(matrix: Embeddings, questions: list[tuple[str, str, str, str]]) -> dict:
+    """Accuracy of 3CosAdd (argmax cos(x, b - a + c)) and 3CosMul (argmax
+    cos'(x, b) cos'(x, c) / (cos'(x, a) + 0.001), cos' = (cos + 1) / 2; Levy
+    and Goldberg 2014) over the questions whose four words have rows; a, b
+    and c are never the answer. Special rows are never answers either."""
+    index = matrix._index
+    covered = [tuple(index[w] for w in q) for q in questions if all(w in index for w in q)]
+    result = dict(questions=len(questions), covered=len(covered))
+    if not covered:
+        return result | dict(three_cos_add=float("nan"), three_cos_mul=float("nan"))
+    unit = matrix.unit_vectors  # [V, d]
+    a, b, c, d = (torch.tensor(column) for column in zip(*covered))  # [Q] each
+    excluded = torch.zeros((len(covered), len(unit)), dtype=torch.bool)  # [Q, V]
+    rows = torch.arange(len(covered))
+    for column in (a, b, c):
+        excluded[rows, column] = True
+    excluded[:, [i for w, i in index.items() if w in ("[PAD]", "[UNK]")]] = True
+    cos_a, cos_b, cos_c = unit[a] @ unit.T, unit[b] @ unit.T, unit[c] @ unit.T  # [Q, V] each
+    add = (cos_b - cos_a + cos_c).masked_fill(excluded, -float("inf"))
+    mul = ((cos_b + 1) / 2 * (cos_c + 1) / 2 / ((cos_a + 1) / 2 + 1e-3)).masked_fill(excluded, -float("inf"))
+    return result | dict(three_cos_add=float((add.argmax(1) == d).double().mean()),
+                         three_cos_mul=float((mul.argmax(1) == d).double().mean()))
+
+
+def evaluate(out: Path, wordsim: list[Path] = (), dictionary: Path | None = None, csls_k: int = 10,
+             analogies: Path | None = None) -> dict:
+    """Scores of an output directory on word-similarity files, a bilingual
+    dictionary and an analogy file."""
     matrix = Embeddings.load(out)
     result = dict(out=str(out), vocab_size=len(matrix.words), projected_rows=int(matrix.projected.sum()), wordsim={})
     for path in wordsim:
         result["wordsim"][str(path)] = word_similarity(matrix, read_wordsim(path))
     if dictionary is not None:
         result["lexicon_induction"] = lexicon_induction(matrix, read_dictionary(dictionary), csls_k)
+    if analogies is not None:
+        result["analogy"] = analogy(matrix, read_analogies(analogies))
     return result

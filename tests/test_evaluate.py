@@ -66,18 +66,35 @@ LEXICON = matrix(
     english_vocab=["cat", "the", "dog", "book", "water"], english=[unit(-12), unit(8), unit(52), unit(91), unit(200)])
 
 
-def test_lexicon_induction_precision_at_1_and_5():
+def test_lexicon_induction_precision_at_k_and_coverage():
     gold = {"猫": {"cat"}, "狗": {"dog", "hound"}, "书": {"book"}, "水": {"water"}, "鱼": {"fish"}}
-    r = lexicon_induction(LEXICON, gold)
-    # 猫 (0°): the 8° away, cat 12° -> miss; 狗 (40°): dog 12°, the 32° -> dog; 书: book; 水 is filled, 鱼 unknown
-    assert (r["words"], r["evaluated"]) == (5, 3)
-    assert r["p_at_1"] == pytest.approx(2 / 3)
-    assert r["p_at_5"] == pytest.approx(1.0)
+    r = lexicon_induction(LEXICON, gold, csls_k=0)
+    # 猫 (0°): the 8° away, cat 12° -> miss; 狗 (40°): dog 12°, the 32° -> dog; 书: book; 水 (a filled row) at water; 鱼 unknown
+    assert (r["words"], r["covered"], r["covered_projected"]) == (5, 4, 3) and r["coverage"] == pytest.approx(0.8)
+    assert r["cosine"]["p_at_1"] == pytest.approx(3 / 4) and r["cosine"]["p_at_1_all"] == pytest.approx(3 / 5)
+    assert r["cosine"]["p_at_5"] == pytest.approx(1.0) and r["cosine"]["p_at_5_all"] == pytest.approx(4 / 5)
+    assert "csls" not in r
 
 
 def test_csls_discounts_hubs():
     r = lexicon_induction(LEXICON, {"猫": {"cat"}, "狗": {"dog"}, "书": {"book"}}, csls_k=2)
-    assert r["retrieval"] == "csls" and r["p_at_1"] == pytest.approx(1.0)
+    assert r["cosine"]["p_at_1"] == pytest.approx(2 / 3)  # the hub "the" is 猫's nearest by cosine
+    assert r["csls"]["p_at_1"] == pytest.approx(1.0) and r["csls_k"] == 2
+
+
+def test_analogy_3cosadd_and_3cosmul():
+    from xlembed.evaluate import analogy
+
+    def at(degrees):
+        return unit(degrees)
+    m = matrix(["[PAD]", "[UNK]", "男人", "女人", "国王", "女王", "猫"],
+               [[0.0, 0.0], [1.0, 0.0], at(0), at(90), at(45), at(101), at(60)], [False, False, True, True, True, True, True])
+    questions = [("男人", "国王", "女人", "女王"),  # king - man + woman points at 100°: 女王
+                 ("男人", "国王", "女人", "猫"),  # the same question with a wrong answer key: a miss
+                 ("男人", "国王", "女人", "王后")]  # 王后 has no row: not covered
+    r = analogy(m, questions)
+    assert (r["questions"], r["covered"]) == (3, 2)
+    assert r["three_cos_add"] == pytest.approx(0.5) and r["three_cos_mul"] == pytest.approx(0.5)
 
 
 def test_evaluate_command_on_an_output_directory(tmp_path):
@@ -96,7 +113,7 @@ def test_evaluate_command_on_an_output_directory(tmp_path):
     assert "3/4" in result.output
     scores = json.loads((tmp_path / "r.json").read_text())
     assert scores["wordsim"][str(tmp_path / "ws.txt")]["rho"] == pytest.approx(1.0)
-    assert scores["lexicon_induction"]["p_at_1"] == pytest.approx(1.0) and scores["lexicon_induction"]["evaluated"] == 3
+    assert scores["lexicon_induction"]["cosine"]["p_at_1"] == pytest.approx(1.0) and scores["lexicon_induction"]["covered"] == 3
     assert CliRunner().invoke(app, ["evaluate", str(out)]).exit_code == 2  # nothing asked
 
 
