@@ -102,15 +102,9 @@ def extend(
     """Add rows for new words to an existing matrix, filled from its projected rows (atomically)."""
     from xlembed import Embeddings
     from xlembed.config import require_input
-    from xlembed.io import read_lines
+    from xlembed.embeddings import read_word_list
 
-    require_input(words)
-    listed = []
-    for lineno, line in enumerate(read_lines(words), start=1):
-        word = line.strip()
-        if not word or " " in word:
-            fail(f"{words}:{lineno}: expected one word per line")
-        listed.append(word)
+    listed = read_word_list(require_input(words), unique=False)
     e = Embeddings.load(out_dir)
     extended, added = e.extend(listed, oov)
     extended.manifest["extended"][-1]["words_file"] = str(words)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from .io import XlembedError
+from .io import XlembedError, require_file
 
 PAD, UNK = "[PAD]", "[UNK]"
 
@@ -309,10 +309,9 @@ def load_config(path: Path | None, overrides: dict[str, dict[str, Any]] | None =
 def require_input(path: Path, what: str = "file") -> Path:
     """An input file given by the user: it exists, is a file, is readable."""
     path = Path(path)
-    if not path.exists():
-        raise XlembedError(f"{path}: {what} does not exist" if what != "file" else f"{path}: file does not exist")
-    if path.is_dir():
-        raise XlembedError(f"{path}: is a directory, expected a file")
+    if what != "file" and not path.exists():
+        raise XlembedError(f"{path}: {what} does not exist")
+    require_file(path)
     try:
         with open(path, "rb"):
             pass

@@ -436,14 +436,15 @@ def verify(out: Path | str) -> list[str]:
     return problems
 
 
-def read_word_list(path: Path) -> list[str]:
-    """A user's word list: one word per line, order kept; errors name the line."""
+def read_word_list(path: Path, unique: bool = True) -> list[str]:
+    """A user's word list: one word per line, order kept; errors name the
+    line. With `unique`, a word listed twice is an error."""
     words, seen = [], {}
     for lineno, line in enumerate(read_lines(path), start=1):
         word = line.strip()
         if not word or " " in word:
             raise XlembedError(f"{path}:{lineno}: expected one word per line")
-        if word in seen:
+        if unique and word in seen:
             raise XlembedError(f"{path}:{lineno}: '{word}' is already on line {seen[word]}")
         seen[word] = lineno
         words.append(word)
