@@ -1,4 +1,4 @@
-"""Check the CUDA path of `encode` (float16 autocast) against the CPU path,
+"""Check the CUDA path of `encode` (precision auto: float16 weights) against the CPU path (float32),
 and time it on a whole corpus.
 
     python bench/gpu_encode.py MODEL_DIR CORPUS_EN [--random-init] [--compare N]
@@ -51,13 +51,13 @@ def main() -> None:
     lines = args.corpus_en.read_text(encoding="utf-8").splitlines()
     result = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, sentences=len(lines))
 
-    # the same sentences on CPU (float32) and CUDA (float16 autocast)
+    # the same sentences on CPU (float32) and CUDA (precision auto: float16 weights)
     matrices = {}
     for device in ("cpu", "cuda"):
         work = WorkDir(tmp / f"cmp-{device}")
         work.root.mkdir()
         work.corpus_en.write_text("".join(line + "\n" for line in lines[:args.compare]), encoding="utf-8")
-        record = encode(Config().set(model=model, device=device).validate(("encode",)), work)
+        record = encode(Config().set(model=model, device=device, precision="fp32" if device == "cpu" else "auto").validate(("encode",)), work)
         matrix, store = all_vectors(work)
         # rows in sentence order, so both devices' matrices line up
         matrices[device] = matrix[torch.from_numpy(store.word_rows[store.word_rows >= 0])]
