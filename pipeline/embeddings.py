@@ -212,21 +212,22 @@ class Embeddings:
         return len(self.words)
 
     def __contains__(self, word: str) -> bool:
-        return word in self._index
+        return word in self.word_index
 
     def __getitem__(self, word: str) -> torch.Tensor:
         return self.vectors[self.index(word)]
 
     @cached_property
-    def _index(self) -> dict[str, int]:
+    def word_index(self) -> dict[str, int]:
+        """word -> its row"""
         return {w: i for i, w in enumerate(self.words)}
 
     @cached_property
-    def _english_index(self) -> dict[str, int]:
+    def english_index(self) -> dict[str, int]:
         return {w: i for i, w in enumerate(self.english_words)}
 
     def index(self, word: str, lang: str = "zh") -> int:
-        index = self._index if lang == "zh" else self._english_index
+        index = self.word_index if lang == "zh" else self.english_index
         if word not in index:
             raise XlembedError(f"'{word}' is not in {'vocab.txt' if lang == 'zh' else 'english_vocab.txt'}"
                                + (f" of {self.path}" if self.path else ""))
@@ -296,7 +297,7 @@ class Embeddings:
 
     def to_torch(self, freeze: bool = True) -> torch.nn.Embedding:
         """The matrix as an nn.Embedding (frozen by default; padding_idx = the [PAD] row)."""
-        pad = self._index.get(PAD)
+        pad = self.word_index.get(PAD)
         return torch.nn.Embedding.from_pretrained(self.vectors.float().clone(), freeze=freeze, padding_idx=pad)
 
     @cached_property
@@ -325,7 +326,7 @@ class Embeddings:
         projected rows; random rows are seeded by its seed and row count.
         Returns it and the new rows' provenance."""
         oov = Oov(oov or self.metadata.get("oov_fill", "random"))
-        new_words = list(dict.fromkeys(w for w in words if w not in self._index))
+        new_words = list(dict.fromkeys(w for w in words if w not in self.word_index))
         projected_ids = self.projected.nonzero().squeeze(1).tolist()
         if not projected_ids:
             raise XlembedError("the matrix has no projected rows to build new rows from")

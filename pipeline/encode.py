@@ -1,8 +1,9 @@
 """Stage 2: one contextual vector per English word occurrence.
 
-Identical sentences are encoded once. Sentences are sorted by length and
-batched, each word's vector is the mean of its word pieces at the chosen
-hidden layer, and vectors are written as float16 shards. The index maps
+Identical sentences are encoded once; a sentence longer than the model's
+window is encoded as overlapping windows. Sentences and windows are sorted
+by length and batched, each word's vector is the mean of its word pieces at
+the chosen hidden layer, and vectors are written as float16 shards. The index maps
 (sentence, word) to a row of the shards:
 
     row = word_rows[sent_offsets[s] + j]      # -1: the word has no vector
@@ -141,6 +142,11 @@ def windows(n_pieces: np.ndarray, window: int) -> list[tuple[int, int, np.ndarra
     return result
 
 
+def ends_sentence(item: Item, pieces: PiecePlan) -> bool:
+    """Whether `item` is a whole sentence or its last window (progress counts sentences)."""
+    return item.owned is None or item.stop == len(pieces.ids[item.sentence])
+
+
 def items_of(pieces: PiecePlan, window: int) -> list[Item]:
     items = []
     for u, n in enumerate(pieces.n_pieces):
@@ -231,7 +237,7 @@ def make_batch(items: list[Item], pieces: PiecePlan, rows: RowPlan, prefix: list
         piece_position=torch.from_numpy(np.concatenate(positions)),
         piece_target=torch.from_numpy(target - row_start),
         n_rows=int(target.max() - row_start + 1) if len(target) else 0,
-        n_sentences=sum(item.owned is None or item.stop == len(pieces.ids[item.sentence]) for item in items),
+        n_sentences=sum(ends_sentence(item, pieces) for item in items),
     )
 
 
@@ -270,7 +276,7 @@ def pool(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
     return (sums / counts).to(torch.float16).cpu()
 
 
-def prefetched(make: Callable[[int], Batch], starts: range, depth: int = 4) -> Iterator[tuple[int, Batch]]:
+def prefetched(make: Callable[[int], Batch], starts: list[int], depth: int = 4) -> Iterator[tuple[int, Batch]]:
     """(start, batch) for each start, built by a background thread `depth`
     batches ahead, so that batch building overlaps the forward pass (which
     releases the GIL)."""
@@ -329,12 +335,14 @@ class ShardWriter:
         k = len(self.shard_starts) - 1
         self.shard_starts.append(self.shard_starts[-1] + self.buffered)
         progress = dict(key=self.key, shard_starts=list(self.shard_starts), next_item=next_item)
-        self.pending = [f for f in self.pending if not f.done() or f.result()]  # raise a failed write here
+        for done in [f for f in self.pending if f.done()]:
+            done.result()  # a failed write raises here
+        self.pending = [f for f in self.pending if not f.done()]
         blob = tensors_blob({"vectors": torch.cat(self.buffer)})  # torch work stays on this thread
         self.pending.append(self.disk.submit(self._write, k, blob, progress))
         self.buffer, self.buffered = [], 0
 
-    def _write(self, k: int, blob: bytes, progress: dict) -> None:
+    def _write(self, k: int, blob: list, progress: dict) -> None:
         write_bytes_atomic(self.work.vectors_shard(k), blob)
         write_json_atomic(self.work.vectors_progress, progress)  # only after the shard is in place
 
@@ -410,7 +418,7 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
         def make(b: int) -> Batch:
             return make_batch(rows.items[b:end_of[b]], pieces, rows, prefix, suffix, pad_id)
 
-        done_before = sum(item.owned is None or item.stop == len(pieces.ids[item.sentence]) for item in rows.items[:next_item])
+        done_before = sum(ends_sentence(item, pieces) for item in rows.items[:next_item])
         with torch.inference_mode(), reporter.task("encode", len(n_words), "sentences") as task:
             task.advance(done_before)
             for b, batch in prefetched(make, starts):

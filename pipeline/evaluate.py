@@ -115,7 +115,7 @@ def read_wordsim(path: Path) -> list[tuple[str, str, float]]:
 
 def word_similarity(matrix: Embeddings, pairs: list[tuple[str, str, float]]) -> dict:
     """rho over covered pairs, and over the covered pairs that touch a filled row."""
-    index = {w: i for i, w in enumerate(matrix.words)}
+    index = matrix.word_index
     covered = [(index[a], index[b], score) for a, b, score in pairs if a in index and b in index]
     result = dict(pairs=len(pairs), covered=len(covered))
     if not covered:
@@ -153,9 +153,9 @@ def lexicon_induction(matrix: Embeddings, dictionary: dict[str, set[str]], csls_
     translations? P@k by cosine and, with `csls_k` > 0, by CSLS with that
     many neighbours (Conneau et al. 2018), over the covered words and over
     all dictionary words (an uncovered word counts as a miss)."""
-    english_index = matrix._english_index
-    queries = [(matrix._index[zh], {english_index[e] for e in en if e in english_index})
-               for zh, en in dictionary.items() if zh in matrix._index]
+    english_index = matrix.english_index
+    queries = [(matrix.word_index[zh], {english_index[e] for e in en if e in english_index})
+               for zh, en in dictionary.items() if zh in matrix.word_index]
     queries = [(i, gold) for i, gold in queries if gold]
     n, words = len(queries), len(dictionary)
     result = dict(words=words, covered=n, coverage=n / words if words else float("nan"),
@@ -199,7 +199,7 @@ def analogy(matrix: Embeddings, questions: list[tuple[str, str, str, str]]) -> d
     cos'(x, b) cos'(x, c) / (cos'(x, a) + 0.001), cos' = (cos + 1) / 2; Levy
     and Goldberg 2014) over the questions whose four words have rows; a, b
     and c are never the answer. Special rows are never answers either."""
-    index = matrix._index
+    index = matrix.word_index
     covered = [tuple(index[w] for w in q) for q in questions if all(w in index for w in q)]
     result = dict(questions=len(questions), covered=len(covered))
     if not covered:

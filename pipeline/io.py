@@ -63,12 +63,6 @@ def read_lines(path: Path) -> Iterator[str]:
             raise XlembedError(f"{path}:{lineno + 1}: cannot read: {e}")
 
 
-def read_words(path: Path) -> list[str]:
-    """A word list as xlembed writes it (vocab.txt, english_vocab.txt): one
-    word per line, each line ended by a newline."""
-    return Path(path).read_text(encoding="utf-8").split("\n")[:-1]
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     try:

@@ -42,7 +42,7 @@ def layout(e: Embeddings, zh_words: list[str], english: bool) -> tuple[list[tupl
     if english:
         for w in zh_words:
             en = aligned.get(w, "")
-            if en and en in e._english_index:
+            if en and en in e.english_index:
                 if en not in en_of:
                     en_of[en] = len(points)
                     points.append((en, "en"))
