@@ -123,9 +123,9 @@ def verify(out_dir: OutDirArg):
 
     Checks every file's checksum against manifest.json, and that rows, vocabulary lines, the `projected`
     flags and the English matrix agree."""
-    from xlembed.embeddings import verify as verify_output
+    from xlembed import Embeddings
 
-    problems = verify_output(out_dir)
+    problems = Embeddings.verify(out_dir)
     for problem in problems:
         err.print(f"[red]✘[/red] {escape(problem)}")
     if problems:

@@ -191,6 +191,12 @@ class Embeddings:
         self.manifest, self.metadata, self.path = manifest, metadata, o_final.root
         return manifest
 
+    @staticmethod
+    def verify(out: Path | str) -> list[str]:
+        """Every problem of an output directory, one line each (empty when all
+        is well), as `xlembed verify` reports them; see `verify` below."""
+        return verify(out)
+
     def counts(self) -> dict:
         """The manifest's counts, brought up to date with the rows."""
         sources = [r.source for r in self.rows]

@@ -56,7 +56,6 @@ def test_using_the_real_output(demo, tmp_path):
     from gensim.models import KeyedVectors
 
     from xlembed import Embeddings
-    from xlembed.embeddings import verify
 
     summary = Embeddings.load(demo).info()
     assert summary["shape"][1] == 384 and summary["top_words"][0] == "。"
@@ -69,6 +68,6 @@ def test_using_the_real_output(demo, tmp_path):
     extended, added = Embeddings.load(out).extend(["猫狗"], "chars")
     assert [row.source for row in added] == ["chars"]
     extended.save(out)
-    assert verify(out) == []
+    assert Embeddings.verify(out) == []
     english = [w for w, _ in Embeddings.load(out).translate("猫狗", k=5)]
     assert {"cat", "cats", "dog", "dogs"} & set(english), english
