@@ -32,8 +32,9 @@ class Symmetrization(str, enum.Enum):
 
 
 class Strategy(str, enum.Enum):
-    argmax = "argmax"
-    weighted = "weighted"
+    argmax = "argmax"  # per word type: the word's most probable translation, where aligned to it
+    argmax_occurrence = "argmax-occurrence"  # per occurrence: the aligned English word of highest p(en|zh) there
+    weighted = "weighted"  # every link
 
 
 class Oov(str, enum.Enum):
@@ -105,7 +106,9 @@ class AlignConfig:
 
 @dataclass
 class ProjectConfig:
-    strategy: Strategy = option(Strategy.argmax, "argmax: vectors of the most probable English translation; "
+    strategy: Strategy = option(Strategy.argmax_occurrence, "argmax: each Chinese word takes the vectors of its most probable English "
+                                                 "translation, where the two are aligned; argmax-occurrence: at each "
+                                                 "occurrence, of the aligned English word most probable for it; "
                                                  "weighted: of every aligned English word.")
     min_count: int = option(1, "Aligned contexts a Chinese word needs for a projected row.", min=1)
     stopwords: Path | None = option(None, "Chinese words to drop from the vocabulary (whitespace-separated).")
@@ -115,6 +118,9 @@ class ProjectConfig:
 class WriteConfig:
     min_freq: int = option(1, "Corpus frequency a Chinese word needs to get a row.", min=1)
     seed: int = option(0, "Seed of the random rows of words without a projected vector.", min=0)
+    shrink: float = option(1.0, "Pulls each projected row toward its characters' composition as if that were this many "
+                                "more aligned contexts: (n x projected + shrink x chars) / (n + shrink); rare words move "
+                                "most. 0 = off.", min=0)
     oov: Oov = option(Oov.random, "Rows for words without a projected vector: random, chars (composed from "
                                   "characters) or pinyin (same-sound variants, then chars); unreachable words get random rows.")
     vocab: Path | None = option(None, "Your vocabulary (one word per line, order kept) instead of the corpus's; "

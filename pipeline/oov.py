@@ -50,12 +50,33 @@ class Filler:
         self.centre = self.rows.mean(0)
         self.spread = (self.rows - self.centre).norm(dim=1).median()
 
+        self._char_sums: dict[str, tuple[torch.Tensor, float]] = {}
+
     def _mean(self, ids: list[int]) -> torch.Tensor:
         w = self.weights[ids].unsqueeze(1)
         return (self.rows[ids] * w).sum(0) / w.sum()
 
-    def chars(self, word: str) -> torch.Tensor | None:
-        parts = [self._mean(self.by_char[c]) for c in word if self.by_char.get(c)]
+    def _char_sum(self, c: str) -> tuple[torch.Tensor, float]:
+        """(frequency-weighted sum of the rows of the words holding c, sum of the weights)."""
+        if c not in self._char_sums:
+            ids = self.by_char[c]
+            w = self.weights[ids]
+            self._char_sums[c] = ((self.rows[ids] * w.unsqueeze(1)).sum(0), float(w.sum()))
+        return self._char_sums[c]
+
+    def chars(self, word: str, leave_out: bool = False) -> torch.Tensor | None:
+        """The composition of `word`'s characters; with `leave_out`, from
+        the other projected words only (None where no other word has them)."""
+        own = self.index.get(word) if leave_out else None
+        parts = []
+        for c in word:
+            if not self.by_char.get(c):
+                continue
+            total, weight = self._char_sum(c)
+            if own is not None:
+                total, weight = total - self.weights[own] * self.rows[own], weight - float(self.weights[own])
+            if weight > 0:
+                parts.append(total / weight)
         if not parts:
             return None
         deviation = torch.stack(parts).mean(0) - self.centre

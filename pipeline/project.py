@@ -7,6 +7,11 @@ vector of English occurrence j is added to the Chinese word's sum:
   word's most probable translation (highest p(en|zh) in the lexicon), so
   the row is that English word's vector averaged over the contexts where
   the two are aligned;
+- strategy `argmax-occurrence`: the same rule decided per occurrence: each
+  occurrence of a Chinese word takes the vector of the English word, among
+  those it is aligned to in that sentence, with the highest p(en|zh)
+  (ties: the first in the sentence); so every aligned occurrence counts
+  once, also where the word's best translation is not in the sentence;
 - strategy `weighted`: every link, i.e. the average over all aligned
   English words, weighted by how often they are aligned.
 
@@ -48,6 +53,23 @@ def by_frequency(first_seen: dict[str, int], freq) -> tuple[list[str], np.ndarra
     return [words[i] for i in order], renumber
 
 
+def chosen_links(strategy: Strategy, links: set[tuple[int, int]], zh: list[str], en: list[str],
+                 best: dict[str, Translation], p_en: dict[str, dict[str, float]]) -> list[tuple[int, int]]:
+    """The links (zh position, en position) of one sentence whose English
+    vector a Chinese word takes, by `strategy`."""
+    links = sorted(links)
+    if strategy == Strategy.argmax:
+        return [(i, j) for i, j in links if en[j] == best[zh[i]].en]
+    if strategy == Strategy.argmax_occurrence:
+        chosen: dict[int, tuple[int, float]] = {}
+        for i, j in links:
+            p = p_en[zh[i]].get(en[j], 0.0)
+            if i not in chosen or p > chosen[i][1]:
+                chosen[i] = (j, p)
+        return [(i, j) for i, (j, _) in chosen.items()]
+    return links
+
+
 def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_words: int, dim: int, task) -> tuple[torch.Tensor, torch.Tensor]:
     """Per word id: the sum (float64) and count of the vectors at `rows`,
     streaming over the shards one at a time. Within a shard the sum is a
@@ -87,7 +109,7 @@ def project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter()
         dim = encode_record["dim"]
         stopwords = read_stopwords(opts.stopwords) if opts.stopwords else set()
         best = {zh: translations[0] for zh, translations in lexicon.items()}  # highest p first
-        argmax = opts.strategy == Strategy.argmax
+        p_en = {zh: {t.en: t.p for t in translations} for zh, translations in lexicon.items()}  # p(en | zh)
 
         # one streaming pass; words get ids in order of first sight, renumbered
         # by frequency afterwards; per-occurrence data goes to compact arrays
@@ -106,8 +128,8 @@ def project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter()
             zh_tokens.extend(zh_ids)
             en_words.extend([en_first.setdefault(w, len(en_first)) for w in en])
             rows = store.rows_of(s)
-            for i, j in parse_links(links_line):
-                if zh_ids[i] < 0 or (argmax and en[j] != best[zh[i]].en):
+            for i, j in chosen_links(opts.strategy, parse_links(links_line), zh, en, best, p_en):
+                if zh_ids[i] < 0:
                     continue
                 if rows[j] < 0:
                     links_without_vector += 1

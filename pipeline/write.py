@@ -18,28 +18,51 @@ from .project import ProjectedWord, load_projection
 UPSTREAM = STAGES[:-1]  # the stages whose records write reads
 
 
+def shrink_to_chars(words: list[str], means: torch.Tensor, counts: torch.Tensor, filler: Filler, k: float) -> torch.Tensor:
+    """Projected rows [P, d] pulled toward their characters' composition
+    from the other projected words (`Filler.chars`, leaving the word out)
+    as if it were k more aligned contexts:
+
+        row = (n * projected + k * chars) / (n + k)      # n: the word's aligned contexts
+
+    A word aligned once is half its one (noisy) context and half what its
+    characters mean; a word aligned hundreds of times barely moves. Words
+    sharing no character with another projected word keep their row."""
+    rows = means.clone()
+    for i, word in enumerate(words):
+        composed = filler.chars(word, leave_out=True)
+        if composed is not None:
+            n = float(counts[i])
+            rows[i] = (n * means[i] + k * composed) / (n + k)
+    return rows
+
+
 def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: torch.Tensor, min_count: int, min_freq: int,
-                 seed: int, oov: Oov = Oov.random, vocab: list[str] | None = None) -> tuple[list[str], torch.Tensor, torch.Tensor, list[VocabRow]]:
+                 seed: int, oov: Oov = Oov.random, vocab: list[str] | None = None,
+                 shrink: float = 0.0) -> tuple[list[str], torch.Tensor, torch.Tensor, list[VocabRow]]:
     """Vocabulary, rows [V, d] float32, projected [V] uint8 and where each row came from.
 
     The vocabulary is `vocab` as given, or [PAD], [UNK], then every corpus
     word with frequency >= min_freq, most frequent first. [PAD] is zeros,
     [UNK] the mean projected row; words with >= min_count aligned contexts
-    get their projected row, the others a row from the `oov` strategy
-    (random rows drawn in vocabulary order with `seed`, scaled to the
+    get their projected row (pulled toward their characters by `shrink`,
+    see shrink_to_chars), the others a row from the `oov` strategy (random
+    rows drawn in vocabulary order with `seed`, scaled to the
     per-dimension mean and std of the projected rows)."""
     oov = Oov(oov)
     projected_ids = [k for k, w in enumerate(zh_words) if zh_count[k] >= min_count and w.word not in (PAD, UNK)]
     if not projected_ids:
         raise XlembedError("no Chinese word got a projected vector: the corpus is too small, or --min-count too high")
     means = zh_sum[projected_ids] / zh_count[projected_ids].unsqueeze(1).double()  # [P, d]
+    projected_words = [zh_words[k].word for k in projected_ids]
+    filler = None if oov == Oov.random and not shrink else Filler(projected_words, means, [zh_words[k].freq for k in projected_ids])
+    if shrink:
+        means = shrink_to_chars(projected_words, means, zh_count[projected_ids], filler, shrink)
     mean, std = means.mean(0), means.std(0, unbiased=False)  # [d]
-    projected_index = {zh_words[k].word: i for i, k in enumerate(projected_ids)}
+    projected_index = {word: i for i, word in enumerate(projected_words)}
     in_corpus = {w.word: w for w in zh_words}
     if vocab is None:
         vocab = [PAD, UNK] + [w.word for w in zh_words if w.freq >= min_freq and w.word not in (PAD, UNK)]
-    filler = None if oov == Oov.random else Filler([zh_words[k].word for k in projected_ids], means,
-                                                   [zh_words[k].freq for k in projected_ids])
 
     rows = torch.zeros((len(vocab), means.shape[1]), dtype=torch.float64)  # [V, d]
     sources, to_fill = [], []
@@ -79,7 +102,7 @@ def write(config: Config, work: WorkDir, out: Path) -> dict:
     projection = load_projection(work)
     user_vocab = read_word_list(opts.vocab) if opts.vocab is not None else None
     vocab, vectors, projected, provenance = build_matrix(projection.zh_words, projection.tensors["zh_sum"], projection.tensors["zh_count"],
-                                              projection.min_count, opts.min_freq, opts.seed, opts.oov, user_vocab)
+                                              projection.min_count, opts.min_freq, opts.seed, opts.oov, user_vocab, opts.shrink)
     english_words, english = english_matrix(projection.en_words, projection.tensors["en_sum"], projection.tensors["en_count"])
     tokenized = records["tokenize"]["counts"]
     encode_options = records["encode"]["options"]

@@ -54,7 +54,7 @@ def test_output_contract(built, tiny_bert):
     with safe_open(str(built / "embeddings.safetensors"), "pt") as f:
         meta = f.metadata()
     assert {"model", "layer", "strategy", "symmetrization", "seed", "oov_fill", "counts", "xlembed_version"} <= set(meta)
-    assert meta["strategy"] == "argmax" and meta["symmetrization"] == "union" and meta["seed"] == "0"
+    assert meta["strategy"] == "argmax-occurrence" and meta["symmetrization"] == "union" and meta["seed"] == "0"
     english = load_file(str(built / "english.safetensors"))["embeddings"]
     english_vocab = (built / "english_vocab.txt").read_text("utf-8").splitlines()
     assert english.shape == (len(english_vocab), 32)

@@ -134,3 +134,53 @@ def test_filled_rows_follow_the_projected_rows_mean_and_spread():
     torch.testing.assert_close(filled.std(0), projected_rows.std(0), atol=0, rtol=0.06)
     _, again, _, _ = build_matrix(zh_rows, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
     assert torch.equal(rows, again)
+
+
+def test_argmax_occurrence_takes_the_most_probable_aligned_word_at_each_occurrence(tmp_path):
+    # sentence 3: 猫 is aligned to "the" alone: argmax (per type) skips it,
+    # argmax-occurrence takes "the" there; in sentence 1 (cat and the both
+    # aligned) it takes cat, the more probable one
+    work = make_work(tmp_path)
+    zh, en, links = ZH + ["猫"], EN + ["the"], LINKS + ["0-0"]
+    work.corpus_zh.write_text("\n".join(zh) + "\n", encoding="utf-8")
+    work.corpus_en.write_text("\n".join(en) + "\n", encoding="utf-8")
+    work.links.write_text("\n".join(links) + "\n", encoding="utf-8")
+    write_fake_encoding(work, [s.split() for s in en], VECTORS | {(3, 0): [7.0, 7.0]}, shard_rows=2)
+
+    project(Config().set(strategy="argmax").validate(("project",)), work)
+    assert rows_by_word(work)["猫"] == ([2.0, 1.0 / 3], 3)  # cat (1,0) (3,1) (2,0)
+    project(Config().set(strategy="argmax-occurrence").validate(("project",)), work, force=True)
+    rows = rows_by_word(work)
+    assert rows["猫"] == ([13.0 / 4, 2.0], 4)  # cat (1,0) (3,1) (2,0) and the (7,7)
+    assert rows["水"] == ([3.0, 3.0], 2)  # one link per occurrence: as argmax
+    project(Config().set(strategy="weighted").validate(("project",)), work, force=True)
+    assert rows_by_word(work)["猫"] == ([18.0 / 5, 13.0 / 5], 5)  # and (5,5), the in sentence 1
+
+
+class FixedComposition:
+    """A stand-in for oov.Filler: 猫's characters compose to (10, 0); 狗 has none."""
+
+    def chars(self, word, leave_out=False):
+        assert leave_out
+        return torch.tensor([10.0, 0.0], dtype=torch.float64) if "猫" in word else None
+
+
+def test_shrink_pulls_rows_toward_their_characters_by_how_often_they_were_aligned():
+    from xlembed.write import shrink_to_chars
+
+    means = torch.zeros((3, 2), dtype=torch.float64)
+    counts = torch.tensor([1, 3, 1])
+    rows = shrink_to_chars(["猫", "小猫", "狗"], means, counts, FixedComposition(), k=1.0)
+    assert rows.tolist() == [[5.0, 0.0], [2.5, 0.0], [0.0, 0.0]]  # (n * 0 + 1 * 10) / (n + 1); 狗 unchanged
+    assert shrink_to_chars(["猫"], means[:1], counts[:1], FixedComposition(), k=3.0).tolist() == [[7.5, 0.0]]
+
+
+def test_build_matrix_shrink_moves_a_word_aligned_once_more_than_one_aligned_often():
+    words = [ProjectedWord("猫", 1, "cat", 1.0), ProjectedWord("小猫", 9, "kitten", 1.0), ProjectedWord("狗", 9, "dog", 1.0)]
+    zh_sum = torch.tensor([[1.0, 0.0], [0.0, 9.0], [-9.0, -9.0]], dtype=torch.float64)
+    zh_count = torch.tensor([1, 9, 9])
+    vocab, plain, _, _ = build_matrix(words, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
+    _, shrunk, _, _ = build_matrix(words, zh_sum, zh_count, min_count=1, min_freq=1, seed=0, shrink=1.0)
+    moved = dict(zip(vocab, (shrunk - plain).norm(dim=1).tolist()))
+    assert moved["猫"] > 3 * moved["小猫"] > 0
+    assert moved["狗"] == 0  # shares no character with another projected word: its own row
