@@ -1,6 +1,6 @@
 """Wall time and peak memory per stage as the corpus grows.
 
-    python bench/scale.py --tsv ../shared/data/parallel/mixed.tsv.gz --fractions 0.125,0.25,0.5,1 [--json FILE]
+    python bench/scale.py --tsv ../shared/data/parallel/mixed.tsv.gz --fractions 0.125,0.25,0.5,1 [--json FILE] [--keep DIR]
     python bench/scale.py [--tsv data/tatoeba/cmn-eng.tsv] --factors 1,10 [--json FILE]
 
 --fractions takes a random sample of the corpus's pairs (fixed seed) of each
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--factors", help="replicate the corpus this many times, e.g. 1,10")
     parser.add_argument("--fractions", help="random samples of the corpus, e.g. 0.125,0.25,0.5,1")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", type=Path, help="keep the work directory of the last size here (e.g. for bench/devsuite.py)")
     args = parser.parse_args()
     xlembed = str(Path(sys.executable).with_name("xlembed"))
     lines = read_pairs(args.tsv)
@@ -92,7 +93,10 @@ def main() -> None:
         run["work_dir_mib"] = disk_mib(work)
         run["out_dir_mib"] = disk_mib(out)
         result["runs"][name] = run
-        shutil.rmtree(work)
+        if args.keep and name == sizes[-1][0]:
+            shutil.move(str(work), args.keep)
+        else:
+            shutil.rmtree(work)
     runs = list(result["runs"].values())
     if len(runs) >= 2:
         first, last = runs[0], runs[-1]
