@@ -49,38 +49,48 @@ class Filler:
         self._by_sound: dict[str, list[int]] | None = None
         self.centre = self.rows.mean(0)
         self.spread = (self.rows - self.centre).norm(dim=1).median()
-
-        self._char_sums: dict[str, tuple[torch.Tensor, float]] = {}
+        # per character: the frequency-weighted sum of the rows of the words holding it, and of the weights
+        self.chars_index = {c: k for k, c in enumerate(self.by_char)}
+        holder = torch.tensor([i for ids in self.by_char.values() for i in ids], dtype=torch.int64)  # [H]
+        char_of = torch.tensor([k for k, ids in enumerate(self.by_char.values()) for _ in ids], dtype=torch.int64)  # [H]
+        self.char_sums = torch.zeros((len(self.by_char), self.rows.shape[1]), dtype=torch.float64).index_add_(
+            0, char_of, self.rows[holder] * self.weights[holder].unsqueeze(1))  # [C, d]
+        self.char_weights = torch.zeros(len(self.by_char), dtype=torch.float64).index_add_(0, char_of, self.weights[holder])  # [C]
 
     def _mean(self, ids: list[int]) -> torch.Tensor:
         w = self.weights[ids].unsqueeze(1)
         return (self.rows[ids] * w).sum(0) / w.sum()
 
-    def _char_sum(self, c: str) -> tuple[torch.Tensor, float]:
-        """(frequency-weighted sum of the rows of the words holding c, sum of the weights)."""
-        if c not in self._char_sums:
-            ids = self.by_char[c]
-            w = self.weights[ids]
-            self._char_sums[c] = ((self.rows[ids] * w.unsqueeze(1)).sum(0), float(w.sum()))
-        return self._char_sums[c]
+    def compose(self, words: list[str], leave_out: bool = False, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each word's characters composed: the mean over its characters
+        (in order, repeats counted) of the frequency-weighted mean row of the
+        projected words holding that character; its distance from the mean
+        projected row scaled to the median distance. With `leave_out`, a
+        projected word's own row is left out of its characters' means.
+        Returns rows [N, d] float64 and whether each word got one [N] bool."""
+        n, d = len(words), self.rows.shape[1]
+        pairs = [(i, self.chars_index[c]) for i, w in enumerate(words) for c in w if c in self.chars_index]
+        own = torch.tensor([self.index.get(w, -1) if leave_out else -1 for w in words], dtype=torch.int64)  # [N]
+        sums = torch.zeros((n, d), dtype=torch.float64)  # [N, d] sum of the character means
+        parts = torch.zeros(n, dtype=torch.float64)  # [N] how many
+        for start in range(0, len(pairs), chunk):
+            word, char = torch.tensor(pairs[start:start + chunk], dtype=torch.int64).reshape(-1, 2).unbind(1)  # [K] each
+            total, weight = self.char_sums[char], self.char_weights[char].clone()  # [K, d], [K]
+            mine = own[word]  # [K] the word's own projected row, -1 if none or not left out
+            left = mine >= 0
+            total[left] -= self.rows[mine[left]] * self.weights[mine[left]].unsqueeze(1)
+            weight[left] -= self.weights[mine[left]]
+            valid = weight > 1e-9  # some other word holds the character
+            sums.index_add_(0, word[valid], total[valid] / weight[valid].unsqueeze(1))
+            parts.index_add_(0, word[valid], torch.ones(int(valid.sum()), dtype=torch.float64))
+        has = parts > 0
+        deviation = sums / parts.clamp(min=1).unsqueeze(1) - self.centre  # [N, d]
+        scale = self.spread / deviation.norm(dim=1, keepdim=True).clamp(min=1e-12)  # [N, 1]
+        return torch.where(has.unsqueeze(1), self.centre + deviation * scale, torch.zeros_like(deviation)), has
 
-    def chars(self, word: str, leave_out: bool = False) -> torch.Tensor | None:
-        """The composition of `word`'s characters; with `leave_out`, from
-        the other projected words only (None where no other word has them)."""
-        own = self.index.get(word) if leave_out else None
-        parts = []
-        for c in word:
-            if not self.by_char.get(c):
-                continue
-            total, weight = self._char_sum(c)
-            if own is not None:
-                total, weight = total - self.weights[own] * self.rows[own], weight - float(self.weights[own])
-            if weight > 0:
-                parts.append(total / weight)
-        if not parts:
-            return None
-        deviation = torch.stack(parts).mean(0) - self.centre
-        return self.centre + deviation * (self.spread / deviation.norm().clamp(min=1e-12))
+    def chars(self, word: str) -> torch.Tensor | None:
+        rows, has = self.compose([word])
+        return rows[0] if has[0] else None
 
     def pinyin(self, word: str) -> torch.Tensor | None:
         if self._by_sound is None:

@@ -20,7 +20,7 @@ UPSTREAM = STAGES[:-1]  # the stages whose records write reads
 
 def shrink_to_chars(words: list[str], means: torch.Tensor, counts: torch.Tensor, filler: Filler, k: float) -> torch.Tensor:
     """Projected rows [P, d] pulled toward their characters' composition
-    from the other projected words (`Filler.chars`, leaving the word out)
+    from the other projected words (`Filler.compose`, leaving the word out)
     as if it were k more aligned contexts:
 
         row = (n * projected + k * chars) / (n + k)      # n: the word's aligned contexts
@@ -28,13 +28,9 @@ def shrink_to_chars(words: list[str], means: torch.Tensor, counts: torch.Tensor,
     A word aligned once is half its one (noisy) context and half what its
     characters mean; a word aligned hundreds of times barely moves. Words
     sharing no character with another projected word keep their row."""
-    rows = means.clone()
-    for i, word in enumerate(words):
-        composed = filler.chars(word, leave_out=True)
-        if composed is not None:
-            n = float(counts[i])
-            rows[i] = (n * means[i] + k * composed) / (n + k)
-    return rows
+    composed, has = filler.compose(words, leave_out=True)  # [P, d], [P]
+    n = counts.double().unsqueeze(1)  # [P, 1]
+    return torch.where(has.unsqueeze(1), (n * means + k * composed) / (n + k), means)
 
 
 def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: torch.Tensor, min_count: int, min_freq: int,

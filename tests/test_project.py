@@ -160,9 +160,10 @@ def test_argmax_occurrence_takes_the_most_probable_aligned_word_at_each_occurren
 class FixedComposition:
     """A stand-in for oov.Filler: 猫's characters compose to (10, 0); 狗 has none."""
 
-    def chars(self, word, leave_out=False):
+    def compose(self, words, leave_out=False):
         assert leave_out
-        return torch.tensor([10.0, 0.0], dtype=torch.float64) if "猫" in word else None
+        has = torch.tensor(["猫" in w for w in words])
+        return torch.tensor([[10.0, 0.0]] * len(words), dtype=torch.float64) * has.unsqueeze(1), has
 
 
 def test_shrink_pulls_rows_toward_their_characters_by_how_often_they_were_aligned():
