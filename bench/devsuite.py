@@ -1,0 +1,269 @@
+"""The dev suite: each variant of the method on the three dev sets and both
+corpora, over several eflomal alignments (eflomal cannot be seeded), as
+mean ± sd; and the word2vec and fastText baselines on the same Chinese side.
+
+    python bench/devsuite.py --corpus tatoeba=data/tatoeba/cmn-eng.tsv \\
+        --corpus mixed=../shared/data/parallel/mixed.tsv.gz --alignments 3 \\
+        --root /tmp/devsuite [--variants defaults,weighted] [--baselines] [--json FILE]
+
+A corpus may also be given as a work directory of an earlier run with the
+default encoder options (e.g. the one `bench/scale.py --keep` left): its
+tokenization and vectors are reused, and its alignment is alignment 0.
+Everything built is kept under --root, so a second call only computes what
+is missing. Within one alignment every variant sees the same links, so
+differences between variants are the variants' own.
+
+Scores: wordsim-297 and PKU-500 Spearman rho over covered pairs, MUSE
+(zh->en, "train" 0-5000) P@1 by cosine over covered words, and coverage.
+Prints one JSON object; a table goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+from xlembed.align import align
+from xlembed.config import Config, WorkDir
+from xlembed.encode import encode
+import dataclasses
+
+import torch
+
+from xlembed.embeddings import Embeddings
+from xlembed.evaluate import lexicon_induction, read_dictionary, read_wordsim, spearman, word_similarity
+from xlembed.project import project
+from xlembed.tokenize import tokenize
+from xlembed.write import write
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared/data"
+WORDSIM = {"wordsim-297": DATA / "wordsim/wordsim-297.txt", "pku-500": DATA / "wordsim/pku-500.txt"}
+MUSE = DATA / "lexicon/muse-zh-en.0-5000.txt"
+SETS: dict = {}  # read once in main
+ALIGN_FILES = ("align.forward", "align.reverse", "align.links", "lexicon.tsv", "align.json")
+
+# name -> options that differ from the defaults (any stage's, by name)
+VARIANTS = {
+    "defaults": {},
+    "argmax per type": {"strategy": "argmax"},
+    "weighted": {"strategy": "weighted"},
+    "shrink 0": {"shrink": 0.0},
+    "shrink 0.5": {"shrink": 0.5},
+    "shrink 2": {"shrink": 2.0},
+    "argmax per type, shrink 0 (0.2 defaults)": {"strategy": "argmax", "shrink": 0.0},
+    "weighted, shrink 0": {"strategy": "weighted", "shrink": 0.0},
+    "oov chars": {"oov": "chars"},
+    "oov pinyin": {"oov": "pinyin"},
+    "centred": {"postprocess": 0},
+    "centred, top 2 directions removed": {"postprocess": 2},
+    "samplers 3": {"samplers": 3},
+    "layer -1": {"layer": "-1"},
+    "layer -2": {"layer": "-2"},
+}
+ENCODE_OPTIONS = {"layer"}
+ALIGN_OPTIONS = {"symmetrization", "align_model", "iterations", "samplers", "null_prior"}
+PROJECT_OPTIONS = {"strategy", "min_count", "stopwords"}
+BENCH_OPTIONS = {"postprocess"}  # applied here, to the written matrices
+
+
+def postprocessed(matrix: Embeddings, remove: int) -> Embeddings:
+    """Both matrices centred on the English rows' mean, then the `remove`
+    top principal directions of the English rows projected out of both
+    (all-but-the-top, Mu and Viswanath 2018): one map for both sides, so
+    translation by cosine stays valid. [PAD] stays zero."""
+    english = matrix.english_vectors.double()  # [E, d]
+    mean = english.mean(0)  # [d]
+    top = torch.linalg.svd(english - mean, full_matrices=False).Vh[:remove]  # [remove, d]
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        x = x.double() - mean
+        return (x - x @ top.T @ top).float()
+
+    vectors = apply(matrix.vectors)
+    vectors[matrix.vectors.abs().sum(1) == 0] = 0
+    return dataclasses.replace(matrix, vectors=vectors, english_vectors=apply(matrix.english_vectors))
+
+
+def scores_of(matrix: Embeddings) -> dict:
+    scores = {}
+    for name, path in WORDSIM.items():
+        ws = word_similarity(matrix, SETS[name])
+        scores[name] = ws["rho"]
+        scores[f"{name} covered"] = ws["covered"]
+    li = lexicon_induction(matrix, SETS["muse"], csls_k=10)
+    scores["muse P@1"] = li["cosine"]["p_at_1"]
+    scores["muse P@1 csls"] = li["csls"]["p_at_1"]
+    scores["muse covered"] = li["covered"]
+    return scores
+
+
+def copy_inputs(source: WorkDir, target: WorkDir) -> None:
+    target.root.mkdir(parents=True, exist_ok=True)
+    for name in ("corpus.en", "corpus.zh", "tokenize.json"):
+        shutil.copy(source.root / name, target.root / name)
+
+
+class Corpus:
+    """One corpus's builds under root/NAME: tokenization, an encoding per
+    encoder variant, alignments, and a scratch work directory to project
+    and write in."""
+
+    def __init__(self, name: str, source: Path, root: Path):
+        self.name, self.root = name, root / name
+        self.root.mkdir(parents=True, exist_ok=True)
+        given = source.is_dir() and (source / "tokenize.json").exists()
+        self.base = WorkDir(source if given else self.root / "base")
+        if not given and not self.base.record("tokenize").exists():
+            tokenize(Config().set(tsv=source).validate(("tokenize",)), self.base)
+        self.given = given
+
+    def encoded(self, encode_options: dict) -> WorkDir:
+        if not encode_options and self.given:
+            return self.base
+        tag = "-".join(f"{k}{v}" for k, v in sorted(encode_options.items())) or "defaults"
+        work = WorkDir(self.root / f"encode-{tag}")
+        if not work.record("encode").exists():
+            copy_inputs(self.base, work)
+            print(f"[{self.name}] encode {tag}", file=sys.stderr, flush=True)
+            encode(Config().set(**encode_options).validate(("encode",)), work)
+        return work
+
+    def alignment(self, r: int, align_options: dict) -> Path:
+        tag = "".join(f"{k}{v}-" for k, v in sorted(align_options.items()))
+        folder = self.root / f"align-{tag}{r}"
+        if (folder / "align.json").exists():
+            return folder
+        folder.mkdir(exist_ok=True)
+        if r == 0 and not align_options and self.given and self.base.record("align").exists():
+            source = self.base
+        else:
+            source = WorkDir(self.root / "aligning")
+            shutil.rmtree(source.root, ignore_errors=True)
+            copy_inputs(self.base, source)
+            print(f"[{self.name}] align {tag}{r}", file=sys.stderr, flush=True)
+            align(Config().set(**align_options).validate(("align",)), source, force=True)
+        for name in ALIGN_FILES:
+            shutil.copy(source.root / name, folder / name)
+        return folder
+
+    def scratch(self, encoded: WorkDir, alignment: Path) -> WorkDir:
+        """A work directory with `encoded`'s vectors (linked) and `alignment`'s links."""
+        work = WorkDir(self.root / "eval")
+        shutil.rmtree(work.root, ignore_errors=True)
+        copy_inputs(self.base, work)
+        work.vectors_dir.symlink_to(encoded.vectors_dir.resolve())
+        shutil.copy(encoded.record("encode"), work.record("encode"))
+        for name in ALIGN_FILES:
+            shutil.copy(alignment / name, work.root / name)
+        return work
+
+
+def run_variants(corpus: Corpus, variants: dict[str, dict], n_alignments: int) -> dict[str, list[dict]]:
+    """Scores of each variant on each alignment (alignment r of a variant
+    with align options of its own is a separate eflomal run)."""
+    results: dict[str, list[dict]] = {name: [] for name in variants}
+
+    def options_in(name: str, kinds: set[str]) -> tuple:
+        return tuple(sorted((k, v) for k, v in variants[name].items() if k in kinds))
+
+    groups: dict[tuple, list[str]] = {}  # (align options, encode options) -> variants
+    for name in variants:
+        groups.setdefault((options_in(name, ALIGN_OPTIONS), options_in(name, ENCODE_OPTIONS)), []).append(name)
+    for r in range(n_alignments):
+        for (align_options, encode_options), names in groups.items():
+            work = corpus.scratch(corpus.encoded(dict(encode_options)), corpus.alignment(r, dict(align_options)))
+            by_projection: dict[tuple, list[str]] = {}
+            for name in names:
+                by_projection.setdefault(options_in(name, PROJECT_OPTIONS), []).append(name)
+            for projection, same in by_projection.items():
+                project(Config().set(**dict(projection)).validate(("project",)), work, force=True)
+                for name in same:
+                    options = {k: v for k, v in variants[name].items()
+                               if k not in ENCODE_OPTIONS | ALIGN_OPTIONS | PROJECT_OPTIONS | BENCH_OPTIONS}
+                    out = corpus.root / "out"
+                    write(Config().set(**options).validate(("write",)), work, out)
+                    matrix = Embeddings.load(out)
+                    if "postprocess" in variants[name]:
+                        matrix = postprocessed(matrix, variants[name]["postprocess"])
+                    scores = scores_of(matrix)
+                    results[name].append(scores)
+                    print(f"[{corpus.name}] alignment {r} {name}: " + ", ".join(
+                        f"{k} {v:.4f}" for k, v in scores.items() if "covered" not in k), file=sys.stderr, flush=True)
+    return results
+
+
+def baselines(corpus: Corpus, runs: int) -> dict[str, list[dict]]:
+    """word2vec skip-gram and fastText (gensim) on the corpus's tokenized
+    Chinese side: what a user would do without xlembed (word similarity
+    only: they have no English side)."""
+    from gensim.models import FastText, Word2Vec
+
+    sentences = [line.split(" ") for line in corpus.base.corpus_zh.read_text(encoding="utf-8").splitlines()]
+    sets = {name: SETS[name] for name in WORDSIM}
+    results: dict[str, list[dict]] = {"word2vec skip-gram": [], "fastText skip-gram": []}
+    for seed in range(runs):
+        for name, cls in (("word2vec skip-gram", Word2Vec), ("fastText skip-gram", FastText)):
+            print(f"[{corpus.name}] baseline {name} seed {seed}", file=sys.stderr, flush=True)
+            model = cls(sentences, vector_size=300, window=5, min_count=1, sg=1, epochs=10, seed=seed, workers=2)
+            scores = {}
+            for set_name, pairs in sets.items():
+                # fastText composes unseen words from character n-grams: it covers every pair
+                covered = [(a, b, s) for a, b, s in pairs if cls is FastText or (a in model.wv and b in model.wv)]
+                scores[set_name] = spearman([float(model.wv.similarity(a, b)) for a, b, _ in covered], [s for _, _, s in covered])
+                scores[f"{set_name} covered"] = len(covered)
+            results[name].append(scores)
+    return results
+
+
+def summary(results: dict[str, list[dict]]) -> dict:
+    table = {}
+    for name, runs in results.items():
+        table[name] = {}
+        for metric in runs[0]:
+            values = [run[metric] for run in runs]
+            table[name][metric] = dict(mean=round(statistics.fmean(values), 4),
+                                       sd=round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, runs=[round(v, 4) for v in values])
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--corpus", action="append", required=True, help="NAME=TSV or NAME=WORK_DIR")
+    parser.add_argument("--alignments", type=int, default=3)
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--variants", help="comma-separated names (default: all): " + ", ".join(VARIANTS))
+    parser.add_argument("--baselines", action="store_true")
+    parser.add_argument("--baseline-runs", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    SETS.update({name: read_wordsim(path) for name, path in WORDSIM.items()}, muse=read_dictionary(MUSE))
+    names = args.variants.split(",") if args.variants else list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants: {unknown}")
+    result = dict(alignments=args.alignments, sets={name: str(path) for name, path in (*WORDSIM.items(), ("muse", MUSE))}, corpora={})
+    for spec in args.corpus:
+        name, path = spec.split("=", 1)
+        corpus = Corpus(name, Path(path), args.root)
+        entry = dict(source=path, variants=summary(run_variants(corpus, {n: VARIANTS[n] for n in names}, args.alignments)))
+        if args.baselines:
+            entry["baselines"] = summary(baselines(corpus, args.baseline_runs))
+        result["corpora"][name] = entry
+    metrics = ("muse P@1", "pku-500", "wordsim-297")
+    for variant in names:
+        cells = [result["corpora"][c]["variants"][variant][m]["mean"] for c in result["corpora"] for m in metrics]
+        result.setdefault("mean_over_cells", {})[variant] = round(statistics.fmean(cells), 4)
+    for corpus_name, entry in result["corpora"].items():
+        for variant, scores in entry["variants"].items():
+            print(f"{corpus_name:10} {variant:42} " + "  ".join(f"{m} {scores[m]['mean']:.3f}±{scores[m]['sd']:.3f}" for m in metrics), file=sys.stderr)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
