@@ -11,6 +11,7 @@ import functools
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -168,7 +169,7 @@ def read_lexicon(path: Path) -> dict[str, list[Translation]]:
         if lineno == 1:
             continue  # header
         zh, en, count, p = line.split("\t")
-        lexicon.setdefault(zh, []).append(Translation(en, int(count), float(p)))
+        lexicon.setdefault(sys.intern(zh), []).append(Translation(sys.intern(en), int(count), float(p)))  # one copy of each word
     return lexicon
 
 

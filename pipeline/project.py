@@ -110,6 +110,7 @@ def project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter()
         stopwords = read_stopwords(opts.stopwords) if opts.stopwords else set()
         best = {zh: translations[0] for zh, translations in lexicon.items()}  # highest p first
         p_en = {zh: {t.en: t.p for t in translations} for zh, translations in lexicon.items()}  # p(en | zh)
+        del lexicon
 
         # one streaming pass; words get ids in order of first sight, renumbered
         # by frequency afterwards; per-occurrence data goes to compact arrays
@@ -171,7 +172,7 @@ def project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter()
             inputs=inputs,
             counts=dict(zh_types=len(zh_vocab), zh_projected=int((zh_count >= opts.min_count).sum()), en_types=len(en_vocab),
                         links_used=int(len(link_rows)), links_without_vector=links_without_vector,
-                        stopwords_dropped=len(stopwords & set(lexicon))),
+                        stopwords_dropped=len(stopwords & set(best))),
         )
 
     return run_stage(work, "project", key, force, compute)
