@@ -7,7 +7,7 @@
     config.tokenize.tsv = "pairs.tsv"
     xlembed.run(config, "out.work", "out")    # the whole pipeline
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from .config import (AlignConfig, Config, Device, EncodeConfig, Oov, Precision, ProjectConfig, Strategy, Symmetrization,  # noqa: E402
                      TokenizeConfig, WriteConfig, load_config)

@@ -373,7 +373,7 @@ class ShardWriter:
         for done in [f for f in self.pending if f.done()]:
             done.result()  # a failed write raises here
         self.pending = [f for f in self.pending if not f.done()]
-        blob = tensors_blob({"vectors": self.buffer[:self.buffered]})  # a copy: the buffer is free again; torch work stays on this thread
+        blob = tensors_blob({"vectors": self.buffer[:self.buffered].clone()})  # a copy: the buffer is free again; torch work stays on this thread
         self.pending.append(self.disk.submit(self._write, k, blob, progress))
         self.buffered = 0
 

@@ -284,20 +284,34 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+SAFETENSORS_DTYPES = {torch_name: code for torch_name, code in (
+    ("float64", "F64"), ("float32", "F32"), ("float16", "F16"), ("bfloat16", "BF16"), ("int64", "I64"), ("int32", "I32"),
+    ("int16", "I16"), ("int8", "I8"), ("uint8", "U8"), ("bool", "BOOL"))}
+
+
 def tensors_blob(tensors: dict, metadata: dict[str, str] | None = None) -> list:
-    """A .safetensors file's bytes, as parts to write one after the other (no
-    copy of the data), byte-reproducible: safetensors serialises its
-    metadata map in hash order, so the header is re-written with sorted keys
-    (the data section is the library's, unchanged)."""
+    """A .safetensors file as parts to write one after the other: the header
+    (JSON with sorted keys, so the bytes are reproducible) and each tensor's
+    own memory, not a copy (the parts keep the tensors alive; do not change
+    them before the parts are written). Tensors are laid out widest dtype
+    first, then by name, so every tensor starts aligned to its element size."""
     import struct
 
-    from safetensors.torch import save
+    import torch
 
-    blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)
-    return [struct.pack("<Q", len(header)), header, memoryview(blob)[8 + n:]]
+    ordered = sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    data, offset = [], 0
+    for name, tensor in ordered:
+        tensor = tensor.detach().cpu().contiguous()
+        raw = tensor.reshape(-1).view(torch.uint8).numpy()  # [nbytes] the tensor's memory
+        header[name] = {"dtype": SAFETENSORS_DTYPES[str(tensor.dtype).removeprefix("torch.")], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + raw.nbytes]}
+        data.append(memoryview(raw))
+        offset += raw.nbytes
+    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return [struct.pack("<Q", len(encoded)), encoded, *data]
 
 
 def write_bytes_atomic(path: Path, parts: list) -> None:

@@ -84,9 +84,10 @@ class Filler:
             sums.index_add_(0, word[valid], total[valid] / weight[valid].unsqueeze(1))
             parts.index_add_(0, word[valid], torch.ones(int(valid.sum()), dtype=torch.float64))
         has = parts > 0
-        deviation = sums / parts.clamp(min=1).unsqueeze(1) - self.centre  # [N, d]
-        scale = self.spread / deviation.norm(dim=1, keepdim=True).clamp(min=1e-12)  # [N, 1]
-        return torch.where(has.unsqueeze(1), self.centre + deviation * scale, torch.zeros_like(deviation)), has
+        deviation = sums.div_(parts.clamp(min=1).unsqueeze(1)).sub_(self.centre)  # [N, d], in place: N x d is large
+        deviation.mul_(self.spread / deviation.norm(dim=1, keepdim=True).clamp(min=1e-12)).add_(self.centre)
+        deviation[~has] = 0
+        return deviation, has
 
     def chars(self, word: str) -> torch.Tensor | None:
         rows, has = self.compose([word])

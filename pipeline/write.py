@@ -29,8 +29,10 @@ def shrink_to_chars(words: list[str], means: torch.Tensor, counts: torch.Tensor,
     characters mean; a word aligned hundreds of times barely moves. Words
     sharing no character with another projected word keep their row."""
     composed, has = filler.compose(words, leave_out=True)  # [P, d], [P]
-    n = counts.double().unsqueeze(1)  # [P, 1]
-    return torch.where(has.unsqueeze(1), (n * means + k * composed) / (n + k), means)
+    n = counts.to(means.dtype).unsqueeze(1)  # [P, 1]
+    composed.mul_(k)
+    composed[~has] = means[~has] * k  # rows without a composition: (n + k) row / (n + k)
+    return composed.add_(means * n).div_(n + k)  # in place: P x d is large
 
 
 def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: torch.Tensor, min_count: int, min_freq: int,
@@ -49,7 +51,8 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
     projected_ids = [k for k, w in enumerate(zh_words) if zh_count[k] >= min_count and w.word not in (PAD, UNK)]
     if not projected_ids:
         raise XlembedError("no Chinese word got a projected vector: the corpus is too small, or --min-count too high")
-    means = zh_sum[projected_ids] / zh_count[projected_ids].unsqueeze(1).double()  # [P, d]
+    means = zh_sum[projected_ids].div_(zh_count[projected_ids].unsqueeze(1).double())  # [P, d]
+    del zh_sum
     projected_words = [zh_words[k].word for k in projected_ids]
     filler = None if oov == Oov.random and not shrink else Filler(projected_words, means, [zh_words[k].freq for k in projected_ids])
     if shrink:
@@ -60,7 +63,7 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
     if vocab is None:
         vocab = [PAD, UNK] + [w.word for w in zh_words if w.freq >= min_freq and w.word not in (PAD, UNK)]
 
-    rows = torch.zeros((len(vocab), means.shape[1]), dtype=torch.float64)  # [V, d]
+    rows = torch.zeros((len(vocab), means.shape[1]), dtype=torch.float32)  # [V, d]
     sources, to_fill = [], []
     for i, word in enumerate(vocab):
         if word in (PAD, UNK):
@@ -74,13 +77,13 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
             sources.append(None)  # set below
             to_fill.append(i)
     filled, filled_sources = fill_rows([vocab[i] for i in to_fill], oov.value, filler, mean, std, seed)
-    rows[to_fill] = filled
+    rows[to_fill] = filled.float()
     for i, source in zip(to_fill, filled_sources):
         sources[i] = source
     provenance = [VocabRow.new(w, in_corpus[w].freq, s, in_corpus[w].aligned_en, in_corpus[w].p) if w in in_corpus
                   else VocabRow.new(w, 0, s) for w, s in zip(vocab, sources)]
     projected = torch.tensor([r.source == "projected" for r in provenance], dtype=torch.uint8)
-    return vocab, rows.float(), projected, provenance
+    return vocab, rows, projected, provenance
 
 
 def english_matrix(en_words: list[str], en_sum: torch.Tensor, en_count: torch.Tensor) -> tuple[list[str], torch.Tensor]:
@@ -97,9 +100,10 @@ def write(config: Config, work: WorkDir, out: Path) -> dict:
     records = {stage: read_json(require(work.record(stage), stage)) for stage in UPSTREAM}
     projection = load_projection(work)
     user_vocab = read_word_list(opts.vocab) if opts.vocab is not None else None
-    vocab, vectors, projected, provenance = build_matrix(projection.zh_words, projection.tensors["zh_sum"], projection.tensors["zh_count"],
+    # the sums (vocabulary x dimension, float64) are handed over and dropped as soon as they are averaged
+    english_words, english = english_matrix(projection.en_words, projection.tensors.pop("en_sum"), projection.tensors["en_count"])
+    vocab, vectors, projected, provenance = build_matrix(projection.zh_words, projection.tensors.pop("zh_sum"), projection.tensors["zh_count"],
                                               projection.min_count, opts.min_freq, opts.seed, opts.oov, user_vocab, opts.shrink)
-    english_words, english = english_matrix(projection.en_words, projection.tensors["en_sum"], projection.tensors["en_count"])
     tokenized = records["tokenize"]["counts"]
     encode_options = records["encode"]["options"]
     embeddings = Embeddings(

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import xlembed
@@ -390,3 +391,24 @@ def test_a_batch_job_log_shows_progress_and_unwrapped_lines(tmp_path, corpus, ti
     assert any(line.startswith("encode: ") and "sentences/s" in line for line in lines), proc.stderr
     wrote = [line for line in lines if line.startswith("wrote ")]
     assert len(wrote) == 1 and "english.safetensors" in wrote[0] and len(wrote[0]) > 80, proc.stderr
+
+
+def test_safetensors_written_without_copies_read_back_by_the_library(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from xlembed.io import save_tensors
+
+    tensors = {"b_f64": torch.randn(3, 5, dtype=torch.float64), "a_u8": torch.tensor([1, 0, 1], dtype=torch.uint8),
+               "c_f16": torch.randn(7, 2).half(), "d_i64": torch.arange(4), "e_bf16": torch.randn(3).bfloat16(),
+               "f_view": torch.arange(12, dtype=torch.float32).reshape(3, 4)[1:], "g_empty": torch.zeros((0, 4))}
+    save_tensors(tmp_path / "t.safetensors", tensors, metadata={"z": "1", "a": "2"})
+    back = load_file(str(tmp_path / "t.safetensors"))
+    assert back.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
+    with safe_open(str(tmp_path / "t.safetensors"), "pt") as f:
+        assert f.metadata() == {"z": "1", "a": "2"}
+    first = (tmp_path / "t.safetensors").read_bytes()
+    save_tensors(tmp_path / "t.safetensors", tensors, metadata={"a": "2", "z": "1"})
+    assert (tmp_path / "t.safetensors").read_bytes() == first  # reproducible bytes
