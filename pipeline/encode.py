@@ -12,11 +12,9 @@ so memory stays bounded by one shard, whatever the corpus size.
 """
 from __future__ import annotations
 
-import ctypes
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from queue import Empty, Queue
 from typing import Callable, Iterator, NamedTuple
@@ -27,33 +25,13 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from .config import Config, Device, Precision, WorkDir, section_dict
-from .io import (Reporter, SilentReporter, XlembedError, read_json, read_lines, require, save_tensors, tensors_blob,
+from .io import (Reporter, SilentReporter, XlembedError, read_json, read_lines, release_freed_memory, require, save_tensors, tensors_blob,
                  write_bytes_atomic, write_json_atomic)
 from .models import layer_indices, load_encoder, load_tokenizer, resolve_model_dir, special_tokens
 from .records import file_hash, fingerprint, model_hash, run_stage, stage_key
 
 TOKENIZE_CHUNK = 4096  # sentences per call of the Rust tokenizer
 TRIM_EVERY = 4  # batches between returns of freed heap memory to the system
-
-
-@lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc
-    except (OSError, AttributeError):
-        return None
-
-
-def release_freed_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc's malloc_trim; a
-    no-op elsewhere). The forward pass allocates and frees blocks of many
-    sizes (they change with every batch shape); glibc keeps the freed ones,
-    too fragmented to shrink the heap, and the process grew with the corpus
-    (measured on 1/8 of the mixed corpus: peak RSS 1.5 GiB, 1.0 GiB when
-    trimmed every 4 batches, at the same speed; every batch: 2x slower)."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def resolve_device(device: Device) -> torch.device:

@@ -12,8 +12,9 @@ import os
 import secrets
 import shutil
 import time
+from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 
 class XlembedError(Exception):
@@ -282,6 +283,26 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim; a
+    no-op elsewhere). The forward pass allocates and frees blocks of many
+    sizes (they change with every batch shape); glibc keeps the freed ones,
+    too fragmented to shrink the heap, and the process grew with the corpus
+    (encode, measured on 1/8 of the mixed corpus: peak RSS 1.5 GiB, 1.0 GiB when
+    trimmed every 4 batches, at the same speed; every batch: 2x slower)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 SAFETENSORS_DTYPES = {torch_name: code for torch_name, code in (

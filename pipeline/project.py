@@ -34,7 +34,8 @@ from safetensors.torch import load_file
 from .align import Translation, parse_links, read_lexicon
 from .config import Config, Strategy, WorkDir, section_dict
 from .encode import VectorStore
-from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_json, read_lines, require, save_tensors
+from .io import (Reporter, SilentReporter, XlembedError, atomic_path, read_json, read_lines, release_freed_memory, require,
+                 save_tensors)
 from .records import file_hash, fingerprint, run_stage, stage_key
 
 
@@ -90,6 +91,7 @@ def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_wor
             occurrences = torch.sparse_coo_tensor(torch.stack([torch.from_numpy(local_word.reshape(-1)), local_row]),
                                                   torch.ones(hi - lo), (len(present), len(shard)), check_invariants=False).coalesce()
             sums.index_add_(0, torch.from_numpy(present), torch.sparse.mm(occurrences, shard).double())  # [u, d] into [n_words, d]
+            release_freed_memory()  # each shard's temporaries differ in size: see encode
         task.advance()
     return sums, counts
 
