@@ -5,6 +5,7 @@ mean ± sd; and the word2vec and fastText baselines on the same Chinese side.
     python bench/devsuite.py --corpus tatoeba=data/tatoeba/cmn-eng.tsv \\
         --corpus mixed=../shared/data/parallel/mixed.tsv.gz --alignments 3 \\
         --root /tmp/devsuite [--variants defaults,weighted] [--baselines] [--json FILE]
+    python bench/devsuite.py --markdown A.json [B.json ...]     # one table from earlier runs
 
 A corpus may also be given as a work directory of an earlier run with the
 default encoder options (e.g. the one `bench/scale.py --keep` left): its
@@ -230,7 +231,38 @@ def summary(results: dict[str, list[dict]]) -> dict:
     return table
 
 
+METRICS = ("muse P@1", "pku-500", "wordsim-297")
+
+
+def markdown(results: list[dict]) -> str:
+    """One table: a row per variant, a column per corpus x metric (mean ± sd
+    over the alignments), and the mean over the cells a variant has; then
+    the baselines."""
+    corpora = {name: entry for result in results for name, entry in result["corpora"].items()}
+    variants = list(dict.fromkeys(v for entry in corpora.values() for v in entry["variants"]))
+    head = [f"{corpus}: {metric}" for corpus in corpora for metric in METRICS]
+    lines = ["| variant | " + " | ".join(head) + " | mean of the cells |", "| --- " * (len(head) + 2) + "|"]
+    for variant in variants:
+        cells, means = [], []
+        for entry in corpora.values():
+            for metric in METRICS:
+                score = entry["variants"].get(variant, {}).get(metric)
+                cells.append(f"{score['mean']:.3f} ± {score['sd']:.3f}" if score else "—")
+                if score:
+                    means.append(score["mean"])
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {statistics.fmean(means):.3f} |")
+    for corpus, entry in corpora.items():
+        for baseline, scores in entry.get("baselines", {}).items():
+            cells = [f"{scores[m]['mean']:.3f} ± {scores[m]['sd']:.3f} ({scores[m + ' covered']['mean']:.0f} pairs)"
+                     if c == corpus and m in scores else "—" for c in corpora for m in METRICS]
+            lines.append(f"| {baseline} on {corpus}'s Chinese side | " + " | ".join(cells) + " | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--markdown"]:  # bench/devsuite.py --markdown A.json [B.json ...]: the table of earlier runs
+        print(markdown([json.loads(Path(p).read_text()) for p in sys.argv[2:]]))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--corpus", action="append", required=True, help="NAME=TSV or NAME=WORK_DIR")
     parser.add_argument("--alignments", type=int, default=3)
@@ -253,13 +285,10 @@ def main() -> None:
         if args.baselines:
             entry["baselines"] = summary(baselines(corpus, args.baseline_runs))
         result["corpora"][name] = entry
-    metrics = ("muse P@1", "pku-500", "wordsim-297")
     for variant in names:
-        cells = [result["corpora"][c]["variants"][variant][m]["mean"] for c in result["corpora"] for m in metrics]
+        cells = [result["corpora"][c]["variants"][variant][m]["mean"] for c in result["corpora"] for m in METRICS]
         result.setdefault("mean_over_cells", {})[variant] = round(statistics.fmean(cells), 4)
-    for corpus_name, entry in result["corpora"].items():
-        for variant, scores in entry["variants"].items():
-            print(f"{corpus_name:10} {variant:42} " + "  ".join(f"{m} {scores[m]['mean']:.3f}±{scores[m]['sd']:.3f}" for m in metrics), file=sys.stderr)
+    print(markdown([result]), file=sys.stderr)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
