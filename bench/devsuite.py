@@ -4,7 +4,7 @@ mean ± sd; and the word2vec and fastText baselines on the same Chinese side.
 
     python bench/devsuite.py --corpus tatoeba=data/tatoeba/cmn-eng.tsv \\
         --corpus mixed=../shared/data/parallel/mixed.tsv.gz --alignments 3 \\
-        --root /tmp/devsuite [--variants defaults,weighted] [--baselines] [--json FILE]
+        --root /tmp/devsuite [--variants "defaults;weighted"] [--baselines] [--json FILE]
     python bench/devsuite.py --markdown A.json [B.json ...]     # one table from earlier runs
 
 A corpus may also be given as a work directory of an earlier run with the
@@ -267,13 +267,13 @@ def main() -> None:
     parser.add_argument("--corpus", action="append", required=True, help="NAME=TSV or NAME=WORK_DIR")
     parser.add_argument("--alignments", type=int, default=3)
     parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--variants", help="comma-separated names (default: all): " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", help="names separated by semicolons (default: all): " + "; ".join(VARIANTS))
     parser.add_argument("--baselines", action="store_true")
     parser.add_argument("--baseline-runs", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     SETS.update({name: read_wordsim(path) for name, path in WORDSIM.items()}, muse=read_dictionary(MUSE))
-    names = args.variants.split(",") if args.variants else list(VARIANTS)
+    names = args.variants.split(";") if args.variants else list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants: {unknown}")
