@@ -35,11 +35,14 @@ def random_rows(n: int, mean: torch.Tensor, std: torch.Tensor, seed: int) -> tor
     return mean + std * noise
 
 
+CHUNK = 8192  # (word, character) pairs per vectorised step
+
+
 class Filler:
     """Composes rows for new words from projected words and their rows."""
 
     def __init__(self, words: list[str], rows: torch.Tensor, freq: list[int]):
-        self.words, self.rows = words, rows.double()
+        self.words, self.rows = words, rows  # [P, d] float32 or float64: compositions come out in the same dtype
         self.weights = torch.tensor(freq, dtype=torch.float64).clamp(min=1)
         self.index = {w: i for i, w in enumerate(words)}
         self.by_char: dict[str, list[int]] = defaultdict(list)
@@ -51,17 +54,19 @@ class Filler:
         self.spread = (self.rows - self.centre).norm(dim=1).median()
         # per character: the frequency-weighted sum of the rows of the words holding it, and of the weights
         self.chars_index = {c: k for k, c in enumerate(self.by_char)}
-        holder = torch.tensor([i for ids in self.by_char.values() for i in ids], dtype=torch.int64)  # [H]
+        holder = torch.tensor([i for ids in self.by_char.values() for i in ids], dtype=torch.int64)  # [H] (word, character) pairs
         char_of = torch.tensor([k for k, ids in enumerate(self.by_char.values()) for _ in ids], dtype=torch.int64)  # [H]
-        self.char_sums = torch.zeros((len(self.by_char), self.rows.shape[1]), dtype=torch.float64).index_add_(
-            0, char_of, self.rows[holder] * self.weights[holder].unsqueeze(1))  # [C, d]
+        self.char_sums = torch.zeros((len(self.by_char), self.rows.shape[1]), dtype=torch.float64)  # [C, d]
+        for start in range(0, len(holder), CHUNK):  # in chunks: H x d would be several times the rows
+            ids = holder[start:start + CHUNK]
+            self.char_sums.index_add_(0, char_of[start:start + CHUNK], self.rows[ids] * self.weights[ids].unsqueeze(1))
         self.char_weights = torch.zeros(len(self.by_char), dtype=torch.float64).index_add_(0, char_of, self.weights[holder])  # [C]
 
     def _mean(self, ids: list[int]) -> torch.Tensor:
         w = self.weights[ids].unsqueeze(1)
         return (self.rows[ids] * w).sum(0) / w.sum()
 
-    def compose(self, words: list[str], leave_out: bool = False, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    def compose(self, words: list[str], leave_out: bool = False, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
         """Each word's characters composed: the mean over its characters
         (in order, repeats counted) of the frequency-weighted mean row of the
         projected words holding that character; its distance from the mean
@@ -71,7 +76,7 @@ class Filler:
         n, d = len(words), self.rows.shape[1]
         pairs = [(i, self.chars_index[c]) for i, w in enumerate(words) for c in w if c in self.chars_index]
         own = torch.tensor([self.index.get(w, -1) if leave_out else -1 for w in words], dtype=torch.int64)  # [N]
-        sums = torch.zeros((n, d), dtype=torch.float64)  # [N, d] sum of the character means
+        sums = torch.zeros((n, d), dtype=self.rows.dtype)  # [N, d] sum of the character means
         parts = torch.zeros(n, dtype=torch.float64)  # [N] how many
         for start in range(0, len(pairs), chunk):
             word, char = torch.tensor(pairs[start:start + chunk], dtype=torch.int64).reshape(-1, 2).unbind(1)  # [K] each
@@ -81,10 +86,10 @@ class Filler:
             total[left] -= self.rows[mine[left]] * self.weights[mine[left]].unsqueeze(1)
             weight[left] -= self.weights[mine[left]]
             valid = weight > 1e-9  # some other word holds the character
-            sums.index_add_(0, word[valid], total[valid] / weight[valid].unsqueeze(1))
+            sums.index_add_(0, word[valid], (total[valid] / weight[valid].unsqueeze(1)).to(sums.dtype))
             parts.index_add_(0, word[valid], torch.ones(int(valid.sum()), dtype=torch.float64))
         has = parts > 0
-        deviation = sums.div_(parts.clamp(min=1).unsqueeze(1)).sub_(self.centre)  # [N, d], in place: N x d is large
+        deviation = sums.div_(parts.clamp(min=1).unsqueeze(1).to(sums.dtype)).sub_(self.centre)  # [N, d], in place: N x d is large
         deviation.mul_(self.spread / deviation.norm(dim=1, keepdim=True).clamp(min=1e-12)).add_(self.centre)
         deviation[~has] = 0
         return deviation, has

@@ -29,7 +29,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from .align import Translation, parse_links, read_lexicon
 from .config import Config, Strategy, WorkDir, section_dict
@@ -215,8 +214,10 @@ class Projection:
 
 
 def load_projection(work: WorkDir) -> Projection:
-    tensors = load_file(str(require(work.projection, "project")))
-    with safe_open(str(work.projection), "pt") as f:
+    with safe_open(str(require(work.projection, "project")), "pt") as f:
         min_count = int(f.metadata()["min_count"])
+        # each tensor a copy of its own: views into the file's one mapping would keep all of
+        # it (the float64 sums) in memory for as long as any of them, e.g. a count, lives
+        tensors = {name: f.get_tensor(name).clone() for name in f.keys()}
     en_words = [line.split("\t")[0] for lineno, line in enumerate(read_lines(work.projection_en_vocab)) if lineno]
     return Projection(tensors, read_projected_words(work.projection_zh_vocab), en_words, min_count)

@@ -11,7 +11,7 @@ import torch
 from . import __version__
 from .config import PAD, STAGES, UNK, Config, Oov, WorkDir, section_dict
 from .embeddings import Embeddings, VocabRow, read_word_list
-from .io import XlembedError, check_output_dir, read_json, require
+from .io import XlembedError, check_output_dir, read_json, release_freed_memory, require
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
 
@@ -32,7 +32,7 @@ def shrink_to_chars(words: list[str], means: torch.Tensor, counts: torch.Tensor,
     n = counts.to(means.dtype).unsqueeze(1)  # [P, 1]
     composed.mul_(k)
     composed[~has] = means[~has] * k  # rows without a composition: (n + k) row / (n + k)
-    return composed.add_(means * n).div_(n + k)  # in place: P x d is large
+    return composed.addcmul_(means, n).div_(n + k)  # in place: P x d is large
 
 
 def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: torch.Tensor, min_count: int, min_freq: int,
@@ -51,13 +51,17 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
     projected_ids = [k for k, w in enumerate(zh_words) if zh_count[k] >= min_count and w.word not in (PAD, UNK)]
     if not projected_ids:
         raise XlembedError("no Chinese word got a projected vector: the corpus is too small, or --min-count too high")
-    means = zh_sum[projected_ids].div_(zh_count[projected_ids].unsqueeze(1).double())  # [P, d]
+    means = torch.empty((len(projected_ids), zh_sum.shape[1]), dtype=torch.float32)  # [P, d]
+    for start in range(0, len(projected_ids), 8192):  # averaged in float64, kept in float32 (the output's dtype)
+        ids = projected_ids[start:start + 8192]
+        means[start:start + len(ids)] = zh_sum[ids] / zh_count[ids].unsqueeze(1).double()
     del zh_sum
+    release_freed_memory()
     projected_words = [zh_words[k].word for k in projected_ids]
     filler = None if oov == Oov.random and not shrink else Filler(projected_words, means, [zh_words[k].freq for k in projected_ids])
     if shrink:
         means = shrink_to_chars(projected_words, means, zh_count[projected_ids], filler, shrink)
-    mean, std = means.mean(0), means.std(0, unbiased=False)  # [d]
+    mean, std = means.mean(0, dtype=torch.float64), means.std(0, unbiased=False).double()  # [d]
     projected_index = {word: i for i, word in enumerate(projected_words)}
     in_corpus = {w.word: w for w in zh_words}
     if vocab is None:
@@ -102,6 +106,7 @@ def write(config: Config, work: WorkDir, out: Path) -> dict:
     user_vocab = read_word_list(opts.vocab) if opts.vocab is not None else None
     # the sums (vocabulary x dimension, float64) are handed over and dropped as soon as they are averaged
     english_words, english = english_matrix(projection.en_words, projection.tensors.pop("en_sum"), projection.tensors["en_count"])
+    release_freed_memory()
     vocab, vectors, projected, provenance = build_matrix(projection.zh_words, projection.tensors.pop("zh_sum"), projection.tensors["zh_count"],
                                               projection.min_count, opts.min_freq, opts.seed, opts.oov, user_vocab, opts.shrink)
     tokenized = records["tokenize"]["counts"]
