@@ -95,9 +95,8 @@ def scores_of(matrix: Embeddings) -> dict:
         ws = word_similarity(matrix, SETS[name])
         scores[name] = ws["rho"]
         scores[f"{name} covered"] = ws["covered"]
-    li = lexicon_induction(matrix, SETS["muse"], csls_k=10)
+    li = lexicon_induction(matrix, SETS["muse"], csls_k=0)  # CSLS's radii cost ~40 s a matrix on the mixed corpus
     scores["muse P@1"] = li["cosine"]["p_at_1"]
-    scores["muse P@1 csls"] = li["csls"]["p_at_1"]
     scores["muse covered"] = li["covered"]
     return scores
 

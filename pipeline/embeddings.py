@@ -374,9 +374,11 @@ def _check_k(k: int) -> None:
         raise XlembedError(f"k must be at least 1, got {k}")
 
 
-def csls_radius(target: torch.Tensor, source: torch.Tensor, k: int) -> torch.Tensor:
-    """[N] mean cosine of each target row to its k nearest source rows (CSLS's r_T)."""
-    return (target @ source.T).topk(min(k, len(source)), dim=1).values.mean(1)
+def csls_radius(target: torch.Tensor, source: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """[N] mean cosine of each target row to its k nearest source rows (CSLS's r_T),
+    `chunk` target rows at a time: memory chunk x len(source), not N x len(source)."""
+    return torch.cat([(target[start:start + chunk] @ source.T).topk(min(k, len(source)), dim=1).values.mean(1)
+                      for start in range(0, len(target), chunk)]) if len(target) else torch.zeros(0)
 
 
 def verify(out: Path | str) -> list[str]:

@@ -163,17 +163,20 @@ def lexicon_induction(matrix: Embeddings, dictionary: dict[str, set[str]], csls_
     methods = ["cosine"] + (["csls"] if csls_k else [])
     if not queries:
         return result | {m: {f"p_at_{k}{suffix}": float("nan") for k in ks for suffix in ("", "_all")} for m in methods}
-    rows = matrix.unit_vectors[torch.tensor([i for i, _ in queries])]  # [Q, d]
-    cosine = rows @ matrix.english_unit_vectors.T  # [Q, E]
+    query_ids = torch.tensor([i for i, _ in queries])
+    top: dict[str, list[list[int]]] = {method: [] for method in methods}
+    for start in range(0, n, 1024):  # 1024 queries at a time: memory 1024 x E, whatever the dictionary
+        cosine = matrix.unit_vectors[query_ids[start:start + 1024]] @ matrix.english_unit_vectors.T  # [q, E]
+        for method in methods:
+            scores = cosine
+            if method == "csls":
+                r_query = cosine.topk(min(csls_k, cosine.shape[1]), dim=1).values.mean(1)  # [q]
+                scores = 2 * cosine - r_query.unsqueeze(1) - matrix.csls_radius("en", csls_k).unsqueeze(0)  # [q, E]
+            top[method] += scores.topk(min(max(ks), scores.shape[1]), dim=1).indices.tolist()  # [q, K]
     for method in methods:
-        scores = cosine
-        if method == "csls":
-            r_query = cosine.topk(min(csls_k, cosine.shape[1]), dim=1).values.mean(1)  # [Q]
-            scores = 2 * cosine - r_query.unsqueeze(1) - matrix.csls_radius("en", csls_k).unsqueeze(0)  # [Q, E]
-        top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices.tolist()  # [Q, K]
         result[method] = {}
         for k in ks:
-            hits = sum(bool(set(t[:k]) & gold) for t, (_, gold) in zip(top, queries))
+            hits = sum(bool(set(t[:k]) & gold) for t, (_, gold) in zip(top[method], queries))
             result[method][f"p_at_{k}"] = hits / n
             result[method][f"p_at_{k}_all"] = hits / words
     result["csls_k"] = csls_k

@@ -125,3 +125,14 @@ def test_dictionary_reads_tab_and_muse_space_formats(tmp_path):
     (tmp_path / "bad.txt").write_text("猫\n", encoding="utf-8")
     with pytest.raises(XlembedError, match=r"bad.txt:1: expected zh<TAB>en \(or zh en\)"):
         read_dictionary(tmp_path / "bad.txt")
+
+
+def test_csls_radius_in_chunks_equals_the_whole_product():
+    from xlembed.embeddings import csls_radius
+
+    generator = torch.Generator().manual_seed(0)
+    target = torch.nn.functional.normalize(torch.randn(7, 4, generator=generator), dim=1)
+    source = torch.nn.functional.normalize(torch.randn(5, 4, generator=generator), dim=1)
+    whole = (target @ source.T).topk(3, dim=1).values.mean(1)
+    assert torch.allclose(csls_radius(target, source, 3, chunk=2), whole)
+    assert csls_radius(target[:0], source, 3).shape == (0,)
