@@ -21,20 +21,19 @@ Prints one JSON object; a table goes to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
 import sys
 from pathlib import Path
 
-from xlembed.align import align
-from xlembed.config import Config, WorkDir
-from xlembed.encode import encode
-import dataclasses
-
 import torch
 
+from xlembed.align import align
+from xlembed.config import Config, WorkDir
 from xlembed.embeddings import Embeddings
+from xlembed.encode import encode
 from xlembed.evaluate import lexicon_induction, read_dictionary, read_wordsim, spearman, word_similarity
 from xlembed.project import project
 from xlembed.tokenize import tokenize

@@ -72,7 +72,7 @@ class Filler:
         projected words holding that character; its distance from the mean
         projected row scaled to the median distance. With `leave_out`, a
         projected word's own row is left out of its characters' means.
-        Returns rows [N, d] float64 and whether each word got one [N] bool."""
+        Returns rows [N, d] in the rows' dtype and whether each word got one [N] bool."""
         n, d = len(words), self.rows.shape[1]
         pairs = [(i, self.chars_index[c]) for i, w in enumerate(words) for c in w if c in self.chars_index]
         own = torch.tensor([self.index.get(w, -1) if leave_out else -1 for w in words], dtype=torch.int64)  # [N]

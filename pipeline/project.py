@@ -110,7 +110,8 @@ def project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter()
         dim = encode_record["dim"]
         stopwords = read_stopwords(opts.stopwords) if opts.stopwords else set()
         best = {zh: translations[0] for zh, translations in lexicon.items()}  # highest p first
-        p_en = {zh: {t.en: t.p for t in translations} for zh, translations in lexicon.items()}  # p(en | zh)
+        p_en = ({zh: {t.en: t.p for t in translations} for zh, translations in lexicon.items()}  # p(en | zh)
+                if opts.strategy == Strategy.argmax_occurrence else {})  # only that strategy looks it up
         del lexicon
 
         # one streaming pass; words get ids in order of first sight, renumbered
