@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RAY_STAMP := $(VENV)/.installed-ray
 
 .PHONY: demo test bench env clean
 
@@ -17,10 +18,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# the Ray executor's extra: the tests start a local Ray; the demo does not need it
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	touch $(RAY_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/xlembed run --config default --tsv data/tatoeba/cmn-eng.tsv --out runs/demo --work runs/demo.work
 
-test: $(STAMP)
+test: $(RAY_STAMP)
 	$(BIN)/python -m pytest -q
 
 # the figures in bench/RESULTS.md (about 15 minutes on 2 cores); JSON in bench/results/

@@ -10,15 +10,15 @@ from xlembed.config import Config, WorkDir
 from ._util import Force, Out, Quiet, Reporter, Work, app, config_command, err, summarize
 
 
-def _stage(name: str, config: Config, work: Path, force: bool, quiet: bool) -> None:
+def _stage(name: str, config: Config, work: Path, force: bool, quiet: bool, **extra) -> None:
     import importlib
 
     from xlembed.run import prepared
 
     stage = getattr(importlib.import_module(f"xlembed.{name}"), name)
     work_dir = WorkDir(work)
-    with prepared(config, (name,), work_dir, command=f"xlembed {name}"):
-        summarize(name, stage(config, work_dir, Reporter(quiet), force), quiet)
+    with prepared(config, (name, "executor"), work_dir, command=f"xlembed {name}"):
+        summarize(name, stage(config, work_dir, Reporter(quiet), force, **extra), quiet)
 
 
 @app.command()
@@ -42,12 +42,21 @@ def encode(work: Work, config: Config, force: Force = False, quiet: Quiet = Fals
 
 
 @app.command()
-@config_command("align")
+@config_command("align", "executor.executor", "executor.ray_address")
 def align(work: Work, config: Config, force: Force = False, quiet: Quiet = False):
     """Word-align the corpus with eflomal in both directions and symmetrise.
 
-    Writes WORK/align.links (zhIndex-enIndex per pair) and WORK/lexicon.tsv (zh, en, count, p(en|zh))."""
-    _stage("align", config, work, force, quiet)
+    Writes WORK/align.links (zhIndex-enIndex per pair) and WORK/lexicon.tsv (zh, en, count, p(en|zh)).
+    With --align-shards N the corpus is aligned in N parts from priors estimated on a sample; with
+    --executor ray the parts run as Ray tasks."""
+    from xlembed.config import Executor
+
+    if config.executor.executor == Executor.ray:
+        from xlembed.cluster import ray_parts_runner
+
+        _stage("align", config, work, force, quiet, parts_runner=ray_parts_runner(config))
+    else:
+        _stage("align", config, work, force, quiet)
 
 
 @app.command()
@@ -82,9 +91,12 @@ RunWork = Annotated[Optional[Path], typer.Option("--work", "-w", help="Directory
 
 
 @app.command()
-@config_command("tokenize", "encode", "align", "project", "write")
+@config_command("tokenize", "encode", "align", "project", "write", "executor")
 def run(out: Out, config: Config, work: RunWork = None, force: Force = False, quiet: Quiet = False):
     """Run every stage: tokenize → encode → align → project → write.
+
+    With --executor ray, encode and project run together on a Ray cluster, shard by shard (only
+    per-word sums travel back; vectors are not kept), after align.
 
     Example: xlembed run --tsv data/tatoeba/cmn-eng.tsv --out runs/demo"""
     from xlembed.run import default_work_dir

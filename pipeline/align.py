@@ -6,8 +6,10 @@ give the lexical table p(en | zh) = links(zh, en) / links(zh, *).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import io
 import shutil
 import signal
 import subprocess
@@ -17,7 +19,9 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+import numpy as np
 
 from .config import AlignConfig, Config, Symmetrization, WorkDir, section_dict
 from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, require
@@ -106,10 +110,11 @@ class _ChildrenDieWithUs:
 _EFLOMAL_LOCK = threading.Lock()  # eflomal's module globals are patched for the length of one call
 
 
-def run_eflomal(zh_lines, en_lines, forward: Path, reverse: Path, opts: AlignConfig, scratch: Path) -> None:
+def run_eflomal(zh_lines, en_lines, forward: Path, reverse: Path, opts: AlignConfig, scratch: Path, priors: Path | None = None) -> None:
     """Align with the eflomal package (Chinese = source): both directions in
-    one call, links written as zhIndex-enIndex. Its temporary files go to
-    `scratch` (cleared first), its binary dies with this process."""
+    one call, links written as zhIndex-enIndex, starting from `priors` (an
+    eflomal priors file) if given. Its temporary files go to `scratch`
+    (cleared first), its binary dies with this process."""
     import eflomal
     import eflomal.cython
 
@@ -123,10 +128,80 @@ def run_eflomal(zh_lines, en_lines, forward: Path, reverse: Path, opts: AlignCon
         eflomal.NamedTemporaryFile = eflomal.cython.NamedTemporaryFile = temp_file
         eflomal.cython.subprocess = _ChildrenDieWithUs()
         try:
-            aligner.align(zh_lines, en_lines, links_filename_fwd=str(fwd_tmp), links_filename_rev=str(rev_tmp), quiet=True)
+            with open(priors, encoding="utf-8") if priors else contextlib.nullcontext() as priors_file:
+                aligner.align(zh_lines, en_lines, links_filename_fwd=str(fwd_tmp), links_filename_rev=str(rev_tmp),
+                              priors_input=priors_file, quiet=True)
         finally:
             eflomal.NamedTemporaryFile, eflomal.cython.NamedTemporaryFile, eflomal.cython.subprocess = saved
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+class AlignPart(NamedTuple):
+    """One part of a corpus aligned apart (--align-shards), from shared priors."""
+
+    zh: list[str]
+    en: list[str]
+    priors: str  # an eflomal priors file's text
+    opts: AlignConfig
+
+
+class AlignedPart(NamedTuple):
+    forward: str  # one line of zhIndex-enIndex links per pair
+    reverse: str
+
+
+def align_part(part: AlignPart) -> AlignedPart:
+    """Align one part in a temporary directory of its own (on whichever node runs it)."""
+    with tempfile.TemporaryDirectory(prefix="xlembed-align-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "priors").write_text(part.priors, encoding="utf-8")
+        run_eflomal(part.zh, part.en, tmp / "fwd", tmp / "rev", part.opts, tmp / "scratch", priors=tmp / "priors")
+        return AlignedPart((tmp / "fwd").read_text(encoding="utf-8"), (tmp / "rev").read_text(encoding="utf-8"))
+
+
+def in_this_process(parts: Iterable[AlignPart]) -> Iterator[AlignedPart]:
+    """The local executor: one part after another."""
+    return map(align_part, parts)
+
+
+def estimate_priors(zh: list[str], en: list[str], opts: AlignConfig, scratch: Path) -> str:
+    """eflomal priors (lexical, fertility and jump counts) from aligning
+    `opts.prior_sample` pairs spread evenly over the corpus, as text."""
+    import eflomal
+
+    picked = np.unique(np.linspace(0, len(zh) - 1, min(opts.prior_sample, len(zh))).astype(np.int64)).tolist()
+    sample_zh, sample_en = [zh[i] for i in picked], [en[i] for i in picked]
+    with tempfile.TemporaryDirectory(prefix="prior-", dir=scratch.parent) as tmp:
+        fwd, rev = Path(tmp) / "fwd", Path(tmp) / "rev"
+        run_eflomal(sample_zh, sample_en, fwd, rev, opts, scratch)
+        # calculate_priors takes (source, target, forward, reverse) lines as its own eflomal-makepriors reads them
+        priors = eflomal.calculate_priors(sample_zh, sample_en, read_lines(fwd), read_lines(rev))
+    text = io.StringIO()
+    eflomal.write_priors(text, *priors)
+    return text.getvalue()
+
+
+def align_lines(zh: list[str], en: list[str], forward: Path, reverse: Path, opts: AlignConfig, scratch: Path,
+                parts_runner: Callable[[list[AlignPart]], Iterator[AlignedPart]] = in_this_process, task=None) -> int:
+    """Align `zh` with `en` into `forward` and `reverse`: the whole corpus in
+    one eflomal run, or (--align-shards > 1) in contiguous parts that all
+    start from priors estimated on a sample, each part aligned by
+    `parts_runner` (in this process, or as Ray tasks). Returns the parts."""
+    n_parts = min(opts.align_shards, max(1, len(zh)))
+    if n_parts == 1:
+        run_eflomal(zh, en, forward, reverse, opts, scratch)
+        return 1
+    priors = estimate_priors(zh, en, opts, scratch)
+    bounds = np.linspace(0, len(zh), n_parts + 1).astype(np.int64).tolist()
+    parts = [AlignPart(zh[a:b], en[a:b], priors, opts) for a, b in zip(bounds[:-1], bounds[1:])]
+    with atomic_path(forward) as fwd_tmp, atomic_path(reverse) as rev_tmp, \
+            open(fwd_tmp, "w", encoding="utf-8") as fwd, open(rev_tmp, "w", encoding="utf-8") as rev:
+        for aligned in parts_runner(parts):  # in order
+            fwd.write(aligned.forward)
+            rev.write(aligned.reverse)
+            if task is not None:
+                task.advance()
+    return n_parts
 
 
 def symmetrize_and_count(work: WorkDir, method: Symmetrization) -> tuple[int, int, dict[str, Counter]]:
@@ -173,29 +248,34 @@ def read_lexicon(path: Path) -> dict[str, list[Translation]]:
     return lexicon
 
 
-def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
+def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False,
+          parts_runner: Callable[[list[AlignPart]], Iterator[AlignedPart]] = in_this_process) -> dict:
     """Align `corpus.zh` with `corpus.en`; write the symmetrised links and the
-    lexical table; return the record (counts; `skipped` when up to date)."""
+    lexical table; return the record (counts; `skipped` when up to date).
+    `parts_runner` aligns the parts of --align-shards > 1."""
     opts = config.align
     inputs = {str(p): file_hash(require(p, "tokenize")) for p in (work.corpus_zh, work.corpus_en)}
     key = stage_key("align", inputs=list(inputs.values()), config=fingerprint(opts))
 
     def compute() -> dict:
         start = time.perf_counter()
-        with reporter.task("align (eflomal, both directions)", None, "") as task, \
-                open(work.corpus_zh, encoding="utf-8") as zh_file, open(work.corpus_en, encoding="utf-8") as en_file:
-            try:
-                run_eflomal(zh_file, en_file, work.links_forward, work.links_reverse, opts, work.scratch)
-            except ValueError as e:  # eflomal: "Mismatched file sizes"
-                raise XlembedError(f"{work.corpus_zh} and {work.corpus_en} differ in line count ({e}); rerun `xlembed tokenize`")
-            task.advance()
+        zh, en = list(read_lines(work.corpus_zh)), list(read_lines(work.corpus_en))
+        if len(zh) != len(en):
+            raise XlembedError(f"{work.corpus_zh} and {work.corpus_en} differ in line count ({len(zh):,} and {len(en):,}); "
+                               "rerun `xlembed tokenize`")
+        parts = min(opts.align_shards, max(1, len(zh)))
+        with reporter.task("align (eflomal, both directions)" if parts == 1 else f"align ({parts} parts, priors from a sample)",
+                           None if parts == 1 else parts, "" if parts == 1 else "parts") as task:
+            align_lines(zh, en, work.links_forward, work.links_reverse, opts, work.scratch, parts_runner, task)
+            if parts == 1:
+                task.advance()
         eflomal_seconds = time.perf_counter() - start
         n_pairs, n_links, pair_counts = symmetrize_and_count(work, opts.symmetrization)
         return dict(
             options=section_dict(opts),
             inputs=inputs,
             counts=dict(pairs=n_pairs, links=n_links, lexicon_entries=sum(len(c) for c in pair_counts.values()),
-                        zh_words_aligned=len(pair_counts)),
+                        zh_words_aligned=len(pair_counts), parts=parts),
             eflomal_seconds=round(eflomal_seconds, 3),
         )
 

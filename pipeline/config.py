@@ -37,6 +37,11 @@ class Strategy(str, enum.Enum):
     weighted = "weighted"  # every link
 
 
+class Executor(str, enum.Enum):
+    local = "local"  # this process (and its eflomal children)
+    ray = "ray"  # a Ray cluster: a local one started for the job, or one given by --ray-address
+
+
 class Oov(str, enum.Enum):
     random = "random"
     chars = "chars"
@@ -102,6 +107,11 @@ class AlignConfig:
     iterations: float = option(1.0, "eflomal iterations, relative to its default.", min=0, min_exclusive=True)
     samplers: int = option(6, "eflomal independent samplers (its default is 3).", min=1)
     null_prior: float = option(0.2, "eflomal prior probability of a NULL link.", min=0, max=1)
+    align_shards: int = option(1, "Align the corpus in this many parts, one eflomal run each (in parallel on Ray), all "
+                                  "starting from priors that eflomal estimated on a sample (--prior-sample); 1 = the whole "
+                                  "corpus in one run. For corpora too big for one node's memory.", min=1)
+    prior_sample: int = option(200_000, "Pairs (spread evenly over the corpus) aligned once to estimate the priors "
+                                        "of --align-shards > 1.", min=1)
 
 
 @dataclass
@@ -128,20 +138,37 @@ class WriteConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """Where the work runs. Changes no result, so no stage's cache key holds it."""
+
+    executor: Executor = option(Executor.local, "local: this machine, this process; ray: encode+project (and "
+                                                "alignment parts) as Ray tasks on a Ray cluster.", cache_key=False)
+    ray_address: str | None = option(None, "The Ray cluster: 'auto' joins one started with `ray start` on this "
+                                           "machine's network, ray://HOST:PORT a remote one.", cache_key=False,
+                                     shown="a local Ray started with this machine's CPUs")
+    shards: int = option(0, "Corpus parts for encode+project on Ray, each one task (retried if its worker dies); "
+                            "0 = max(4 per encoder, one per 20,000 pairs).", min=0, cache_key=False)
+    worker_cpus: int = option(1, "CPUs per encoder on a node without a GPU (its torch threads); a GPU node runs "
+                                 "one encoder per GPU.", min=1, cache_key=False)
+
+
+@dataclass
 class Config:
-    """All options of a build, one table per stage (as in the TOML file)."""
+    """All options of a build, one table per stage (as in the TOML file),
+    and the executor's table."""
 
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     project: ProjectConfig = field(default_factory=ProjectConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def validate(self, stages: tuple[str, ...] = ()) -> "Config":
         """Check the options of `stages` (all by default) and raise an
         XlembedError naming the first bad one. Cheap: touches no work
         directory and loads no model (see models.check_model for that)."""
-        for stage in stages or STAGES:
+        for stage in stages or TABLES:
             section = getattr(self, stage)
             for f in fields(section):
                 name = f"--{flag_name(f)}"
@@ -181,10 +208,11 @@ class Config:
         return self
 
     def to_dict(self) -> dict:
-        return {stage: section_dict(getattr(self, stage)) for stage in STAGES}
+        return {table: section_dict(getattr(self, table)) for table in TABLES}
 
 
 STAGES = ("tokenize", "encode", "align", "project", "write")
+TABLES = STAGES + ("executor",)  # every table of a config file
 SECTIONS = {f.name: f.default_factory for f in fields(Config)}
 
 
@@ -212,8 +240,8 @@ def base_type(f) -> type:
 
 
 def all_fields() -> Iterator[tuple[str, Any]]:
-    """(stage, field) for every option of every stage."""
-    for stage in STAGES:
+    """(table, field) for every option of every stage and the executor."""
+    for stage in TABLES:
         for f in fields(SECTIONS[stage]):
             yield stage, f
 
@@ -293,7 +321,7 @@ def load_config(path: Path | None, overrides: dict[str, dict[str, Any]] | None =
             raise XlembedError(f"{path}: not a valid TOML file: {e}")
         for stage, table in data.items():
             if stage not in SECTIONS or not isinstance(table, dict):
-                raise XlembedError(f"{path}: unknown table [{stage}]; expected one of {', '.join(STAGES)}")
+                raise XlembedError(f"{path}: unknown table [{stage}]; expected one of {', '.join(TABLES)}")
             section = getattr(config, stage)
             known = {f.name: f for f in fields(section)}
             for key, value in table.items():

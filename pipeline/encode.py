@@ -17,14 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from .config import Config, Device, Precision, WorkDir, section_dict
+from .config import Config, Device, EncodeConfig, Precision, WorkDir, section_dict
 from .io import (Reporter, SilentReporter, XlembedError, read_json, read_lines, release_freed_memory, require, save_tensors,
                  tensors_blob, write_bytes_atomic, write_json_atomic)
 from .models import layer_indices, load_encoder, load_tokenizer, resolve_model_dir, special_tokens
@@ -390,10 +390,106 @@ def load_model(model_dir: Path, device: torch.device, precision: Precision):
     return model.to(device=device, dtype=DTYPES[precision])
 
 
-def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
-    """Encode `corpus.en` into vector shards and their index; return the
-    record (counts; `skipped` when up to date, `resumed_at_shard` when an
-    interrupted run of the same key was continued)."""
+ENCODE_COUNTS = ("sentences", "unique_sentences", "words", "words_with_vector", "words_truncated", "words_without_pieces",
+                 "sentences_in_windows", "windows", "vector_rows")
+
+
+class EncodePlan(NamedTuple):
+    """What the forward passes over some sentences will do."""
+
+    unique_of: np.ndarray  # [n_sentences] index of each sentence's unique sentence
+    n_words: np.ndarray  # [n_unique] words per unique sentence
+    pieces: PiecePlan
+    rows: RowPlan
+
+
+def max_length_used(opts: EncodeConfig, model_config) -> int:
+    """--max-length, capped at what the model can take."""
+    return min(opts.max_length, getattr(model_config, "max_position_embeddings", None) or opts.max_length)
+
+
+class Encoder:
+    """The model and tokenizer, loaded once, and everything a forward pass
+    needs; encodes any sentences, for the encode stage or for a worker of
+    the Ray executor."""
+
+    def __init__(self, model_dir: Path, opts: EncodeConfig, device: torch.device, precision: Precision):
+        self.opts, self.device = opts, device
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = load_model(model_dir, device, precision)
+        self.dim = self.model.config.hidden_size
+        self.layers = layer_indices(opts.layer, self.model.config.num_hidden_layers)
+        self.max_length = max_length_used(opts, self.model.config)
+        self.prefix, self.suffix = special_tokens(self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.window = self.max_length - len(self.prefix) - len(self.suffix)  # word pieces per forward row
+
+    def plan(self, lines: Iterable[str]) -> EncodePlan:
+        """Deduplicate (sentence s is unique sentence unique_of[s]), split into
+        word pieces, and place every word's vector in a row."""
+        unique_index: dict[str, int] = {}
+        unique_of = np.fromiter((unique_index.setdefault(line, len(unique_index)) for line in lines), dtype=np.int64)
+        n_words = np.fromiter((line.count(" ") + 1 for line in unique_index), dtype=np.int64, count=len(unique_index))  # [n_unique]
+        pieces = piece_plan(self.tokenizer, [line.split(" ") for line in unique_index])
+        del unique_index
+        return EncodePlan(unique_of, n_words, pieces, row_plan(unique_of, n_words, pieces, self.window))
+
+    def run(self, plan: EncodePlan, next_item: int, rows_for: Callable[[int], torch.Tensor],
+            done: Callable[[Batch, int], None]) -> None:
+        """Forward passes over the items from `next_item` on, in batches; each
+        batch pools into `rows_for(n_rows)` [n_rows, d], then `done(batch,
+        next item)` is called."""
+        bounds = batch_bounds(plan.rows.items, self.opts.batch_size, self.opts.batch_tokens, len(self.prefix) + len(self.suffix))
+        end_of = dict(zip(bounds[:-1], bounds[1:]))
+
+        def make(b: int) -> Batch:
+            return make_batch(plan.rows.items[b:end_of[b]], plan.pieces, plan.rows, self.prefix, self.suffix, self.pad_id)
+
+        with torch.inference_mode():
+            for n_batches, (b, batch) in enumerate(prefetched(make, [b for b in bounds[:-1] if b >= next_item]), start=1):
+                pool(forward(self.model, batch, self.layers, self.device), batch, rows_for(batch.n_rows))
+                done(batch, b + len(batch.input_ids))
+                if n_batches % TRIM_EVERY == 0:
+                    release_freed_memory()
+
+    def vectors(self, lines: list[str]) -> tuple[np.ndarray, torch.Tensor, dict]:
+        """In memory: the row of every word of `lines` (-1: no vector)
+        [n_words_total], the rows [n_rows, d] (float16, as the encode stage
+        stores them) and the plan's counts."""
+        plan = self.plan(lines)
+        vectors = torch.empty((plan.rows.n_rows, self.dim), dtype=torch.float16)  # [n_rows, d]
+        filled = 0
+
+        def rows_for(n: int) -> torch.Tensor:
+            return vectors[filled:filled + n]  # a batch's rows are consecutive, in processing order
+
+        def done(batch: Batch, next_item: int) -> None:
+            nonlocal filled
+            filled += batch.n_rows
+
+        self.run(plan, 0, rows_for, done)
+        return plan.rows.word_rows, vectors, self.counts(plan)
+
+    def counts(self, plan: EncodePlan) -> dict:
+        """What the encode record counts (all sums over sentences: additive)."""
+        n_total = int(plan.rows.sent_offsets[-1])
+        n_vec_words = int((plan.rows.word_rows >= 0).sum())
+        without_pieces = int(np.array([int((n == 0).sum()) for n in plan.pieces.n_pieces], dtype=np.int64)[plan.unique_of].sum())
+        counts = (len(plan.unique_of), len(plan.n_words), n_total, n_vec_words, n_total - n_vec_words - without_pieces,
+                  without_pieces, sum(len(ids) > self.window for ids in plan.pieces.ids), len(plan.rows.items), plan.rows.n_rows)
+        return {name: int(n) for name, n in zip(ENCODE_COUNTS, counts)}
+
+
+class EncodeSetup(NamedTuple):
+    """What the encode stage's key is made of, resolved once."""
+
+    model_dir: Path
+    device: torch.device
+    precision: Precision
+    key: str
+
+
+def encode_setup(config: Config, work: WorkDir) -> EncodeSetup:
     opts = config.encode
     device = resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
@@ -401,78 +497,61 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
     model_dir = resolve_model_dir(opts.model)
     key = stage_key("encode", config=fingerprint(opts), device=str(device), precision_used=precision.value,
                     corpus_en=file_hash(corpus_en))
+    return EncodeSetup(model_dir, device, precision, key)
+
+
+def encode_record(config: Config, work: WorkDir, setup: EncodeSetup, max_length: int, dim: int, counts: dict) -> dict:
+    """The encode record, less the stage's own bookkeeping (see records.run_stage)."""
+    return dict(
+        options=dict(section_dict(config.encode), model=str(setup.model_dir), device=str(setup.device)),
+        precision_used=setup.precision.value,
+        max_length_used=max_length,
+        inputs={str(work.corpus_en): file_hash(work.corpus_en)},
+        model_sha256=model_hash(setup.model_dir),
+        dim=dim,
+        counts=counts,
+    )
+
+
+def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
+    """Encode `corpus.en` into vector shards and their index; return the
+    record (counts; `skipped` when up to date, `resumed_at_shard` when an
+    interrupted run of the same key was continued)."""
+    opts = config.encode
+    setup = encode_setup(config, work)
 
     def compute() -> dict:
-        tokenizer = load_tokenizer(model_dir)
-        model = load_model(model_dir, device, precision)
-        layers = layer_indices(opts.layer, model.config.num_hidden_layers)
-        # a --max-length beyond what the model can take is capped at its limit
-        max_length = min(opts.max_length, getattr(model.config, "max_position_embeddings", None) or opts.max_length)
-        prefix, suffix = special_tokens(tokenizer)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        window = max_length - len(prefix) - len(suffix)  # word pieces per forward row
+        encoder = Encoder(setup.model_dir, opts, setup.device, setup.precision)
+        plan = encoder.plan(read_lines(work.corpus_en))
+        shard_starts, next_item, resumed_at = resume(work, setup.key)
+        writer = ShardWriter(work, setup.key, shard_starts, opts.shard_rows, encoder.dim,
+                             batch_rows=max(opts.batch_tokens, encoder.window))  # a batch's words <= its pieces
+        with reporter.task("encode", len(plan.n_words), "sentences") as task:
+            task.advance(sum(ends_sentence(item, plan.pieces) for item in plan.rows.items[:next_item]))
 
-        # deduplicate: sentence s is unique sentence unique_of[s]
-        unique_index: dict[str, int] = {}
-        unique_of = np.fromiter((unique_index.setdefault(line, len(unique_index)) for line in read_lines(corpus_en)), dtype=np.int64)
-        n_words = np.fromiter((line.count(" ") + 1 for line in unique_index), dtype=np.int64, count=len(unique_index))  # [n_unique]
-        pieces = piece_plan(tokenizer, [line.split(" ") for line in unique_index])
-        del unique_index
-        rows = row_plan(unique_of, n_words, pieces, window)
-
-        shard_starts, next_item, resumed_at = resume(work, key)
-        writer = ShardWriter(work, key, shard_starts, opts.shard_rows, model.config.hidden_size,
-                             batch_rows=max(opts.batch_tokens, window))  # a batch's words <= its pieces
-        bounds = batch_bounds(rows.items, opts.batch_size, opts.batch_tokens, len(prefix) + len(suffix))
-        starts = [b for b in bounds[:-1] if b >= next_item]
-        end_of = dict(zip(bounds[:-1], bounds[1:]))
-
-        def make(b: int) -> Batch:
-            return make_batch(rows.items[b:end_of[b]], pieces, rows, prefix, suffix, pad_id)
-
-        done_before = sum(ends_sentence(item, pieces) for item in rows.items[:next_item])
-        with torch.inference_mode(), reporter.task("encode", len(n_words), "sentences") as task:
-            task.advance(done_before)
-            for n_batches, (b, batch) in enumerate(prefetched(make, starts), start=1):
-                pool(forward(model, batch, layers, device), batch, writer.rows(batch.n_rows))
-                writer.add(batch.n_rows, b + len(batch.input_ids))
+            def done(batch: Batch, next_item: int) -> None:
+                writer.add(batch.n_rows, next_item)
                 task.advance(batch.n_sentences)
-                if n_batches % TRIM_EVERY == 0:
-                    release_freed_memory()
-            writer.close(len(rows.items))
 
-        n_total = int(rows.sent_offsets[-1])
-        n_vec_words = int((rows.word_rows >= 0).sum())
-        without_pieces = int(np.array([int((n == 0).sum()) for n in pieces.n_pieces], dtype=np.int64)[unique_of].sum())
+            encoder.run(plan, next_item, writer.rows, done)
+            writer.close(len(plan.rows.items))
+
         save_tensors(work.vectors_index,
-                     {"sent_offsets": torch.from_numpy(rows.sent_offsets), "word_rows": torch.from_numpy(rows.word_rows),
+                     {"sent_offsets": torch.from_numpy(plan.rows.sent_offsets), "word_rows": torch.from_numpy(plan.rows.word_rows),
                       "shard_starts": torch.tensor(writer.shard_starts, dtype=torch.int64)},
-                     metadata={"dim": str(model.config.hidden_size), "rows": str(rows.n_rows)})
+                     metadata={"dim": str(encoder.dim), "rows": str(plan.rows.n_rows)})
         work.vectors_progress.unlink(missing_ok=True)
-        long_sentences = sum(len(ids) > window for ids in pieces.ids)
-        return dict(
-            options=dict(section_dict(opts), model=str(model_dir), device=str(device)),
-            precision_used=precision.value,
-            max_length_used=max_length,
-            inputs={str(corpus_en): file_hash(corpus_en)},
-            model_sha256=model_hash(model_dir),
-            dim=model.config.hidden_size,
-            counts=dict(
-                sentences=int(len(unique_of)),
-                unique_sentences=int(len(n_words)),
-                words=n_total,
-                words_with_vector=n_vec_words,
-                words_truncated=n_total - n_vec_words - without_pieces,
-                words_without_pieces=without_pieces,
-                sentences_in_windows=int(long_sentences),
-                windows=int(len(rows.items)),
-                vector_rows=int(rows.n_rows),
-                shards=len(writer.shard_starts) - 1,
-            ),
-            resumed_at_shard=resumed_at,
-        )
+        counts = dict(encoder.counts(plan), shards=len(writer.shard_starts) - 1)
+        return dict(encode_record(config, work, setup, encoder.max_length, encoder.dim, counts), vectors_kept=True,
+                    resumed_at_shard=resumed_at)
 
-    return run_stage(work, "encode", key, force, compute)
+    return run_stage(work, "encode", setup.key, force, compute, outputs=(work.vectors_index,))
+
+
+def remove_vectors(work: WorkDir) -> None:
+    """Remove the encode stage's vector files (ours by name) from the work directory."""
+    for path in [*work.vectors_dir.glob("shard-*.safetensors"), work.vectors_index, work.vectors_progress]:
+        path.unlink(missing_ok=True)
 
 
 def read_progress(work: WorkDir, key: str) -> dict | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .align import Links, parse_links, run_eflomal, symmetrize
+from .align import Links, align_lines, parse_links, symmetrize
 from .config import AlignConfig, Symmetrization, WorkDir
 from .embeddings import Embeddings
 from .io import Reporter, SilentReporter, XlembedError, read_lines, require
@@ -60,8 +60,10 @@ def read_gold(gold_dir: Path) -> tuple[list[str], list[str], list[Links], list[L
 
 
 def evaluate_alignment(gold_dir: Path, work: WorkDir, opts: AlignConfig, reporter: Reporter = SilentReporter()) -> dict:
-    """Align gold + the work dir's tokenized corpus once with eflomal, and
-    score the gold part under every symmetrization (and each direction)."""
+    """Align gold + the work dir's tokenized corpus once with eflomal (as
+    the align stage would: in --align-shards parts, the gold pairs in the
+    first), and score the gold part under every symmetrization (and each
+    direction)."""
     start = time.perf_counter()
     gold_zh, gold_en, sure, possible = read_gold(gold_dir)
     zh = gold_zh + list(read_lines(require(work.corpus_zh, "tokenize")))
@@ -70,7 +72,7 @@ def evaluate_alignment(gold_dir: Path, work: WorkDir, opts: AlignConfig, reporte
     with tempfile.TemporaryDirectory(dir=work.root) as tmp:
         forward, reverse = Path(tmp) / "fwd", Path(tmp) / "rev"
         with reporter.task("align gold + corpus (eflomal)", None, "") as task:
-            run_eflomal(zh, en, forward, reverse, opts, work.scratch)
+            align_lines(zh, en, forward, reverse, opts, work.scratch)  # in parts too, with --align-shards
             task.advance()
         fwd = [parse_links(line) for _, line in zip(range(n), read_lines(forward))]
         rev = [parse_links(line) for _, line in zip(range(n), read_lines(reverse))]

@@ -70,112 +70,161 @@ def chosen_links(strategy: Strategy, links: set[tuple[int, int]], zh: list[str],
     return links
 
 
+def sums_by_id(vectors: torch.Tensor, ids: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """For each id present in `ids`: the sum (float64) and count of the
+    vectors at `rows`. A sparse (id x row) count matrix times `vectors`
+    [n, d]: memory beyond the vectors is the result. Returns (present ids
+    [u], sums [u, d], counts [u])."""
+    present, local_id = np.unique(ids, return_inverse=True)  # [u], [m]
+    occurrences = torch.sparse_coo_tensor(torch.stack([torch.from_numpy(local_id.reshape(-1)), torch.from_numpy(rows)]),
+                                          torch.ones(len(ids)), (len(present), len(vectors)), check_invariants=False).coalesce()
+    sums = torch.sparse.mm(occurrences, vectors.float()).double()  # [u, d]
+    return present, sums, torch.from_numpy(np.bincount(local_id.reshape(-1), minlength=len(present)).astype(np.int64))
+
+
 def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_words: int, dim: int, task) -> tuple[torch.Tensor, torch.Tensor]:
     """Per word id: the sum (float64) and count of the vectors at `rows`,
-    streaming over the shards one at a time. Within a shard the sum is a
-    sparse (word present in the shard x row) count matrix times the shard,
-    added into the sums of those words only: memory beyond the sums
-    themselves is one shard, however large the vocabulary or the corpus."""
+    streaming over the shards one at a time, each added into the sums of
+    the words present in it only: memory beyond the sums themselves is one
+    shard, however large the vocabulary or the corpus."""
     order = np.argsort(rows, kind="stable")
     word_ids, rows = word_ids[order], rows[order]
     sums = torch.zeros((n_words, dim), dtype=torch.float64)  # [n_words, d]
-    counts = torch.from_numpy(np.bincount(word_ids, minlength=n_words).astype(np.int64))
+    counts = torch.zeros(n_words, dtype=torch.int64)  # [n_words]
     bounds = np.searchsorted(rows, store.shard_starts)
     for k in range(store.n_shards):
         lo, hi = bounds[k], bounds[k + 1]
         if hi > lo:
-            shard = store.shard(k).float()  # [shard_rows, d]
-            present, local_word = np.unique(word_ids[lo:hi], return_inverse=True)  # [u], [hi - lo]
-            local_row = torch.from_numpy(rows[lo:hi] - store.shard_starts[k])
-            occurrences = torch.sparse_coo_tensor(torch.stack([torch.from_numpy(local_word.reshape(-1)), local_row]),
-                                                  torch.ones(hi - lo), (len(present), len(shard)), check_invariants=False).coalesce()
-            sums.index_add_(0, torch.from_numpy(present), torch.sparse.mm(occurrences, shard).double())  # [u, d] into [n_words, d]
+            present, shard_sums, shard_counts = sums_by_id(store.shard(k), word_ids[lo:hi], rows[lo:hi] - store.shard_starts[k])
+            sums.index_add_(0, torch.from_numpy(present), shard_sums)  # [u, d] into [n_words, d]
+            counts.index_add_(0, torch.from_numpy(present), shard_counts)
             release_freed_memory()  # each shard's temporaries differ in size: see encode
         task.advance()
     return sums, counts
 
 
+class LinkPlan(NamedTuple):
+    """The projection of the whole corpus, vectors aside: which English word
+    occurrence each Chinese word occurrence takes its vector from, and every
+    English word occurrence's word. Word ids are positions in the
+    vocabularies, which are sorted by frequency. Occurrences are numbered
+    as the encode stage's index numbers them (sentence by sentence)."""
+
+    sent_offsets: np.ndarray  # [n_sentences + 1] first English word occurrence of each sentence
+    en_words: np.ndarray  # [n_en_words] English word id of each occurrence
+    link_words: np.ndarray  # [n_links] Chinese word id of each chosen link
+    link_positions: np.ndarray  # [n_links] the English occurrence whose vector it takes (ascending)
+    zh_vocab: list[str]
+    zh_freq: dict[str, int]
+    en_vocab: list[str]
+    en_freq: dict[str, int]
+    best: dict[str, Translation]  # each Chinese word's most probable translation
+    stopwords_dropped: int
+
+
+def link_plan(work: WorkDir, opts) -> LinkPlan:
+    """One streaming pass over the corpus and its links, by `opts.strategy`."""
+    lexicon = read_lexicon(require(work.lexicon, "align"))
+    stopwords = read_stopwords(opts.stopwords) if opts.stopwords else set()
+    best = {zh: translations[0] for zh, translations in lexicon.items()}  # highest p first
+    p_en = ({zh: {t.en: t.p for t in translations} for zh, translations in lexicon.items()}  # p(en | zh)
+            if opts.strategy == Strategy.argmax_occurrence else {})  # only that strategy looks it up
+    del lexicon
+
+    # words get ids in order of first sight, renumbered by frequency afterwards;
+    # per-occurrence data goes to compact arrays
+    zh_first, en_first = {}, {}
+    zh_tokens, en_words = array("q"), array("q")
+    link_words, link_positions, sent_offsets = array("q"), array("q"), array("q", [0])
+    for zh_line, en_line, links_line in zip(read_lines(require(work.corpus_zh, "tokenize")), read_lines(work.corpus_en),
+                                            read_lines(require(work.links, "align"))):
+        zh, en = zh_line.split(" "), en_line.split(" ")
+        zh_ids = [-1 if w in stopwords else zh_first.setdefault(w, len(zh_first)) for w in zh]
+        zh_tokens.extend(zh_ids)
+        offset = len(en_words)
+        en_words.extend([en_first.setdefault(w, len(en_first)) for w in en])
+        sent_offsets.append(len(en_words))
+        for i, j in chosen_links(opts.strategy, parse_links(links_line), zh, en, best, p_en):
+            if zh_ids[i] >= 0:
+                link_words.append(zh_ids[i])
+                link_positions.append(offset + j)
+
+    zh_tokens = np.frombuffer(zh_tokens, dtype=np.int64)
+    en_words = np.frombuffer(en_words, dtype=np.int64)
+    zh_counts = np.bincount(zh_tokens[zh_tokens >= 0], minlength=len(zh_first))
+    en_counts = np.bincount(en_words, minlength=len(en_first))
+    zh_vocab, zh_renumber = by_frequency(zh_first, zh_counts)
+    en_vocab, en_renumber = by_frequency(en_first, en_counts)
+    return LinkPlan(
+        sent_offsets=np.frombuffer(sent_offsets, dtype=np.int64),
+        en_words=en_renumber[en_words],
+        link_words=zh_renumber[np.frombuffer(link_words, dtype=np.int64)],
+        link_positions=np.frombuffer(link_positions, dtype=np.int64),
+        zh_vocab=zh_vocab, zh_freq=dict(zip(zh_first, zh_counts.tolist())),
+        en_vocab=en_vocab, en_freq=dict(zip(en_first, en_counts.tolist())),
+        best=best, stopwords_dropped=len(stopwords & set(best)),
+    )
+
+
+class ProjectionSums(NamedTuple):
+    """What project accumulates: sums and counts per word id (additive: the
+    sums of corpus parts add up to the whole corpus's)."""
+
+    zh_sum: torch.Tensor  # [Z, d] float64
+    zh_count: torch.Tensor  # [Z] int64
+    en_sum: torch.Tensor  # [E, d] float64
+    en_count: torch.Tensor  # [E] int64
+    links_without_vector: int
+
+
+def project_key(config: Config, work: WorkDir, encode_key: str | None) -> tuple[str, dict]:
+    """The project stage's key, and its inputs by content (eflomal is not
+    deterministic: the key depends on what it wrote, not on its key)."""
+    inputs = {str(p): file_hash(require(p, "align")) for p in (work.links, work.lexicon, work.corpus_zh)}
+    return stage_key("project", encode=encode_key, inputs=list(inputs.values()), config=fingerprint(config.project)), inputs
+
+
+def save_projection(work: WorkDir, config: Config, plan: LinkPlan, sums: ProjectionSums, dim: int, inputs: dict) -> dict:
+    """Write projection.safetensors and its two vocabularies; return the record's content."""
+    opts = config.project
+    save_tensors(work.projection,
+                 {"zh_sum": sums.zh_sum, "zh_count": sums.zh_count,
+                  "zh_freq": torch.tensor([plan.zh_freq[w] for w in plan.zh_vocab], dtype=torch.int64),
+                  "en_sum": sums.en_sum, "en_count": sums.en_count},
+                 metadata={"strategy": opts.strategy.value, "min_count": str(opts.min_count), "dim": str(dim)})
+    no_translation = Translation("", 0, 0.0)
+    write_projected_words(work.projection_zh_vocab, [ProjectedWord(w, plan.zh_freq[w], plan.best.get(w, no_translation).en,
+                                                                   plan.best.get(w, no_translation).p) for w in plan.zh_vocab])
+    with atomic_path(work.projection_en_vocab) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("word\tfreq\n")
+        f.writelines(f"{w}\t{plan.en_freq[w]}\n" for w in plan.en_vocab)
+    return dict(
+        options=section_dict(opts),
+        inputs=inputs,
+        counts=dict(zh_types=len(plan.zh_vocab), zh_projected=int((sums.zh_count >= opts.min_count).sum()), en_types=len(plan.en_vocab),
+                    links_used=int(sums.zh_count.sum()), links_without_vector=sums.links_without_vector,
+                    stopwords_dropped=plan.stopwords_dropped),
+    )
+
+
 def project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
     """Write per-word vector sums and counts for Chinese (projected) and
     English words; return the record (counts; `skipped` when up to date)."""
-    opts = config.project
     encode_record = read_json(require(work.record("encode"), "encode"))
-    # eflomal is not deterministic: depend on what it wrote, not on its key
-    inputs = {str(p): file_hash(require(p, "align")) for p in (work.links, work.lexicon, work.corpus_zh)}
-    key = stage_key("project", encode=encode_record.get("key"), inputs=list(inputs.values()), config=fingerprint(opts))
+    key, inputs = project_key(config, work, encode_record.get("key"))
 
     def compute() -> dict:
         store = VectorStore(work)
-        lexicon = read_lexicon(work.lexicon)
-        dim = encode_record["dim"]
-        stopwords = read_stopwords(opts.stopwords) if opts.stopwords else set()
-        best = {zh: translations[0] for zh, translations in lexicon.items()}  # highest p first
-        p_en = ({zh: {t.en: t.p for t in translations} for zh, translations in lexicon.items()}  # p(en | zh)
-                if opts.strategy == Strategy.argmax_occurrence else {})  # only that strategy looks it up
-        del lexicon
-
-        # one streaming pass; words get ids in order of first sight, renumbered
-        # by frequency afterwards; per-occurrence data goes to compact arrays
-        zh_first, en_first = {}, {}
-        zh_tokens, en_words = array("q"), array("q")
-        link_words, link_rows = array("q"), array("q")
-        links_without_vector = n_sentences = 0
-        n_store = len(store.sent_offsets) - 1
-        for s, (zh_line, en_line, links_line) in enumerate(zip(
-                read_lines(require(work.corpus_zh, "tokenize")), read_lines(work.corpus_en), read_lines(require(work.links, "align")))):
-            n_sentences += 1
-            if s >= n_store:
-                break
-            zh, en = zh_line.split(" "), en_line.split(" ")
-            zh_ids = [-1 if w in stopwords else zh_first.setdefault(w, len(zh_first)) for w in zh]
-            zh_tokens.extend(zh_ids)
-            en_words.extend([en_first.setdefault(w, len(en_first)) for w in en])
-            rows = store.rows_of(s)
-            for i, j in chosen_links(opts.strategy, parse_links(links_line), zh, en, best, p_en):
-                if zh_ids[i] < 0:
-                    continue
-                if rows[j] < 0:
-                    links_without_vector += 1
-                    continue
-                link_words.append(zh_ids[i])
-                link_rows.append(int(rows[j]))
-        if not n_sentences == n_store == len(store.sent_offsets) - 1 or len(en_words) != len(store.word_rows):
+        plan = link_plan(work, config.project)
+        if len(plan.sent_offsets) != len(store.sent_offsets) or len(plan.en_words) != len(store.word_rows):
             raise XlembedError(f"{work.root}: corpus, links and vectors disagree on the number of sentences; rerun the earlier stages")
-
-        zh_tokens = np.frombuffer(zh_tokens, dtype=np.int64)
-        en_words = np.frombuffer(en_words, dtype=np.int64)
-        zh_counts = np.bincount(zh_tokens[zh_tokens >= 0], minlength=len(zh_first))
-        en_counts = np.bincount(en_words, minlength=len(en_first))
-        zh_vocab, zh_renumber = by_frequency(zh_first, zh_counts)
-        en_vocab, en_renumber = by_frequency(en_first, en_counts)
-        zh_freq = dict(zip(zh_first, zh_counts.tolist()))
-        en_freq = dict(zip(en_first, en_counts.tolist()))
-        link_words = zh_renumber[np.frombuffer(link_words, dtype=np.int64)]
-        link_rows = np.frombuffer(link_rows, dtype=np.int64)
-        en_words = en_renumber[en_words]
+        link_rows = store.word_rows[plan.link_positions]
         has_vector = store.word_rows >= 0
-
         with reporter.task("project", 2 * store.n_shards, "shards") as task:
-            zh_sum, zh_count = accumulate(store, link_words, link_rows, len(zh_vocab), dim, task)
-            en_sum, en_count = accumulate(store, en_words[has_vector], store.word_rows[has_vector], len(en_vocab), dim, task)
-
-        save_tensors(work.projection,
-                     {"zh_sum": zh_sum, "zh_count": zh_count, "zh_freq": torch.tensor([zh_freq[w] for w in zh_vocab], dtype=torch.int64),
-                      "en_sum": en_sum, "en_count": en_count},
-                     metadata={"strategy": opts.strategy.value, "min_count": str(opts.min_count), "dim": str(dim)})
-        no_translation = Translation("", 0, 0.0)
-        write_projected_words(work.projection_zh_vocab,
-                              [ProjectedWord(w, zh_freq[w], best.get(w, no_translation).en, best.get(w, no_translation).p) for w in zh_vocab])
-        with atomic_path(work.projection_en_vocab) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.write("word\tfreq\n")
-            f.writelines(f"{w}\t{en_freq[w]}\n" for w in en_vocab)
-        return dict(
-            options=section_dict(opts),
-            inputs=inputs,
-            counts=dict(zh_types=len(zh_vocab), zh_projected=int((zh_count >= opts.min_count).sum()), en_types=len(en_vocab),
-                        links_used=int(len(link_rows)), links_without_vector=links_without_vector,
-                        stopwords_dropped=len(stopwords & set(best))),
-        )
+            zh_sum, zh_count = accumulate(store, plan.link_words[link_rows >= 0], link_rows[link_rows >= 0], len(plan.zh_vocab), encode_record["dim"], task)
+            en_sum, en_count = accumulate(store, plan.en_words[has_vector], store.word_rows[has_vector], len(plan.en_vocab), encode_record["dim"], task)
+        sums = ProjectionSums(zh_sum, zh_count, en_sum, en_count, links_without_vector=int((link_rows < 0).sum()))
+        return save_projection(work, config, plan, sums, encode_record["dim"], inputs)
 
     return run_stage(work, "project", key, force, compute)
 

@@ -59,13 +59,14 @@ def invalidate(work: WorkDir, stage: str) -> None:
     work.record(stage).unlink(missing_ok=True)
 
 
-def run_stage(work: WorkDir, stage: str, key: str, force: bool, compute: Callable[[], dict]) -> dict:
-    """Skip the stage when its record matches `key` (unless `force`), else
+def run_stage(work: WorkDir, stage: str, key: str, force: bool, compute: Callable[[], dict], outputs: tuple[Path, ...] = ()) -> dict:
+    """Skip the stage when its record matches `key` and `outputs` (files the
+    record alone does not vouch for) exist (unless `force`), else
     invalidate it, run `compute()` (which writes the outputs and returns the
     record's content: options, inputs, counts, ...) and write the record
     with the key and the seconds it took. Returns the record; `skipped` is
     set when nothing was computed."""
-    if not force and (record := up_to_date(work, stage, key)):
+    if not force and (record := up_to_date(work, stage, key)) and all(Path(p).exists() for p in outputs):
         return dict(record, skipped=True)
     start = time.perf_counter()
     invalidate(work, stage)

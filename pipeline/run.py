@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .align import align
-from .config import Config, WorkDir
+from .config import Config, Executor, WorkDir
 from .encode import encode
 from .io import Reporter, SilentReporter, WorkLock, check_output_dir, check_writable
 from .models import check_model
@@ -47,13 +47,22 @@ def run(config: Config, work: WorkDir | Path, out: Path, reporter: Reporter = Si
     up to date (unless `force`); `on_stage(name, record)` is called after
     each. Returns the manifest."""
     work = work if isinstance(work, WorkDir) else WorkDir(Path(work))
-    with prepared(config, ("tokenize", "encode", "align", "project", "write"), work, out, "xlembed run"):
+    with prepared(config, ("tokenize", "encode", "align", "project", "write", "executor"), work, out, "xlembed run"):
         on_stage("tokenize", tokenize(config, work, reporter, force))
-        # one after the other: on 2 cores eflomal beside the encoder saved
-        # nothing (bench/RESULTS.md), and their memory never adds up
-        on_stage("encode", encode(config, work, reporter, force))
-        on_stage("align", align(config, work, reporter, force))
-        on_stage("project", project(config, work, reporter, force))
+        if config.executor.executor == Executor.ray:
+            from .cluster import encode_and_project, ray_parts_runner
+
+            # alignment first: the Ray workers project as they encode
+            on_stage("align", align(config, work, reporter, force, ray_parts_runner(config)))
+            encoded, projected = encode_and_project(config, work, reporter, force)
+            on_stage("encode", encoded)
+            on_stage("project", projected)
+        else:
+            # one after the other: on 2 cores eflomal beside the encoder saved
+            # nothing (bench/RESULTS.md), and their memory never adds up
+            on_stage("encode", encode(config, work, reporter, force))
+            on_stage("align", align(config, work, reporter, force))
+            on_stage("project", project(config, work, reporter, force))
         manifest = write(config, work, out)
         on_stage("write", manifest)
     return manifest

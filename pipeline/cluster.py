@@ -1,0 +1,308 @@
+"""The Ray executor: encode+project and alignment parts as Ray tasks.
+
+encode+project: the corpus is cut into shards of consecutive sentences.
+Each shard goes to an encoder actor (one per GPU on a node with GPUs, else
+one per --worker-cpus CPUs), which loads the model once, encodes the
+shard's English sentences in memory and adds the vectors into per-word
+sums and counts, Chinese (by the links the driver chose) and English; only
+those tables travel back. The driver adds them up: sums and counts are
+additive, so the result is the local projection's up to float rounding.
+The vectors themselves are never kept on this path (they would be about
+2 bytes x dim per English word, on the workers' disks): re-projecting with
+another strategy encodes again, or run the local `encode` on a machine
+that can hold them.
+
+Faults: an actor whose process dies is restarted (loading the model again)
+and its shard is retried, by Ray. Each finished shard's tables are written
+to WORK/ray/KEY/ at once, so a driver killed mid-job is resumed by the next
+run with the same key from the shards it had.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoConfig
+
+from .align import AlignedPart, AlignPart, align_part
+from .config import Config, Executor, ExecutorConfig, WorkDir, section_dict
+from .encode import ENCODE_COUNTS, Encoder, encode_record, encode_setup, max_length_used, remove_vectors, resolve_precision
+from .io import Reporter, SilentReporter, XlembedError, read_json, read_lines, save_tensors
+from .project import LinkPlan, ProjectionSums, link_plan, project, project_key, save_projection, sums_by_id
+from .records import invalidate, model_hash, up_to_date
+from .io import write_json_atomic
+
+PAIRS_PER_SHARD = 20_000  # the automatic --shards: at least one shard per this many pairs
+SHARDS_PER_ENCODER = 4  # ... and at least this many per encoder, so a slow or restarted one holds up little
+# the fault test: the worker process that takes this shard SIGKILLs itself, once (WORK/ray/killed-at-shard-K says it did)
+KILL_WORKER_AT = "XLEMBED_TEST_KILL_WORKER_AT_SHARD"
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise XlembedError("--executor ray needs the `ray` package: pip install 'xlembed[ray]'")
+    return ray
+
+
+@contextlib.contextmanager
+def ray_cluster(opts: ExecutorConfig) -> Iterator:
+    """Ray, connected for the length of the block: the cluster at
+    --ray-address, else a local one with this machine's CPUs (stopped
+    after). A Ray the caller already started is used as it is."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+    try:
+        if opts.ray_address:
+            ray.init(address=opts.ray_address, **options)
+        else:
+            ray.init(num_cpus=os.cpu_count(), **options)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise XlembedError(f"--ray-address {opts.ray_address or '(local)'}: cannot start or join Ray: {str(e).splitlines()[0]}")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+class Encoders(NamedTuple):
+    """How many encoder actors the cluster takes, and what each asks for."""
+
+    count: int
+    gpus: int  # per actor: 1 on a GPU cluster, else 0
+    cpus: int
+
+
+def plan_encoders(ray, opts: ExecutorConfig) -> Encoders:
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        return Encoders(gpus, 1, 1)
+    return Encoders(max(1, int(resources.get("CPU", 1)) // opts.worker_cpus), 0, opts.worker_cpus)
+
+
+def shard_bounds(n_sentences: int, shards: int, encoders: int) -> list[int]:
+    """Where each shard of consecutive sentences starts (and, last, the end)."""
+    if shards == 0:
+        shards = max(SHARDS_PER_ENCODER * encoders, math.ceil(n_sentences / PAIRS_PER_SHARD))
+    shards = max(1, min(shards, n_sentences))
+    return np.linspace(0, n_sentences, shards + 1).astype(np.int64).tolist()
+
+
+class ModelSource(NamedTuple):
+    """Where a worker finds the model: the driver's directory when its node
+    holds the same files, else the copy shipped in Ray's object store."""
+
+    path: str
+    sha256: str
+    shipped: list  # [ObjectRef of {relative path: bytes}], in a list so that Ray hands over the reference
+
+
+class ShardTask(NamedTuple):
+    """What one encoder needs for one shard: its English sentences, the word
+    id of each English word occurrence, and the chosen links (Chinese word
+    id, occurrence within the shard)."""
+
+    index: int
+    model: ModelSource
+    lines: list[str]
+    en_words: np.ndarray  # [n_words] English word ids
+    link_words: np.ndarray  # [n_links] Chinese word ids
+    link_positions: np.ndarray  # [n_links] occurrences (into en_words) whose vectors they take
+    kill_marker: str | None  # fault test only: die once at this shard
+
+
+class ShardSums(NamedTuple):
+    """One shard's projection: sums and counts of the word ids present in it."""
+
+    index: int
+    zh_ids: np.ndarray  # [u_zh]
+    zh_sum: torch.Tensor  # [u_zh, d] float64
+    zh_count: torch.Tensor  # [u_zh]
+    en_ids: np.ndarray  # [u_en]
+    en_sum: torch.Tensor  # [u_en, d] float64
+    en_count: torch.Tensor  # [u_en]
+    links_without_vector: int
+    encode_counts: dict  # Encoder.counts of the shard
+
+
+def project_shard(encoder: Encoder, task: ShardTask) -> ShardSums:
+    word_rows, vectors, counts = encoder.vectors(task.lines)  # [n_words], [n_rows, d]
+    link_rows = word_rows[task.link_positions]
+    zh = sums_by_id(vectors, task.link_words[link_rows >= 0], link_rows[link_rows >= 0])
+    en = sums_by_id(vectors, task.en_words[word_rows >= 0], word_rows[word_rows >= 0])
+    return ShardSums(task.index, *zh, *en, links_without_vector=int((link_rows < 0).sum()), encode_counts=counts)
+
+
+class ShardEncoder:
+    """A Ray actor: the model loaded once (at its first shard), projecting
+    shard after shard. Nodes need xlembed installed, not the model."""
+
+    def __init__(self, config: Config, threads: int):
+        torch.set_num_threads(threads)
+        self.config, self.encoder, self.tmp = config, None, None
+
+    def load(self, model: ModelSource) -> Encoder:
+        path = Path(model.path)
+        if not (path.is_dir() and model_hash(path) == model.sha256):
+            import ray
+
+            self.tmp = tempfile.TemporaryDirectory(prefix="xlembed-model-")
+            path = Path(self.tmp.name)
+            for name, data in ray.get(model.shipped[0]).items():
+                (path / name).parent.mkdir(parents=True, exist_ok=True)
+                (path / name).write_bytes(data)
+        opts = self.config.encode
+        device = torch.device("cuda" if torch.cuda.is_available() and opts.device.value != "cpu" else "cpu")
+        return Encoder(path, opts, device, resolve_precision(opts.precision, device))
+
+    def project(self, task: ShardTask) -> ShardSums:
+        if task.kill_marker and not os.path.exists(task.kill_marker):
+            Path(task.kill_marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.encoder is None:
+            self.encoder = self.load(task.model)
+        return project_shard(self.encoder, task)
+
+
+def model_files(model_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(model_dir)): p.read_bytes() for p in sorted(model_dir.rglob("*")) if p.is_file()}
+
+
+def save_shard(path: Path, sums: ShardSums) -> None:
+    save_tensors(path, {"zh_ids": torch.tensor(sums.zh_ids), "zh_sum": sums.zh_sum, "zh_count": sums.zh_count,
+                        "en_ids": torch.tensor(sums.en_ids), "en_sum": sums.en_sum, "en_count": sums.en_count,
+                        "links_without_vector": torch.tensor([sums.links_without_vector])},
+                 metadata={k: str(v) for k, v in sums.encode_counts.items()})
+
+
+def add_shards(paths: list[Path], plan: LinkPlan, dim: int) -> tuple[ProjectionSums, dict]:
+    """The shards' tables added up (in shard order), and their encode counts added up."""
+    zh_sum = torch.zeros((len(plan.zh_vocab), dim), dtype=torch.float64)  # [Z, d]
+    zh_count = torch.zeros(len(plan.zh_vocab), dtype=torch.int64)
+    en_sum = torch.zeros((len(plan.en_vocab), dim), dtype=torch.float64)  # [E, d]
+    en_count = torch.zeros(len(plan.en_vocab), dtype=torch.int64)
+    links_without_vector, counts = 0, {}
+    for path in paths:
+        t = load_file(str(path))
+        zh_sum.index_add_(0, t["zh_ids"], t["zh_sum"])
+        zh_count.index_add_(0, t["zh_ids"], t["zh_count"])
+        en_sum.index_add_(0, t["en_ids"], t["en_sum"])
+        en_count.index_add_(0, t["en_ids"], t["en_count"])
+        links_without_vector += int(t["links_without_vector"][0])
+        with safe_open(str(path), "pt") as f:
+            for k, v in f.metadata().items():
+                counts[k] = counts.get(k, 0) + int(v)
+    counts = {k: counts.get(k, 0) for k in ENCODE_COUNTS}  # in the local record's order
+    return ProjectionSums(zh_sum, zh_count, en_sum, en_count, links_without_vector), counts
+
+
+def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> tuple[dict, dict]:
+    """The encode and project stages on Ray; returns their two records.
+    Records and outputs are those of the local stages (same keys, so
+    either executor reuses the other's finished stages), except that no
+    vectors are kept. Up to date: skipped; vectors already encoded here:
+    only the (cheap) local projection runs."""
+    setup = encode_setup(config, work)
+    key, inputs = project_key(config, work, setup.key)
+    encode_done = up_to_date(work, "encode", setup.key)
+    if not force and (record := up_to_date(work, "project", key)) and encode_done:
+        return dict(encode_done, skipped=True), dict(record, skipped=True)
+    if not force and encode_done and work.vectors_index.exists():
+        return dict(encode_done, skipped=True), project(config, work, reporter, force)
+
+    start = time.perf_counter()
+    invalidate(work, "project")
+    invalidate(work, "encode")
+    plan = link_plan(work, config.project)
+    lines = list(read_lines(work.corpus_en))
+    if len(lines) != len(plan.sent_offsets) - 1:
+        raise XlembedError(f"{work.root}: corpus.en and the links disagree on the number of sentences; rerun the earlier stages")
+    parts_dir = work.root / "ray" / key[:16]
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    with ray_cluster(config.executor) as ray:
+        encoders = plan_encoders(ray, config.executor)
+        bounds = shard_bounds(len(lines), config.executor.shards, encoders.count)
+        paths = [parts_dir / f"shard-{k:05d}.safetensors" for k in range(len(bounds) - 1)]
+        todo = [k for k, path in enumerate(paths) if not path.exists()]
+        kill_at = os.environ.get(KILL_WORKER_AT)
+        actor = ray.remote(num_cpus=encoders.cpus, num_gpus=encoders.gpus, max_restarts=-1, max_task_retries=-1)(ShardEncoder)
+        model = ModelSource(str(setup.model_dir), model_hash(setup.model_dir), [ray.put(model_files(setup.model_dir))])
+        actors = [actor.remote(config, encoders.cpus) for _ in range(min(encoders.count, max(1, len(todo))))]
+
+        def shard_task(k: int) -> ShardTask:
+            a, b = bounds[k], bounds[k + 1]
+            lo, hi = plan.sent_offsets[a], plan.sent_offsets[b]
+            links = slice(*np.searchsorted(plan.link_positions, [lo, hi]))
+            marker = str(work.root / "ray" / f"killed-at-shard-{k}") if kill_at is not None and int(kill_at) == k else None
+            return ShardTask(k, model, lines[a:b], plan.en_words[lo:hi], plan.link_words[links], plan.link_positions[links] - lo, marker)
+
+        pending: dict = {}
+        waiting = list(todo)
+        sent = 0  # what the shard tasks carry: sentences and word ids (the model goes once per node, not counted)
+        with reporter.task(f"encode+project (ray: {len(actors)} encoders, {len(paths)} shards)", len(lines), "sentences") as task:
+            task.advance(sum(bounds[k + 1] - bounds[k] for k in range(len(paths)) if k not in todo))
+            idle = list(actors)
+            while waiting or pending:
+                while idle and waiting:
+                    k, encoder = waiting.pop(0), idle.pop(0)
+                    shard = shard_task(k)
+                    sent += sum(len(line.encode()) + 1 for line in shard.lines) + 8 * (len(shard.en_words) + 2 * len(shard.link_words))
+                    pending[encoder.project.remote(shard)] = (k, encoder)
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                k, done_by = pending.pop(ready[0])
+                save_shard(paths[k], ray.get(ready[0]))
+                idle.append(done_by)
+                task.advance(bounds[k + 1] - bounds[k])
+        for a in actors:
+            ray.kill(a)
+
+    model_config = AutoConfig.from_pretrained(setup.model_dir)
+    dim = model_config.hidden_size
+    sums, encode_counts = add_shards(paths, plan, dim)
+    remove_vectors(work)  # any from an earlier local encode are not these
+    seconds = round(time.perf_counter() - start, 3)
+    executor = dict(section_dict(config.executor), encoders=len(actors), shards=len(paths), shards_resumed=len(paths) - len(todo),
+                    bytes_sent=sent, bytes_returned=sum(path.stat().st_size for path in paths))
+    # one record each, as the local stages write them; the seconds are the two stages' together
+    encode_rec = dict(stage="encode", key=setup.key,
+                      **encode_record(config, work, setup, max_length_used(config.encode, model_config), dim, encode_counts),
+                      vectors_kept=False, executor=executor, seconds=seconds)
+    write_json_atomic(work.record("encode"), encode_rec)
+    project_rec = dict(stage="project", key=key, **save_projection(work, config, plan, sums, dim, inputs),
+                       executor=executor, seconds=seconds)
+    write_json_atomic(work.record("project"), project_rec)
+    for path in paths:
+        path.unlink()
+    parts_dir.rmdir()
+    with contextlib.suppress(OSError):  # not empty: the fault test's marker
+        parts_dir.parent.rmdir()
+    return encode_rec, project_rec
+
+
+def ray_parts_runner(config: Config):
+    """align's parts_runner on Ray: each part one task (eflomal uses a core per sampler)."""
+
+    def run(parts: list[AlignPart]) -> Iterator[AlignedPart]:
+        with ray_cluster(config.executor) as ray:
+            task = ray.remote(num_cpus=1, max_retries=3)(align_part)
+            refs = [task.remote(part) for part in parts]
+            for ref in refs:  # in order
+                yield ray.get(ref)
+
+    return run

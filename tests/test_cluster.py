@@ -1,0 +1,129 @@
+"""The Ray executor (`--executor ray`) on a local Ray started by the test
+with 2 CPUs: the same rows as the local run, a killed worker retried, a
+killed driver resumed, alignment in parts."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from xlembed.cli.main import app
+
+ray = pytest.importorskip("ray")  # installed by `make test` (the `ray` extra)
+
+PAIRS = [f"{s} {v} {o} .\t{zs}{zv}{zo}。" for s, zs in (("i", "我"), ("you", "你"), ("he", "他"), ("she", "她"), ("we", "我们"))
+         for v, zv in (("like", "喜欢"), ("read", "读"), ("eat", "吃"), ("drink", "喝"))
+         for o, zo in (("cats", "猫"), ("books", "书"), ("fish", "鱼"), ("tea", "茶"), ("water", "水"))]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, tiny_bert):
+    """A finished local run on a small corpus (with a repeated sentence and windows)."""
+    root = tmp_path_factory.mktemp("local")
+    corpus = root / "c.tsv"
+    corpus.write_text("\n".join(PAIRS * 3 + ["i like cats and books and tea and fish and water and books . " * 6 + "\t我喜欢猫。"]) + "\n",
+                      encoding="utf-8")
+    result = CliRunner().invoke(app, ["run", "--tsv", str(corpus), "--model", str(tiny_bert), "--out", str(root / "out"),
+                                      "--work", str(root / "work"), "--max-length", "24", "-q"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def rows(out: Path) -> tuple[torch.Tensor, list[str], torch.Tensor, list[str]]:
+    return (load_file(str(out / "embeddings.safetensors"))["embeddings"], (out / "vocab.txt").read_text().split("\n"),
+            load_file(str(out / "english.safetensors"))["embeddings"], (out / "english_vocab.txt").read_text().split("\n"))
+
+
+def assert_same_rows(a: Path, b: Path) -> None:
+    zh_a, vocab_a, en_a, en_vocab_a = rows(a)
+    zh_b, vocab_b, en_b, en_vocab_b = rows(b)
+    assert vocab_a == vocab_b and en_vocab_a == en_vocab_b
+    for x, y in ((zh_a, zh_b), (en_a, en_b)):
+        nonzero = x.norm(dim=1) > 0
+        assert torch.equal(nonzero, y.norm(dim=1) > 0)
+        assert torch.nn.functional.cosine_similarity(x[nonzero], y[nonzero], dim=1).min() >= 0.999
+
+
+def copy_without_records(local_run: Path, to: Path) -> Path:
+    """The check from outside the project: a local run's work directory with
+    every record but tokenize's and align's deleted."""
+    shutil.copytree(local_run / "work", to)
+    for record in to.glob("*.json"):
+        if record.name not in ("tokenize.json", "align.json"):
+            record.unlink()
+    return to
+
+
+def run_ray(tiny_bert, local_run: Path, work: Path, out: Path, *extra: str):
+    return CliRunner().invoke(app, ["run", "--tsv", str(local_run / "c.tsv"), "--model", str(tiny_bert), "--out", str(out),
+                                    "--work", str(work), "--max-length", "24", "--executor", "ray", *extra])
+
+
+def test_ray_run_gives_the_local_rows_and_the_local_records(local_ray, local_run, tiny_bert, tmp_path):
+    work = copy_without_records(local_run, tmp_path / "work")
+    result = run_ray(tiny_bert, local_run, work, tmp_path / "out", "--shards", "5")
+    assert result.exit_code == 0, result.output
+    assert_same_rows(local_run / "out", tmp_path / "out")
+    local_encode = json.loads((local_run / "work" / "encode.json").read_text())
+    ray_encode = json.loads((work / "encode.json").read_text())
+    assert ray_encode["key"] == local_encode["key"] and ray_encode["vectors_kept"] is False
+    assert ray_encode["executor"]["shards"] == 5 and ray_encode["executor"]["encoders"] == 2
+    for count in ("sentences", "words", "words_with_vector", "words_truncated", "sentences_in_windows"):
+        assert ray_encode["counts"][count] == local_encode["counts"][count]
+    assert ray_encode["counts"]["sentences_in_windows"] == 1  # the long sentence went through the windows
+    assert json.loads((work / "project.json").read_text())["key"] == json.loads((local_run / "work" / "project.json").read_text())["key"]
+    assert not (work / "vectors" / "index.safetensors").exists() and not (work / "ray").exists()
+
+    # the executor is in no cache key: either executor reuses the other's finished stages
+    again = run_ray(tiny_bert, local_run, local_run / "work", tmp_path / "out2")
+    assert again.exit_code == 0 and again.output.count("up to date") == 4, again.output
+    local = CliRunner().invoke(app, ["run", "--tsv", str(local_run / "c.tsv"), "--model", str(tiny_bert), "--out", str(tmp_path / "out3"),
+                                     "--work", str(work), "--max-length", "24", "--strategy", "argmax"])
+    assert local.exit_code == 0, local.output
+    assert "encode (" in local.output  # another strategy needs the vectors, which the Ray run did not keep: encoded here
+
+
+def test_a_killed_worker_is_retried_and_the_rows_are_the_same(local_ray, local_run, tiny_bert, tmp_path, monkeypatch):
+    work = copy_without_records(local_run, tmp_path / "work")
+    monkeypatch.setenv("XLEMBED_TEST_KILL_WORKER_AT_SHARD", "1")
+    result = run_ray(tiny_bert, local_run, work, tmp_path / "out", "--shards", "4")
+    assert result.exit_code == 0, result.output
+    assert (work / "ray" / "killed-at-shard-1").exists()  # the worker did die, with SIGKILL, mid-shard
+    assert_same_rows(local_run / "out", tmp_path / "out")
+
+
+def test_alignment_in_parts_from_priors(local_ray, local_run, tiny_bert, tmp_path):
+    """--align-shards: every pair gets links, from each part aligned apart (as Ray tasks here)."""
+    work = tmp_path / "work"
+    shutil.copytree(local_run / "work", work)
+    result = CliRunner().invoke(app, ["align", "--work", str(work), "--align-shards", "3", "--prior-sample", "40",
+                                      "--executor", "ray"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((work / "align.json").read_text())
+    assert record["counts"]["parts"] == 3
+    zh = (work / "corpus.zh").read_text().splitlines()
+    forward = (work / "align.forward").read_text().splitlines()
+    assert len(forward) == len(zh)
+    en = (work / "corpus.en").read_text().splitlines()
+    for z, e, links in zip(zh, en, forward):
+        for link in links.split():
+            i, j = map(int, link.split("-"))
+            assert i < len(z.split(" ")) and j < len(e.split(" "))
+    # 我 is aligned to i in every part, with or without a part of its own
+    lexicon = [line.split("\t") for line in (work / "lexicon.tsv").read_text().splitlines()[1:]]
+    assert next(en for zh_word, en, _, _ in lexicon if zh_word == "我") == "i"
