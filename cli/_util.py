@@ -93,7 +93,12 @@ class RateColumn(ProgressColumn):
 
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} {task.fields.get('unit', '')}/s" if speed else "", style="progress.data.speed")
+        return Text(f"{_rate(speed)} {task.fields.get('unit', '')}/s" if speed else "", style="progress.data.speed")
+
+
+def _rate(per_second: float) -> str:
+    """A rate to three significant digits below 100 (0.0123 shards/s), whole above (4,951 words/s)."""
+    return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.3g}"
 
 
 def _duration(seconds: float) -> str:
@@ -137,7 +142,7 @@ class LogTask:
         elif self.unit:
             line += f" {self.unit}"
         if self.unit:
-            line += f", {rate:,.0f} {self.unit}/s"
+            line += f", {_rate(rate)} {self.unit}/s"
         line += f", elapsed {_duration(elapsed)}"
         if self.total and rate > 0:
             line += f", eta {_duration((self.total - self.done) / rate)}"

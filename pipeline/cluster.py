@@ -14,7 +14,7 @@ that can hold them.
 
 Faults: an actor whose process dies is restarted (loading the model again)
 and its shard is retried, by Ray. Each finished shard's tables are written
-to WORK/ray/KEY/ at once, so a driver killed mid-job is resumed by the next
+to WORK/ray/KEY-SHARDS/ at once, so a driver killed mid-job is resumed by the next
 run with the same key from the shards it had.
 """
 from __future__ import annotations
@@ -45,8 +45,10 @@ from .io import write_json_atomic
 
 PAIRS_PER_SHARD = 20_000  # the automatic --shards: at least one shard per this many pairs
 SHARDS_PER_ENCODER = 4  # ... and at least this many per encoder, so a slow or restarted one holds up little
-# the fault test: the worker process that takes this shard SIGKILLs itself, once (WORK/ray/killed-at-shard-K says it did)
+# the fault tests: the worker process that takes shard K SIGKILLs itself, once (WORK/ray/killed-at-shard-K
+# says it did); the driver SIGKILLs itself once it has saved N shards
 KILL_WORKER_AT = "XLEMBED_TEST_KILL_WORKER_AT_SHARD"
+KILL_DRIVER_AFTER = "XLEMBED_TEST_KILL_DRIVER_AFTER_SHARDS"
 
 
 def import_ray():
@@ -233,11 +235,18 @@ def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = Silen
     lines = list(read_lines(work.corpus_en))
     if len(lines) != len(plan.sent_offsets) - 1:
         raise XlembedError(f"{work.root}: corpus.en and the links disagree on the number of sentences; rerun the earlier stages")
-    parts_dir = work.root / "ray" / key[:16]
-    parts_dir.mkdir(parents=True, exist_ok=True)
     with ray_cluster(config.executor) as ray:
         encoders = plan_encoders(ray, config.executor)
         bounds = shard_bounds(len(lines), config.executor.shards, encoders.count)
+        # the shards of this key cut this way; those of any other key or cut are not this job's
+        parts_dir = work.root / "ray" / f"{key[:16]}-{len(bounds) - 1}"
+        for other in work.root.joinpath("ray").glob("*-*"):
+            if other.is_dir() and other != parts_dir:
+                for path in other.glob("shard-*.safetensors"):
+                    path.unlink()
+                with contextlib.suppress(OSError):
+                    other.rmdir()
+        parts_dir.mkdir(parents=True, exist_ok=True)
         paths = [parts_dir / f"shard-{k:05d}.safetensors" for k in range(len(bounds) - 1)]
         todo = [k for k, path in enumerate(paths) if not path.exists()]
         kill_at = os.environ.get(KILL_WORKER_AT)
@@ -255,8 +264,8 @@ def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = Silen
         pending: dict = {}
         waiting = list(todo)
         sent = 0  # what the shard tasks carry: sentences and word ids (the model goes once per node, not counted)
-        with reporter.task(f"encode+project (ray: {len(actors)} encoders, {len(paths)} shards)", len(lines), "sentences") as task:
-            task.advance(sum(bounds[k + 1] - bounds[k] for k in range(len(paths)) if k not in todo))
+        with reporter.task(f"encode+project (ray, {len(actors)} encoders)", len(paths), "shards") as task:
+            task.advance(len(paths) - len(todo))  # done by an earlier driver
             idle = list(actors)
             while waiting or pending:
                 while idle and waiting:
@@ -267,8 +276,10 @@ def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = Silen
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 k, done_by = pending.pop(ready[0])
                 save_shard(paths[k], ray.get(ready[0]))
+                if os.environ.get(KILL_DRIVER_AFTER) == str(sum(path.exists() for path in paths)):
+                    os.kill(os.getpid(), signal.SIGKILL)
                 idle.append(done_by)
-                task.advance(bounds[k + 1] - bounds[k])
+                task.advance()
         for a in actors:
             ray.kill(a)
 

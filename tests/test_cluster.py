@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +126,20 @@ def test_alignment_in_parts_from_priors(local_ray, local_run, tiny_bert, tmp_pat
     # 我 is aligned to i in every part, with or without a part of its own
     lexicon = [line.split("\t") for line in (work / "lexicon.tsv").read_text().splitlines()[1:]]
     assert next(en for zh_word, en, _, _ in lexicon if zh_word == "我") == "i"
+
+
+def test_a_killed_driver_leaves_a_work_directory_the_next_run_resumes(local_ray, local_run, tiny_bert, tmp_path):
+    """The driver dies (SIGKILL) after 2 of 6 shards; the cluster lives on; the same command run
+    again reuses those 2 shards and gives the same rows."""
+    work = copy_without_records(local_run, tmp_path / "work")
+    command = [sys.executable, "-m", "xlembed.cli", "run", "--tsv", str(local_run / "c.tsv"), "--model", str(tiny_bert),
+               "--out", str(tmp_path / "out"), "--work", str(work), "--max-length", "24", "--executor", "ray", "--shards", "6",
+               "--ray-address", ray.get_runtime_context().gcs_address, "-q"]
+    killed = subprocess.run(command, env=dict(os.environ, XLEMBED_TEST_KILL_DRIVER_AFTER_SHARDS="2"), capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list(work.glob("ray/*/shard-*.safetensors"))) == 2 and not (work / "project.json").exists()
+    assert not (tmp_path / "out").exists()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((work / "encode.json").read_text())["executor"]["shards_resumed"] == 2
+    assert_same_rows(local_run / "out", tmp_path / "out")
