@@ -13,13 +13,15 @@ another strategy encodes again, or run the local `encode` on a machine
 that can hold them.
 
 Faults: an actor whose process dies is restarted (loading the model again)
-and its shard is retried, by Ray. Each finished shard's tables are written
-to WORK/ray/KEY-SHARDS/ at once, so a driver killed mid-job is resumed by the next
+and its shard is retried, by Ray. Each returned shard's tables are written
+to WORK/ray/KEY-SHARDS/ at once (and folded into a checkpoint of the sums
+every FOLD_EVERY shards), so a driver killed mid-job is resumed by the next
 run with the same key from the shards it had.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -38,11 +40,12 @@ from transformers import AutoConfig
 from .align import AlignedPart, AlignPart, align_part
 from .config import Config, Executor, ExecutorConfig, WorkDir, section_dict
 from .encode import ENCODE_COUNTS, Encoder, encode_record, encode_setup, max_length_used, remove_vectors, resolve_precision
-from .io import Reporter, SilentReporter, XlembedError, read_json, read_lines, save_tensors
-from .project import LinkPlan, ProjectionSums, link_plan, project, project_key, save_projection, sums_by_id
+from .io import Reporter, SilentReporter, XlembedError, read_lines, save_tensors
+from .project import ProjectionSums, link_plan, project, project_key, save_projection, sums_by_id
 from .records import invalidate, model_hash, up_to_date
 from .io import write_json_atomic
 
+FOLD_EVERY = 16  # returned shards the driver keeps as files before it checkpoints their sum
 PAIRS_PER_SHARD = 20_000  # the automatic --shards: at least one shard per this many pairs
 SHARDS_PER_ENCODER = 4  # ... and at least this many per encoder, so a slow or restarted one holds up little
 # the fault tests: the worker process that takes shard K SIGKILLs itself, once (WORK/ray/killed-at-shard-K
@@ -134,10 +137,10 @@ class ShardSums(NamedTuple):
 
     index: int
     zh_ids: np.ndarray  # [u_zh]
-    zh_sum: torch.Tensor  # [u_zh, d] float64
+    zh_sum: torch.Tensor  # [u_zh, d] float32
     zh_count: torch.Tensor  # [u_zh]
     en_ids: np.ndarray  # [u_en]
-    en_sum: torch.Tensor  # [u_en, d] float64
+    en_sum: torch.Tensor  # [u_en, d] float32
     en_count: torch.Tensor  # [u_en]
     links_without_vector: int
     encode_counts: dict  # Encoder.counts of the shard
@@ -146,9 +149,11 @@ class ShardSums(NamedTuple):
 def project_shard(encoder: Encoder, task: ShardTask) -> ShardSums:
     word_rows, vectors, counts = encoder.vectors(task.lines)  # [n_words], [n_rows, d]
     link_rows = word_rows[task.link_positions]
-    zh = sums_by_id(vectors, task.link_words[link_rows >= 0], link_rows[link_rows >= 0])
-    en = sums_by_id(vectors, task.en_words[word_rows >= 0], word_rows[word_rows >= 0])
-    return ShardSums(task.index, *zh, *en, links_without_vector=int((link_rows < 0).sum()), encode_counts=counts)
+    zh_ids, zh_sum, zh_count = sums_by_id(vectors, task.link_words[link_rows >= 0], link_rows[link_rows >= 0])
+    en_ids, en_sum, en_count = sums_by_id(vectors, task.en_words[word_rows >= 0], word_rows[word_rows >= 0])
+    # float32 travels: sums_by_id sums in float32 (as the local project does within a shard), so nothing is lost
+    return ShardSums(task.index, zh_ids, zh_sum.float(), zh_count, en_ids, en_sum.float(), en_count,
+                     links_without_vector=int((link_rows < 0).sum()), encode_counts=counts)
 
 
 class ShardEncoder:
@@ -186,32 +191,82 @@ def model_files(model_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(model_dir)): p.read_bytes() for p in sorted(model_dir.rglob("*")) if p.is_file()}
 
 
-def save_shard(path: Path, sums: ShardSums) -> None:
-    save_tensors(path, {"zh_ids": torch.tensor(sums.zh_ids), "zh_sum": sums.zh_sum, "zh_count": sums.zh_count,
-                        "en_ids": torch.tensor(sums.en_ids), "en_sum": sums.en_sum, "en_count": sums.en_count,
-                        "links_without_vector": torch.tensor([sums.links_without_vector])},
-                 metadata={k: str(v) for k, v in sums.encode_counts.items()})
+class Totals:
+    """The driver's running sums and counts, each returned shard added in as
+    it arrives. On disk, for a driver that dies: every shard returned since
+    the last checkpoint (written at once), and the checkpoint (the sums of
+    all shards before, which replace their files): the driver's disk holds
+    the sums and at most FOLD_EVERY shards."""
 
+    def __init__(self, parts_dir: Path, n_zh: int, n_en: int, dim: int):
+        self.dir = parts_dir
+        self.sums = ProjectionSums(torch.zeros((n_zh, dim), dtype=torch.float64), torch.zeros(n_zh, dtype=torch.int64),  # [Z, d], [Z]
+                                   torch.zeros((n_en, dim), dtype=torch.float64), torch.zeros(n_en, dtype=torch.int64), 0)  # [E, d], [E]
+        self.counts = dict.fromkeys(ENCODE_COUNTS, 0)
+        self.done: list[int] = []  # shards added, in the order they came
+        self.unfolded: list[int] = []  # ... whose files the checkpoint does not replace yet
+        self.bytes_returned = 0
+        if self.checkpoint_path.exists():
+            saved = load_file(str(self.checkpoint_path))
+            with safe_open(str(self.checkpoint_path), "pt") as f:
+                meta = json.loads(f.metadata()["totals"])
+            self.sums = ProjectionSums(saved["zh_sum"], saved["zh_count"], saved["en_sum"], saved["en_count"], meta["links_without_vector"])
+            self.counts, self.done = meta["counts"], meta["done"]
+        for path in sorted(parts_dir.glob("shard-*.safetensors")):
+            k = int(path.stem.split("-")[1])
+            if k not in self.done:
+                self.add(self.read_shard(k), save=False)
 
-def add_shards(paths: list[Path], plan: LinkPlan, dim: int) -> tuple[ProjectionSums, dict]:
-    """The shards' tables added up (in shard order), and their encode counts added up."""
-    zh_sum = torch.zeros((len(plan.zh_vocab), dim), dtype=torch.float64)  # [Z, d]
-    zh_count = torch.zeros(len(plan.zh_vocab), dtype=torch.int64)
-    en_sum = torch.zeros((len(plan.en_vocab), dim), dtype=torch.float64)  # [E, d]
-    en_count = torch.zeros(len(plan.en_vocab), dtype=torch.int64)
-    links_without_vector, counts = 0, {}
-    for path in paths:
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "totals.safetensors"
+
+    def shard_path(self, k: int) -> Path:
+        return self.dir / f"shard-{k:05d}.safetensors"
+
+    def read_shard(self, k: int) -> ShardSums:
+        path = self.shard_path(k)
         t = load_file(str(path))
-        zh_sum.index_add_(0, t["zh_ids"], t["zh_sum"])
-        zh_count.index_add_(0, t["zh_ids"], t["zh_count"])
-        en_sum.index_add_(0, t["en_ids"], t["en_sum"])
-        en_count.index_add_(0, t["en_ids"], t["en_count"])
-        links_without_vector += int(t["links_without_vector"][0])
         with safe_open(str(path), "pt") as f:
-            for k, v in f.metadata().items():
-                counts[k] = counts.get(k, 0) + int(v)
-    counts = {k: counts.get(k, 0) for k in ENCODE_COUNTS}  # in the local record's order
-    return ProjectionSums(zh_sum, zh_count, en_sum, en_count, links_without_vector), counts
+            counts = {name: int(v) for name, v in f.metadata().items()}
+        return ShardSums(k, t["zh_ids"].numpy(), t["zh_sum"], t["zh_count"], t["en_ids"].numpy(), t["en_sum"], t["en_count"],
+                         int(t["links_without_vector"][0]), counts)
+
+    def add(self, shard: ShardSums, save: bool = True) -> None:
+        if save:
+            save_tensors(self.shard_path(shard.index),
+                         {"zh_ids": torch.tensor(shard.zh_ids), "zh_sum": shard.zh_sum, "zh_count": shard.zh_count,
+                          "en_ids": torch.tensor(shard.en_ids), "en_sum": shard.en_sum, "en_count": shard.en_count,
+                          "links_without_vector": torch.tensor([shard.links_without_vector])},
+                         metadata={k: str(v) for k, v in shard.encode_counts.items()})
+            self.bytes_returned += sum(t.nbytes for t in (shard.zh_ids, shard.zh_sum, shard.zh_count, shard.en_ids, shard.en_sum, shard.en_count))
+        s = self.sums
+        s.zh_sum.index_add_(0, torch.as_tensor(shard.zh_ids), shard.zh_sum.double())
+        s.zh_count.index_add_(0, torch.as_tensor(shard.zh_ids), shard.zh_count)
+        s.en_sum.index_add_(0, torch.as_tensor(shard.en_ids), shard.en_sum.double())
+        s.en_count.index_add_(0, torch.as_tensor(shard.en_ids), shard.en_count)
+        self.sums = s._replace(links_without_vector=s.links_without_vector + shard.links_without_vector)
+        for name, n in shard.encode_counts.items():
+            self.counts[name] = self.counts.get(name, 0) + n
+        self.done.append(shard.index)
+        self.unfolded.append(shard.index)
+        if save and len(self.unfolded) >= FOLD_EVERY:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Write the sums so far, then remove the shard files they hold."""
+        s = self.sums
+        meta = dict(done=self.done, counts=self.counts, links_without_vector=s.links_without_vector)
+        save_tensors(self.checkpoint_path, {"zh_sum": s.zh_sum, "zh_count": s.zh_count, "en_sum": s.en_sum, "en_count": s.en_count},
+                     metadata={"totals": json.dumps(meta)})
+        for k in self.unfolded:
+            self.shard_path(k).unlink(missing_ok=True)
+        self.unfolded = []
+
+    def remove(self) -> None:
+        for path in [*self.dir.glob("shard-*.safetensors"), self.checkpoint_path]:
+            path.unlink(missing_ok=True)
+        self.dir.rmdir()
 
 
 def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> tuple[dict, dict]:
@@ -235,20 +290,14 @@ def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = Silen
     lines = list(read_lines(work.corpus_en))
     if len(lines) != len(plan.sent_offsets) - 1:
         raise XlembedError(f"{work.root}: corpus.en and the links disagree on the number of sentences; rerun the earlier stages")
+    model_config = AutoConfig.from_pretrained(setup.model_dir)
+    dim = model_config.hidden_size
     with ray_cluster(config.executor) as ray:
         encoders = plan_encoders(ray, config.executor)
         bounds = shard_bounds(len(lines), config.executor.shards, encoders.count)
-        # the shards of this key cut this way; those of any other key or cut are not this job's
-        parts_dir = work.root / "ray" / f"{key[:16]}-{len(bounds) - 1}"
-        for other in work.root.joinpath("ray").glob("*-*"):
-            if other.is_dir() and other != parts_dir:
-                for path in other.glob("shard-*.safetensors"):
-                    path.unlink()
-                with contextlib.suppress(OSError):
-                    other.rmdir()
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        paths = [parts_dir / f"shard-{k:05d}.safetensors" for k in range(len(bounds) - 1)]
-        todo = [k for k, path in enumerate(paths) if not path.exists()]
+        totals = Totals(parts_directory(work, key, len(bounds) - 1), len(plan.zh_vocab), len(plan.en_vocab), dim)
+        todo = [k for k in range(len(bounds) - 1) if k not in totals.done]
+        resumed = len(totals.done)
         kill_at = os.environ.get(KILL_WORKER_AT)
         actor = ray.remote(num_cpus=encoders.cpus, num_gpus=encoders.gpus, max_restarts=-1, max_task_retries=-1)(ShardEncoder)
         model = ModelSource(str(setup.model_dir), model_hash(setup.model_dir), [ray.put(model_files(setup.model_dir))])
@@ -262,48 +311,57 @@ def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = Silen
             return ShardTask(k, model, lines[a:b], plan.en_words[lo:hi], plan.link_words[links], plan.link_positions[links] - lo, marker)
 
         pending: dict = {}
-        waiting = list(todo)
         sent = 0  # what the shard tasks carry: sentences and word ids (the model goes once per node, not counted)
-        with reporter.task(f"encode+project (ray, {len(actors)} encoders)", len(paths), "shards") as task:
-            task.advance(len(paths) - len(todo))  # done by an earlier driver
+        with reporter.task(f"encode+project (ray, {len(actors)} encoders)", len(bounds) - 1, "shards") as task:
+            task.advance(resumed)  # returned to an earlier driver
             idle = list(actors)
-            while waiting or pending:
-                while idle and waiting:
-                    k, encoder = waiting.pop(0), idle.pop(0)
+            while todo or pending:
+                while idle and todo:
+                    k, encoder = todo.pop(0), idle.pop(0)
                     shard = shard_task(k)
                     sent += sum(len(line.encode()) + 1 for line in shard.lines) + 8 * (len(shard.en_words) + 2 * len(shard.link_words))
                     pending[encoder.project.remote(shard)] = (k, encoder)
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 k, done_by = pending.pop(ready[0])
-                save_shard(paths[k], ray.get(ready[0]))
-                if os.environ.get(KILL_DRIVER_AFTER) == str(sum(path.exists() for path in paths)):
+                totals.add(ray.get(ready[0]))
+                if os.environ.get(KILL_DRIVER_AFTER) == str(len(totals.done)):
                     os.kill(os.getpid(), signal.SIGKILL)
                 idle.append(done_by)
                 task.advance()
         for a in actors:
             ray.kill(a)
 
-    model_config = AutoConfig.from_pretrained(setup.model_dir)
-    dim = model_config.hidden_size
-    sums, encode_counts = add_shards(paths, plan, dim)
     remove_vectors(work)  # any from an earlier local encode are not these
     seconds = round(time.perf_counter() - start, 3)
-    executor = dict(section_dict(config.executor), encoders=len(actors), shards=len(paths), shards_resumed=len(paths) - len(todo),
-                    bytes_sent=sent, bytes_returned=sum(path.stat().st_size for path in paths))
+    executor = dict(section_dict(config.executor), encoders=len(actors), shards=len(bounds) - 1, shards_resumed=resumed,
+                    bytes_sent=sent, bytes_returned=totals.bytes_returned)
     # one record each, as the local stages write them; the seconds are the two stages' together
+    counts = {name: totals.counts.get(name, 0) for name in ENCODE_COUNTS}
     encode_rec = dict(stage="encode", key=setup.key,
-                      **encode_record(config, work, setup, max_length_used(config.encode, model_config), dim, encode_counts),
+                      **encode_record(config, work, setup, max_length_used(config.encode, model_config), dim, counts),
                       vectors_kept=False, executor=executor, seconds=seconds)
     write_json_atomic(work.record("encode"), encode_rec)
-    project_rec = dict(stage="project", key=key, **save_projection(work, config, plan, sums, dim, inputs),
+    project_rec = dict(stage="project", key=key, **save_projection(work, config, plan, totals.sums, dim, inputs),
                        executor=executor, seconds=seconds)
     write_json_atomic(work.record("project"), project_rec)
-    for path in paths:
-        path.unlink()
-    parts_dir.rmdir()
+    totals.remove()
     with contextlib.suppress(OSError):  # not empty: the fault test's marker
-        parts_dir.parent.rmdir()
+        totals.dir.parent.rmdir()
     return encode_rec, project_rec
+
+
+def parts_directory(work: WorkDir, key: str, n_shards: int) -> Path:
+    """WORK/ray/KEY-SHARDS: the returned shards of this key cut this way;
+    those of any other key or cut are not this job's and are removed."""
+    parts_dir = work.root / "ray" / f"{key[:16]}-{n_shards}"
+    for other in work.root.joinpath("ray").glob("*-*"):
+        if other.is_dir() and other != parts_dir:
+            for path in [*other.glob("shard-*.safetensors"), other / "totals.safetensors"]:
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                other.rmdir()
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    return parts_dir
 
 
 def ray_parts_runner(config: Config):

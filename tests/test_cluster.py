@@ -143,3 +143,35 @@ def test_a_killed_driver_leaves_a_work_directory_the_next_run_resumes(local_ray,
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((work / "encode.json").read_text())["executor"]["shards_resumed"] == 2
     assert_same_rows(local_run / "out", tmp_path / "out")
+
+
+def test_the_drivers_totals_fold_returned_shards_into_a_checkpoint_and_read_back_the_same(tmp_path, monkeypatch):
+    """What a resumed driver starts from: the checkpoint plus the shards returned after it."""
+    import numpy as np
+
+    from xlembed import cluster
+
+    monkeypatch.setattr(cluster, "FOLD_EVERY", 2)
+    rng = np.random.default_rng(0)
+
+    def shard(k: int) -> cluster.ShardSums:
+        zh_ids, en_ids = np.array([k, k + 1]), np.array([0, k + 2])
+        return cluster.ShardSums(k, zh_ids, torch.tensor(rng.normal(size=(2, 3)), dtype=torch.float32), torch.tensor([1, 2]),
+                                 en_ids, torch.tensor(rng.normal(size=(2, 3)), dtype=torch.float32), torch.tensor([3, 1]), k,
+                                 {"words": 10 + k})
+
+    totals = cluster.Totals(tmp_path, 6, 6, 3)
+    shards = [shard(k) for k in (2, 0, 3)]
+    for s in shards:
+        totals.add(s)
+    # shards 2 and 0 folded into the checkpoint (their files gone); shard 3 as a file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00003.safetensors", "totals.safetensors"]
+    expected_zh = torch.zeros(6, 3, dtype=torch.float64)
+    for s in shards:
+        expected_zh.index_add_(0, torch.tensor(s.zh_ids), s.zh_sum.double())
+    resumed = cluster.Totals(tmp_path, 6, 6, 3)
+    assert sorted(resumed.done) == [0, 2, 3]
+    for t in (totals, resumed):
+        assert torch.equal(t.sums.zh_sum, expected_zh)
+        assert t.sums.zh_count.tolist() == [1, 2, 1, 3, 2, 0] and t.sums.en_count.tolist() == [9, 0, 1, 0, 1, 1]
+        assert t.sums.links_without_vector == 5 and t.counts["words"] == 35
