@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--parts", type=int, default=4)
     parser.add_argument("--samples", default="200000,20000", help="prior sample sizes, comma-separated")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--gold", type=Path, default=GOLD)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -51,7 +52,7 @@ def main() -> None:
                 start = time.perf_counter()
                 # no priors: an empty priors file, as if eflomal were given none
                 with mock.patch.object(xlembed.align, "estimate_priors", lambda *a: "") if no_priors else contextlib.nullcontext():
-                    r = evaluate_alignment(GOLD, WorkDir(work), opts)
+                    r = evaluate_alignment(args.gold, WorkDir(work), opts)
                 seconds.append(time.perf_counter() - start)
                 scores.append(r["scores"])
             row = dict(corpus=str(work), corpus_pairs=r["corpus_pairs"], variant=name, options=dataclasses.asdict(opts), runs=args.runs,

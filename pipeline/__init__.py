@@ -7,16 +7,16 @@
     config.tokenize.tsv = "pairs.tsv"
     xlembed.run(config, "out.work", "out")    # the whole pipeline
 """
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
-from .config import (AlignConfig, Config, Device, EncodeConfig, Oov, Precision, ProjectConfig, Strategy, Symmetrization,  # noqa: E402
-                     TokenizeConfig, WriteConfig, load_config)
+from .config import (AlignConfig, Config, Device, EncodeConfig, Executor, ExecutorConfig, Oov, Precision, ProjectConfig,  # noqa: E402
+                     Strategy, Symmetrization, TokenizeConfig, WriteConfig, load_config)
 from .embeddings import Embeddings, load  # noqa: E402
 from .io import XlembedError  # noqa: E402
 from .run import run  # noqa: E402
 
 __all__ = [
     "__version__", "load", "run", "load_config", "Embeddings", "XlembedError",
-    "Config", "TokenizeConfig", "EncodeConfig", "AlignConfig", "ProjectConfig", "WriteConfig",
-    "Symmetrization", "Strategy", "Oov", "Device", "Precision",
+    "Config", "TokenizeConfig", "EncodeConfig", "AlignConfig", "ProjectConfig", "WriteConfig", "ExecutorConfig",
+    "Symmetrization", "Strategy", "Oov", "Device", "Precision", "Executor",
 ]

@@ -1,11 +1,13 @@
 """The Ray executor: encode+project and alignment parts as Ray tasks.
 
-encode+project: the corpus is cut into shards of consecutive sentences.
-Each shard goes to an encoder actor (one per GPU on a node with GPUs, else
-one per --worker-cpus CPUs), which loads the model once, encodes the
-shard's English sentences in memory and adds the vectors into per-word
-sums and counts, Chinese (by the links the driver chose) and English; only
-those tables travel back. The driver adds them up: sums and counts are
+encode+project: the corpus is cut into shards of consecutive pairs. Each
+shard (both sides and their links) goes to an encoder actor (one per GPU
+on a node with GPUs, else one per --worker-cpus CPUs), which loads the
+model, the lexicon and the vocabularies once, chooses the links, encodes
+the shard's English sentences in memory and adds the vectors into
+per-word sums and counts, Chinese and English; only those tables travel
+back. The driver reads the corpus twice, streaming (to count the words,
+which fixes the vocabularies, then to send the shards). The driver adds them up: sums and counts are
 additive, so the result is the local projection's up to float rounding.
 The vectors themselves are never kept on this path (they would be about
 2 bytes x dim per English word, on the workers' disks): re-projecting with
@@ -21,6 +23,7 @@ run with the same key from the shards it had.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -40,8 +43,9 @@ from transformers import AutoConfig
 from .align import AlignedPart, AlignPart, align_part
 from .config import Config, Executor, ExecutorConfig, WorkDir, section_dict
 from .encode import ENCODE_COUNTS, Encoder, encode_record, encode_setup, max_length_used, remove_vectors, resolve_precision
-from .io import Reporter, SilentReporter, XlembedError, read_lines, save_tensors
-from .project import ProjectionSums, link_plan, project, project_key, save_projection, sums_by_id
+from .io import Reporter, SilentReporter, XlembedError, read_lines, require, save_tensors
+from .project import (Lexicon, ProjectionSums, choose_links, count_words, project, project_key, read_link_lexicon, save_projection,
+                      sums_by_id, vocabularies)
 from .records import invalidate, model_hash, up_to_date
 from .io import write_json_atomic
 
@@ -118,17 +122,24 @@ class ModelSource(NamedTuple):
     shipped: list  # [ObjectRef of {relative path: bytes}], in a list so that Ray hands over the reference
 
 
+class LinkTables(NamedTuple):
+    """What every encoder needs to choose links: the lexicon and both
+    vocabularies' ids (sent once, through Ray's object store)."""
+
+    lexicon: Lexicon
+    zh_ids: dict[str, int]
+    en_ids: dict[str, int]
+
+
 class ShardTask(NamedTuple):
-    """What one encoder needs for one shard: its English sentences, the word
-    id of each English word occurrence, and the chosen links (Chinese word
-    id, occurrence within the shard)."""
+    """What one encoder needs for one shard of consecutive pairs: both sides and their links."""
 
     index: int
     model: ModelSource
-    lines: list[str]
-    en_words: np.ndarray  # [n_words] English word ids
-    link_words: np.ndarray  # [n_links] Chinese word ids
-    link_positions: np.ndarray  # [n_links] occurrences (into en_words) whose vectors they take
+    tables: list  # [ObjectRef of LinkTables], in a list so that Ray hands over the reference
+    zh_lines: list[str]
+    en_lines: list[str]
+    links_lines: list[str]
     kill_marker: str | None  # fault test only: die once at this shard
 
 
@@ -146,11 +157,12 @@ class ShardSums(NamedTuple):
     encode_counts: dict  # Encoder.counts of the shard
 
 
-def project_shard(encoder: Encoder, task: ShardTask) -> ShardSums:
-    word_rows, vectors, counts = encoder.vectors(task.lines)  # [n_words], [n_rows, d]
-    link_rows = word_rows[task.link_positions]
-    zh_ids, zh_sum, zh_count = sums_by_id(vectors, task.link_words[link_rows >= 0], link_rows[link_rows >= 0])
-    en_ids, en_sum, en_count = sums_by_id(vectors, task.en_words[word_rows >= 0], word_rows[word_rows >= 0])
+def project_shard(encoder: Encoder, tables: LinkTables, task: ShardTask) -> ShardSums:
+    links = choose_links(task.zh_lines, task.en_lines, task.links_lines, tables.lexicon, tables.zh_ids, tables.en_ids)
+    word_rows, vectors, counts = encoder.vectors(task.en_lines)  # [n_words], [n_rows, d]
+    link_rows = word_rows[links.link_positions]
+    zh_ids, zh_sum, zh_count = sums_by_id(vectors, links.link_words[link_rows >= 0], link_rows[link_rows >= 0])
+    en_ids, en_sum, en_count = sums_by_id(vectors, links.en_words[word_rows >= 0], word_rows[word_rows >= 0])
     # float32 travels: sums_by_id sums in float32 (as the local project does within a shard), so nothing is lost
     return ShardSums(task.index, zh_ids, zh_sum.float(), zh_count, en_ids, en_sum.float(), en_count,
                      links_without_vector=int((link_rows < 0).sum()), encode_counts=counts)
@@ -162,7 +174,7 @@ class ShardEncoder:
 
     def __init__(self, config: Config, threads: int):
         torch.set_num_threads(threads)
-        self.config, self.encoder, self.tmp = config, None, None
+        self.config, self.encoder, self.tmp, self.tables = config, None, None, None
 
     def load(self, model: ModelSource) -> Encoder:
         path = Path(model.path)
@@ -183,8 +195,10 @@ class ShardEncoder:
             Path(task.kill_marker).touch()
             os.kill(os.getpid(), signal.SIGKILL)
         if self.encoder is None:
-            self.encoder = self.load(task.model)
-        return project_shard(self.encoder, task)
+            import ray
+
+            self.encoder, self.tables = self.load(task.model), ray.get(task.tables[0])
+        return project_shard(self.encoder, self.tables, task)
 
 
 def model_files(model_dir: Path) -> dict[str, bytes]:
@@ -241,10 +255,11 @@ class Totals:
                          metadata={k: str(v) for k, v in shard.encode_counts.items()})
             self.bytes_returned += sum(t.nbytes for t in (shard.zh_ids, shard.zh_sum, shard.zh_count, shard.en_ids, shard.en_sum, shard.en_count))
         s = self.sums
-        s.zh_sum.index_add_(0, torch.as_tensor(shard.zh_ids), shard.zh_sum.double())
-        s.zh_count.index_add_(0, torch.as_tensor(shard.zh_ids), shard.zh_count)
-        s.en_sum.index_add_(0, torch.as_tensor(shard.en_ids), shard.en_sum.double())
-        s.en_count.index_add_(0, torch.as_tensor(shard.en_ids), shard.en_count)
+        zh_ids, en_ids = torch.tensor(shard.zh_ids), torch.tensor(shard.en_ids)  # copies: Ray hands over read-only arrays
+        s.zh_sum.index_add_(0, zh_ids, shard.zh_sum.double())
+        s.zh_count.index_add_(0, zh_ids, shard.zh_count)
+        s.en_sum.index_add_(0, en_ids, shard.en_sum.double())
+        s.en_count.index_add_(0, en_ids, shard.en_count)
         self.sums = s._replace(links_without_vector=s.links_without_vector + shard.links_without_vector)
         for name, n in shard.encode_counts.items():
             self.counts[name] = self.counts.get(name, 0) + n
@@ -286,47 +301,54 @@ def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = Silen
     start = time.perf_counter()
     invalidate(work, "project")
     invalidate(work, "encode")
-    plan = link_plan(work, config.project)
-    lines = list(read_lines(work.corpus_en))
-    if len(lines) != len(plan.sent_offsets) - 1:
+    lexicon = read_link_lexicon(work, config.project)
+    corpus_zh, corpus_en, corpus_links = require(work.corpus_zh, "tokenize"), work.corpus_en, require(work.links, "align")
+    vocab = vocabularies(*count_words(read_lines(corpus_zh), read_lines(corpus_en), lexicon.stopwords))
+    n_pairs = sum(1 for _ in read_lines(corpus_links))
+    if n_pairs != sum(1 for _ in read_lines(corpus_en)):
         raise XlembedError(f"{work.root}: corpus.en and the links disagree on the number of sentences; rerun the earlier stages")
     model_config = AutoConfig.from_pretrained(setup.model_dir)
     dim = model_config.hidden_size
     with ray_cluster(config.executor) as ray:
         encoders = plan_encoders(ray, config.executor)
-        bounds = shard_bounds(len(lines), config.executor.shards, encoders.count)
-        totals = Totals(parts_directory(work, key, len(bounds) - 1), len(plan.zh_vocab), len(plan.en_vocab), dim)
+        bounds = shard_bounds(n_pairs, config.executor.shards, encoders.count)
+        totals = Totals(parts_directory(work, key, len(bounds) - 1), len(vocab.zh_vocab), len(vocab.en_vocab), dim)
         todo = [k for k in range(len(bounds) - 1) if k not in totals.done]
         resumed = len(totals.done)
         kill_at = os.environ.get(KILL_WORKER_AT)
         actor = ray.remote(num_cpus=encoders.cpus, num_gpus=encoders.gpus, max_restarts=-1, max_task_retries=-1)(ShardEncoder)
         model = ModelSource(str(setup.model_dir), model_hash(setup.model_dir), [ray.put(model_files(setup.model_dir))])
+        tables = [ray.put(LinkTables(lexicon, *vocab.ids()))]
         actors = [actor.remote(config, encoders.cpus) for _ in range(min(encoders.count, max(1, len(todo))))]
+        sent = 0  # what the shard tasks carry: their pairs and links (the model and the tables go once per node)
 
-        def shard_task(k: int) -> ShardTask:
-            a, b = bounds[k], bounds[k + 1]
-            lo, hi = plan.sent_offsets[a], plan.sent_offsets[b]
-            links = slice(*np.searchsorted(plan.link_positions, [lo, hi]))
-            marker = str(work.root / "ray" / f"killed-at-shard-{k}") if kill_at is not None and int(kill_at) == k else None
-            return ShardTask(k, model, lines[a:b], plan.en_words[lo:hi], plan.link_words[links], plan.link_positions[links] - lo, marker)
+        def shard_tasks() -> Iterator[ShardTask]:
+            """The shards still to do, in order, read from the corpus as they are sent."""
+            nonlocal sent
+            files = [read_lines(path) for path in (corpus_zh, corpus_en, corpus_links)]
+            for k in range(len(bounds) - 1):
+                zh, en, links = ([line for line in itertools.islice(f, bounds[k + 1] - bounds[k])] for f in files)
+                if k in totals.done:
+                    continue
+                sent += sum(len(line.encode()) + 1 for part in (zh, en, links) for line in part)
+                marker = str(work.root / "ray" / f"killed-at-shard-{k}") if kill_at is not None and int(kill_at) == k else None
+                yield ShardTask(k, model, tables, zh, en, links, marker)
 
         pending: dict = {}
-        sent = 0  # what the shard tasks carry: sentences and word ids (the model goes once per node, not counted)
         with reporter.task(f"encode+project (ray, {len(actors)} encoders)", len(bounds) - 1, "shards") as task:
             task.advance(resumed)  # returned to an earlier driver
-            idle = list(actors)
-            while todo or pending:
-                while idle and todo:
-                    k, encoder = todo.pop(0), idle.pop(0)
-                    shard = shard_task(k)
-                    sent += sum(len(line.encode()) + 1 for line in shard.lines) + 8 * (len(shard.en_words) + 2 * len(shard.link_words))
-                    pending[encoder.project.remote(shard)] = (k, encoder)
+            idle, waiting = list(actors), shard_tasks()
+            while True:
+                while idle and (shard := next(waiting, None)) is not None:
+                    encoder = idle.pop(0)
+                    pending[encoder.project.remote(shard)] = encoder
+                if not pending:
+                    break
                 ready, _ = ray.wait(list(pending), num_returns=1)
-                k, done_by = pending.pop(ready[0])
+                idle.append(pending.pop(ready[0]))
                 totals.add(ray.get(ready[0]))
                 if os.environ.get(KILL_DRIVER_AFTER) == str(len(totals.done)):
                     os.kill(os.getpid(), signal.SIGKILL)
-                idle.append(done_by)
                 task.advance()
         for a in actors:
             ray.kill(a)
@@ -341,7 +363,7 @@ def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = Silen
                       **encode_record(config, work, setup, max_length_used(config.encode, model_config), dim, counts),
                       vectors_kept=False, executor=executor, seconds=seconds)
     write_json_atomic(work.record("encode"), encode_rec)
-    project_rec = dict(stage="project", key=key, **save_projection(work, config, plan, totals.sums, dim, inputs),
+    project_rec = dict(stage="project", key=key, **save_projection(work, config, vocab, lexicon, totals.sums, dim, inputs),
                        executor=executor, seconds=seconds)
     write_json_atomic(work.record("project"), project_rec)
     totals.remove()

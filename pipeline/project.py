@@ -24,7 +24,8 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from collections import Counter
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -40,17 +41,6 @@ from .records import file_hash, fingerprint, run_stage, stage_key
 
 def read_stopwords(path) -> set[str]:
     return {w for line in read_lines(path) for w in line.split()}
-
-
-def by_frequency(first_seen: dict[str, int], freq) -> tuple[list[str], np.ndarray]:
-    """Words sorted by frequency (then by word), and the map from
-    first-seen ids to positions in that order."""
-    words = list(first_seen)
-    freq = freq.tolist()
-    order = sorted(range(len(words)), key=lambda i: (-freq[i], words[i]))
-    renumber = np.empty(len(words), dtype=np.int64)
-    renumber[order] = np.arange(len(words))
-    return [words[i] for i in order], renumber
 
 
 def chosen_links(strategy: Strategy, links: set[tuple[int, int]], zh: list[str], en: list[str],
@@ -103,67 +93,95 @@ def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_wor
     return sums, counts
 
 
-class LinkPlan(NamedTuple):
-    """The projection of the whole corpus, vectors aside: which English word
+class Lexicon(NamedTuple):
+    """What choosing links needs of the lexical table and the options."""
+
+    strategy: Strategy
+    best: dict[str, Translation]  # each Chinese word's most probable translation
+    p_en: dict[str, dict[str, float]]  # p(en | zh); only for argmax-occurrence (empty otherwise)
+    stopwords: frozenset[str]
+
+
+def read_link_lexicon(work: WorkDir, opts) -> Lexicon:
+    lexicon = read_lexicon(require(work.lexicon, "align"))
+    best = {zh: translations[0] for zh, translations in lexicon.items()}  # highest p first
+    p_en = ({zh: {t.en: t.p for t in translations} for zh, translations in lexicon.items()}
+            if opts.strategy == Strategy.argmax_occurrence else {})  # only that strategy looks it up
+    return Lexicon(opts.strategy, best, p_en, frozenset(read_stopwords(opts.stopwords) if opts.stopwords else ()))
+
+
+class Vocabularies(NamedTuple):
+    """Both sides' words sorted by corpus frequency (then by word); a word's id is its position."""
+
+    zh_vocab: list[str]
+    zh_freq: dict[str, int]
+    en_vocab: list[str]
+    en_freq: dict[str, int]
+
+    def ids(self) -> tuple[dict[str, int], dict[str, int]]:
+        return {w: i for i, w in enumerate(self.zh_vocab)}, {w: i for i, w in enumerate(self.en_vocab)}
+
+
+def count_words(zh_lines: Iterable[str], en_lines: Iterable[str], stopwords: frozenset[str]) -> tuple[Counter, Counter]:
+    """Word frequencies of some pairs (additive over parts of a corpus); stopwords not counted."""
+    zh_counts, en_counts = Counter(), Counter()
+    for zh_line, en_line in zip(zh_lines, en_lines):
+        zh_counts.update(zh_line.split(" "))
+        en_counts.update(en_line.split(" "))
+    for w in stopwords:
+        zh_counts.pop(w, None)
+    return zh_counts, en_counts
+
+
+def vocabularies(zh_counts: Counter, en_counts: Counter) -> Vocabularies:
+    def by_frequency(counts: Counter) -> list[str]:
+        return sorted(counts, key=lambda w: (-counts[w], w))
+
+    return Vocabularies(by_frequency(zh_counts), dict(zh_counts), by_frequency(en_counts), dict(en_counts))
+
+
+class Links(NamedTuple):
+    """The projection of some sentences, vectors aside: which English word
     occurrence each Chinese word occurrence takes its vector from, and every
-    English word occurrence's word. Word ids are positions in the
-    vocabularies, which are sorted by frequency. Occurrences are numbered
-    as the encode stage's index numbers them (sentence by sentence)."""
+    English word occurrence's word id. Occurrences are numbered sentence by
+    sentence, as the encode stage's index numbers them."""
 
     sent_offsets: np.ndarray  # [n_sentences + 1] first English word occurrence of each sentence
     en_words: np.ndarray  # [n_en_words] English word id of each occurrence
     link_words: np.ndarray  # [n_links] Chinese word id of each chosen link
     link_positions: np.ndarray  # [n_links] the English occurrence whose vector it takes (ascending)
-    zh_vocab: list[str]
-    zh_freq: dict[str, int]
-    en_vocab: list[str]
-    en_freq: dict[str, int]
-    best: dict[str, Translation]  # each Chinese word's most probable translation
-    stopwords_dropped: int
+
+
+def choose_links(zh_lines: Iterable[str], en_lines: Iterable[str], links_lines: Iterable[str], lexicon: Lexicon,
+                 zh_ids: dict[str, int], en_ids: dict[str, int]) -> Links:
+    """One streaming pass over some sentences and their links, by the lexicon's strategy."""
+    en_words, link_words, link_positions, sent_offsets = array("q"), array("q"), array("q"), array("q", [0])
+    for zh_line, en_line, links_line in zip(zh_lines, en_lines, links_lines):
+        zh, en = zh_line.split(" "), en_line.split(" ")
+        offset = len(en_words)
+        en_words.extend([en_ids[w] for w in en])
+        sent_offsets.append(len(en_words))
+        for i, j in chosen_links(lexicon.strategy, parse_links(links_line), zh, en, lexicon.best, lexicon.p_en):
+            if zh[i] not in lexicon.stopwords:
+                link_words.append(zh_ids[zh[i]])
+                link_positions.append(offset + j)
+    return Links(*(np.frombuffer(a, dtype=np.int64) for a in (sent_offsets, en_words, link_words, link_positions)))
+
+
+class LinkPlan(NamedTuple):
+    """The whole corpus's links and vocabularies (the local project)."""
+
+    links: Links
+    vocab: Vocabularies
+    lexicon: Lexicon
 
 
 def link_plan(work: WorkDir, opts) -> LinkPlan:
-    """One streaming pass over the corpus and its links, by `opts.strategy`."""
-    lexicon = read_lexicon(require(work.lexicon, "align"))
-    stopwords = read_stopwords(opts.stopwords) if opts.stopwords else set()
-    best = {zh: translations[0] for zh, translations in lexicon.items()}  # highest p first
-    p_en = ({zh: {t.en: t.p for t in translations} for zh, translations in lexicon.items()}  # p(en | zh)
-            if opts.strategy == Strategy.argmax_occurrence else {})  # only that strategy looks it up
-    del lexicon
-
-    # words get ids in order of first sight, renumbered by frequency afterwards;
-    # per-occurrence data goes to compact arrays
-    zh_first, en_first = {}, {}
-    zh_tokens, en_words = array("q"), array("q")
-    link_words, link_positions, sent_offsets = array("q"), array("q"), array("q", [0])
-    for zh_line, en_line, links_line in zip(read_lines(require(work.corpus_zh, "tokenize")), read_lines(work.corpus_en),
-                                            read_lines(require(work.links, "align"))):
-        zh, en = zh_line.split(" "), en_line.split(" ")
-        zh_ids = [-1 if w in stopwords else zh_first.setdefault(w, len(zh_first)) for w in zh]
-        zh_tokens.extend(zh_ids)
-        offset = len(en_words)
-        en_words.extend([en_first.setdefault(w, len(en_first)) for w in en])
-        sent_offsets.append(len(en_words))
-        for i, j in chosen_links(opts.strategy, parse_links(links_line), zh, en, best, p_en):
-            if zh_ids[i] >= 0:
-                link_words.append(zh_ids[i])
-                link_positions.append(offset + j)
-
-    zh_tokens = np.frombuffer(zh_tokens, dtype=np.int64)
-    en_words = np.frombuffer(en_words, dtype=np.int64)
-    zh_counts = np.bincount(zh_tokens[zh_tokens >= 0], minlength=len(zh_first))
-    en_counts = np.bincount(en_words, minlength=len(en_first))
-    zh_vocab, zh_renumber = by_frequency(zh_first, zh_counts)
-    en_vocab, en_renumber = by_frequency(en_first, en_counts)
-    return LinkPlan(
-        sent_offsets=np.frombuffer(sent_offsets, dtype=np.int64),
-        en_words=en_renumber[en_words],
-        link_words=zh_renumber[np.frombuffer(link_words, dtype=np.int64)],
-        link_positions=np.frombuffer(link_positions, dtype=np.int64),
-        zh_vocab=zh_vocab, zh_freq=dict(zip(zh_first, zh_counts.tolist())),
-        en_vocab=en_vocab, en_freq=dict(zip(en_first, en_counts.tolist())),
-        best=best, stopwords_dropped=len(stopwords & set(best)),
-    )
+    lexicon = read_link_lexicon(work, opts)
+    corpus_zh, corpus_en, links = require(work.corpus_zh, "tokenize"), work.corpus_en, require(work.links, "align")
+    vocab = vocabularies(*count_words(read_lines(corpus_zh), read_lines(corpus_en), lexicon.stopwords))
+    chosen = choose_links(read_lines(corpus_zh), read_lines(corpus_en), read_lines(links), lexicon, *vocab.ids())
+    return LinkPlan(chosen, vocab, lexicon)
 
 
 class ProjectionSums(NamedTuple):
@@ -184,17 +202,18 @@ def project_key(config: Config, work: WorkDir, encode_key: str | None) -> tuple[
     return stage_key("project", encode=encode_key, inputs=list(inputs.values()), config=fingerprint(config.project)), inputs
 
 
-def save_projection(work: WorkDir, config: Config, plan: LinkPlan, sums: ProjectionSums, dim: int, inputs: dict) -> dict:
+def save_projection(work: WorkDir, config: Config, vocab: Vocabularies, lexicon: Lexicon, sums: ProjectionSums, dim: int,
+                    inputs: dict) -> dict:
     """Write projection.safetensors and its two vocabularies; return the record's content."""
-    opts = config.project
+    opts, plan, best = config.project, vocab, lexicon.best
     save_tensors(work.projection,
                  {"zh_sum": sums.zh_sum, "zh_count": sums.zh_count,
                   "zh_freq": torch.tensor([plan.zh_freq[w] for w in plan.zh_vocab], dtype=torch.int64),
                   "en_sum": sums.en_sum, "en_count": sums.en_count},
                  metadata={"strategy": opts.strategy.value, "min_count": str(opts.min_count), "dim": str(dim)})
     no_translation = Translation("", 0, 0.0)
-    write_projected_words(work.projection_zh_vocab, [ProjectedWord(w, plan.zh_freq[w], plan.best.get(w, no_translation).en,
-                                                                   plan.best.get(w, no_translation).p) for w in plan.zh_vocab])
+    write_projected_words(work.projection_zh_vocab, [ProjectedWord(w, plan.zh_freq[w], best.get(w, no_translation).en,
+                                                                   best.get(w, no_translation).p) for w in plan.zh_vocab])
     with atomic_path(work.projection_en_vocab) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("word\tfreq\n")
         f.writelines(f"{w}\t{plan.en_freq[w]}\n" for w in plan.en_vocab)
@@ -203,7 +222,7 @@ def save_projection(work: WorkDir, config: Config, plan: LinkPlan, sums: Project
         inputs=inputs,
         counts=dict(zh_types=len(plan.zh_vocab), zh_projected=int((sums.zh_count >= opts.min_count).sum()), en_types=len(plan.en_vocab),
                     links_used=int(sums.zh_count.sum()), links_without_vector=sums.links_without_vector,
-                    stopwords_dropped=plan.stopwords_dropped),
+                    stopwords_dropped=len(lexicon.stopwords & best.keys())),
     )
 
 
@@ -216,15 +235,17 @@ def project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter()
     def compute() -> dict:
         store = VectorStore(work)
         plan = link_plan(work, config.project)
-        if len(plan.sent_offsets) != len(store.sent_offsets) or len(plan.en_words) != len(store.word_rows):
+        links = plan.links
+        if len(links.sent_offsets) != len(store.sent_offsets) or len(links.en_words) != len(store.word_rows):
             raise XlembedError(f"{work.root}: corpus, links and vectors disagree on the number of sentences; rerun the earlier stages")
-        link_rows = store.word_rows[plan.link_positions]
+        link_rows = store.word_rows[links.link_positions]
         has_vector = store.word_rows >= 0
+        dim = encode_record["dim"]
         with reporter.task("project", 2 * store.n_shards, "shards") as task:
-            zh_sum, zh_count = accumulate(store, plan.link_words[link_rows >= 0], link_rows[link_rows >= 0], len(plan.zh_vocab), encode_record["dim"], task)
-            en_sum, en_count = accumulate(store, plan.en_words[has_vector], store.word_rows[has_vector], len(plan.en_vocab), encode_record["dim"], task)
+            zh_sum, zh_count = accumulate(store, links.link_words[link_rows >= 0], link_rows[link_rows >= 0], len(plan.vocab.zh_vocab), dim, task)
+            en_sum, en_count = accumulate(store, links.en_words[has_vector], store.word_rows[has_vector], len(plan.vocab.en_vocab), dim, task)
         sums = ProjectionSums(zh_sum, zh_count, en_sum, en_count, links_without_vector=int((link_rows < 0).sum()))
-        return save_projection(work, config, plan, sums, encode_record["dim"], inputs)
+        return save_projection(work, config, plan.vocab, plan.lexicon, sums, dim, inputs)
 
     return run_stage(work, "project", key, force, compute)
 
