@@ -49,6 +49,7 @@ from .project import (Lexicon, ProjectionSums, choose_links, count_words, projec
 from .records import invalidate, model_hash, up_to_date
 from .io import write_json_atomic
 
+RETRIES = 3  # of a shard whose worker died
 FOLD_EVERY = 16  # returned shards the driver keeps as files before it checkpoints their sum
 PAIRS_PER_SHARD = 20_000  # the automatic --shards: at least one shard per this many pairs
 SHARDS_PER_ENCODER = 4  # ... and at least this many per encoder, so a slow or restarted one holds up little
@@ -316,7 +317,8 @@ def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = Silen
         todo = [k for k in range(len(bounds) - 1) if k not in totals.done]
         resumed = len(totals.done)
         kill_at = os.environ.get(KILL_WORKER_AT)
-        actor = ray.remote(num_cpus=encoders.cpus, num_gpus=encoders.gpus, max_restarts=-1, max_task_retries=-1)(ShardEncoder)
+        # a dead worker's actor is restarted, and its shard retried up to RETRIES times (a shard that kills every worker fails the job)
+        actor = ray.remote(num_cpus=encoders.cpus, num_gpus=encoders.gpus, max_restarts=-1, max_task_retries=RETRIES)(ShardEncoder)
         model = ModelSource(str(setup.model_dir), model_hash(setup.model_dir), [ray.put(model_files(setup.model_dir))])
         tables = [ray.put(LinkTables(lexicon, *vocab.ids()))]
         actors = [actor.remote(config, encoders.cpus) for _ in range(min(encoders.count, max(1, len(todo))))]
@@ -346,7 +348,11 @@ def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = Silen
                     break
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 idle.append(pending.pop(ready[0]))
-                totals.add(ray.get(ready[0]))
+                try:
+                    totals.add(ray.get(ready[0]))
+                except ray.exceptions.RayError as e:
+                    raise XlembedError(f"{work.root}: a shard failed {RETRIES + 1} times on Ray; the shards returned so far are kept "
+                                       f"for the next run ({str(e).strip().splitlines()[0]})")
                 if os.environ.get(KILL_DRIVER_AFTER) == str(len(totals.done)):
                     os.kill(os.getpid(), signal.SIGKILL)
                 task.advance()
@@ -387,11 +393,14 @@ def parts_directory(work: WorkDir, key: str, n_shards: int) -> Path:
 
 
 def ray_parts_runner(config: Config):
-    """align's parts_runner on Ray: each part one task (eflomal uses a core per sampler)."""
+    """align's parts_runner on Ray: each part one task (retried if its
+    worker dies), asking for a CPU per eflomal sampler (its threads), at
+    most a node's CPUs."""
 
     def run(parts: list[AlignPart]) -> Iterator[AlignedPart]:
         with ray_cluster(config.executor) as ray:
-            task = ray.remote(num_cpus=1, max_retries=3)(align_part)
+            largest_node = max(int(node["Resources"].get("CPU", 1)) for node in ray.nodes() if node["Alive"])
+            task = ray.remote(num_cpus=min(config.align.samplers, largest_node), max_retries=3)(align_part)
             refs = [task.remote(part) for part in parts]
             for ref in refs:  # in order
                 yield ray.get(ref)
