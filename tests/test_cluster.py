@@ -139,9 +139,13 @@ def test_a_killed_driver_leaves_a_work_directory_the_next_run_resumes(local_ray,
     assert killed.returncode == -signal.SIGKILL
     assert len(list(work.glob("ray/*/shard-*.safetensors"))) == 2 and not (work / "project.json").exists()
     assert not (tmp_path / "out").exists()
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    # run again, as a batch job's log sees it: progress lines for the whole cluster, in shards, with rate and ETA
+    resumed = subprocess.run(command[:-1], capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, XLEMBED_PROGRESS_INTERVAL="0"))
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((work / "encode.json").read_text())["executor"]["shards_resumed"] == 2
+    progress = [line for line in resumed.stderr.splitlines() if line.startswith("encode+project (ray, 2 encoders): ")]
+    assert progress and all("/6 shards (" in line and "shards/s" in line and "eta" in line for line in progress), resumed.stderr
     assert_same_rows(local_run / "out", tmp_path / "out")
 
 
