@@ -143,6 +143,7 @@ class AlignPart(NamedTuple):
     en: list[str]
     priors: str  # an eflomal priors file's text
     opts: AlignConfig
+    scratch: str | None  # where its temporary files go (the work directory's tmp/); None: the system's temporary folder
 
 
 class AlignedPart(NamedTuple):
@@ -152,7 +153,9 @@ class AlignedPart(NamedTuple):
 
 def align_part(part: AlignPart) -> AlignedPart:
     """Align one part in a temporary directory of its own (on whichever node runs it)."""
-    with tempfile.TemporaryDirectory(prefix="xlembed-align-") as tmp:
+    if part.scratch:
+        Path(part.scratch).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="part-", dir=part.scratch) as tmp:
         tmp = Path(tmp)
         (tmp / "priors").write_text(part.priors, encoding="utf-8")
         run_eflomal(part.zh, part.en, tmp / "fwd", tmp / "rev", part.opts, tmp / "scratch", priors=tmp / "priors")
@@ -193,7 +196,7 @@ def align_lines(zh: list[str], en: list[str], forward: Path, reverse: Path, opts
         return 1
     priors = estimate_priors(zh, en, opts, scratch)
     bounds = np.linspace(0, len(zh), n_parts + 1).astype(np.int64).tolist()
-    parts = [AlignPart(zh[a:b], en[a:b], priors, opts) for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = [AlignPart(zh[a:b], en[a:b], priors, opts, str(scratch)) for a, b in zip(bounds[:-1], bounds[1:])]  # cleared by the next run
     with atomic_path(forward) as fwd_tmp, atomic_path(reverse) as rev_tmp, \
             open(fwd_tmp, "w", encoding="utf-8") as fwd, open(rev_tmp, "w", encoding="utf-8") as rev:
         for aligned in parts_runner(parts):  # in order

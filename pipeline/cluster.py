@@ -401,7 +401,7 @@ def ray_parts_runner(config: Config):
         with ray_cluster(config.executor) as ray:
             largest_node = max(int(node["Resources"].get("CPU", 1)) for node in ray.nodes() if node["Alive"])
             task = ray.remote(num_cpus=min(config.align.samplers, largest_node), max_retries=3)(align_part)
-            refs = [task.remote(part) for part in parts]
+            refs = [task.remote(part._replace(scratch=None)) for part in parts]  # the system's temporary folder of the node
             for ref in refs:  # in order
                 yield ray.get(ref)
 
