@@ -63,3 +63,22 @@ def test_symmetrized_links_and_lexicon_from_both_directions(tmp_path):
     symmetrize_and_count(work, "intersect")
     assert work.links.read_text().splitlines() == ["0-0 1-1 2-2", "0-1 1-3"]
     assert read_lexicon(work.lexicon)["猫"] == [("cat", 1, 0.5), ("cats", 1, 0.5)]  # 0-0 is in both directions of line 1
+
+
+def test_alignment_in_parts_in_this_process_aligns_every_pair_and_leaves_no_temporary_files(tmp_path):
+    """--align-shards with the local executor: parts one after another, from priors of a sample;
+    every pair gets links within its sentences, and the work directory keeps no part's files."""
+    from xlembed.align import align_lines
+    from xlembed.config import AlignConfig
+
+    zh = [f"{s} {v} {o} 。" for s in ("我", "你", "他") for v in ("喜欢", "读") for o in ("猫", "书", "茶")] * 4
+    en = [f"{s} {v} {o} ." for s in ("i", "you", "he") for v in ("like", "read") for o in ("cats", "books", "tea")] * 4
+    scratch = tmp_path / "work" / "tmp"
+    scratch.parent.mkdir()
+    parts = align_lines(zh, en, tmp_path / "fwd", tmp_path / "rev", AlignConfig(align_shards=3, prior_sample=20), scratch)
+    assert parts == 3
+    for path in (tmp_path / "fwd", tmp_path / "rev"):
+        lines = path.read_text().splitlines()
+        assert len(lines) == len(zh)
+        assert all(int(i) < 4 and int(j) < 4 for line in lines for i, j in (link.split("-") for link in line.split()))
+    assert not [p for p in scratch.parent.rglob("*") if p.name.startswith(("part-", "prior-"))]
