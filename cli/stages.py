@@ -10,7 +10,7 @@ from xlembed.config import Config, WorkDir
 from ._util import Force, Out, Quiet, Reporter, Work, app, config_command, err, summarize
 
 
-def _stage(name: str, config: Config, work: Path, force: bool, quiet: bool, **extra) -> None:
+def _stage(name: str, config: Config, work: Path, force: bool, quiet: bool) -> None:
     import importlib
 
     from xlembed.run import prepared
@@ -18,7 +18,7 @@ def _stage(name: str, config: Config, work: Path, force: bool, quiet: bool, **ex
     stage = getattr(importlib.import_module(f"xlembed.{name}"), name)
     work_dir = WorkDir(work)
     with prepared(config, (name, "executor"), work_dir, command=f"xlembed {name}"):
-        summarize(name, stage(config, work_dir, Reporter(quiet), force, **extra), quiet)
+        summarize(name, stage(config, work_dir, Reporter(quiet), force), quiet)
 
 
 @app.command()
@@ -49,14 +49,7 @@ def align(work: Work, config: Config, force: Force = False, quiet: Quiet = False
     Writes WORK/align.links (zhIndex-enIndex per pair) and WORK/lexicon.tsv (zh, en, count, p(en|zh)).
     With --align-shards N the corpus is aligned in N parts from priors estimated on a sample; with
     --executor ray the parts run as Ray tasks."""
-    from xlembed.config import Executor
-
-    if config.executor.executor == Executor.ray:
-        from xlembed.cluster import ray_parts_runner
-
-        _stage("align", config, work, force, quiet, parts_runner=ray_parts_runner(config))
-    else:
-        _stage("align", config, work, force, quiet)
+    _stage("align", config, work, force, quiet)
 
 
 @app.command()

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .config import AlignConfig, Config, Symmetrization, WorkDir, section_dict
+from .config import AlignConfig, Config, Executor, Symmetrization, WorkDir, section_dict
 from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, require
 from .records import file_hash, fingerprint, run_stage, stage_key
 
@@ -251,11 +251,10 @@ def read_lexicon(path: Path) -> dict[str, list[Translation]]:
     return lexicon
 
 
-def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False,
-          parts_runner: Callable[[list[AlignPart]], Iterator[AlignedPart]] = in_this_process) -> dict:
+def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
     """Align `corpus.zh` with `corpus.en`; write the symmetrised links and the
     lexical table; return the record (counts; `skipped` when up to date).
-    `parts_runner` aligns the parts of --align-shards > 1."""
+    The parts of --align-shards > 1 run where --executor says."""
     opts = config.align
     inputs = {str(p): file_hash(require(p, "tokenize")) for p in (work.corpus_zh, work.corpus_en)}
     key = stage_key("align", inputs=list(inputs.values()), config=fingerprint(opts))
@@ -269,6 +268,12 @@ def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), 
         parts = min(opts.align_shards, max(1, len(zh)))
         with reporter.task("align (eflomal, both directions)" if parts == 1 else f"align ({parts} parts, priors from a sample)",
                            None if parts == 1 else parts, "" if parts == 1 else "parts") as task:
+            if config.executor.executor == Executor.ray:
+                from .cluster import ray_parts_runner
+
+                parts_runner = ray_parts_runner(config)
+            else:
+                parts_runner = in_this_process
             align_lines(zh, en, work.links_forward, work.links_reverse, opts, work.scratch, parts_runner, task)
             if parts == 1:
                 task.advance()

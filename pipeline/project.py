@@ -3,11 +3,11 @@
 For each aligned pair of positions (zh word i, en word j) of a sentence the
 vector of English occurrence j is added to the Chinese word's sum:
 
-- strategy `argmax` (default): only links whose English word is the Chinese
+- strategy `argmax`: only links whose English word is the Chinese
   word's most probable translation (highest p(en|zh) in the lexicon), so
   the row is that English word's vector averaged over the contexts where
   the two are aligned;
-- strategy `argmax-occurrence`: the same rule decided per occurrence: each
+- strategy `argmax-occurrence` (default): the same rule decided per occurrence: each
   occurrence of a Chinese word takes the vector of the English word, among
   those it is aligned to in that sentence, with the highest p(en|zh)
   (ties: the first in the sentence); so every aligned occurrence counts

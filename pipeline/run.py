@@ -50,10 +50,10 @@ def run(config: Config, work: WorkDir | Path, out: Path, reporter: Reporter = Si
     with prepared(config, ("tokenize", "encode", "align", "project", "write", "executor"), work, out, "xlembed run"):
         on_stage("tokenize", tokenize(config, work, reporter, force))
         if config.executor.executor == Executor.ray:
-            from .cluster import encode_and_project, ray_parts_runner
+            from .cluster import encode_and_project
 
             # alignment first: the Ray workers project as they encode
-            on_stage("align", align(config, work, reporter, force, ray_parts_runner(config)))
+            on_stage("align", align(config, work, reporter, force))
             encoded, projected = encode_and_project(config, work, reporter, force)
             on_stage("encode", encoded)
             on_stage("project", projected)
