@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from xlembed.align import align
-from xlembed.config import Config, WorkDir
+from xlembed.align import align, symmetrize_and_count
+from xlembed.config import Config, Symmetrization, WorkDir
 from xlembed.embeddings import Embeddings
 from xlembed.encode import encode
 from xlembed.evaluate import lexicon_induction, read_dictionary, read_wordsim, spearman, word_similarity
@@ -63,11 +63,15 @@ VARIANTS = {
     "samplers 3": {"samplers": 3},
     "layer -1": {"layer": "-1"},
     "layer -2": {"layer": "-2"},
+    "standardised": {"standardise": "centre"},
+    "scaled by each dimension's sd": {"standardise": "scale"},
+    "intersect": {"symmetrization": "intersect"},
+    "grow-diag-final-and": {"symmetrization": "grow-diag-final-and"},
 }
 ENCODE_OPTIONS = {"layer"}
 ALIGN_OPTIONS = {"symmetrization", "align_model", "iterations", "samplers", "null_prior"}
 PROJECT_OPTIONS = {"strategy", "min_count", "stopwords"}
-BENCH_OPTIONS = {"postprocess"}  # applied here, to the written matrices
+BENCH_OPTIONS = {"postprocess", "standardise"}  # applied here, to the written matrices
 
 
 def postprocessed(matrix: Embeddings, remove: int) -> Embeddings:
@@ -82,6 +86,23 @@ def postprocessed(matrix: Embeddings, remove: int) -> Embeddings:
     def apply(x: torch.Tensor) -> torch.Tensor:
         x = x.double() - mean
         return (x - x @ top.T @ top).float()
+
+    vectors = apply(matrix.vectors)
+    vectors[matrix.vectors.abs().sum(1) == 0] = 0
+    return dataclasses.replace(matrix, vectors=vectors, english_vectors=apply(matrix.english_vectors))
+
+
+def standardised(matrix: Embeddings, centre: bool) -> Embeddings:
+    """Each dimension divided by its standard deviation over the English
+    rows (and, with `centre`, their mean subtracted first): one diagonal
+    map for both sides, so that a few high-variance ("rogue") dimensions
+    no longer dominate cosine. [PAD] stays zero."""
+    english = matrix.english_vectors.double()  # [E, d]
+    mean = english.mean(0) if centre else torch.zeros(english.shape[1], dtype=torch.float64)  # [d]
+    std = english.std(0)  # [d]
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return ((x.double() - mean) / std).float()
 
     vectors = apply(matrix.vectors)
     vectors[matrix.vectors.abs().sum(1) == 0] = 0
@@ -136,6 +157,8 @@ class Corpus:
         folder = self.root / f"align-{tag}{r}"
         if (folder / "align.json").exists():
             return folder
+        if set(align_options) == {"symmetrization"}:
+            return self.resymmetrized(self.alignment(r, {}), align_options["symmetrization"], folder)
         folder.mkdir(exist_ok=True)
         if r == 0 and not align_options and self.given and self.base.record("align").exists():
             source = self.base
@@ -147,6 +170,25 @@ class Corpus:
             align(Config().set(**align_options).validate(("align",)), source, force=True)
         for name in ALIGN_FILES:
             shutil.copy(source.root / name, folder / name)
+        return folder
+
+    def resymmetrized(self, source: Path, method: str, folder: Path) -> Path:
+        """Alignment `source`'s two directions (the same eflomal run)
+        symmetrised by `method` instead: its links, lexicon and record."""
+        work = WorkDir(self.root / "aligning")
+        shutil.rmtree(work.root, ignore_errors=True)
+        copy_inputs(self.base, work)
+        for name in ("align.forward", "align.reverse"):
+            shutil.copy(source / name, work.root / name)
+        print(f"[{self.name}] symmetrise {source.name} by {method}", file=sys.stderr, flush=True)
+        n_pairs, n_links, pair_counts = symmetrize_and_count(work, Symmetrization(method))
+        record = json.loads((source / "align.json").read_text())
+        record["options"]["symmetrization"] = method
+        record["counts"].update(links=n_links, lexicon_entries=sum(len(c) for c in pair_counts.values()), zh_words_aligned=len(pair_counts))
+        (work.root / "align.json").write_text(json.dumps(record, indent=2) + "\n")
+        folder.mkdir(exist_ok=True)
+        for name in ALIGN_FILES:
+            shutil.copy(work.root / name, folder / name)
         return folder
 
     def scratch(self, encoded: WorkDir, alignment: Path) -> WorkDir:
@@ -188,6 +230,8 @@ def run_variants(corpus: Corpus, variants: dict[str, dict], n_alignments: int) -
                     matrix = Embeddings.load(out)
                     if "postprocess" in variants[name]:
                         matrix = postprocessed(matrix, variants[name]["postprocess"])
+                    if "standardise" in variants[name]:
+                        matrix = standardised(matrix, centre=variants[name]["standardise"] == "centre")
                     scores = scores_of(matrix)
                     results[name].append(scores)
                     print(f"[{corpus.name}] alignment {r} {name}: " + ", ".join(
