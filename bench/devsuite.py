@@ -181,7 +181,7 @@ class Corpus:
         for name in ("align.forward", "align.reverse"):
             shutil.copy(source / name, work.root / name)
         print(f"[{self.name}] symmetrise {source.name} by {method}", file=sys.stderr, flush=True)
-        n_pairs, n_links, pair_counts = symmetrize_and_count(work, Symmetrization(method))
+        _, n_links, pair_counts = symmetrize_and_count(work, Symmetrization(method))
         record = json.loads((source / "align.json").read_text())
         record["options"]["symmetrization"] = method
         record["counts"].update(links=n_links, lexicon_entries=sum(len(c) for c in pair_counts.values()), zh_words_aligned=len(pair_counts))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,16 +31,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import devsuite  # noqa: E402  (its scores and dev sets)
+import devsuite  # its scores and dev sets
 
-import xlembed.encode as encode_module  # noqa: E402
-from xlembed.config import Config, WorkDir  # noqa: E402
-from xlembed.embeddings import Embeddings  # noqa: E402
-from xlembed.encode import Encoder, encode_setup  # noqa: E402
-from xlembed.evaluate import read_dictionary, read_wordsim  # noqa: E402
-from xlembed.io import read_lines, write_json_atomic  # noqa: E402
-from xlembed.project import ProjectionSums, link_plan, save_projection  # noqa: E402
-from xlembed.write import write  # noqa: E402
+import xlembed.encode as encode_module
+from xlembed.config import Config, WorkDir
+from xlembed.embeddings import Embeddings
+from xlembed.encode import Encoder, encode_setup
+from xlembed.evaluate import read_dictionary, read_wordsim
+from xlembed.io import read_lines, write_json_atomic
+from xlembed.project import ProjectionSums, link_plan, save_projection
+from xlembed.write import write
 
 ALIGN_FILES = devsuite.ALIGN_FILES
 
