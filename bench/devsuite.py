@@ -65,6 +65,8 @@ VARIANTS = {
     "layer -2": {"layer": "-2"},
     "standardised": {"standardise": "centre"},
     "scaled by each dimension's sd": {"standardise": "scale"},
+    "iterations 2": {"iterations": 2.0},
+    "iterations 4": {"iterations": 4.0},
     "intersect": {"symmetrization": "intersect"},
     "grow-diag-final-and": {"symmetrization": "grow-diag-final-and"},
 }
