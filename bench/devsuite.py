@@ -28,12 +28,14 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from xlembed.align import align, symmetrize_and_count
 from xlembed.config import Config, Symmetrization, WorkDir
 from xlembed.embeddings import Embeddings
-from xlembed.encode import encode
+from xlembed.encode import VectorStore, encode
 from xlembed.evaluate import lexicon_induction, read_dictionary, read_wordsim, spearman, word_similarity
 from xlembed.project import project
 from xlembed.tokenize import tokenize
@@ -65,12 +67,19 @@ VARIANTS = {
     "layer -2": {"layer": "-2"},
     "standardised": {"standardise": "centre"},
     "scaled by each dimension's sd": {"standardise": "scale"},
+    "sentence context -0.5": {"sentence_context": -0.5},
+    "sentence context -1": {"sentence_context": -1.0},
+    "sentence context 0.5": {"sentence_context": 0.5},
+    "sentence context 1": {"sentence_context": 1.0},
+    "sentence context 2": {"sentence_context": 2.0},
+    "sentence context 4": {"sentence_context": 4.0},
+    "sentence context 1000": {"sentence_context": 1000.0},
     "iterations 2": {"iterations": 2.0},
     "iterations 4": {"iterations": 4.0},
     "intersect": {"symmetrization": "intersect"},
     "grow-diag-final-and": {"symmetrization": "grow-diag-final-and"},
 }
-ENCODE_OPTIONS = {"layer"}
+ENCODE_OPTIONS = {"layer", "sentence_context"}
 ALIGN_OPTIONS = {"symmetrization", "align_model", "iterations", "samplers", "null_prior"}
 PROJECT_OPTIONS = {"strategy", "min_count", "stopwords"}
 BENCH_OPTIONS = {"postprocess", "standardise"}  # applied here, to the written matrices
@@ -123,6 +132,35 @@ def scores_of(matrix: Embeddings) -> dict:
     return scores
 
 
+def with_sentence_context(source: WorkDir, target: WorkDir, beta: float, chunk: int = 1 << 20) -> None:
+    """`source`'s vectors with beta x the mean of each sentence's word
+    vectors added to each of its words' vectors (beta < 0 removes that much
+    of the sentence's mean), written as `target`'s encoding (same index)."""
+    store = VectorStore(source)
+    n_rows = int(store.shard_starts[-1])
+    vectors = torch.empty((n_rows, store.shard(0).shape[1]))  # [R, d] float32
+    for k in range(store.n_shards):
+        vectors[store.shard_starts[k]:store.shard_starts[k + 1]] = store.shard(k).float()
+    offsets, word_rows = store.sent_offsets, store.word_rows
+    sentence_of_word = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))  # [n_words]
+    row_sentence = np.full(n_rows, -1, dtype=np.int64)  # [R] (duplicate sentences share rows: any of them)
+    row_sentence[word_rows[word_rows >= 0]] = sentence_of_word[word_rows >= 0]
+    rows = np.flatnonzero(row_sentence >= 0)
+    sums = torch.zeros((len(offsets) - 1, vectors.shape[1]), dtype=torch.float64)  # [S, d]
+    for start in range(0, len(rows), chunk):  # in chunks: [R, d] in float64 would be twice the vectors
+        part = rows[start:start + chunk]
+        sums.index_add_(0, torch.from_numpy(row_sentence[part]), vectors[torch.from_numpy(part)].double())
+    means = (sums / torch.from_numpy(np.maximum(np.bincount(row_sentence[rows], minlength=len(sums)), 1)).unsqueeze(1)).float()  # [S, d]
+    for start in range(0, len(rows), chunk):
+        part = torch.from_numpy(rows[start:start + chunk])
+        vectors[part] += beta * means[torch.from_numpy(row_sentence[rows[start:start + chunk]])]
+    target.vectors_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source.vectors_index, target.vectors_index)
+    for k in range(store.n_shards):
+        save_file({"vectors": vectors[store.shard_starts[k]:store.shard_starts[k + 1]].half().contiguous()}, str(target.vectors_shard(k)))
+    shutil.copy(source.record("encode"), target.record("encode"))
+
+
 def copy_inputs(source: WorkDir, target: WorkDir) -> None:
     target.root.mkdir(parents=True, exist_ok=True)
     for name in ("corpus.en", "corpus.zh", "tokenize.json"):
@@ -150,8 +188,12 @@ class Corpus:
         work = WorkDir(self.root / f"encode-{tag}")
         if not work.record("encode").exists():
             copy_inputs(self.base, work)
-            print(f"[{self.name}] encode {tag}", file=sys.stderr, flush=True)
-            encode(Config().set(**encode_options).validate(("encode",)), work)
+            if "sentence_context" in encode_options:  # derived from the default encoding
+                print(f"[{self.name}] vectors {tag}", file=sys.stderr, flush=True)
+                with_sentence_context(self.encoded({}), work, encode_options["sentence_context"])
+            else:
+                print(f"[{self.name}] encode {tag}", file=sys.stderr, flush=True)
+                encode(Config().set(**encode_options).validate(("encode",)), work)
         return work
 
     def alignment(self, r: int, align_options: dict) -> Path:
