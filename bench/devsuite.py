@@ -74,12 +74,14 @@ VARIANTS = {
     "sentence context 2": {"sentence_context": 2.0},
     "sentence context 4": {"sentence_context": 4.0},
     "sentence context 1000": {"sentence_context": 1000.0},
+    "local context 1, window 5": {"sentence_context": 1.0, "context_window": 5},
+    "local context 2, window 5": {"sentence_context": 2.0, "context_window": 5},
     "iterations 2": {"iterations": 2.0},
     "iterations 4": {"iterations": 4.0},
     "intersect": {"symmetrization": "intersect"},
     "grow-diag-final-and": {"symmetrization": "grow-diag-final-and"},
 }
-ENCODE_OPTIONS = {"layer", "sentence_context"}
+ENCODE_OPTIONS = {"layer", "sentence_context", "context_window"}
 ALIGN_OPTIONS = {"symmetrization", "align_model", "iterations", "samplers", "null_prior"}
 PROJECT_OPTIONS = {"strategy", "min_count", "stopwords"}
 BENCH_OPTIONS = {"postprocess", "standardise"}  # applied here, to the written matrices
@@ -132,16 +134,56 @@ def scores_of(matrix: Embeddings) -> dict:
     return scores
 
 
-def with_sentence_context(source: WorkDir, target: WorkDir, beta: float, chunk: int = 1 << 20) -> None:
+def with_sentence_context(source: WorkDir, target: WorkDir, beta: float, window: int = 0, chunk: int = 1 << 20) -> None:
     """`source`'s vectors with beta x the mean of each sentence's word
     vectors added to each of its words' vectors (beta < 0 removes that much
-    of the sentence's mean), written as `target`'s encoding (same index)."""
+    of the sentence's mean), written as `target`'s encoding (same index).
+    With `window` > 0, the mean of the words at most `window` positions
+    away in the sentence (the word included) instead of the whole sentence's."""
     store = VectorStore(source)
     n_rows = int(store.shard_starts[-1])
     vectors = torch.empty((n_rows, store.shard(0).shape[1]))  # [R, d] float32
     for k in range(store.n_shards):
         vectors[store.shard_starts[k]:store.shard_starts[k + 1]] = store.shard(k).float()
     offsets, word_rows = store.sent_offsets, store.word_rows
+    if window:
+        vectors = with_local_context(vectors, offsets, word_rows, beta, window)
+    else:
+        add_sentence_means(vectors, offsets, word_rows, beta, chunk)
+    target.vectors_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source.vectors_index, target.vectors_index)
+    for k in range(store.n_shards):
+        save_file({"vectors": vectors[store.shard_starts[k]:store.shard_starts[k + 1]].half().contiguous()}, str(target.vectors_shard(k)))
+    shutil.copy(source.record("encode"), target.record("encode"))
+
+
+def with_local_context(vectors: torch.Tensor, offsets: np.ndarray, word_rows: np.ndarray, beta: float, window: int,
+                       block: int = 4096) -> torch.Tensor:
+    """vectors [R, d] + beta x the mean vector of each word's +-window
+    neighbours in its sentence (itself included), sentences `block` at a time."""
+    out = vectors.clone()  # [R, d]: the means read the unchanged vectors (duplicate sentences share rows)
+    for s0 in range(0, len(offsets) - 1, block):
+        s1 = min(s0 + block, len(offsets) - 1)
+        a, b = int(offsets[s0]), int(offsets[s1])
+        rows = torch.from_numpy(word_rows[a:b])  # [n] this block's word occurrences
+        has = rows >= 0
+        v = torch.zeros((b - a, vectors.shape[1]), dtype=torch.float64)  # [n, d]
+        v[has] = vectors[rows[has]].double()
+        sums = torch.cat([torch.zeros((1, v.shape[1]), dtype=torch.float64), v.cumsum(0)])  # [n + 1, d]
+        counts = torch.cat([torch.zeros(1, dtype=torch.float64), has.double().cumsum(0)])  # [n + 1]
+        lengths = torch.from_numpy(np.diff(offsets[s0:s1 + 1]))  # [sentences]
+        first = torch.repeat_interleave(torch.from_numpy(offsets[s0:s1] - a), lengths)  # [n] the sentence's first word
+        last = first + torch.repeat_interleave(lengths, lengths)  # [n] one past its last
+        i = torch.arange(b - a)
+        lo, hi = torch.maximum(i - window, first), torch.minimum(i + window + 1, last)
+        means = (sums[hi] - sums[lo]) / (counts[hi] - counts[lo]).clamp(min=1).unsqueeze(1)  # [n, d]
+        out[rows[has]] = vectors[rows[has]] + beta * means[has].float()
+    return out
+
+
+def add_sentence_means(vectors: torch.Tensor, offsets: np.ndarray, word_rows: np.ndarray, beta: float, chunk: int) -> None:
+    """vectors [R, d] += beta x the mean vector of each word's sentence, in place."""
+    n_rows = len(vectors)
     sentence_of_word = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))  # [n_words]
     row_sentence = np.full(n_rows, -1, dtype=np.int64)  # [R] (duplicate sentences share rows: any of them)
     row_sentence[word_rows[word_rows >= 0]] = sentence_of_word[word_rows >= 0]
@@ -154,11 +196,6 @@ def with_sentence_context(source: WorkDir, target: WorkDir, beta: float, chunk: 
     for start in range(0, len(rows), chunk):
         part = torch.from_numpy(rows[start:start + chunk])
         vectors[part] += beta * means[torch.from_numpy(row_sentence[rows[start:start + chunk]])]
-    target.vectors_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(source.vectors_index, target.vectors_index)
-    for k in range(store.n_shards):
-        save_file({"vectors": vectors[store.shard_starts[k]:store.shard_starts[k + 1]].half().contiguous()}, str(target.vectors_shard(k)))
-    shutil.copy(source.record("encode"), target.record("encode"))
 
 
 def copy_inputs(source: WorkDir, target: WorkDir) -> None:
@@ -190,7 +227,7 @@ class Corpus:
             copy_inputs(self.base, work)
             if "sentence_context" in encode_options:  # derived from the default encoding
                 print(f"[{self.name}] vectors {tag}", file=sys.stderr, flush=True)
-                with_sentence_context(self.encoded({}), work, encode_options["sentence_context"])
+                with_sentence_context(self.encoded({}), work, encode_options["sentence_context"], encode_options.get("context_window", 0))
             else:
                 print(f"[{self.name}] encode {tag}", file=sys.stderr, flush=True)
                 encode(Config().set(**encode_options).validate(("encode",)), work)
