@@ -198,6 +198,19 @@ def add_sentence_means(vectors: torch.Tensor, offsets: np.ndarray, word_rows: np
         vectors[part] += beta * means[torch.from_numpy(row_sentence[rows[start:start + chunk]])]
 
 
+def scored(matrix: Embeddings, label: str) -> dict:
+    """scores_of(matrix), also printed to stderr after `label`."""
+    scores = scores_of(matrix)
+    print(f"{label}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "covered" not in k), file=sys.stderr, flush=True)
+    return scores
+
+
+def summary_lines(table: dict) -> str:
+    """One line per variant of summary(): mean ± sd of each metric."""
+    return "\n".join(f"{name}: " + ", ".join(f"{m} {scores[m]['mean']:.3f} ± {scores[m]['sd']:.3f}" for m in METRICS)
+                     for name, scores in table.items())
+
+
 def copy_inputs(source: WorkDir, target: WorkDir) -> None:
     target.root.mkdir(parents=True, exist_ok=True)
     for name in ("corpus.en", "corpus.zh", "tokenize.json"):
@@ -313,10 +326,7 @@ def run_variants(corpus: Corpus, variants: dict[str, dict], n_alignments: int) -
                         matrix = postprocessed(matrix, variants[name]["postprocess"])
                     if "standardise" in variants[name]:
                         matrix = standardised(matrix, centre=variants[name]["standardise"] == "centre")
-                    scores = scores_of(matrix)
-                    results[name].append(scores)
-                    print(f"[{corpus.name}] alignment {r} {name}: " + ", ".join(
-                        f"{k} {v:.4f}" for k, v in scores.items() if "covered" not in k), file=sys.stderr, flush=True)
+                    results[name].append(scored(matrix, f"[{corpus.name}] alignment {r} {name}"))
     return results
 
 

@@ -155,13 +155,10 @@ def main() -> None:
             record = save_projection(work, Config(), plan.vocab, plan.lexicon, sums, meta["dim"], inputs={})
             write_json_atomic(work.record("project"), dict(stage="project", key="bench", **record, seconds=0.0))
             write(Config(), work, args.root / "out")
-            scores = devsuite.scores_of(Embeddings.load(args.root / "out"))
+            scores = devsuite.scored(Embeddings.load(args.root / "out"), f"alignment {r} layers {spec}")
             results.setdefault(f"layers {spec}", []).append(scores)
-            print(f"alignment {r} layers {spec}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "covered" not in k),
-                  file=sys.stderr, flush=True)
     table = devsuite.summary(results)
-    for name, scores in table.items():
-        print(f"{name}: " + ", ".join(f"{m} {scores[m]['mean']:.3f} ± {scores[m]['sd']:.3f}" for m in devsuite.METRICS))
+    print(devsuite.summary_lines(table))
     if args.json:
         args.json.write_text(json.dumps(dict(work=str(args.work), alignments=[str(a) for a in args.alignment],
                                              sums_seconds=meta["seconds"], variants=table), indent=2) + "\n")

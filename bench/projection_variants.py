@@ -136,13 +136,9 @@ def main() -> None:
             if variant.startswith("english-prior-"):
                 with_english_prior(work, float(variant.rsplit("-", 1)[1]))
             write(Config(), work, corpus.root / "out")
-            scores = devsuite.scores_of(Embeddings.load(corpus.root / "out"))
-            results[variant].append(scores)
-            print(f"[{name}] alignment {r} {variant}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "covered" not in k),
-                  file=sys.stderr, flush=True)
+            results[variant].append(devsuite.scored(Embeddings.load(corpus.root / "out"), f"[{name}] alignment {r} {variant}"))
     table = devsuite.summary(results)
-    for variant, scores in table.items():
-        print(f"{variant}: " + ", ".join(f"{m} {scores[m]['mean']:.3f} ± {scores[m]['sd']:.3f}" for m in devsuite.METRICS))
+    print(devsuite.summary_lines(table))
     if args.json:
         args.json.write_text(json.dumps({"corpus": args.corpus, "alignments": args.alignments, "variants": table}, indent=2) + "\n")
 
