@@ -7,8 +7,9 @@ model, the lexicon and the vocabularies once, chooses the links, encodes
 the shard's English sentences in memory and adds the vectors into
 per-word sums and counts, Chinese and English; only those tables travel
 back. The driver reads the corpus twice, streaming (to count the words,
-which fixes the vocabularies, then to send the shards). The driver adds them up: sums and counts are
-additive, so the result is the local projection's up to float rounding.
+which fixes the vocabularies, then to send the shards), and adds the
+tables up: sums and counts are additive, so the result is the local
+projection's up to float rounding.
 The vectors themselves are never kept on this path (they would be about
 2 bytes x dim per English word, on the workers' disks): re-projecting with
 another strategy encodes again, or run the local `encode` on a machine
@@ -49,7 +50,7 @@ from .project import (Lexicon, ProjectionSums, choose_links, count_words, projec
 from .records import invalidate, model_hash, up_to_date
 from .io import write_json_atomic
 
-RETRIES = 3  # of a shard whose worker died
+RETRIES = 3  # of a shard or an alignment part whose worker died
 FOLD_EVERY = 16  # returned shards the driver keeps as files before it checkpoints their sum
 PAIRS_PER_SHARD = 20_000  # the automatic --shards: at least one shard per this many pairs
 SHARDS_PER_ENCODER = 4  # ... and at least this many per encoder, so a slow or restarted one holds up little
@@ -280,9 +281,7 @@ class Totals:
         self.unfolded = []
 
     def remove(self) -> None:
-        for path in [*self.dir.glob("shard-*.safetensors"), self.checkpoint_path]:
-            path.unlink(missing_ok=True)
-        self.dir.rmdir()
+        remove_parts(self.dir)
 
 
 def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> tuple[dict, dict]:
@@ -329,7 +328,7 @@ def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = Silen
             nonlocal sent
             files = [read_lines(path) for path in (corpus_zh, corpus_en, corpus_links)]
             for k in range(len(bounds) - 1):
-                zh, en, links = ([line for line in itertools.islice(f, bounds[k + 1] - bounds[k])] for f in files)
+                zh, en, links = (list(itertools.islice(f, bounds[k + 1] - bounds[k])) for f in files)
                 if k in totals.done:
                     continue
                 sent += sum(len(line.encode()) + 1 for part in (zh, en, links) for line in part)
@@ -384,12 +383,18 @@ def parts_directory(work: WorkDir, key: str, n_shards: int) -> Path:
     parts_dir = work.root / "ray" / f"{key[:16]}-{n_shards}"
     for other in work.root.joinpath("ray").glob("*-*"):
         if other.is_dir() and other != parts_dir:
-            for path in [*other.glob("shard-*.safetensors"), other / "totals.safetensors"]:
-                path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                other.rmdir()
+            remove_parts(other)
     parts_dir.mkdir(parents=True, exist_ok=True)
     return parts_dir
+
+
+def remove_parts(parts_dir: Path) -> None:
+    """A parts directory's files (ours by name: returned shards and the
+    checkpoint), then the directory if nothing else is left in it."""
+    for path in [*parts_dir.glob("shard-*.safetensors"), parts_dir / "totals.safetensors"]:
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        parts_dir.rmdir()
 
 
 def ray_parts_runner(config: Config):
@@ -400,7 +405,7 @@ def ray_parts_runner(config: Config):
     def run(parts: list[AlignPart]) -> Iterator[AlignedPart]:
         with ray_cluster(config.executor) as ray:
             largest_node = max(int(node["Resources"].get("CPU", 1)) for node in ray.nodes() if node["Alive"])
-            task = ray.remote(num_cpus=min(config.align.samplers, largest_node), max_retries=3)(align_part)
+            task = ray.remote(num_cpus=min(config.align.samplers, largest_node), max_retries=RETRIES)(align_part)
             refs = [task.remote(part._replace(scratch=None)) for part in parts]  # the system's temporary folder of the node
             for ref in refs:  # in order
                 yield ray.get(ref)

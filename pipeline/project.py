@@ -22,9 +22,9 @@ word, so projections of corpus parts can be added up.
 from __future__ import annotations
 
 from array import array
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from collections import Counter
 from typing import Iterable, NamedTuple
 
 import numpy as np
@@ -205,22 +205,22 @@ def project_key(config: Config, work: WorkDir, encode_key: str | None) -> tuple[
 def save_projection(work: WorkDir, config: Config, vocab: Vocabularies, lexicon: Lexicon, sums: ProjectionSums, dim: int,
                     inputs: dict) -> dict:
     """Write projection.safetensors and its two vocabularies; return the record's content."""
-    opts, plan, best = config.project, vocab, lexicon.best
+    opts, best = config.project, lexicon.best
     save_tensors(work.projection,
                  {"zh_sum": sums.zh_sum, "zh_count": sums.zh_count,
-                  "zh_freq": torch.tensor([plan.zh_freq[w] for w in plan.zh_vocab], dtype=torch.int64),
+                  "zh_freq": torch.tensor([vocab.zh_freq[w] for w in vocab.zh_vocab], dtype=torch.int64),
                   "en_sum": sums.en_sum, "en_count": sums.en_count},
                  metadata={"strategy": opts.strategy.value, "min_count": str(opts.min_count), "dim": str(dim)})
     no_translation = Translation("", 0, 0.0)
-    write_projected_words(work.projection_zh_vocab, [ProjectedWord(w, plan.zh_freq[w], best.get(w, no_translation).en,
-                                                                   best.get(w, no_translation).p) for w in plan.zh_vocab])
+    write_projected_words(work.projection_zh_vocab, [ProjectedWord(w, vocab.zh_freq[w], best.get(w, no_translation).en,
+                                                                   best.get(w, no_translation).p) for w in vocab.zh_vocab])
     with atomic_path(work.projection_en_vocab) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("word\tfreq\n")
-        f.writelines(f"{w}\t{plan.en_freq[w]}\n" for w in plan.en_vocab)
+        f.writelines(f"{w}\t{vocab.en_freq[w]}\n" for w in vocab.en_vocab)
     return dict(
         options=section_dict(opts),
         inputs=inputs,
-        counts=dict(zh_types=len(plan.zh_vocab), zh_projected=int((sums.zh_count >= opts.min_count).sum()), en_types=len(plan.en_vocab),
+        counts=dict(zh_types=len(vocab.zh_vocab), zh_projected=int((sums.zh_count >= opts.min_count).sum()), en_types=len(vocab.en_vocab),
                     links_used=int(sums.zh_count.sum()), links_without_vector=sums.links_without_vector,
                     stopwords_dropped=len(lexicon.stopwords & best.keys())),
     )
