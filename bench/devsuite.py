@@ -100,9 +100,7 @@ def postprocessed(matrix: Embeddings, remove: int) -> Embeddings:
         x = x.double() - mean
         return (x - x @ top.T @ top).float()
 
-    vectors = apply(matrix.vectors)
-    vectors[matrix.vectors.abs().sum(1) == 0] = 0
-    return dataclasses.replace(matrix, vectors=vectors, english_vectors=apply(matrix.english_vectors))
+    return mapped(matrix, apply)
 
 
 def standardised(matrix: Embeddings, centre: bool) -> Embeddings:
@@ -117,6 +115,12 @@ def standardised(matrix: Embeddings, centre: bool) -> Embeddings:
     def apply(x: torch.Tensor) -> torch.Tensor:
         return ((x.double() - mean) / std).float()
 
+    return mapped(matrix, apply)
+
+
+def mapped(matrix: Embeddings, apply) -> Embeddings:
+    """`apply` (rows [n, d] -> [n, d]) on the Chinese and the English rows
+    alike; all-zero rows ([PAD]) stay zero."""
     vectors = apply(matrix.vectors)
     vectors[matrix.vectors.abs().sum(1) == 0] = 0
     return dataclasses.replace(matrix, vectors=vectors, english_vectors=apply(matrix.english_vectors))
@@ -134,33 +138,18 @@ def scores_of(matrix: Embeddings) -> dict:
     return scores
 
 
-def with_sentence_context(source: WorkDir, target: WorkDir, beta: float, window: int = 0, chunk: int = 1 << 20) -> None:
-    """`source`'s vectors with beta x the mean of each sentence's word
-    vectors added to each of its words' vectors (beta < 0 removes that much
-    of the sentence's mean), written as `target`'s encoding (same index).
-    With `window` > 0, the mean of the words at most `window` positions
-    away in the sentence (the word included) instead of the whole sentence's."""
+def with_sentence_context(source: WorkDir, target: WorkDir, beta: float, window: int = 0, block: int = 4096) -> None:
+    """`source`'s vectors with beta x the mean vector of the words at most
+    `window` positions away in the sentence (the word included; 0: the whole
+    sentence) added to each word's vector (beta < 0 removes that much),
+    written as `target`'s encoding (same index). Sentences `block` at a
+    time; memory: the vectors twice, in float32."""
     store = VectorStore(source)
-    n_rows = int(store.shard_starts[-1])
-    vectors = torch.empty((n_rows, store.shard(0).shape[1]))  # [R, d] float32
+    vectors = torch.empty((int(store.shard_starts[-1]), store.shard(0).shape[1]))  # [R, d] float32
     for k in range(store.n_shards):
         vectors[store.shard_starts[k]:store.shard_starts[k + 1]] = store.shard(k).float()
     offsets, word_rows = store.sent_offsets, store.word_rows
-    if window:
-        vectors = with_local_context(vectors, offsets, word_rows, beta, window)
-    else:
-        add_sentence_means(vectors, offsets, word_rows, beta, chunk)
-    target.vectors_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(source.vectors_index, target.vectors_index)
-    for k in range(store.n_shards):
-        save_file({"vectors": vectors[store.shard_starts[k]:store.shard_starts[k + 1]].half().contiguous()}, str(target.vectors_shard(k)))
-    shutil.copy(source.record("encode"), target.record("encode"))
-
-
-def with_local_context(vectors: torch.Tensor, offsets: np.ndarray, word_rows: np.ndarray, beta: float, window: int,
-                       block: int = 4096) -> torch.Tensor:
-    """vectors [R, d] + beta x the mean vector of each word's +-window
-    neighbours in its sentence (itself included), sentences `block` at a time."""
+    window = window or int(np.diff(offsets).max(initial=0))
     out = vectors.clone()  # [R, d]: the means read the unchanged vectors (duplicate sentences share rows)
     for s0 in range(0, len(offsets) - 1, block):
         s1 = min(s0 + block, len(offsets) - 1)
@@ -178,24 +167,11 @@ def with_local_context(vectors: torch.Tensor, offsets: np.ndarray, word_rows: np
         lo, hi = torch.maximum(i - window, first), torch.minimum(i + window + 1, last)
         means = (sums[hi] - sums[lo]) / (counts[hi] - counts[lo]).clamp(min=1).unsqueeze(1)  # [n, d]
         out[rows[has]] = vectors[rows[has]] + beta * means[has].float()
-    return out
-
-
-def add_sentence_means(vectors: torch.Tensor, offsets: np.ndarray, word_rows: np.ndarray, beta: float, chunk: int) -> None:
-    """vectors [R, d] += beta x the mean vector of each word's sentence, in place."""
-    n_rows = len(vectors)
-    sentence_of_word = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))  # [n_words]
-    row_sentence = np.full(n_rows, -1, dtype=np.int64)  # [R] (duplicate sentences share rows: any of them)
-    row_sentence[word_rows[word_rows >= 0]] = sentence_of_word[word_rows >= 0]
-    rows = np.flatnonzero(row_sentence >= 0)
-    sums = torch.zeros((len(offsets) - 1, vectors.shape[1]), dtype=torch.float64)  # [S, d]
-    for start in range(0, len(rows), chunk):  # in chunks: [R, d] in float64 would be twice the vectors
-        part = rows[start:start + chunk]
-        sums.index_add_(0, torch.from_numpy(row_sentence[part]), vectors[torch.from_numpy(part)].double())
-    means = (sums / torch.from_numpy(np.maximum(np.bincount(row_sentence[rows], minlength=len(sums)), 1)).unsqueeze(1)).float()  # [S, d]
-    for start in range(0, len(rows), chunk):
-        part = torch.from_numpy(rows[start:start + chunk])
-        vectors[part] += beta * means[torch.from_numpy(row_sentence[rows[start:start + chunk]])]
+    target.vectors_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source.vectors_index, target.vectors_index)
+    for k in range(store.n_shards):
+        save_file({"vectors": out[store.shard_starts[k]:store.shard_starts[k + 1]].half().contiguous()}, str(target.vectors_shard(k)))
+    shutil.copy(source.record("encode"), target.record("encode"))
 
 
 def scored(matrix: Embeddings, label: str) -> dict:

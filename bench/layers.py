@@ -52,10 +52,10 @@ def all_layers(model, batch, layers, device) -> torch.Tensor:
 
 
 def scratch_for(base: WorkDir, alignment: Path, root: Path) -> WorkDir:
+    """A work directory with `base`'s corpus and records and `alignment`'s links (no vectors: the sums replace them)."""
     work = WorkDir(root)
-    work.root.mkdir(parents=True, exist_ok=True)
-    for name in ("corpus.en", "corpus.zh", "tokenize.json", "encode.json"):
-        shutil.copy(base.root / name, work.root / name)
+    devsuite.copy_inputs(base, work)
+    shutil.copy(base.record("encode"), work.record("encode"))
     for name in ALIGN_FILES:
         shutil.copy(alignment / name, work.root / name)
     return work

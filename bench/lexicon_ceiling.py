@@ -18,46 +18,58 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
+import devsuite  # bench/ is on the path: this script's folder
 from xlembed.align import parse_links, read_lexicon, symmetrize
 from xlembed.config import Symmetrization
 from xlembed.io import read_lines
 from xlembed.embeddings import Embeddings
 from xlembed.evaluate import read_dictionary
 
-MUSE = Path(__file__).resolve().parent.parent.parent / "shared/data/lexicon/muse-zh-en.0-5000.txt"
+LINK_SETS = ("forward", "reverse", "intersect", "union", "grow-diag-final-and")
 
 
-def recount(corpus: Path, alignment: Path, queries: list[tuple[str, set[str]]]) -> dict[str, float]:
-    """Share of `queries` whose most probable translation is gold, per link set."""
-    sets = ("forward", "reverse", "intersect", "union", "grow-diag-final-and")
-    counts: dict[str, dict[str, Counter]] = {s: {} for s in sets}
-    en_total: Counter = Counter()
-    wanted = {zh for zh, _ in queries}
+def link_counts(corpus: Path, alignment: Path, sets: tuple[str, ...] = LINK_SETS,
+                wanted: set[str] | None = None) -> tuple[dict[str, dict[str, Counter]], dict[str, Counter]]:
+    """For each link set of one eflomal output (`alignment`'s align.forward
+    and align.reverse over `corpus`'s corpus.zh and corpus.en): how often
+    each Chinese word (of `wanted`, default all) is linked to each English
+    word, and how often each English word is linked at all."""
+    counts: dict[str, dict[str, Counter]] = {name: defaultdict(Counter) for name in sets}
+    en_total: dict[str, Counter] = {name: Counter() for name in sets}
     for zh_line, en_line, fwd, rev in zip(read_lines(corpus / "corpus.zh"), read_lines(corpus / "corpus.en"),
                                           read_lines(alignment / "align.forward"), read_lines(alignment / "align.reverse")):
         zh, en = zh_line.split(" "), en_line.split(" ")
         forward, reverse = parse_links(fwd), parse_links(rev)
-        links = {"forward": forward, "reverse": reverse, "intersect": forward & reverse, "union": forward | reverse,
-                 "grow-diag-final-and": symmetrize(forward, reverse, Symmetrization.grow_diag_final_and)}
-        en_total.update(en[j] for _, j in links["union"])
-        for name, pairs in links.items():
-            for i, j in pairs:
-                if zh[i] in wanted:
-                    counts[name].setdefault(zh[i], Counter())[en[j]] += 1
+        for name in sets:
+            for i, j in (forward if name == "forward" else reverse if name == "reverse" else symmetrize(forward, reverse, Symmetrization(name))):
+                en_total[name][en[j]] += 1
+                if wanted is None or zh[i] in wanted:
+                    counts[name][zh[i]][en[j]] += 1
+    return counts, en_total
+
+
+def bidirectional(n: int, zh_total: int, en_total: int, a: float) -> float:
+    """p(en|zh) x p(zh|en)^a from link counts: demotes English words linked everywhere."""
+    return (n / zh_total) * (n / en_total) ** a
+
+
+def recount(corpus: Path, alignment: Path, queries: list[tuple[str, set[str]]]) -> dict[str, float]:
+    """Share of `queries` whose most probable translation is gold, per link set."""
+    counts, en_total = link_counts(corpus, alignment, wanted={zh for zh, _ in queries})
 
     def share(choose) -> float:
         return round(sum(choose(zh) in gold for zh, gold in queries) / len(queries), 4)
 
-    def best(c: dict[str, Counter], zh: str) -> str | None:  # ties as lexicon.tsv orders them: by word
-        return min(c[zh].items(), key=lambda kv: (-kv[1], kv[0]))[0] if zh in c else None
+    def best(c: dict[str, Counter], zh: str, score=lambda en, n: n) -> str | None:  # ties as lexicon.tsv orders them: by word
+        return min(c[zh].items(), key=lambda kv: (-score(*kv), kv[0]))[0] if zh in c else None
 
-    result = {name: share(lambda zh, c=counts[name]: best(c, zh)) for name in sets}
+    result = {name: share(lambda zh, c=counts[name]: best(c, zh)) for name in LINK_SETS}
     union = counts["union"]
     result["union, p(en|zh) x p(zh|en)^0.25"] = share(
-        lambda zh: min(union[zh], key=lambda e: (-union[zh][e] * (union[zh][e] / en_total[e]) ** 0.25, e)) if zh in union else None)
+        lambda zh: best(union, zh, lambda en, n: bidirectional(n, sum(union[zh].values()), en_total["union"][en], 0.25)))
     return result
 
 
@@ -65,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("lexicon", type=Path)
-    parser.add_argument("--dictionary", type=Path, default=MUSE)
+    parser.add_argument("--dictionary", type=Path, default=devsuite.MUSE)
     parser.add_argument("--recount", type=Path, nargs=2, metavar=("CORPUS_DIR", "ALIGNMENT_DIR"))
     parser.add_argument("--examples", type=int, default=0, help="print this many misses whose nearest row is the lexicon's best")
     args = parser.parse_args()

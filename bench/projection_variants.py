@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 from array import array
-from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import devsuite  # its corpora, alignments, scores and dev sets
+from lexicon_ceiling import bidirectional, link_counts
 
 import xlembed.project as project_module
 from xlembed.align import parse_links
@@ -74,22 +74,16 @@ def rescored_lexicon(work: WorkDir, opts):
     lexicon, variant = ORIGINAL_LEXICON(work, opts), STATE["variant"]
     if not variant.startswith(("intersection-p", "bidirectional-")):
         return lexicon
-    counts: dict[str, Counter] = defaultdict(Counter)
-    en_total: Counter = Counter()
-    for zh_line, en_line, forward, reverse in zip(read_lines(work.corpus_zh), read_lines(work.corpus_en),
-                                                  read_lines(work.links_forward), read_lines(work.links_reverse)):
-        zh, en = zh_line.split(" "), en_line.split(" ")
-        fwd, rev = parse_links(forward), parse_links(reverse)
-        for i, j in (fwd & rev if variant == "intersection-p" else fwd | rev):
-            counts[zh[i]][en[j]] += 1
-            en_total[en[j]] += 1
+    link_set = "intersect" if variant == "intersection-p" else "union"
+    counts, en_total = link_counts(work.root, work.root, (link_set,))
+    counts, en_total = counts[link_set], en_total[link_set]
     union_p = lexicon.p_en
     if variant == "intersection-p":  # the union's p only breaks ties (and stands in where the intersection has nothing)
         p_en = {zh: {en: counts[zh][en] / max(1, sum(counts[zh].values())) + 1e-6 * p for en, p in ps.items()}
                 for zh, ps in union_p.items()}
     else:
         a = float(variant.split("-", 1)[1])
-        p_en = {zh: {en: (n / sum(c.values())) * (n / en_total[en]) ** a for en, n in c.items()} for zh, c in counts.items()}
+        p_en = {zh: {en: bidirectional(n, sum(c.values()), en_total[en], a) for en, n in c.items()} for zh, c in counts.items()}
     return lexicon._replace(p_en=p_en)
 
 
