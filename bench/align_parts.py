@@ -23,7 +23,8 @@ from pathlib import Path
 from unittest import mock
 
 import xlembed.align
-from xlembed.config import AlignConfig, WorkDir
+from xlembed.config import AlignConfig
+from xlembed.layout import WorkDir
 from xlembed.evaluate import evaluate_alignment
 
 GOLD = Path(__file__).resolve().parent.parent.parent / "shared/data/gold-align"

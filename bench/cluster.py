@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from xlembed.cluster import encode_and_project
-from xlembed.config import Config, WorkDir
+from xlembed.config import Config
+from xlembed.layout import WorkDir
 from xlembed.encode import encode
 from xlembed.project import load_projection, project
 

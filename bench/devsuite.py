@@ -33,7 +33,8 @@ import torch
 from safetensors.torch import save_file
 
 from xlembed.align import align, symmetrize_and_count
-from xlembed.config import Config, Symmetrization, WorkDir
+from xlembed.config import Config, Symmetrization
+from xlembed.layout import WorkDir
 from xlembed.embeddings import Embeddings
 from xlembed.encode import VectorStore, encode
 from xlembed.evaluate import lexicon_induction, read_dictionary, read_wordsim, spearman, word_similarity

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from xlembed.config import Config, WorkDir
+from xlembed.config import Config
+from xlembed.layout import WorkDir
 from xlembed.encode import VectorStore, encode
 
 

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import devsuite  # its scores and dev sets
 
 import xlembed.encode as encode_module
-from xlembed.config import Config, WorkDir
+from xlembed.config import Config
+from xlembed.layout import WorkDir
 from xlembed.embeddings import Embeddings
 from xlembed.encode import Encoder, encode_setup
 from xlembed.evaluate import read_dictionary, read_wordsim

@@ -16,7 +16,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from xlembed.config import PAD, UNK, Config, Oov, WorkDir
+from xlembed.config import PAD, UNK, Config, Oov
+from xlembed.layout import WorkDir
 from xlembed.embeddings import Embeddings
 from xlembed.evaluate import lexicon_induction, read_dictionary, read_wordsim, word_similarity
 from xlembed.io import read_lines

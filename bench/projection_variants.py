@@ -34,7 +34,8 @@ from lexicon_ceiling import bidirectional, link_counts
 
 import xlembed.project as project_module
 from xlembed.align import parse_links
-from xlembed.config import Config, WorkDir
+from xlembed.config import Config
+from xlembed.layout import WorkDir
 from xlembed.embeddings import Embeddings
 from xlembed.evaluate import read_dictionary, read_wordsim
 from xlembed.io import read_json, read_lines, write_json_atomic

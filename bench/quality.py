@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from xlembed.align import align, symmetrize_and_count
-from xlembed.config import Config, Strategy, Symmetrization, WorkDir
+from xlembed.config import Config, Strategy, Symmetrization
+from xlembed.layout import WorkDir
 from xlembed.encode import encode
 from xlembed.evaluate import evaluate, evaluate_alignment, read_wordsim, spearman
 from xlembed.project import project

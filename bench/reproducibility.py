@@ -24,7 +24,8 @@ import torch
 from safetensors.torch import load_file
 
 from xlembed.align import align, parse_links, read_lexicon
-from xlembed.config import Config, WorkDir
+from xlembed.config import Config
+from xlembed.layout import WorkDir
 from xlembed.encode import encode
 from xlembed.io import read_json, read_lines
 from xlembed.project import project

@@ -22,9 +22,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 from typer.core import TyperGroup
 
-from xlembed import __version__
+from xlembed.version import __version__
 from xlembed.config import SECTIONS, base_type, default_config_path, flag_name, load_config
-from xlembed.io import SilentTask, XlembedError
+from xlembed.io import SilentTask
+from xlembed.errors import XlembedError
 
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(soft_wrap=True, highlight=False)

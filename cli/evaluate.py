@@ -6,7 +6,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from xlembed.config import Config, WorkDir
+from xlembed.config import Config
+from xlembed.layout import WorkDir
 
 from ._util import OutDirArg, Quiet, Reporter, Work, app, config_command, fail, out
 

@@ -5,7 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from xlembed.config import Config, WorkDir
+from xlembed.config import Config
+from xlembed.layout import WorkDir
 
 from ._util import Force, Out, Quiet, Reporter, Work, app, config_command, err, summarize
 

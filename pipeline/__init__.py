@@ -7,12 +7,11 @@
     config.tokenize.tsv = "pairs.tsv"
     xlembed.run(config, "out.work", "out")    # the whole pipeline
 """
-__version__ = "0.4.0"
-
+from .version import __version__
 from .config import (AlignConfig, Config, Device, EncodeConfig, Executor, ExecutorConfig, Oov, Precision, ProjectConfig,  # noqa: E402
                      Strategy, Symmetrization, TokenizeConfig, WriteConfig, load_config)
 from .embeddings import Embeddings, load  # noqa: E402
-from .io import XlembedError  # noqa: E402
+from .errors import XlembedError  # noqa: E402
 from .run import run  # noqa: E402
 
 __all__ = [

@@ -23,8 +23,10 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .config import AlignConfig, Config, Executor, Symmetrization, WorkDir, section_dict
-from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines, require
+from .config import AlignConfig, Config, Executor, Symmetrization, section_dict
+from .layout import WorkDir
+from .io import Reporter, SilentReporter, atomic_path, read_lines, require
+from .errors import XlembedError
 from .records import file_hash, fingerprint, run_stage, stage_key
 
 Links = set[tuple[int, int]]

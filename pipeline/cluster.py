@@ -42,9 +42,11 @@ from safetensors.torch import load_file
 from transformers import AutoConfig
 
 from .align import AlignedPart, AlignPart, align_part
-from .config import Config, ExecutorConfig, WorkDir, section_dict
+from .config import Config, ExecutorConfig, section_dict
+from .layout import WorkDir
 from .encode import ENCODE_COUNTS, Encoder, encode_record, encode_setup, max_length_used, remove_vectors, resolve_precision
-from .io import Reporter, SilentReporter, XlembedError, read_lines, require, save_tensors
+from .io import Reporter, SilentReporter, read_lines, require, save_tensors
+from .errors import XlembedError
 from .project import (Lexicon, ProjectionSums, choose_links, count_words, project, project_key, read_link_lexicon, save_projection,
                       sums_by_id, vocabularies)
 from .records import invalidate, model_hash, up_to_date

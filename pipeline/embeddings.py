@@ -27,9 +27,11 @@ from typing import NamedTuple
 
 import torch
 
-from . import __version__
-from .config import PAD, UNK, Oov, OutDir
-from .io import XLEMBED_OUTPUT, XlembedError, atomic_path, read_lines, save_tensors, sha256_file, staged_dir, write_json_atomic
+from .version import __version__
+from .config import PAD, UNK, Oov
+from .layout import OutDir
+from .io import XLEMBED_OUTPUT, atomic_path, read_lines, save_tensors, sha256_file, staged_dir, write_json_atomic
+from .errors import XlembedError
 from .oov import Filler, fill_rows, pinyin_of
 
 VOCAB_TSV_HEADER = "word\tfreq\tsource\taligned_en\tp_en_given_zh\tpinyin"

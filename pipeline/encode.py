@@ -24,9 +24,10 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from .config import Config, Device, EncodeConfig, Precision, WorkDir, section_dict
-from .io import (Reporter, SilentReporter, XlembedError, read_json, read_lines, release_freed_memory, require, save_tensors,
-                 tensors_blob, write_bytes_atomic, write_json_atomic)
+from .config import Config, Device, EncodeConfig, Precision, section_dict
+from .layout import WorkDir
+from .io import Reporter, SilentReporter, read_json, read_lines, release_freed_memory, require, save_tensors, tensors_blob, write_bytes_atomic, write_json_atomic
+from .errors import XlembedError
 from .models import layer_indices, load_encoder, load_tokenizer, resolve_model_dir, special_tokens
 from .records import file_hash, fingerprint, model_hash, run_stage, stage_key
 

@@ -22,9 +22,11 @@ import numpy as np
 import torch
 
 from .align import Links, align_lines, parse_links, symmetrize
-from .config import AlignConfig, Symmetrization, WorkDir
+from .config import AlignConfig, Symmetrization
+from .layout import WorkDir
 from .embeddings import Embeddings
-from .io import Reporter, SilentReporter, XlembedError, read_lines, require
+from .io import Reporter, SilentReporter, read_lines, require
+from .errors import XlembedError
 
 PTB_BRACKETS = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}"}
 

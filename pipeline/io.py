@@ -16,9 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
-
-class XlembedError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
+from .errors import XlembedError
+from .layout import OutDir
 
 
 def require_file(path: Path) -> Path:
@@ -137,8 +136,6 @@ def check_output_dir(out: Path) -> None:
     """Refuse an --out that is a file, or a non-empty directory that is not
     provably an earlier xlembed output: its manifest says so, and it holds
     nothing but the files xlembed writes (we replace the directory whole)."""
-    from .config import OutDir
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise XlembedError(f"{out}: output path is a file, expected a directory")

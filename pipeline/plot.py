@@ -13,7 +13,8 @@ import torch
 
 from .config import PAD, UNK
 from .embeddings import Embeddings
-from .io import XlembedError, write_text_atomic
+from .io import write_text_atomic
+from .errors import XlembedError
 
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 FONTS = "'Noto Sans CJK SC', 'Source Han Sans SC', 'PingFang SC', 'Microsoft YaHei', 'WenQuanYi Micro Hei', sans-serif"

@@ -32,10 +32,11 @@ import torch
 from safetensors import safe_open
 
 from .align import Translation, parse_links, read_lexicon
-from .config import Config, Strategy, WorkDir, section_dict
+from .config import Config, Strategy, section_dict
+from .layout import WorkDir
 from .encode import VectorStore
-from .io import (Reporter, SilentReporter, XlembedError, atomic_path, read_json, read_lines, release_freed_memory, require,
-                 save_tensors)
+from .io import Reporter, SilentReporter, atomic_path, read_json, read_lines, release_freed_memory, require, save_tensors
+from .errors import XlembedError
 from .records import file_hash, fingerprint, run_stage, stage_key
 
 

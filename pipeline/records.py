@@ -19,8 +19,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
-from .config import WorkDir, plain
+from .version import __version__
+from .config import plain
+from .layout import WorkDir
 from .io import read_json, sha256_file, write_json_atomic
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .align import align
-from .config import Config, Executor, WorkDir
+from .config import Config, Executor
+from .layout import WorkDir
 from .encode import encode
 from .io import Reporter, SilentReporter, WorkLock, check_output_dir, check_writable
 from .models import check_model

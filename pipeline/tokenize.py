@@ -15,8 +15,10 @@ import unicodedata
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .config import Config, WorkDir, section_dict
-from .io import Reporter, SilentReporter, XlembedError, atomic_path, read_lines
+from .config import Config, section_dict
+from .layout import WorkDir
+from .io import Reporter, SilentReporter, atomic_path, read_lines
+from .errors import XlembedError
 from .models import load_tokenizer, resolve_model_dir
 from .records import file_hash, fingerprint, model_hash, run_stage, stage_key
 

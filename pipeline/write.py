@@ -8,10 +8,12 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .config import PAD, STAGES, UNK, Config, Oov, WorkDir, section_dict
+from .version import __version__
+from .config import PAD, STAGES, UNK, Config, Oov, section_dict
+from .layout import WorkDir
 from .embeddings import Embeddings, VocabRow, read_word_list
-from .io import XlembedError, check_output_dir, read_json, release_freed_memory, require
+from .io import check_output_dir, read_json, release_freed_memory, require
+from .errors import XlembedError
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from xlembed.config import WorkDir
+from xlembed.layout import WorkDir
 from xlembed.io import write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent

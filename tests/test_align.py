@@ -1,7 +1,7 @@
 import pytest
 
 from xlembed.align import format_links, grow_diag_final_and, parse_links, read_lexicon, symmetrize
-from xlembed.io import XlembedError
+from xlembed.errors import XlembedError
 
 # intersection {(0,0),(1,1)}; forward adds (3,3), reverse adds (0,3): far from
 # the intersection, so only final-and can add them, and only (3,3) has both
@@ -46,7 +46,7 @@ def test_links_round_trip_in_pharaoh_format():
 
 def test_symmetrized_links_and_lexicon_from_both_directions(tmp_path):
     from xlembed.align import symmetrize_and_count
-    from xlembed.config import WorkDir
+    from xlembed.layout import WorkDir
 
     work = WorkDir(tmp_path)
     work.corpus_zh.write_text("猫 喝 水\n猫 好\n", encoding="utf-8")

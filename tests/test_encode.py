@@ -3,10 +3,11 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from xlembed.config import Config, Precision, WorkDir
+from xlembed.config import Config, Precision
+from xlembed.layout import WorkDir
 from xlembed.encode import VectorStore, encode, piece_plan, windows
 from xlembed.models import layer_indices
-from xlembed.io import XlembedError
+from xlembed.errors import XlembedError
 
 SENTENCES = ["i like playing", "the cats are playing with the dog", "i like playing", "hello world !", "we read books"]
 

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from xlembed.cli.main import app
 from xlembed.embeddings import Embeddings
 from xlembed.evaluate import lexicon_induction, rankdata, read_wordsim, spearman, word_similarity
-from xlembed.io import XlembedError, save_tensors
+from xlembed.io import save_tensors
+from xlembed.errors import XlembedError
 
 
 def test_rankdata_averages_ties():

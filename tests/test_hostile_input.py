@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xlembed.io
-from xlembed.config import Config, WorkDir
-from xlembed.io import XlembedError
+from xlembed.config import Config
+from xlembed.layout import WorkDir
+from xlembed.errors import XlembedError
 from xlembed.tokenize import tokenize
 
 XLEMBED = str(Path(sys.executable).with_name("xlembed"))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from xlembed.config import PAD, UNK
-from xlembed.io import XlembedError
+from xlembed.errors import XlembedError
 from xlembed.oov import Filler, pinyin_of
 from xlembed.embeddings import format_vocab_tsv, read_word_list
 from xlembed.project import ProjectedWord

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from xlembed.config import Config, WorkDir
+from xlembed.config import Config
+from xlembed.layout import WorkDir
 from xlembed.project import ProjectedWord, load_projection, project
 from xlembed.write import build_matrix
 

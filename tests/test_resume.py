@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from xlembed.cli.main import app
-from xlembed.config import Config, WorkDir
+from xlembed.config import Config
+from xlembed.layout import WorkDir
 from xlembed.run import run
 
 from .conftest import TATOEBA, make_tiny_bert

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 import xlembed
 from xlembed.cli.main import app
-from xlembed.io import WorkLock, XlembedError
+from xlembed.io import WorkLock
+from xlembed.errors import XlembedError
 
 from .test_cli import built, corpus  # noqa: F401  (fixtures: a tiny-model build of a small corpus)
 

@@ -2,8 +2,9 @@ import gzip
 
 import pytest
 
-from xlembed.config import Config, WorkDir
-from xlembed.io import XlembedError
+from xlembed.config import Config
+from xlembed.layout import WorkDir
+from xlembed.errors import XlembedError
 from xlembed.tokenize import chinese_splitter, english_splitter, tokenize
 
 
