@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from xlembed.cluster import encode_and_project
+from xlembed.cluster import RayExecutor, encode_and_project
 from xlembed.config import Config
 from xlembed.layout import WorkDir
 from xlembed.encode import encode
@@ -82,7 +82,8 @@ def main() -> None:
     config.executor.executor = "ray"
     on_ray = fresh(args.work, args.root / "ray", args.fraction)
     start = time.perf_counter()
-    encoded, _ = encode_and_project(config, on_ray)
+    with RayExecutor(config) as executor:
+        encoded, _ = encode_and_project(config, on_ray, executor)
     result["ray_seconds"] = round(time.perf_counter() - start, 1)
     result["ray_executor"] = encoded["executor"]
     result["ray_over_local"] = round(result["ray_seconds"] / result["local_seconds"], 3)

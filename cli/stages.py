@@ -12,14 +12,9 @@ from ._util import Force, Out, Quiet, Reporter, Work, app, config_command, err, 
 
 
 def _stage(name: str, config: Config, work: Path, force: bool, quiet: bool) -> None:
-    import importlib
+    from xlembed.run import run_one
 
-    from xlembed.run import prepared
-
-    stage = getattr(importlib.import_module(f"xlembed.{name}"), name)
-    work_dir = WorkDir(work)
-    with prepared(config, (name, "executor"), work_dir, command=f"xlembed {name}"):
-        summarize(name, stage(config, work_dir, Reporter(quiet), force), quiet)
+    summarize(name, run_one(name, config, WorkDir(work), reporter=Reporter(quiet), force=force), quiet)
 
 
 @app.command()
@@ -69,12 +64,9 @@ def write(work: Work, out: Out, config: Config, quiet: Quiet = False):
 
     OUT gets embeddings.safetensors, vocab.txt, vocab.tsv (where each row came from), english.safetensors,
     english_vocab.txt and manifest.json."""
-    from xlembed.run import prepared
-    from xlembed.write import write as write_output
+    from xlembed.run import run_one
 
-    work_dir = WorkDir(work)
-    with prepared(config, ("write",), work_dir, out, command="xlembed write"):
-        manifest = write_output(config, work_dir, out)
+    manifest = run_one("write", config, WorkDir(work), out)
     summarize("write", manifest, quiet)
     if not quiet:
         err.print(f"wrote {out}/embeddings.safetensors")

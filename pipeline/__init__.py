@@ -12,10 +12,10 @@ from .config import (AlignConfig, Config, Device, EncodeConfig, Executor, Execut
                      Strategy, Symmetrization, TokenizeConfig, WriteConfig, load_config)
 from .embeddings import Embeddings, load  # noqa: E402
 from .errors import XlembedError  # noqa: E402
-from .run import run  # noqa: E402
+from .run import run, run_one  # noqa: E402
 
 __all__ = [
-    "__version__", "load", "run", "load_config", "Embeddings", "XlembedError",
+    "__version__", "load", "run", "run_one", "load_config", "Embeddings", "XlembedError",
     "Config", "TokenizeConfig", "EncodeConfig", "AlignConfig", "ProjectConfig", "WriteConfig", "ExecutorConfig",
     "Symmetrization", "Strategy", "Oov", "Device", "Precision", "Executor",
 ]

@@ -23,9 +23,9 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .config import AlignConfig, Config, Executor, Symmetrization, section_dict
+from .config import AlignConfig, Config, Symmetrization, section_dict
 from .layout import WorkDir
-from .io import Reporter, SilentReporter, atomic_path, read_lines, require
+from .io import Reporter, SilentReporter, atomic_path, read_lines, require, require_same_counts
 from .errors import XlembedError
 from .records import file_hash, fingerprint, run_stage, stage_key
 
@@ -169,6 +169,9 @@ def in_this_process(parts: Iterable[AlignPart]) -> Iterator[AlignedPart]:
     return map(align_part, parts)
 
 
+PartsRunner = Callable[[list[AlignPart]], Iterator[AlignedPart]]  # aligns parts, yielding them in order
+
+
 def estimate_priors(zh: list[str], en: list[str], opts: AlignConfig, scratch: Path) -> str:
     """eflomal priors (lexical, fertility and jump counts) from aligning
     `opts.prior_sample` pairs spread evenly over the corpus, as text."""
@@ -187,7 +190,7 @@ def estimate_priors(zh: list[str], en: list[str], opts: AlignConfig, scratch: Pa
 
 
 def align_lines(zh: list[str], en: list[str], forward: Path, reverse: Path, opts: AlignConfig, scratch: Path,
-                parts_runner: Callable[[list[AlignPart]], Iterator[AlignedPart]] = in_this_process, task=None) -> int:
+                parts_runner: PartsRunner = in_this_process, task=None) -> int:
     """Align `zh` with `en` into `forward` and `reverse`: the whole corpus in
     one eflomal run, or (--align-shards > 1) in contiguous parts that all
     start from priors estimated on a sample, each part aligned by
@@ -253,10 +256,11 @@ def read_lexicon(path: Path) -> dict[str, list[Translation]]:
     return lexicon
 
 
-def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
+def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False,
+          parts_runner: PartsRunner = in_this_process) -> dict:
     """Align `corpus.zh` with `corpus.en`; write the symmetrised links and the
     lexical table; return the record (counts; `skipped` when up to date).
-    The parts of --align-shards > 1 run where --executor says."""
+    The parts of align_parts > 1 run by `parts_runner` (the executor's)."""
     opts = config.align
     inputs = {str(p): file_hash(require(p, "tokenize")) for p in (work.corpus_zh, work.corpus_en)}
     key = stage_key("align", inputs=list(inputs.values()), config=fingerprint(opts))
@@ -264,18 +268,10 @@ def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), 
     def compute() -> dict:
         start = time.perf_counter()
         zh, en = list(read_lines(work.corpus_zh)), list(read_lines(work.corpus_en))
-        if len(zh) != len(en):
-            raise XlembedError(f"{work.corpus_zh} and {work.corpus_en} differ in line count ({len(zh):,} and {len(en):,}); "
-                               "rerun `xlembed tokenize`")
+        require_same_counts(work.root, "line counts", {"corpus.zh": len(zh), "corpus.en": len(en)}, "tokenize")
         parts = min(opts.align_shards, max(1, len(zh)))
         with reporter.task("align (eflomal, both directions)" if parts == 1 else f"align ({parts} parts, priors from a sample)",
                            None if parts == 1 else parts, "" if parts == 1 else "parts") as task:
-            if config.executor.executor == Executor.ray:
-                from .cluster import ray_parts_runner
-
-                parts_runner = ray_parts_runner(config)
-            else:
-                parts_runner = in_this_process
             align_lines(zh, en, work.links_forward, work.links_reverse, opts, work.scratch, parts_runner, task)
             if parts == 1:
                 task.advance()

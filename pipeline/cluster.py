@@ -41,16 +41,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from .align import AlignedPart, AlignPart, align_part
+from .align import AlignedPart, AlignPart, align, align_part
 from .config import Config, ExecutorConfig, section_dict
-from .layout import WorkDir
-from .encode import ENCODE_COUNTS, Encoder, encode_record, encode_setup, max_length_used, remove_vectors, resolve_precision
-from .io import Reporter, SilentReporter, read_lines, require, save_tensors
+from .encode import (ENCODE_COUNTS, Encoder, EncodeSetup, encode_record, encode_setup, max_length_used, remove_vectors,
+                     resolve_device_precision)
 from .errors import XlembedError
-from .project import (Lexicon, ProjectionSums, choose_links, count_words, project, project_key, read_link_lexicon, save_projection,
-                      sums_by_id, vocabularies)
-from .records import invalidate, model_hash, up_to_date
-from .io import write_json_atomic
+from .io import Reporter, SilentReporter, read_lines, require, require_same_counts, save_tensors, write_json_atomic
+from .layout import WorkDir
+from .project import (PartSums, ProjectionSums, ProjectionTables, add_part, choose_links, link_rows, prepare_projection,
+                      project, project_key, save_projection, sums_by_id)
+from .records import invalidate, model_hash, run_stage, up_to_date
 
 RETRIES = 3  # of a shard or an alignment part whose worker died
 FOLD_EVERY = 16  # returned shards the driver keeps as files before it checkpoints their sum
@@ -126,21 +126,12 @@ class ModelSource(NamedTuple):
     shipped: list  # [ObjectRef of {relative path: bytes}], in a list so that Ray hands over the reference
 
 
-class LinkTables(NamedTuple):
-    """What every encoder needs to choose links: the lexicon and both
-    vocabularies' ids (sent once, through Ray's object store)."""
-
-    lexicon: Lexicon
-    zh_ids: dict[str, int]
-    en_ids: dict[str, int]
-
-
 class ShardTask(NamedTuple):
     """What one encoder needs for one shard of consecutive pairs: both sides and their links."""
 
     index: int
     model: ModelSource
-    tables: list  # [ObjectRef of LinkTables], in a list so that Ray hands over the reference
+    tables: list  # [ObjectRef of ProjectionTables], in a list so that Ray hands over the reference
     zh_lines: list[str]
     en_lines: list[str]
     links_lines: list[str]
@@ -148,28 +139,26 @@ class ShardTask(NamedTuple):
 
 
 class ShardSums(NamedTuple):
-    """One shard's projection: sums and counts of the word ids present in it."""
+    """One shard's projection: sums (float32: sums_by_id sums in float32, as
+    the local project does within a vector shard, so nothing is lost) and
+    counts of the word ids present in it."""
 
     index: int
-    zh_ids: np.ndarray  # [u_zh]
-    zh_sum: torch.Tensor  # [u_zh, d] float32
-    zh_count: torch.Tensor  # [u_zh]
-    en_ids: np.ndarray  # [u_en]
-    en_sum: torch.Tensor  # [u_en, d] float32
-    en_count: torch.Tensor  # [u_en]
+    zh: PartSums
+    en: PartSums
     links_without_vector: int
     encode_counts: dict  # Encoder.counts of the shard
+    ran_on: str  # "DEVICE PRECISION" of the encoder that made it
 
 
-def project_shard(encoder: Encoder, tables: LinkTables, task: ShardTask) -> ShardSums:
-    links = choose_links(task.zh_lines, task.en_lines, task.links_lines, tables.lexicon, tables.zh_ids, tables.en_ids)
+def project_shard(encoder: Encoder, tables: ProjectionTables, task: ShardTask) -> ShardSums:
+    """The projection core on one shard: choose links, encode, rows, sums (as the local stage does)."""
+    links = choose_links(task.zh_lines, task.en_lines, task.links_lines, tables)
     word_rows, vectors, counts = encoder.vectors(task.en_lines)  # [n_words], [n_rows, d]
-    link_rows = word_rows[links.link_positions]
-    zh_ids, zh_sum, zh_count = sums_by_id(vectors, links.link_words[link_rows >= 0], link_rows[link_rows >= 0])
-    en_ids, en_sum, en_count = sums_by_id(vectors, links.en_words[word_rows >= 0], word_rows[word_rows >= 0])
-    # float32 travels: sums_by_id sums in float32 (as the local project does within a shard), so nothing is lost
-    return ShardSums(task.index, zh_ids, zh_sum.float(), zh_count, en_ids, en_sum.float(), en_count,
-                     links_without_vector=int((link_rows < 0).sum()), encode_counts=counts)
+    rows = link_rows(links, word_rows)
+    zh, en = sums_by_id(vectors, rows.zh_ids, rows.zh_rows), sums_by_id(vectors, rows.en_ids, rows.en_rows)
+    return ShardSums(task.index, zh._replace(sum=zh.sum.float()), en._replace(sum=en.sum.float()), rows.links_without_vector,
+                     counts, f"{encoder.device} {encoder.precision.value}")
 
 
 class ShardEncoder:
@@ -190,9 +179,7 @@ class ShardEncoder:
             for name, data in ray.get(model.shipped[0]).items():
                 (path / name).parent.mkdir(parents=True, exist_ok=True)
                 (path / name).write_bytes(data)
-        opts = self.config.encode
-        device = torch.device("cuda" if torch.cuda.is_available() and opts.device.value != "cpu" else "cpu")
-        return Encoder(path, opts, device, resolve_precision(opts.precision, device))
+        return Encoder(path, self.config.encode, *resolve_device_precision(self.config.encode))  # as this node resolves them
 
     def project(self, task: ShardTask) -> ShardSums:
         if task.kill_marker and not os.path.exists(task.kill_marker):
@@ -221,6 +208,7 @@ class Totals:
         self.sums = ProjectionSums(torch.zeros((n_zh, dim), dtype=torch.float64), torch.zeros(n_zh, dtype=torch.int64),  # [Z, d], [Z]
                                    torch.zeros((n_en, dim), dtype=torch.float64), torch.zeros(n_en, dtype=torch.int64), 0)  # [E, d], [E]
         self.counts = dict.fromkeys(ENCODE_COUNTS, 0)
+        self.ran_on: set[str] = set()
         self.done: list[int] = []  # shards added, in the order they came
         self.unfolded: list[int] = []  # ... whose files the checkpoint does not replace yet
         self.bytes_returned = 0
@@ -229,7 +217,7 @@ class Totals:
             with safe_open(str(self.checkpoint_path), "pt") as f:
                 meta = json.loads(f.metadata()["totals"])
             self.sums = ProjectionSums(saved["zh_sum"], saved["zh_count"], saved["en_sum"], saved["en_count"], meta["links_without_vector"])
-            self.counts, self.done = meta["counts"], meta["done"]
+            self.counts, self.done, self.ran_on = meta["counts"], meta["done"], set(meta.get("ran_on", ()))
         for path in sorted(parts_dir.glob("shard-*.safetensors")):
             k = int(path.stem.split("-")[1])
             if k not in self.done:
@@ -246,27 +234,29 @@ class Totals:
         path = self.shard_path(k)
         t = load_file(str(path))
         with safe_open(str(path), "pt") as f:
-            counts = {name: int(v) for name, v in f.metadata().items()}
-        return ShardSums(k, t["zh_ids"].numpy(), t["zh_sum"], t["zh_count"], t["en_ids"].numpy(), t["en_sum"], t["en_count"],
-                         int(t["links_without_vector"][0]), counts)
+            meta = f.metadata()
+        counts = {name: int(meta[name]) for name in ENCODE_COUNTS if name in meta}
+        return ShardSums(k, PartSums(t["zh_ids"].numpy(), t["zh_sum"], t["zh_count"]),
+                         PartSums(t["en_ids"].numpy(), t["en_sum"], t["en_count"]),
+                         int(t["links_without_vector"][0]), counts, meta.get("ran_on", ""))
+
+    def save_shard(self, shard: ShardSums) -> None:
+        tensors = {"zh_ids": torch.tensor(shard.zh.ids), "zh_sum": shard.zh.sum, "zh_count": shard.zh.count,
+                   "en_ids": torch.tensor(shard.en.ids), "en_sum": shard.en.sum, "en_count": shard.en.count}
+        save_tensors(self.shard_path(shard.index), dict(tensors, links_without_vector=torch.tensor([shard.links_without_vector])),
+                     metadata=dict({k: str(v) for k, v in shard.encode_counts.items()}, ran_on=shard.ran_on))
+        self.bytes_returned += sum(t.nbytes for t in tensors.values())
 
     def add(self, shard: ShardSums, save: bool = True) -> None:
         if save:
-            save_tensors(self.shard_path(shard.index),
-                         {"zh_ids": torch.tensor(shard.zh_ids), "zh_sum": shard.zh_sum, "zh_count": shard.zh_count,
-                          "en_ids": torch.tensor(shard.en_ids), "en_sum": shard.en_sum, "en_count": shard.en_count,
-                          "links_without_vector": torch.tensor([shard.links_without_vector])},
-                         metadata={k: str(v) for k, v in shard.encode_counts.items()})
-            self.bytes_returned += sum(t.nbytes for t in (shard.zh_ids, shard.zh_sum, shard.zh_count, shard.en_ids, shard.en_sum, shard.en_count))
+            self.save_shard(shard)
         s = self.sums
-        zh_ids, en_ids = torch.tensor(shard.zh_ids), torch.tensor(shard.en_ids)  # copies: Ray hands over read-only arrays
-        s.zh_sum.index_add_(0, zh_ids, shard.zh_sum.double())
-        s.zh_count.index_add_(0, zh_ids, shard.zh_count)
-        s.en_sum.index_add_(0, en_ids, shard.en_sum.double())
-        s.en_count.index_add_(0, en_ids, shard.en_count)
+        add_part(s.zh_sum, s.zh_count, shard.zh)
+        add_part(s.en_sum, s.en_count, shard.en)
         self.sums = s._replace(links_without_vector=s.links_without_vector + shard.links_without_vector)
         for name, n in shard.encode_counts.items():
             self.counts[name] = self.counts.get(name, 0) + n
+        self.ran_on |= {shard.ran_on} - {""}
         self.done.append(shard.index)
         self.unfolded.append(shard.index)
         if save and len(self.unfolded) >= FOLD_EVERY:
@@ -275,7 +265,7 @@ class Totals:
     def checkpoint(self) -> None:
         """Write the sums so far, then remove the shard files they hold."""
         s = self.sums
-        meta = dict(done=self.done, counts=self.counts, links_without_vector=s.links_without_vector)
+        meta = dict(done=self.done, counts=self.counts, links_without_vector=s.links_without_vector, ran_on=sorted(self.ran_on))
         save_tensors(self.checkpoint_path, {"zh_sum": s.zh_sum, "zh_count": s.zh_count, "en_sum": s.en_sum, "en_count": s.en_count},
                      metadata={"totals": json.dumps(meta)})
         for k in self.unfolded:
@@ -284,9 +274,88 @@ class Totals:
 
     def remove(self) -> None:
         remove_parts(self.dir)
+        with contextlib.suppress(OSError):  # not empty: the fault test's marker
+            self.dir.parent.rmdir()
 
 
-def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> tuple[dict, dict]:
+class RayJob(NamedTuple):
+    """What encode+project on Ray adds up, and how it went (for the records)."""
+
+    totals: Totals
+    executor: dict  # the executor's options, encoders, shards, bytes sent and returned
+
+
+def shard_tasks(work: WorkDir, bounds: list[int], done: list[int], model: ModelSource, tables: list,
+                sent: list[int]) -> Iterator[ShardTask]:
+    """The shards still to do, in order, read from the corpus as they are
+    sent; `sent[0]` counts the bytes of pairs and links they carry (the
+    model and the tables go once per node)."""
+    kill_at = os.environ.get(KILL_WORKER_AT)
+    files = [read_lines(path) for path in (work.corpus_zh, work.corpus_en, work.links)]
+    for k in range(len(bounds) - 1):
+        zh, en, links = (list(itertools.islice(f, bounds[k + 1] - bounds[k])) for f in files)
+        if k in done:
+            continue
+        sent[0] += sum(len(line.encode()) + 1 for part in (zh, en, links) for line in part)
+        marker = str(work.root / "ray" / f"killed-at-shard-{k}") if kill_at is not None and int(kill_at) == k else None
+        yield ShardTask(k, model, tables, zh, en, links, marker)
+
+
+def gather(ray, actors: list, tasks: Iterator[ShardTask], totals: Totals, work: WorkDir, task) -> None:
+    """Keep every actor busy with the next shard; add each shard's sums as it returns."""
+    pending: dict = {}
+    idle = list(actors)
+    while True:
+        while idle and (shard := next(tasks, None)) is not None:
+            encoder = idle.pop(0)
+            pending[encoder.project.remote(shard)] = encoder
+        if not pending:
+            return
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        idle.append(pending.pop(ready[0]))
+        try:
+            totals.add(ray.get(ready[0]))
+        except ray.exceptions.RayError as e:
+            raise XlembedError(f"{work.root}: a shard failed {RETRIES + 1} times on Ray; the shards returned so far are kept "
+                               f"for the next run ({str(e).strip().splitlines()[0]})")
+        if os.environ.get(KILL_DRIVER_AFTER) == str(len(totals.done)):
+            os.kill(os.getpid(), signal.SIGKILL)
+        task.advance()
+
+
+def run_shards(ray, config: Config, work: WorkDir, key: str, setup: EncodeSetup, tables: ProjectionTables, n_pairs: int,
+               dim: int, reporter: Reporter) -> RayJob:
+    """Encode+project every shard not yet returned, on encoder actors (a dead
+    worker's actor is restarted, and its shard retried up to RETRIES times:
+    a shard that kills every worker fails the job)."""
+    encoders = plan_encoders(ray, config.executor)
+    bounds = shard_bounds(n_pairs, config.executor.shards, encoders.count)
+    totals = Totals(parts_directory(work, key, len(bounds) - 1), len(tables.vocab.zh_vocab), len(tables.vocab.en_vocab), dim)
+    resumed, todo = len(totals.done), len(bounds) - 1 - len(totals.done)
+    actor = ray.remote(num_cpus=encoders.cpus, num_gpus=encoders.gpus, max_restarts=-1, max_task_retries=RETRIES)(ShardEncoder)
+    model = ModelSource(str(setup.model_dir), model_hash(setup.model_dir), [ray.put(model_files(setup.model_dir))])
+    actors = [actor.remote(config, encoders.cpus) for _ in range(min(encoders.count, max(1, todo)))]
+    sent = [0]
+    tasks = shard_tasks(work, bounds, totals.done, model, [ray.put(tables)], sent)
+    with reporter.task(f"encode+project (ray, {len(actors)} encoders)", len(bounds) - 1, "shards") as task:
+        task.advance(resumed)  # returned to an earlier driver
+        gather(ray, actors, tasks, totals, work, task)
+    for a in actors:
+        ray.kill(a)
+    return RayJob(totals, dict(section_dict(config.executor), encoders=len(actors), shards=len(bounds) - 1,
+                               shards_resumed=resumed, bytes_sent=sent[0], bytes_returned=totals.bytes_returned))
+
+
+def ran_on_record(record: dict, ran_on: set[str]) -> dict:
+    """The encode record with the device and precision the workers resolved (not the driver's)."""
+    if len(ran_on) == 1:
+        device, precision = next(iter(ran_on)).split(" ")
+        return dict(record, options=dict(record["options"], device=device), precision_used=precision)
+    return dict(record, ran_on=sorted(ran_on)) if ran_on else record
+
+
+def encode_and_project(config: Config, work: WorkDir, executor: "RayExecutor", reporter: Reporter = SilentReporter(),
+                       force: bool = False) -> tuple[dict, dict]:
     """The encode and project stages on Ray; returns their two records.
     Records and outputs are those of the local stages (same keys, so
     either executor reuses the other's finished stages), except that no
@@ -295,88 +364,32 @@ def encode_and_project(config: Config, work: WorkDir, reporter: Reporter = Silen
     setup = encode_setup(config, work)
     key, inputs = project_key(config, work, setup.key)
     encode_done = up_to_date(work, "encode", setup.key)
-    if not force and (record := up_to_date(work, "project", key)) and encode_done:
-        return dict(encode_done, skipped=True), dict(record, skipped=True)
-    if not force and encode_done and work.vectors_index.exists():
-        return dict(encode_done, skipped=True), project(config, work, reporter, force)
+    if not force and encode_done and (work.vectors_index.exists() or up_to_date(work, "project", key)):
+        return dict(encode_done, skipped=True), project(config, work, reporter)
+    records = {}
 
-    start = time.perf_counter()
-    invalidate(work, "project")
-    invalidate(work, "encode")
-    lexicon = read_link_lexicon(work, config.project)
-    corpus_zh, corpus_en, corpus_links = require(work.corpus_zh, "tokenize"), work.corpus_en, require(work.links, "align")
-    vocab = vocabularies(*count_words(read_lines(corpus_zh), read_lines(corpus_en), lexicon.stopwords))
-    n_pairs = sum(1 for _ in read_lines(corpus_links))
-    if n_pairs != sum(1 for _ in read_lines(corpus_en)):
-        raise XlembedError(f"{work.root}: corpus.en and the links disagree on the number of sentences; rerun the earlier stages")
-    model_config = AutoConfig.from_pretrained(setup.model_dir)
-    dim = model_config.hidden_size
-    with ray_cluster(config.executor) as ray:
-        encoders = plan_encoders(ray, config.executor)
-        bounds = shard_bounds(n_pairs, config.executor.shards, encoders.count)
-        totals = Totals(parts_directory(work, key, len(bounds) - 1), len(vocab.zh_vocab), len(vocab.en_vocab), dim)
-        todo = [k for k in range(len(bounds) - 1) if k not in totals.done]
-        resumed = len(totals.done)
-        kill_at = os.environ.get(KILL_WORKER_AT)
-        # a dead worker's actor is restarted, and its shard retried up to RETRIES times (a shard that kills every worker fails the job)
-        actor = ray.remote(num_cpus=encoders.cpus, num_gpus=encoders.gpus, max_restarts=-1, max_task_retries=RETRIES)(ShardEncoder)
-        model = ModelSource(str(setup.model_dir), model_hash(setup.model_dir), [ray.put(model_files(setup.model_dir))])
-        tables = [ray.put(LinkTables(lexicon, *vocab.ids()))]
-        actors = [actor.remote(config, encoders.cpus) for _ in range(min(encoders.count, max(1, len(todo))))]
-        sent = 0  # what the shard tasks carry: their pairs and links (the model and the tables go once per node)
+    def compute() -> dict:  # the project stage's, which writes the encode stage's record too
+        start = time.perf_counter()
+        invalidate(work, "encode")
+        tables = prepare_projection(work, config.project)
+        n_pairs = sum(1 for _ in read_lines(require(work.links, "align")))
+        require_same_counts(work.root, "line counts", {"corpus.en": sum(1 for _ in read_lines(work.corpus_en)),
+                                                       "align.links": n_pairs}, "align")
+        model_config = AutoConfig.from_pretrained(setup.model_dir)
+        dim = model_config.hidden_size
+        job = run_shards(executor.ray, config, work, key, setup, tables, n_pairs, dim, reporter)
+        remove_vectors(work)  # any from an earlier local encode are not these
+        counts = {name: job.totals.counts.get(name, 0) for name in ENCODE_COUNTS}
+        encoded = encode_record(config, work, setup, max_length_used(config.encode, model_config), dim, counts)
+        records["encode"] = dict(stage="encode", key=setup.key, **ran_on_record(encoded, job.totals.ran_on),
+                                 vectors_kept=False, executor=job.executor, seconds=round(time.perf_counter() - start, 3))
+        write_json_atomic(work.record("encode"), records["encode"])
+        projected = save_projection(work, config, tables.vocab, tables.lexicon, job.totals.sums, dim, inputs)
+        job.totals.remove()
+        return dict(projected, executor=job.executor)
 
-        def shard_tasks() -> Iterator[ShardTask]:
-            """The shards still to do, in order, read from the corpus as they are sent."""
-            nonlocal sent
-            files = [read_lines(path) for path in (corpus_zh, corpus_en, corpus_links)]
-            for k in range(len(bounds) - 1):
-                zh, en, links = (list(itertools.islice(f, bounds[k + 1] - bounds[k])) for f in files)
-                if k in totals.done:
-                    continue
-                sent += sum(len(line.encode()) + 1 for part in (zh, en, links) for line in part)
-                marker = str(work.root / "ray" / f"killed-at-shard-{k}") if kill_at is not None and int(kill_at) == k else None
-                yield ShardTask(k, model, tables, zh, en, links, marker)
-
-        pending: dict = {}
-        with reporter.task(f"encode+project (ray, {len(actors)} encoders)", len(bounds) - 1, "shards") as task:
-            task.advance(resumed)  # returned to an earlier driver
-            idle, waiting = list(actors), shard_tasks()
-            while True:
-                while idle and (shard := next(waiting, None)) is not None:
-                    encoder = idle.pop(0)
-                    pending[encoder.project.remote(shard)] = encoder
-                if not pending:
-                    break
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                idle.append(pending.pop(ready[0]))
-                try:
-                    totals.add(ray.get(ready[0]))
-                except ray.exceptions.RayError as e:
-                    raise XlembedError(f"{work.root}: a shard failed {RETRIES + 1} times on Ray; the shards returned so far are kept "
-                                       f"for the next run ({str(e).strip().splitlines()[0]})")
-                if os.environ.get(KILL_DRIVER_AFTER) == str(len(totals.done)):
-                    os.kill(os.getpid(), signal.SIGKILL)
-                task.advance()
-        for a in actors:
-            ray.kill(a)
-
-    remove_vectors(work)  # any from an earlier local encode are not these
-    seconds = round(time.perf_counter() - start, 3)
-    executor = dict(section_dict(config.executor), encoders=len(actors), shards=len(bounds) - 1, shards_resumed=resumed,
-                    bytes_sent=sent, bytes_returned=totals.bytes_returned)
-    # one record each, as the local stages write them; the seconds are the two stages' together
-    counts = {name: totals.counts.get(name, 0) for name in ENCODE_COUNTS}
-    encode_rec = dict(stage="encode", key=setup.key,
-                      **encode_record(config, work, setup, max_length_used(config.encode, model_config), dim, counts),
-                      vectors_kept=False, executor=executor, seconds=seconds)
-    write_json_atomic(work.record("encode"), encode_rec)
-    project_rec = dict(stage="project", key=key, **save_projection(work, config, vocab, lexicon, totals.sums, dim, inputs),
-                       executor=executor, seconds=seconds)
-    write_json_atomic(work.record("project"), project_rec)
-    totals.remove()
-    with contextlib.suppress(OSError):  # not empty: the fault test's marker
-        totals.dir.parent.rmdir()
-    return encode_rec, project_rec
+    projected = run_stage(work, "project", key, True, compute)  # up to date: returned above
+    return records["encode"], projected
 
 
 def parts_directory(work: WorkDir, key: str, n_shards: int) -> Path:
@@ -399,17 +412,41 @@ def remove_parts(parts_dir: Path) -> None:
         parts_dir.rmdir()
 
 
-def ray_parts_runner(config: Config):
-    """align's parts_runner on Ray: each part one task (retried if its
-    worker dies), asking for a CPU per eflomal sampler (its threads), at
-    most a node's CPUs."""
+class RayExecutor:
+    """A Ray cluster for the length of one command: joined (or a local one
+    started) at its first use, left when the command ends; one session
+    whatever the stages ask of it."""
 
-    def run(parts: list[AlignPart]) -> Iterator[AlignedPart]:
-        with ray_cluster(config.executor) as ray:
-            largest_node = max(int(node["Resources"].get("CPU", 1)) for node in ray.nodes() if node["Alive"])
-            task = ray.remote(num_cpus=min(config.align.samplers, largest_node), max_retries=RETRIES)(align_part)
-            refs = [task.remote(part._replace(scratch=None)) for part in parts]  # the system's temporary folder of the node
-            for ref in refs:  # in order
-                yield ray.get(ref)
+    def __init__(self, config: Config):
+        self.config = config
+        self._session = contextlib.ExitStack()
+        self._ray = None
 
-    return run
+    def __enter__(self) -> "RayExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._session.close()
+
+    @property
+    def ray(self):
+        if self._ray is None:
+            self._ray = self._session.enter_context(ray_cluster(self.config.executor))
+        return self._ray
+
+    def align_parts(self, parts: list[AlignPart]) -> Iterator[AlignedPart]:
+        """Each part one task (retried if its worker dies), asking for a CPU
+        per eflomal sampler (its threads), at most a node's CPUs."""
+        ray = self.ray
+        largest_node = max(int(node["Resources"].get("CPU", 1)) for node in ray.nodes() if node["Alive"])
+        task = ray.remote(num_cpus=min(self.config.align.samplers, largest_node), max_retries=RETRIES)(align_part)
+        refs = [task.remote(part._replace(scratch=None)) for part in parts]  # the system's temporary folder of the node
+        for ref in refs:  # in order
+            yield ray.get(ref)
+
+    def stages(self, config: Config, work: WorkDir, reporter: Reporter, force: bool) -> Iterator[tuple[str, dict]]:
+        # alignment first: the Ray workers project as they encode
+        yield "align", align(config, work, reporter, force, self.align_parts)
+        encoded, projected = encode_and_project(config, work, self, reporter, force)
+        yield "encode", encoded
+        yield "project", projected

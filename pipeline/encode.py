@@ -415,7 +415,7 @@ class Encoder:
     the Ray executor."""
 
     def __init__(self, model_dir: Path, opts: EncodeConfig, device: torch.device, precision: Precision):
-        self.opts, self.device = opts, device
+        self.opts, self.device, self.precision = opts, device, Precision(precision)
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_model(model_dir, device, precision)
         self.dim = self.model.config.hidden_size
@@ -490,10 +490,16 @@ class EncodeSetup(NamedTuple):
     key: str
 
 
+def resolve_device_precision(opts: EncodeConfig) -> tuple[torch.device, Precision]:
+    """Where the encoder runs and in what precision, resolved on the machine
+    that runs it (the same function on the driver and on every Ray worker)."""
+    device = resolve_device(opts.device)
+    return device, resolve_precision(opts.precision, device)
+
+
 def encode_setup(config: Config, work: WorkDir) -> EncodeSetup:
     opts = config.encode
-    device = resolve_device(opts.device)
-    precision = resolve_precision(opts.precision, device)
+    device, precision = resolve_device_precision(opts)
     corpus_en = require(work.corpus_en, "tokenize")
     model_dir = resolve_model_dir(opts.model)
     key = stage_key("encode", config=fingerprint(opts), device=str(device), precision_used=precision.value,

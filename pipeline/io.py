@@ -129,6 +129,14 @@ def require(path: Path, stage: str) -> Path:
     return Path(path)
 
 
+def require_same_counts(where: Path, what: str, counts: dict[str, int], rerun: str) -> None:
+    """Artifacts that hold one entry per pair (or per word) agree on how
+    many: else one line naming them and their counts."""
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{name} {n:,}" for name, n in counts.items())
+        raise XlembedError(f"{where}: {listed}: the {what} disagree; rerun `xlembed {rerun}`")
+
+
 XLEMBED_OUTPUT = "xlembed output"  # manifest.json's "kind": what makes a directory ours to replace
 
 

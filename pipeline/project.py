@@ -32,48 +32,47 @@ import torch
 from safetensors import safe_open
 
 from .align import Translation, parse_links, read_lexicon
-from .config import Config, Strategy, section_dict
-from .layout import WorkDir
+from .config import Config, plain, section_dict
 from .encode import VectorStore
-from .io import Reporter, SilentReporter, atomic_path, read_json, read_lines, release_freed_memory, require, save_tensors
-from .errors import XlembedError
+from .io import (Reporter, SilentReporter, atomic_path, read_json, read_lines, release_freed_memory, require,
+                 require_same_counts, save_tensors)
+from .layout import WorkDir
 from .records import file_hash, fingerprint, run_stage, stage_key
+from .strategies import Lexicon, rule_for
 
 
 def read_stopwords(path) -> set[str]:
     return {w for line in read_lines(path) for w in line.split()}
 
 
-def chosen_links(strategy: Strategy, links: set[tuple[int, int]], zh: list[str], en: list[str],
-                 best: dict[str, Translation], p_en: dict[str, dict[str, float]]) -> list[tuple[int, int]]:
-    """The links (zh position, en position) of one sentence whose English
-    vector a Chinese word takes, by `strategy`."""
-    links = sorted(links)
-    if strategy == Strategy.argmax:
-        return [(i, j) for i, j in links if en[j] == best[zh[i]].en]
-    if strategy == Strategy.argmax_occurrence:
-        chosen: dict[int, tuple[int, float]] = {}
-        for i, j in links:
-            p = p_en[zh[i]].get(en[j], 0.0)
-            if i not in chosen or p > chosen[i][1]:
-                chosen[i] = (j, p)
-        return [(i, j) for i, (j, _) in chosen.items()]
-    return links
+class PartSums(NamedTuple):
+    """Sums and counts of the word ids present in a part (a vector shard, a Ray shard)."""
+
+    ids: np.ndarray  # [u]
+    sum: torch.Tensor  # [u, d]
+    count: torch.Tensor  # [u] int64
 
 
-def sums_by_id(vectors: torch.Tensor, ids: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+def sums_by_id(vectors: torch.Tensor, ids: np.ndarray, rows: np.ndarray) -> PartSums:
     """For each id present in `ids`: the sum (float64) and count of the
     vectors at `rows`. A sparse (id x row) count matrix times `vectors`
-    [n, d]: memory beyond the vectors is the result. Returns (present ids
-    [u], sums [u, d], counts [u])."""
+    [n, d]: memory beyond the vectors is the result."""
     present, local_id = np.unique(ids, return_inverse=True)  # [u], [m]
     occurrences = torch.sparse_coo_tensor(torch.stack([torch.from_numpy(local_id.reshape(-1)), torch.from_numpy(rows)]),
                                           torch.ones(len(ids)), (len(present), len(vectors)), check_invariants=False).coalesce()
     sums = torch.sparse.mm(occurrences, vectors.float()).double()  # [u, d]
-    return present, sums, torch.from_numpy(np.bincount(local_id.reshape(-1), minlength=len(present)).astype(np.int64))
+    return PartSums(present, sums, torch.from_numpy(np.bincount(local_id.reshape(-1), minlength=len(present)).astype(np.int64)))
 
 
-def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_words: int, dim: int, task) -> tuple[torch.Tensor, torch.Tensor]:
+def add_part(sums: torch.Tensor, counts: torch.Tensor, part: PartSums) -> None:
+    """Add a part's sums and counts into the totals `sums` [n_words, d] float64 and `counts` [n_words]."""
+    ids = torch.tensor(part.ids)  # a copy: Ray hands over read-only arrays
+    sums.index_add_(0, ids, part.sum.double())  # [u, d] into [n_words, d]
+    counts.index_add_(0, ids, part.count)
+
+
+def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_words: int, dim: int,
+               task) -> tuple[torch.Tensor, torch.Tensor]:
     """Per word id: the sum (float64) and count of the vectors at `rows`,
     streaming over the shards one at a time, each added into the sums of
     the words present in it only: memory beyond the sums themselves is one
@@ -86,29 +85,18 @@ def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_wor
     for k in range(store.n_shards):
         lo, hi = bounds[k], bounds[k + 1]
         if hi > lo:
-            present, shard_sums, shard_counts = sums_by_id(store.shard(k), word_ids[lo:hi], rows[lo:hi] - store.shard_starts[k])
-            sums.index_add_(0, torch.from_numpy(present), shard_sums)  # [u, d] into [n_words, d]
-            counts.index_add_(0, torch.from_numpy(present), shard_counts)
+            add_part(sums, counts, sums_by_id(store.shard(k), word_ids[lo:hi], rows[lo:hi] - store.shard_starts[k]))
             release_freed_memory()  # each shard's temporaries differ in size: see encode
         task.advance()
     return sums, counts
-
-
-class Lexicon(NamedTuple):
-    """What choosing links needs of the lexical table and the options."""
-
-    strategy: Strategy
-    best: dict[str, Translation]  # each Chinese word's most probable translation
-    p_en: dict[str, dict[str, float]]  # p(en | zh); only for argmax-occurrence (empty otherwise)
-    stopwords: frozenset[str]
 
 
 def read_link_lexicon(work: WorkDir, opts) -> Lexicon:
     lexicon = read_lexicon(require(work.lexicon, "align"))
     best = {zh: translations[0] for zh, translations in lexicon.items()}  # highest p first
     p_en = ({zh: {t.en: t.p for t in translations} for zh, translations in lexicon.items()}
-            if opts.strategy == Strategy.argmax_occurrence else {})  # only that strategy looks it up
-    return Lexicon(opts.strategy, best, p_en, frozenset(read_stopwords(opts.stopwords) if opts.stopwords else ()))
+            if rule_for(opts.strategy).needs_p_en else {})
+    return Lexicon(best, p_en, frozenset(read_stopwords(opts.stopwords) if opts.stopwords else ()))
 
 
 class Vocabularies(NamedTuple):
@@ -141,7 +129,25 @@ def vocabularies(zh_counts: Counter, en_counts: Counter) -> Vocabularies:
     return Vocabularies(by_frequency(zh_counts), dict(zh_counts), by_frequency(en_counts), dict(en_counts))
 
 
-class Links(NamedTuple):
+class ProjectionTables(NamedTuple):
+    """What choosing links needs, read once (and sent once to every Ray encoder)."""
+
+    strategy: str  # a name in strategies.STRATEGIES
+    lexicon: Lexicon
+    vocab: Vocabularies
+    zh_ids: dict[str, int]
+    en_ids: dict[str, int]
+
+
+def prepare_projection(work: WorkDir, opts) -> ProjectionTables:
+    """The lexicon and both vocabularies (a streaming pass over the corpus)."""
+    lexicon = read_link_lexicon(work, opts)
+    corpus_zh, corpus_en = require(work.corpus_zh, "tokenize"), work.corpus_en
+    vocab = vocabularies(*count_words(read_lines(corpus_zh), read_lines(corpus_en), lexicon.stopwords))
+    return ProjectionTables(plain(opts.strategy), lexicon, vocab, *vocab.ids())
+
+
+class ChosenLinks(NamedTuple):
     """The projection of some sentences, vectors aside: which English word
     occurrence each Chinese word occurrence takes its vector from, and every
     English word occurrence's word id. Occurrences are numbered sentence by
@@ -153,36 +159,60 @@ class Links(NamedTuple):
     link_positions: np.ndarray  # [n_links] the English occurrence whose vector it takes (ascending)
 
 
-def choose_links(zh_lines: Iterable[str], en_lines: Iterable[str], links_lines: Iterable[str], lexicon: Lexicon,
-                 zh_ids: dict[str, int], en_ids: dict[str, int]) -> Links:
-    """One streaming pass over some sentences and their links, by the lexicon's strategy."""
+def choose_links(zh_lines: Iterable[str], en_lines: Iterable[str], links_lines: Iterable[str],
+                 tables: ProjectionTables) -> ChosenLinks:
+    """One streaming pass over a block of sentences and their links, by the tables' strategy."""
+    choose, lexicon, zh_ids, en_ids = rule_for(tables.strategy).choose, tables.lexicon, tables.zh_ids, tables.en_ids
     en_words, link_words, link_positions, sent_offsets = array("q"), array("q"), array("q"), array("q", [0])
     for zh_line, en_line, links_line in zip(zh_lines, en_lines, links_lines):
         zh, en = zh_line.split(" "), en_line.split(" ")
         offset = len(en_words)
         en_words.extend([en_ids[w] for w in en])
         sent_offsets.append(len(en_words))
-        for i, j in chosen_links(lexicon.strategy, parse_links(links_line), zh, en, lexicon.best, lexicon.p_en):
+        for i, j in choose(sorted(parse_links(links_line)), zh, en, lexicon):
             if zh[i] not in lexicon.stopwords:
                 link_words.append(zh_ids[zh[i]])
                 link_positions.append(offset + j)
-    return Links(*(np.frombuffer(a, dtype=np.int64) for a in (sent_offsets, en_words, link_words, link_positions)))
+    return ChosenLinks(*(np.frombuffer(a, dtype=np.int64) for a in (sent_offsets, en_words, link_words, link_positions)))
+
+
+class LinkRows(NamedTuple):
+    """A block's vector rows by word: what the sums add up."""
+
+    zh_ids: np.ndarray  # [n] Chinese word id of each chosen link whose English word has a vector
+    zh_rows: np.ndarray  # [n] ... the row of that vector
+    en_ids: np.ndarray  # [m] English word id of each occurrence with a vector
+    en_rows: np.ndarray  # [m] ... its row
+    links_without_vector: int
+
+
+def link_rows(links: ChosenLinks, word_rows: np.ndarray) -> LinkRows:
+    """`word_rows` [n_en_words]: each English occurrence's vector row (-1: none)."""
+    rows = word_rows[links.link_positions]  # [n_links]
+    has_vector = word_rows >= 0
+    return LinkRows(links.link_words[rows >= 0], rows[rows >= 0], links.en_words[has_vector], word_rows[has_vector],
+                    int((rows < 0).sum()))
 
 
 class LinkPlan(NamedTuple):
-    """The whole corpus's links and vocabularies (the local project)."""
+    """The whole corpus's links and tables (the local project)."""
 
-    links: Links
-    vocab: Vocabularies
-    lexicon: Lexicon
+    links: ChosenLinks
+    tables: ProjectionTables
+
+    @property
+    def vocab(self) -> Vocabularies:
+        return self.tables.vocab
+
+    @property
+    def lexicon(self) -> Lexicon:
+        return self.tables.lexicon
 
 
 def link_plan(work: WorkDir, opts) -> LinkPlan:
-    lexicon = read_link_lexicon(work, opts)
-    corpus_zh, corpus_en, links = require(work.corpus_zh, "tokenize"), work.corpus_en, require(work.links, "align")
-    vocab = vocabularies(*count_words(read_lines(corpus_zh), read_lines(corpus_en), lexicon.stopwords))
-    chosen = choose_links(read_lines(corpus_zh), read_lines(corpus_en), read_lines(links), lexicon, *vocab.ids())
-    return LinkPlan(chosen, vocab, lexicon)
+    tables = prepare_projection(work, opts)
+    lines = (read_lines(work.corpus_zh), read_lines(work.corpus_en), read_lines(require(work.links, "align")))
+    return LinkPlan(choose_links(*lines, tables), tables)
 
 
 class ProjectionSums(NamedTuple):
@@ -211,7 +241,7 @@ def save_projection(work: WorkDir, config: Config, vocab: Vocabularies, lexicon:
                  {"zh_sum": sums.zh_sum, "zh_count": sums.zh_count,
                   "zh_freq": torch.tensor([vocab.zh_freq[w] for w in vocab.zh_vocab], dtype=torch.int64),
                   "en_sum": sums.en_sum, "en_count": sums.en_count},
-                 metadata={"strategy": opts.strategy.value, "min_count": str(opts.min_count), "dim": str(dim)})
+                 metadata={"strategy": plain(opts.strategy), "min_count": str(opts.min_count), "dim": str(dim)})
     no_translation = Translation("", 0, 0.0)
     write_projected_words(work.projection_zh_vocab, [ProjectedWord(w, vocab.zh_freq[w], best.get(w, no_translation).en,
                                                                    best.get(w, no_translation).p) for w in vocab.zh_vocab])
@@ -236,16 +266,15 @@ def project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter()
     def compute() -> dict:
         store = VectorStore(work)
         plan = link_plan(work, config.project)
-        links = plan.links
-        if len(links.sent_offsets) != len(store.sent_offsets) or len(links.en_words) != len(store.word_rows):
-            raise XlembedError(f"{work.root}: corpus, links and vectors disagree on the number of sentences; rerun the earlier stages")
-        link_rows = store.word_rows[links.link_positions]
-        has_vector = store.word_rows >= 0
-        dim = encode_record["dim"]
+        sentences = {"corpus and links": len(plan.links.sent_offsets) - 1, "vectors": len(store.sent_offsets) - 1}
+        require_same_counts(work.root, "sentence counts", sentences, "encode")
+        words = {"corpus.en": len(plan.links.en_words), "vectors": len(store.word_rows)}
+        require_same_counts(work.root, "English word counts", words, "encode")
+        rows, dim = link_rows(plan.links, store.word_rows), encode_record["dim"]
         with reporter.task("project", 2 * store.n_shards, "shards") as task:
-            zh_sum, zh_count = accumulate(store, links.link_words[link_rows >= 0], link_rows[link_rows >= 0], len(plan.vocab.zh_vocab), dim, task)
-            en_sum, en_count = accumulate(store, links.en_words[has_vector], store.word_rows[has_vector], len(plan.vocab.en_vocab), dim, task)
-        sums = ProjectionSums(zh_sum, zh_count, en_sum, en_count, links_without_vector=int((link_rows < 0).sum()))
+            zh_sum, zh_count = accumulate(store, rows.zh_ids, rows.zh_rows, len(plan.vocab.zh_vocab), dim, task)
+            en_sum, en_count = accumulate(store, rows.en_ids, rows.en_rows, len(plan.vocab.en_vocab), dim, task)
+        sums = ProjectionSums(zh_sum, zh_count, en_sum, en_count, links_without_vector=rows.links_without_vector)
         return save_projection(work, config, plan.vocab, plan.lexicon, sums, dim, inputs)
 
     return run_stage(work, "project", key, force, compute)

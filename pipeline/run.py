@@ -8,9 +8,11 @@ from typing import Callable, Iterator
 
 from .align import align
 from .config import Config, Executor
-from .layout import WorkDir
 from .encode import encode
+from .errors import XlembedError
+from .executor import Runs, open_executor
 from .io import Reporter, SilentReporter, WorkLock, check_output_dir, check_writable
+from .layout import WorkDir
 from .models import check_model
 from .project import project
 from .tokenize import tokenize
@@ -42,28 +44,47 @@ def prepared(config: Config, stages: tuple[str, ...], work: WorkDir, out: Path |
         yield
 
 
+StageFunction = Callable[[Config, WorkDir, "Path | None", Reporter, bool, Runs], dict]
+
+# every stage as one command runs it: (config, work, out, reporter, force, executor) -> its record
+STAGES: dict[str, StageFunction] = {
+    "tokenize": lambda config, work, out, reporter, force, executor: tokenize(config, work, reporter, force),
+    "encode": lambda config, work, out, reporter, force, executor: encode(config, work, reporter, force),
+    "align": lambda config, work, out, reporter, force, executor: align(config, work, reporter, force, executor.align_parts),
+    "project": lambda config, work, out, reporter, force, executor: project(config, work, reporter, force),
+    "write": lambda config, work, out, reporter, force, executor: write(config, work, out),
+}
+ON_RAY_ONLY_IN_RUN = ("encode", "project")  # on Ray these two run together, in `run`
+
+
+def run_one(stage: str, config: Config, work: WorkDir | Path, out: Path | None = None,
+            reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
+    """One stage, with the checks `run` makes (its options validated, the
+    model checked, the work directory writable and locked; `out` for write
+    only); returns its record (write: the manifest)."""
+    if stage not in STAGES:
+        raise XlembedError(f"unknown stage '{stage}'; expected one of {', '.join(STAGES)}")
+    if stage in ON_RAY_ONLY_IN_RUN and config.executor.executor == Executor.ray:
+        raise XlembedError(f"executor.executor = ray: {stage} runs on Ray only together with encode and project, in "
+                           f"`xlembed run`; set executor = \"local\" to run it alone")
+    work = work if isinstance(work, WorkDir) else WorkDir(Path(work))
+    tables = ("write",) if stage == "write" else (stage, "executor")
+    with prepared(config, tables, work, out, f"xlembed {stage}"), open_executor(config) as executor:
+        return STAGES[stage](config, work, out, reporter, force, executor)
+
+
 def run(config: Config, work: WorkDir | Path, out: Path, reporter: Reporter = SilentReporter(),
         on_stage: Callable[[str, dict], None] = lambda stage, record: None, force: bool = False) -> dict:
     """Run every stage in order, skipping those whose record shows they are
     up to date (unless `force`); `on_stage(name, record)` is called after
-    each. Returns the manifest."""
+    each. Where encode, align and project run is decided here, once: the
+    executor. Returns the manifest."""
     work = work if isinstance(work, WorkDir) else WorkDir(Path(work))
-    with prepared(config, ("tokenize", "encode", "align", "project", "write", "executor"), work, out, "xlembed run"):
+    with prepared(config, ("tokenize", "encode", "align", "project", "write", "executor"), work, out, "xlembed run"), \
+            open_executor(config) as executor:
         on_stage("tokenize", tokenize(config, work, reporter, force))
-        if config.executor.executor == Executor.ray:
-            from .cluster import encode_and_project
-
-            # alignment first: the Ray workers project as they encode
-            on_stage("align", align(config, work, reporter, force))
-            encoded, projected = encode_and_project(config, work, reporter, force)
-            on_stage("encode", encoded)
-            on_stage("project", projected)
-        else:
-            # one after the other: on 2 cores eflomal beside the encoder saved
-            # nothing (bench/RESULTS.md), and their memory never adds up
-            on_stage("encode", encode(config, work, reporter, force))
-            on_stage("align", align(config, work, reporter, force))
-            on_stage("project", project(config, work, reporter, force))
+        for stage, record in executor.stages(config, work, reporter, force):
+            on_stage(stage, record)
         manifest = write(config, work, out)
         on_stage("write", manifest)
     return manifest

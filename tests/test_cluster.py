@@ -154,15 +154,16 @@ def test_the_drivers_totals_fold_returned_shards_into_a_checkpoint_and_read_back
     import numpy as np
 
     from xlembed import cluster
+    from xlembed.project import PartSums
 
     monkeypatch.setattr(cluster, "FOLD_EVERY", 2)
     rng = np.random.default_rng(0)
 
     def shard(k: int) -> cluster.ShardSums:
         zh_ids, en_ids = np.array([k, k + 1]), np.array([0, k + 2])
-        return cluster.ShardSums(k, zh_ids, torch.tensor(rng.normal(size=(2, 3)), dtype=torch.float32), torch.tensor([1, 2]),
-                                 en_ids, torch.tensor(rng.normal(size=(2, 3)), dtype=torch.float32), torch.tensor([3, 1]), k,
-                                 {"words": 10 + k})
+        return cluster.ShardSums(k, PartSums(zh_ids, torch.tensor(rng.normal(size=(2, 3)), dtype=torch.float32), torch.tensor([1, 2])),
+                                 PartSums(en_ids, torch.tensor(rng.normal(size=(2, 3)), dtype=torch.float32), torch.tensor([3, 1])), k,
+                                 {"words": 10 + k}, "cpu fp32")
 
     totals = cluster.Totals(tmp_path, 6, 6, 3)
     shards = [shard(k) for k in (2, 0, 3)]
@@ -172,10 +173,11 @@ def test_the_drivers_totals_fold_returned_shards_into_a_checkpoint_and_read_back
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00003.safetensors", "totals.safetensors"]
     expected_zh = torch.zeros(6, 3, dtype=torch.float64)
     for s in shards:
-        expected_zh.index_add_(0, torch.tensor(s.zh_ids), s.zh_sum.double())
+        expected_zh.index_add_(0, torch.tensor(s.zh.ids), s.zh.sum.double())
     resumed = cluster.Totals(tmp_path, 6, 6, 3)
     assert sorted(resumed.done) == [0, 2, 3]
     for t in (totals, resumed):
         assert torch.equal(t.sums.zh_sum, expected_zh)
         assert t.sums.zh_count.tolist() == [1, 2, 1, 3, 2, 0] and t.sums.en_count.tolist() == [9, 0, 1, 0, 1, 1]
         assert t.sums.links_without_vector == 5 and t.counts["words"] == 35
+        assert t.ran_on == {"cpu fp32"}

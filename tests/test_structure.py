@@ -1,0 +1,54 @@
+"""The code's shape: no import cycle in pipeline/ (lazy imports inside
+functions count too)."""
+import ast
+
+from .conftest import REPO
+
+PIPELINE = REPO / "pipeline"
+
+
+def imports_of(path) -> set[str]:
+    """The xlembed modules (pipeline/ file stems) that a module imports, anywhere in it."""
+    modules = {p.stem for p in PIPELINE.glob("*.py")}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 or (node.module or "").startswith("xlembed"):
+                base = (node.module or "").removeprefix("xlembed").lstrip(".")
+                if base:
+                    found.add(base.split(".")[0])
+                else:  # from . import x
+                    found.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("xlembed."))
+    return (found & modules) - {"__init__"}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the path, 2 = done
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt, path + [nxt])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node, [node])):
+            return cycle
+    return None
+
+
+def test_pipeline_has_no_import_cycle():
+    graph = {p.stem: imports_of(p) for p in PIPELINE.glob("*.py") if p.stem != "__init__"}
+    assert graph["run"], "the walk found no imports at all"
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
