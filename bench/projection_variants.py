@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from array import array
 from pathlib import Path
 
 import numpy as np
@@ -32,31 +31,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import devsuite  # its corpora, alignments, scores and dev sets
 from lexicon_ceiling import bidirectional, link_counts
 
-import xlembed.project as project_module
 from xlembed.align import parse_links
 from xlembed.config import Config
 from xlembed.layout import WorkDir
 from xlembed.embeddings import Embeddings
 from xlembed.evaluate import read_dictionary, read_wordsim
 from xlembed.io import read_json, read_lines, write_json_atomic
-from xlembed.project import Links, ProjectionSums, link_plan, load_projection, project, save_projection
+from xlembed.project import ProjectionSums, link_plan, load_projection, project, save_projection
+from xlembed.strategies import Rule, argmax_occurrence, register
 from xlembed.write import write
 
-ORIGINAL_LEXICON = project_module.read_link_lexicon
-STATE: dict = {}  # the variant and the work directory being projected
+STATE: dict = {}  # the work directory being projected, its two directions' link lines, a rescored p(en|zh)
 
 
-def agreement_links(zh_lines, en_lines, links_lines, lexicon, zh_ids, en_ids) -> Links:
-    """project.choose_links for the agreement variants (argmax-occurrence
-    over the union, the two directions read from the work directory)."""
-    work, variant = STATE["work"], STATE["variant"]
-    en_words, link_words, link_positions, sent_offsets = array("q"), array("q"), array("q"), array("q", [0])
-    for zh_line, en_line, forward, reverse in zip(zh_lines, en_lines, read_lines(work.links_forward), read_lines(work.links_reverse)):
-        zh, en = zh_line.split(" "), en_line.split(" ")
+def agreement_rule(variant: str) -> Rule:
+    """argmax-occurrence over the union, each occurrence's choice scored with
+    the two directions (read from the work directory, a line per sentence)."""
+
+    def choose(links, zh, en, lexicon):
+        forward, reverse = next(STATE["directions"])
         fwd, rev = parse_links(forward), parse_links(reverse)
-        offset = len(en_words)
-        en_words.extend([en_ids[w] for w in en])
-        sent_offsets.append(len(en_words))
         chosen: dict[int, tuple[int, object]] = {}
         for i, j in sorted(fwd | rev):
             p = lexicon.p_en[zh[i]].get(en[j], 0.0)
@@ -64,28 +58,43 @@ def agreement_links(zh_lines, en_lines, links_lines, lexicon, zh_ids, en_ids) ->
             score = (votes == 2, p) if variant == "agreement-first" else votes * p
             if i not in chosen or score > chosen[i][1]:
                 chosen[i] = (j, score)
-        for i, (j, _) in chosen.items():
-            link_words.append(zh_ids[zh[i]])
-            link_positions.append(offset + j)
-    return Links(*(np.frombuffer(a, dtype=np.int64) for a in (sent_offsets, en_words, link_words, link_positions)))
+        return [(i, j) for i, (j, _) in chosen.items()]
+
+    return Rule(choose, needs_p_en=True)
 
 
-def rescored_lexicon(work: WorkDir, opts):
-    """project.read_link_lexicon for the intersection-p and bidirectional variants."""
-    lexicon, variant = ORIGINAL_LEXICON(work, opts), STATE["variant"]
-    if not variant.startswith(("intersection-p", "bidirectional-")):
-        return lexicon
+def rescored_p_en(work: WorkDir, variant: str, union_p: dict) -> dict:
+    """p(en|zh) of the intersection-p and bidirectional variants."""
     link_set = "intersect" if variant == "intersection-p" else "union"
     counts, en_total = link_counts(work.root, work.root, (link_set,))
     counts, en_total = counts[link_set], en_total[link_set]
-    union_p = lexicon.p_en
     if variant == "intersection-p":  # the union's p only breaks ties (and stands in where the intersection has nothing)
-        p_en = {zh: {en: counts[zh][en] / max(1, sum(counts[zh].values())) + 1e-6 * p for en, p in ps.items()}
+        return {zh: {en: counts[zh][en] / max(1, sum(counts[zh].values())) + 1e-6 * p for en, p in ps.items()}
                 for zh, ps in union_p.items()}
+    a = float(variant.split("-", 1)[1])
+    return {zh: {en: bidirectional(n, sum(c.values()), en_total[en], a) for en, n in c.items()} for zh, c in counts.items()}
+
+
+def rescored_rule(variant: str) -> Rule:
+    """argmax-occurrence by a rescored p(en|zh)."""
+
+    def choose(links, zh, en, lexicon):
+        if "p_en" not in STATE:
+            STATE["p_en"] = rescored_p_en(STATE["work"], variant, lexicon.p_en)
+        return argmax_occurrence(links, zh, en, lexicon._replace(p_en=STATE["p_en"]))
+
+    return Rule(choose, needs_p_en=True)
+
+
+def register_variant(variant: str) -> bool:
+    """Register `variant`'s rule under its name; False for variants that are not a rule."""
+    if variant.startswith("agreement-"):
+        register(variant, agreement_rule(variant))
+    elif variant.startswith(("intersection-p", "bidirectional-")):
+        register(variant, rescored_rule(variant))
     else:
-        a = float(variant.split("-", 1)[1])
-        p_en = {zh: {en: bidirectional(n, sum(c.values()), en_total[en], a) for en, n in c.items()} for zh, c in counts.items()}
-    return lexicon._replace(p_en=p_en)
+        return False
+    return True
 
 
 def with_english_prior(work: WorkDir, k: float) -> None:
@@ -116,8 +125,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     devsuite.SETS.update({name: read_wordsim(path) for name, path in devsuite.WORDSIM.items()}, muse=read_dictionary(devsuite.MUSE))
-    project_module.read_link_lexicon = rescored_lexicon
-    original_choose = project_module.choose_links
     name, source = args.corpus.split("=", 1)
     corpus = devsuite.Corpus(name, Path(source), args.root)
     variants = args.variants.split(";")
@@ -125,9 +132,12 @@ def main() -> None:
     for r in range(args.alignments):
         work = corpus.scratch(corpus.encoded({}), corpus.alignment(r, {}))
         for variant in variants:
-            STATE.update(work=work, variant=variant)
-            project_module.choose_links = agreement_links if variant.startswith("agreement-") else original_choose
-            project(Config(), work, force=True)
+            config = Config()
+            if register_variant(variant):
+                config.project.strategy = variant  # a registered rule's name (not a CLI option)
+            STATE.clear()
+            STATE.update(work=work, directions=zip(read_lines(work.links_forward), read_lines(work.links_reverse)))
+            project(config, work, force=True)
             if variant.startswith("english-prior-"):
                 with_english_prior(work, float(variant.rsplit("-", 1)[1]))
             write(Config(), work, corpus.root / "out")

@@ -186,3 +186,20 @@ def test_build_matrix_shrink_moves_a_word_aligned_once_more_than_one_aligned_oft
     moved = dict(zip(vocab, (shrunk - plain).norm(dim=1).tolist()))
     assert moved["猫"] > 3 * moved["小猫"] > 0
     assert moved["狗"] == 0  # shares no character with another projected word: its own row
+
+
+def test_every_strategy_has_its_own_rule_and_a_registered_rule_is_used(tmp_path, monkeypatch):
+    from xlembed import strategies
+    from xlembed.config import Strategy
+
+    rules = [strategies.rule_for(s).choose for s in Strategy]
+    assert len(set(rules)) == len(Strategy)  # no member falls through to another's rule
+    monkeypatch.setitem(strategies.STRATEGIES, "first-link-only", strategies.Rule(lambda links, zh, en, lexicon: links[:1], False))
+    work = make_work(tmp_path)
+    config = Config()
+    config.project.strategy = "first-link-only"  # a research variant's name: not a CLI option
+    project(config, work)
+    rows = rows_by_word(work)
+    assert rows["猫"] == ([8.0 / 3, 5.0 / 3], 3) and rows["喝"] == ([0.0, 0.0], 0)  # 0-0 only: cat, the (5,5), cat
+    with pytest.raises(Exception, match="no rule is registered for 'nothing'"):
+        strategies.rule_for("nothing")
