@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(BIN)/xlembed run --config default --tsv data/tatoeba/cmn-eng.tsv --out runs/demo --work runs/demo.work
 
 test: $(RAY_STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # the figures in bench/RESULTS.md (about 15 minutes on 2 cores); JSON in bench/results/

@@ -24,8 +24,8 @@ from unittest import mock
 
 import xlembed.align
 from xlembed.config import AlignConfig
-from xlembed.layout import WorkDir
 from xlembed.evaluate import evaluate_alignment
+from xlembed.layout import WorkDir
 
 GOLD = Path(__file__).resolve().parent.parent.parent / "shared/data/gold-align"
 METHODS = ("union", "grow-diag-final-and")
@@ -42,8 +42,14 @@ def main() -> None:
     args = parser.parse_args()
 
     variants = [("whole corpus", AlignConfig(), False)]
-    variants += [(f"{args.parts} parts, priors from {int(n):,} pairs", AlignConfig(align_shards=args.parts, prior_sample=int(n)), False)
-                 for n in args.samples.split(",")]
+    variants += [
+        (
+            f"{args.parts} parts, priors from {int(n):,} pairs",
+            AlignConfig(align_shards=args.parts, prior_sample=int(n)),
+            False,
+        )
+        for n in args.samples.split(",")
+    ]
     variants += [(f"{args.parts} parts, no priors", AlignConfig(align_shards=args.parts), True)]
     results = []
     for work in args.works:
@@ -52,15 +58,27 @@ def main() -> None:
             for _ in range(args.runs):
                 start = time.perf_counter()
                 # no priors: an empty priors file, as if eflomal were given none
-                with mock.patch.object(xlembed.align, "estimate_priors", lambda *a: "") if no_priors else contextlib.nullcontext():
+                with (
+                    mock.patch.object(xlembed.align, "estimate_priors", lambda *a: "")
+                    if no_priors
+                    else contextlib.nullcontext()
+                ):
                     r = evaluate_alignment(args.gold, WorkDir(work), opts)
                 seconds.append(time.perf_counter() - start)
                 scores.append(r["scores"])
-            row = dict(corpus=str(work), corpus_pairs=r["corpus_pairs"], variant=name, options=dataclasses.asdict(opts), runs=args.runs,
-                       median_seconds=round(statistics.median(seconds), 1))
+            row = dict(
+                corpus=str(work),
+                corpus_pairs=r["corpus_pairs"],
+                variant=name,
+                options=dataclasses.asdict(opts),
+                runs=args.runs,
+                median_seconds=round(statistics.median(seconds), 1),
+            )
             for method in METHODS:
                 aers = sorted(s[method]["aer"] for s in scores)
-                row[method] = dict(aer_median=round(statistics.median(aers), 4), aer_min=round(aers[0], 4), aer_max=round(aers[-1], 4))
+                row[method] = dict(
+                    aer_median=round(statistics.median(aers), 4), aer_min=round(aers[0], 4), aer_max=round(aers[-1], 4)
+                )
             print(f"{work.name} {name}: " + ", ".join(f"{m} AER {row[m]['aer_median']:.4f}" for m in METHODS)
                   + f" ({row['median_seconds']} s)", file=sys.stderr)
             results.append(row)

@@ -25,8 +25,8 @@ import torch
 
 from xlembed.cluster import RayExecutor, encode_and_project
 from xlembed.config import Config
-from xlembed.layout import WorkDir
 from xlembed.encode import encode
+from xlembed.layout import WorkDir
 from xlembed.project import load_projection, project
 
 INPUTS = ("corpus.en", "corpus.zh", "tokenize.json", "align.links", "lexicon.tsv", "align.json")
@@ -50,7 +50,10 @@ def fresh(source: Path, to: Path, fraction: float) -> WorkDir:
 
 def mean_rows(work: WorkDir) -> tuple[torch.Tensor, torch.Tensor]:
     t = load_projection(work).tensors
-    return (t["zh_sum"] / t["zh_count"].clamp(min=1).unsqueeze(1), t["en_sum"] / t["en_count"].clamp(min=1).unsqueeze(1))
+    return (
+        t["zh_sum"] / t["zh_count"].clamp(min=1).unsqueeze(1),
+        t["en_sum"] / t["en_count"].clamp(min=1).unsqueeze(1),
+    )
 
 
 def main() -> None:
@@ -59,15 +62,22 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=1.0, help="the first part of the corpus only")
     parser.add_argument("--root", type=Path, default=Path("/tmp/xlembed-bench-cluster"))
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--local-from", type=Path, help="take the local seconds from this earlier --json run, and the local "
-                                                         "rows from WORK's own projection, instead of running local again")
+    parser.add_argument(
+        "--local-from",
+        type=Path,
+        help="take the local seconds from this earlier --json run, and the local "
+        "rows from WORK's own projection, instead of running local again",
+    )
     args = parser.parse_args()
 
     result = dict(corpus=str(args.work), fraction=args.fraction, cpus=os.cpu_count())
     config = Config()
     if args.local_from:
         earlier = json.loads(args.local_from.read_text())
-        result.update({k: earlier[k] for k in ("local_seconds", "local_stage_seconds", "sentences")}, local_measured_in=str(args.local_from))
+        result.update(
+            {k: earlier[k] for k in ("local_seconds", "local_stage_seconds", "sentences")},
+            local_measured_in=str(args.local_from),
+        )
         local = WorkDir(args.work)  # its projection, computed by the local executor
     else:
         local = fresh(args.work, args.root / "local", args.fraction)
@@ -91,7 +101,9 @@ def main() -> None:
 
     for side, a, b in zip(("zh", "en"), mean_rows(local), mean_rows(on_ray)):
         used = a.norm(dim=1) > 0
-        result[f"{side}_rows_min_cosine"] = round(float(torch.nn.functional.cosine_similarity(a[used], b[used], dim=1).min()), 6)
+        result[f"{side}_rows_min_cosine"] = round(
+            float(torch.nn.functional.cosine_similarity(a[used], b[used], dim=1).min()), 6
+        )
     shutil.rmtree(args.root, ignore_errors=True)
     text = json.dumps(result, indent=2)
     print(text)

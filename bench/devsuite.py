@@ -34,10 +34,10 @@ from safetensors.torch import save_file
 
 from xlembed.align import align, symmetrize_and_count
 from xlembed.config import Config, Symmetrization
-from xlembed.layout import WorkDir
 from xlembed.embeddings import Embeddings
 from xlembed.encode import VectorStore, encode
 from xlembed.evaluate import lexicon_induction, read_dictionary, read_wordsim, spearman, word_similarity
+from xlembed.layout import WorkDir
 from xlembed.project import project
 from xlembed.tokenize import tokenize
 from xlembed.write import write
@@ -171,14 +171,21 @@ def with_sentence_context(source: WorkDir, target: WorkDir, beta: float, window:
     target.vectors_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(source.vectors_index, target.vectors_index)
     for k in range(store.n_shards):
-        save_file({"vectors": out[store.shard_starts[k]:store.shard_starts[k + 1]].half().contiguous()}, str(target.vectors_shard(k)))
+        save_file(
+            {"vectors": out[store.shard_starts[k] : store.shard_starts[k + 1]].half().contiguous()},
+            str(target.vectors_shard(k)),
+        )
     shutil.copy(source.record("encode"), target.record("encode"))
 
 
 def scored(matrix: Embeddings, label: str) -> dict:
     """scores_of(matrix), also printed to stderr after `label`."""
     scores = scores_of(matrix)
-    print(f"{label}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "covered" not in k), file=sys.stderr, flush=True)
+    print(
+        f"{label}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "covered" not in k),
+        file=sys.stderr,
+        flush=True,
+    )
     return scores
 
 
@@ -217,7 +224,9 @@ class Corpus:
             copy_inputs(self.base, work)
             if "sentence_context" in encode_options:  # derived from the default encoding
                 print(f"[{self.name}] vectors {tag}", file=sys.stderr, flush=True)
-                with_sentence_context(self.encoded({}), work, encode_options["sentence_context"], encode_options.get("context_window", 0))
+                with_sentence_context(
+                    self.encoded({}), work, encode_options["sentence_context"], encode_options.get("context_window", 0)
+                )
             else:
                 print(f"[{self.name}] encode {tag}", file=sys.stderr, flush=True)
                 encode(Config().set(**encode_options).validate(("encode",)), work)
@@ -255,7 +264,9 @@ class Corpus:
         _, n_links, pair_counts = symmetrize_and_count(work, Symmetrization(method))
         record = json.loads((source / "align.json").read_text())
         record["options"]["symmetrization"] = method
-        record["counts"].update(links=n_links, lexicon_entries=sum(len(c) for c in pair_counts.values()), zh_words_aligned=len(pair_counts))
+        record["counts"].update(
+            links=n_links, lexicon_entries=sum(len(c) for c in pair_counts.values()), zh_words_aligned=len(pair_counts)
+        )
         (work.root / "align.json").write_text(json.dumps(record, indent=2) + "\n")
         folder.mkdir(exist_ok=True)
         for name in ALIGN_FILES:
@@ -324,7 +335,9 @@ def baselines(corpus: Corpus, runs: int) -> dict[str, list[dict]]:
             for set_name, pairs in sets.items():
                 # fastText composes unseen words from character n-grams: it covers every pair
                 covered = [(a, b, s) for a, b, s in pairs if cls is FastText or (a in model.wv and b in model.wv)]
-                scores[set_name] = spearman([float(model.wv.similarity(a, b)) for a, b, _ in covered], [s for _, _, s in covered])
+                scores[set_name] = spearman(
+                    [float(model.wv.similarity(a, b)) for a, b, _ in covered], [s for _, _, s in covered]
+                )
                 scores[f"{set_name} covered"] = len(covered)
             results[name].append(scores)
     return results
@@ -336,8 +349,11 @@ def summary(results: dict[str, list[dict]]) -> dict:
         table[name] = {}
         for metric in runs[0]:
             values = [run[metric] for run in runs]
-            table[name][metric] = dict(mean=round(statistics.fmean(values), 4),
-                                       sd=round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, runs=[round(v, 4) for v in values])
+            table[name][metric] = dict(
+                mean=round(statistics.fmean(values), 4),
+                sd=round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+                runs=[round(v, 4) for v in values],
+            )
     return table
 
 
@@ -387,11 +403,17 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants: {unknown}")
-    result = dict(alignments=args.alignments, sets={name: str(path) for name, path in (*WORDSIM.items(), ("muse", MUSE))}, corpora={})
+    result = dict(
+        alignments=args.alignments,
+        sets={name: str(path) for name, path in (*WORDSIM.items(), ("muse", MUSE))},
+        corpora={},
+    )
     for spec in args.corpus:
         name, path = spec.split("=", 1)
         corpus = Corpus(name, Path(path), args.root)
-        entry = dict(source=path, variants=summary(run_variants(corpus, {n: VARIANTS[n] for n in names}, args.alignments)))
+        entry = dict(
+            source=path, variants=summary(run_variants(corpus, {n: VARIANTS[n] for n in names}, args.alignments))
+        )
         if args.baselines:
             entry["baselines"] = summary(baselines(corpus, args.baseline_runs))
         result["corpora"][name] = entry

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from xlembed.config import Config
-from xlembed.layout import WorkDir
 from xlembed.encode import VectorStore, encode
+from xlembed.layout import WorkDir
 
 
 def random_init_copy(model_dir: Path, into: Path) -> Path:
@@ -58,7 +58,12 @@ def main() -> None:
         work = WorkDir(tmp / f"cmp-{device}")
         work.root.mkdir()
         work.corpus_en.write_text("".join(line + "\n" for line in lines[:args.compare]), encoding="utf-8")
-        record = encode(Config().set(model=model, device=device, precision="fp32" if device == "cpu" else "auto").validate(("encode",)), work)
+        record = encode(
+            Config()
+            .set(model=model, device=device, precision="fp32" if device == "cpu" else "auto")
+            .validate(("encode",)),
+            work,
+        )
         matrix, store = all_vectors(work)
         # rows in sentence order, so both devices' matrices line up
         matrices[device] = matrix[torch.from_numpy(store.word_rows[store.word_rows >= 0])]

@@ -35,11 +35,11 @@ import devsuite  # its scores and dev sets
 
 import xlembed.encode as encode_module
 from xlembed.config import Config
-from xlembed.layout import WorkDir
 from xlembed.embeddings import Embeddings
 from xlembed.encode import Encoder, encode_setup
 from xlembed.evaluate import read_dictionary, read_wordsim
 from xlembed.io import read_lines, write_json_atomic
+from xlembed.layout import WorkDir
 from xlembed.project import ProjectionSums, link_plan, save_projection
 from xlembed.write import write
 
@@ -48,7 +48,9 @@ ALIGN_FILES = devsuite.ALIGN_FILES
 
 def all_layers(model, batch, layers, device) -> torch.Tensor:
     """encode.forward's replacement: every hidden state side by side, [B, T, (n+1) d]."""
-    out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention.to(device), output_hidden_states=True)
+    out = model(
+        input_ids=batch.input_ids.to(device), attention_mask=batch.attention.to(device), output_hidden_states=True
+    )
     return torch.cat([h.float() for h in out.hidden_states], -1)
 
 
@@ -104,8 +106,12 @@ def layer_sums(base: WorkDir, works: list[WorkDir], out: Path) -> None:
         n_sentences += batch.n_sentences
         if n_sentences // 5000 != (n_sentences - batch.n_sentences) // 5000:
             seconds = time.perf_counter() - start
-            print(f"  {n_sentences}/{total} sentences, {n_sentences / seconds:.0f}/s, ETA {(total - n_sentences) / n_sentences * seconds:.0f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {n_sentences}/{total} sentences, {n_sentences / seconds:.0f}/s, "
+                f"ETA {(total - n_sentences) / n_sentences * seconds:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     encode_module.forward = all_layers
     encoder.run(plan, 0, rows_for, done)
@@ -113,7 +119,9 @@ def layer_sums(base: WorkDir, works: list[WorkDir], out: Path) -> None:
     for r, (s, c) in enumerate(zip(sums[:-1], counts[:-1])):
         save_file({"sum": s, "count": c}, str(out / f"zh-{r}.safetensors"))
     save_file({"sum": sums[-1], "count": counts[-1]}, str(out / "en.safetensors"))
-    (out / "meta.json").write_text(json.dumps(dict(n_hidden=n_hidden, dim=encoder.dim, seconds=round(time.perf_counter() - start, 1))))
+    (out / "meta.json").write_text(
+        json.dumps(dict(n_hidden=n_hidden, dim=encoder.dim, seconds=round(time.perf_counter() - start, 1)))
+    )
 
 
 def pooled(tensors: dict, layers: list[int], n_hidden: int) -> torch.Tensor:

@@ -22,11 +22,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import devsuite  # bench/ is on the path: this script's folder
+
 from xlembed.align import parse_links, read_lexicon, symmetrize
 from xlembed.config import Symmetrization
-from xlembed.io import read_lines
 from xlembed.embeddings import Embeddings
 from xlembed.evaluate import read_dictionary
+from xlembed.io import read_lines
 
 LINK_SETS = ("forward", "reverse", "intersect", "union", "grow-diag-final-and")
 
@@ -39,12 +40,22 @@ def link_counts(corpus: Path, alignment: Path, sets: tuple[str, ...] = LINK_SETS
     word, and how often each English word is linked at all."""
     counts: dict[str, dict[str, Counter]] = {name: defaultdict(Counter) for name in sets}
     en_total: dict[str, Counter] = {name: Counter() for name in sets}
-    for zh_line, en_line, fwd, rev in zip(read_lines(corpus / "corpus.zh"), read_lines(corpus / "corpus.en"),
-                                          read_lines(alignment / "align.forward"), read_lines(alignment / "align.reverse")):
+    for zh_line, en_line, fwd, rev in zip(
+        read_lines(corpus / "corpus.zh"),
+        read_lines(corpus / "corpus.en"),
+        read_lines(alignment / "align.forward"),
+        read_lines(alignment / "align.reverse"),
+    ):
         zh, en = zh_line.split(" "), en_line.split(" ")
         forward, reverse = parse_links(fwd), parse_links(rev)
         for name in sets:
-            for i, j in (forward if name == "forward" else reverse if name == "reverse" else symmetrize(forward, reverse, Symmetrization(name))):
+            for i, j in (
+                forward
+                if name == "forward"
+                else reverse
+                if name == "reverse"
+                else symmetrize(forward, reverse, Symmetrization(name))
+            ):
                 en_total[name][en[j]] += 1
                 if wanted is None or zh[i] in wanted:
                     counts[name][zh[i]][en[j]] += 1
@@ -63,13 +74,16 @@ def recount(corpus: Path, alignment: Path, queries: list[tuple[str, set[str]]]) 
     def share(choose) -> float:
         return round(sum(choose(zh) in gold for zh, gold in queries) / len(queries), 4)
 
-    def best(c: dict[str, Counter], zh: str, score=lambda en, n: n) -> str | None:  # ties as lexicon.tsv orders them: by word
+    def best(
+        c: dict[str, Counter], zh: str, score=lambda en, n: n
+    ) -> str | None:  # ties as lexicon.tsv orders them: by word
         return min(c[zh].items(), key=lambda kv: (-score(*kv), kv[0]))[0] if zh in c else None
 
     result = {name: share(lambda zh, c=counts[name]: best(c, zh)) for name in LINK_SETS}
     union = counts["union"]
     result["union, p(en|zh) x p(zh|en)^0.25"] = share(
-        lambda zh: best(union, zh, lambda en, n: bidirectional(n, sum(union[zh].values()), en_total["union"][en], 0.25)))
+        lambda zh: best(union, zh, lambda en, n: bidirectional(n, sum(union[zh].values()), en_total["union"][en], 0.25))
+    )
     return result
 
 
@@ -79,12 +93,18 @@ def main() -> None:
     parser.add_argument("lexicon", type=Path)
     parser.add_argument("--dictionary", type=Path, default=devsuite.MUSE)
     parser.add_argument("--recount", type=Path, nargs=2, metavar=("CORPUS_DIR", "ALIGNMENT_DIR"))
-    parser.add_argument("--examples", type=int, default=0, help="print this many misses whose nearest row is the lexicon's best")
+    parser.add_argument(
+        "--examples", type=int, default=0, help="print this many misses whose nearest row is the lexicon's best"
+    )
     args = parser.parse_args()
     matrix, lexicon = Embeddings.load(args.out), read_lexicon(args.lexicon)
     english = matrix.english_index
     words = {i: w for w, i in english.items()}
-    queries = [(zh, {e for e in gold if e in english}) for zh, gold in read_dictionary(args.dictionary).items() if zh in matrix.word_index]
+    queries = [
+        (zh, {e for e in gold if e in english})
+        for zh, gold in read_dictionary(args.dictionary).items()
+        if zh in matrix.word_index
+    ]
     queries = [(zh, gold) for zh, gold in queries if gold]
     rows = matrix.unit_vectors[[matrix.word_index[zh] for zh, _ in queries]]  # [Q, d]
     nearest = [words[i] for i in (rows @ matrix.english_unit_vectors.T).argmax(1).tolist()]  # [Q]
@@ -98,7 +118,9 @@ def main() -> None:
         "nearest_is_lexicon_best": round(sum(v for (_, _, same), v in cases.items() if same) / n, 4),
         "cases (nearest gold, best gold, same)": {str(k): v for k, v in sorted(cases.items())},
     } | ({"lexicon_best_is_gold by link set": recount(*args.recount, queries)} if args.recount else {}), indent=2))
-    misses = [(zh, b, sorted(gold)[:3]) for nn, b, (zh, gold) in zip(nearest, best, queries) if nn == b and b not in gold]
+    misses = [
+        (zh, b, sorted(gold)[:3]) for nn, b, (zh, gold) in zip(nearest, best, queries) if nn == b and b not in gold
+    ]
     for zh, b, gold in random.Random(0).sample(misses, min(args.examples, len(misses))):
         print(zh, [(t.en, t.count, round(t.p, 2)) for t in lexicon[zh][:3]], "gold:", gold)
 

@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 from xlembed.config import PAD, UNK, Config, Oov
-from xlembed.layout import WorkDir
 from xlembed.embeddings import Embeddings
 from xlembed.evaluate import lexicon_induction, read_dictionary, read_wordsim, word_similarity
 from xlembed.io import read_lines
+from xlembed.layout import WorkDir
 from xlembed.write import write
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared/data"

@@ -33,10 +33,10 @@ from lexicon_ceiling import bidirectional, link_counts
 
 from xlembed.align import parse_links
 from xlembed.config import Config
-from xlembed.layout import WorkDir
 from xlembed.embeddings import Embeddings
 from xlembed.evaluate import read_dictionary, read_wordsim
 from xlembed.io import read_json, read_lines, write_json_atomic
+from xlembed.layout import WorkDir
 from xlembed.project import ProjectionSums, link_plan, load_projection, project, save_projection
 from xlembed.strategies import Rule, argmax_occurrence, register
 from xlembed.write import write
@@ -72,7 +72,9 @@ def rescored_p_en(work: WorkDir, variant: str, union_p: dict) -> dict:
         return {zh: {en: counts[zh][en] / max(1, sum(counts[zh].values())) + 1e-6 * p for en, p in ps.items()}
                 for zh, ps in union_p.items()}
     a = float(variant.split("-", 1)[1])
-    return {zh: {en: bidirectional(n, sum(c.values()), en_total[en], a) for en, n in c.items()} for zh, c in counts.items()}
+    return {
+        zh: {en: bidirectional(n, sum(c.values()), en_total[en], a) for en, n in c.items()} for zh, c in counts.items()
+    }
 
 
 def rescored_rule(variant: str) -> Rule:
@@ -104,27 +106,42 @@ def with_english_prior(work: WorkDir, k: float) -> None:
     tensors = load_projection(work).tensors
     n_zh, n_en = len(tensors["zh_count"]), len(tensors["en_count"])
     en_of_link = plan.links.en_words[plan.links.link_positions]
-    links = torch.sparse_coo_tensor(torch.from_numpy(np.stack([plan.links.link_words, en_of_link])),
-                                    torch.ones(len(en_of_link), dtype=torch.float64), (n_zh, n_en)).coalesce()  # [Z, E] counts
+    links = torch.sparse_coo_tensor(
+        torch.from_numpy(np.stack([plan.links.link_words, en_of_link])),
+        torch.ones(len(en_of_link), dtype=torch.float64),
+        (n_zh, n_en),
+    ).coalesce()  # [Z, E] counts
     en_mean = tensors["en_sum"] / tensors["en_count"].clamp(min=1).unsqueeze(1).double()  # [E, d]
     prior_sum = torch.sparse.mm(links, en_mean)  # [Z, d]: n x the prior
     n = tensors["zh_count"].double().unsqueeze(1)  # [Z, 1]
-    zh_sum = (tensors["zh_sum"] + k * prior_sum / n.clamp(min=1)) * n / (n + k)  # sum / n = (n mean + k prior) / (n + k)
+    zh_sum = (
+        (tensors["zh_sum"] + k * prior_sum / n.clamp(min=1)) * n / (n + k)
+    )  # sum / n = (n mean + k prior) / (n + k)
     sums = ProjectionSums(zh_sum, tensors["zh_count"], tensors["en_sum"], tensors["en_count"], links_without_vector=0)
     record = read_json(work.record("project"))
-    write_json_atomic(work.record("project"), dict(record, **save_projection(work, Config(), plan.vocab, plan.lexicon, sums,
-                                                                             zh_sum.shape[1], inputs=record["inputs"])))
+    write_json_atomic(
+        work.record("project"),
+        dict(
+            record,
+            **save_projection(work, Config(), plan.vocab, plan.lexicon, sums, zh_sum.shape[1], inputs=record["inputs"]),
+        ),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--corpus", required=True, help="NAME=TSV or NAME=WORK_DIR, as devsuite takes it")
     parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--variants", default="default;agreement-first;agreement-votes;intersection-p;bidirectional-0.25;english-prior-1")
+    parser.add_argument(
+        "--variants",
+        default="default;agreement-first;agreement-votes;intersection-p;bidirectional-0.25;english-prior-1",
+    )
     parser.add_argument("--alignments", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    devsuite.SETS.update({name: read_wordsim(path) for name, path in devsuite.WORDSIM.items()}, muse=read_dictionary(devsuite.MUSE))
+    devsuite.SETS.update(
+        {name: read_wordsim(path) for name, path in devsuite.WORDSIM.items()}, muse=read_dictionary(devsuite.MUSE)
+    )
     name, source = args.corpus.split("=", 1)
     corpus = devsuite.Corpus(name, Path(source), args.root)
     variants = args.variants.split(";")
@@ -141,11 +158,15 @@ def main() -> None:
             if variant.startswith("english-prior-"):
                 with_english_prior(work, float(variant.rsplit("-", 1)[1]))
             write(Config(), work, corpus.root / "out")
-            results[variant].append(devsuite.scored(Embeddings.load(corpus.root / "out"), f"[{name}] alignment {r} {variant}"))
+            results[variant].append(
+                devsuite.scored(Embeddings.load(corpus.root / "out"), f"[{name}] alignment {r} {variant}")
+            )
     table = devsuite.summary(results)
     print(devsuite.summary_lines(table))
     if args.json:
-        args.json.write_text(json.dumps({"corpus": args.corpus, "alignments": args.alignments, "variants": table}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps({"corpus": args.corpus, "alignments": args.alignments, "variants": table}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ import numpy as np
 
 from xlembed.align import align, symmetrize_and_count
 from xlembed.config import Config, Strategy, Symmetrization
-from xlembed.layout import WorkDir
 from xlembed.encode import encode
 from xlembed.evaluate import evaluate, evaluate_alignment, read_wordsim, spearman
+from xlembed.layout import WorkDir
 from xlembed.project import project
 from xlembed.tokenize import tokenize
 from xlembed.write import write
@@ -81,11 +81,29 @@ def main() -> None:
                 write(Config(), work, tmp / "out")
                 ws = evaluate(tmp / "out", [args.wordsim])["wordsim"][str(args.wordsim)]
                 scores.setdefault((layer, symmetrization.value, strategy.value), []).append(ws["rho"])
-                print(run, layer, symmetrization.value, strategy.value, ws["covered"], round(ws["rho"], 4), file=sys.stderr)
+                print(
+                    run,
+                    layer,
+                    symmetrization.value,
+                    strategy.value,
+                    ws["covered"],
+                    round(ws["rho"], 4),
+                    file=sys.stderr,
+                )
     covered = ws["covered"]
-    grid = [dict(layer=layer, symmetrization=symmetrization, strategy=strategy, covered=covered, pairs=ws["pairs"],
-                 rho_runs=[round(r, 4) for r in rhos], rho_mean=round(float(np.mean(rhos)), 4), rho_sd=round(float(np.std(rhos)), 4))
-            for (layer, symmetrization, strategy), rhos in scores.items()]
+    grid = [
+        dict(
+            layer=layer,
+            symmetrization=symmetrization,
+            strategy=strategy,
+            covered=covered,
+            pairs=ws["pairs"],
+            rho_runs=[round(r, 4) for r in rhos],
+            rho_mean=round(float(np.mean(rhos)), 4),
+            rho_sd=round(float(np.std(rhos)), 4),
+        )
+        for (layer, symmetrization, strategy), rhos in scores.items()
+    ]
 
     aer = {method: [] for method in (*(s.value for s in Symmetrization), "forward", "reverse")}
     for _ in range(args.aer_runs):

@@ -20,14 +20,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from safetensors.torch import load_file
 
 from xlembed.align import align, parse_links, read_lexicon
 from xlembed.config import Config
-from xlembed.layout import WorkDir
 from xlembed.encode import encode
 from xlembed.io import read_json, read_lines
+from xlembed.layout import WorkDir
 from xlembed.project import project
 from xlembed.write import write
 
@@ -55,14 +54,19 @@ def main() -> None:
         project(config, work, force=True)
         write(Config(), work, tmp / f"out{r}")
         out = tmp / f"out{r}"
-        runs.append(dict(
-            links=[parse_links(line) for line in read_lines(work.links)],
-            best={zh: entries[0].en for zh, entries in read_lexicon(work.lexicon).items()},
-            vocab=(out / "vocab.txt").read_text("utf-8").split("\n")[:-1],
-            tensors=load_file(str(out / "embeddings.safetensors")),
-            english=load_file(str(out / "english.safetensors"))["embeddings"],
-            freq={line.split("\t")[0]: int(line.split("\t")[1]) for line in list(read_lines(work.projection_zh_vocab))[1:]},
-        ))
+        runs.append(
+            dict(
+                links=[parse_links(line) for line in read_lines(work.links)],
+                best={zh: entries[0].en for zh, entries in read_lexicon(work.lexicon).items()},
+                vocab=(out / "vocab.txt").read_text("utf-8").split("\n")[:-1],
+                tensors=load_file(str(out / "embeddings.safetensors")),
+                english=load_file(str(out / "english.safetensors"))["embeddings"],
+                freq={
+                    line.split("\t")[0]: int(line.split("\t")[1])
+                    for line in list(read_lines(work.projection_zh_vocab))[1:]
+                },
+            )
+        )
 
     pairs = []
     for a, b in itertools.combinations(runs, 2):
@@ -76,21 +80,30 @@ def main() -> None:
         english = torch.nn.functional.normalize(a["english"], dim=1)
         top_a = (torch.nn.functional.normalize(ea, dim=1) @ english.T).argmax(1)
         top_b = (torch.nn.functional.normalize(eb, dim=1) @ english.T).argmax(1)
-        pairs.append(dict(
-            links_identical_share=round(same_links / all_links, 4),
-            argmax_translation_same_share=round(same_best / len(a["best"]), 4),
-            projected_in_both=int(both.sum()),
-            projected_flags_same_share=round((a["tensors"]["projected"] == b["tensors"]["projected"]).double().mean().item(), 4),
-            row_cosine=quantiles(cos),
-            rows_identical_share=round((cos > 0.99999).double().mean().item(), 4),
-            nearest_english_word_same_share=round((top_a == top_b).double().mean().item(), 4),
-            by_frequency={
-                band: dict(words=int(mask.sum()), rows_identical_share=round((cos[mask] > 0.99999).double().mean().item(), 4),
-                           row_cosine_mean=round(cos[mask].mean().item(), 4))
-                for band, (lo, hi) in {"1-2": (1, 2), "3-9": (3, 9), "10+": (10, 10**9)}.items()
-                for mask in [torch.tensor([lo <= a["freq"].get(w, 0) <= hi for w, keep in zip(a["vocab"], both) if keep])]
-            },
-        ))
+        pairs.append(
+            dict(
+                links_identical_share=round(same_links / all_links, 4),
+                argmax_translation_same_share=round(same_best / len(a["best"]), 4),
+                projected_in_both=int(both.sum()),
+                projected_flags_same_share=round(
+                    (a["tensors"]["projected"] == b["tensors"]["projected"]).double().mean().item(), 4
+                ),
+                row_cosine=quantiles(cos),
+                rows_identical_share=round((cos > 0.99999).double().mean().item(), 4),
+                nearest_english_word_same_share=round((top_a == top_b).double().mean().item(), 4),
+                by_frequency={
+                    band: dict(
+                        words=int(mask.sum()),
+                        rows_identical_share=round((cos[mask] > 0.99999).double().mean().item(), 4),
+                        row_cosine_mean=round(cos[mask].mean().item(), 4),
+                    )
+                    for band, (lo, hi) in {"1-2": (1, 2), "3-9": (3, 9), "10+": (10, 10**9)}.items()
+                    for mask in [
+                        torch.tensor([lo <= a["freq"].get(w, 0) <= hi for w, keep in zip(a["vocab"], both) if keep])
+                    ]
+                },
+            )
+        )
 
     # encode twice: byte-identical shards?
     again = WorkDir(tmp / "encode-again")

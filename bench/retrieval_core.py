@@ -37,7 +37,9 @@ def read_heldout(path: Path) -> list[HeldoutPair]:
 
 
 @torch.no_grad()
-def english_sentence_vectors(model_dir: Path, sentences: list[str], batch_size: int = 64, max_length: int = 256) -> torch.Tensor:
+def english_sentence_vectors(
+    model_dir: Path, sentences: list[str], batch_size: int = 64, max_length: int = 256
+) -> torch.Tensor:
     """The English model's sentence embeddings as it pools them for
     sentence-transformers (mean over word pieces of the last layer,
     attention mask applied). Returns [n, d] float32."""

@@ -1,6 +1,7 @@
 """Wall time and peak memory per stage as the corpus grows.
 
-    python bench/scale.py --tsv ../shared/data/parallel/mixed.tsv.gz --fractions 0.125,0.25,0.5,1 [--json FILE] [--keep DIR]
+    python bench/scale.py --tsv ../shared/data/parallel/mixed.tsv.gz --fractions 0.125,0.25,0.5,1 \\
+        [--json FILE] [--keep DIR]
     python bench/scale.py [--tsv data/tatoeba/cmn-eng.tsv] --factors 1,10 [--json FILE]
 
 --fractions takes a random sample of the corpus's pairs (fixed seed) of each
@@ -54,13 +55,21 @@ def main() -> None:
     parser.add_argument("--factors", help="replicate the corpus this many times, e.g. 1,10")
     parser.add_argument("--fractions", help="random samples of the corpus, e.g. 0.125,0.25,0.5,1")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--keep", type=Path, help="keep the work directory of the last size here (e.g. for bench/devsuite.py)")
+    parser.add_argument(
+        "--keep", type=Path, help="keep the work directory of the last size here (e.g. for bench/devsuite.py)"
+    )
     args = parser.parse_args()
     xlembed = str(Path(sys.executable).with_name("xlembed"))
     lines = read_pairs(args.tsv)
     tmp = Path(tempfile.mkdtemp())
-    sizes = [("x" + f, lambda f=f: lines * int(f)) for f in args.factors.split(",")] if args.factors else \
-        [(f, lambda f=f: random.Random(0).sample(lines, round(len(lines) * float(f)))) for f in (args.fractions or "1").split(",")]
+    sizes = (
+        [("x" + f, lambda f=f: lines * int(f)) for f in args.factors.split(",")]
+        if args.factors
+        else [
+            (f, lambda f=f: random.Random(0).sample(lines, round(len(lines) * float(f))))
+            for f in (args.fractions or "1").split(",")
+        ]
+    )
     result = dict(corpus=str(args.tsv), pairs_in_corpus=len(lines), cpus=os.cpu_count(), runs={})
     for name, make in sizes:
         corpus = make()

@@ -30,7 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def forward_seconds(model, tokenizer, sentences: list[list[str]], batch_size: int) -> float:
-    encoded = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=EncodeConfig().max_length)["input_ids"]
+    encoded = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=EncodeConfig().max_length)[
+        "input_ids"
+    ]
     encoded.sort(key=len, reverse=True)
     batches = []
     for b in range(0, len(encoded), batch_size):
@@ -58,7 +60,10 @@ def main() -> None:
     xlembed = str(Path(sys.executable).with_name("xlembed"))
 
     start = time.perf_counter()
-    subprocess.run([xlembed, "run", "--tsv", str(args.tsv), "--out", str(tmp / "out"), "--work", str(tmp / "work"), "-q"], check=True)
+    subprocess.run(
+        [xlembed, "run", "--tsv", str(args.tsv), "--out", str(tmp / "out"), "--work", str(tmp / "work"), "-q"],
+        check=True,
+    )
     run_wall = time.perf_counter() - start
     manifest = json.loads((tmp / "out" / "manifest.json").read_text())
     encode_record = json.loads((tmp / "work" / "encode.json").read_text())
@@ -73,13 +78,21 @@ def main() -> None:
     stages = manifest["seconds"]
     floor = floors[encode_record["precision_used"]] if encode_record["precision_used"] in floors else floors["fp32"]
     result = dict(
-        corpus=str(args.tsv), sentences=len(sentences), unique_sentences=len(unique), batch_size=batch_size,
-        torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), cpu_has_amx_bf16=cpu_has_native_bf16(),
+        corpus=str(args.tsv),
+        sentences=len(sentences),
+        unique_sentences=len(unique),
+        batch_size=batch_size,
+        torch_threads=torch.get_num_threads(),
+        cpus=os.cpu_count(),
+        cpu_has_amx_bf16=cpu_has_native_bf16(),
         precision_used=encode_record["precision_used"],
-        run_wall_seconds=round(run_wall, 2), stage_seconds=stages,
+        run_wall_seconds=round(run_wall, 2),
+        stage_seconds=stages,
         outside_stages_seconds=round(run_wall - sum(stages.values()), 2),
-        floor_fp32_seconds=floors["fp32"], floor_bf16_seconds=floors["bf16"],
-        run_over_floor_fp32=round(run_wall / floors["fp32"], 3), run_over_floor_bf16=round(run_wall / floors["bf16"], 3),
+        floor_fp32_seconds=floors["fp32"],
+        floor_bf16_seconds=floors["bf16"],
+        run_over_floor_fp32=round(run_wall / floors["fp32"], 3),
+        run_over_floor_bf16=round(run_wall / floors["bf16"], 3),
         encode_over_its_floor=round(stages["encode"] / floor, 3),
     )
     print(json.dumps(result, indent=2))

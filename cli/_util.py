@@ -14,18 +14,26 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
-from typer import _click as click  # Typer's own copy of click: its exceptions and parameter sources
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
+from typer import _click as click  # Typer's own copy of click: its exceptions and parameter sources
 from typer.core import TyperGroup
 
-from xlembed.version import __version__
 from xlembed.config import SECTIONS, base_type, default_config_path, flag_name, load_config
-from xlembed.io import SilentTask
 from xlembed.errors import XlembedError
+from xlembed.io import SilentTask
+from xlembed.version import __version__
 
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(soft_wrap=True, highlight=False)
@@ -52,7 +60,9 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+            code = super().main(
+                args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
+            )
         except click.exceptions.NoArgsIsHelpError as e:  # `xlembed` alone: the help, as click does
             e.show()
             raise SystemExit(e.exit_code)
@@ -172,9 +182,17 @@ class Reporter:
             return
         with self.lock:
             if self.progress is None:
-                self.progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                                         MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
-                                         TimeRemainingColumn(), console=err)
+                self.progress = Progress(
+                    SpinnerColumn(),
+                    TextColumn("[bold]{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    RateColumn(),
+                    TimeElapsedColumn(),
+                    TextColumn("{task.fields[eta]}"),
+                    TimeRemainingColumn(),
+                    console=err,
+                )
                 self.progress.start()
             task_id = self.progress.add_task(description, total=total, unit=unit, eta="eta" if total else "")
             self.active += 1
@@ -231,8 +249,18 @@ Work = Annotated[Path, typer.Option("--work", "-w", help="Directory of intermedi
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (replaced as a whole when the job succeeds; "
                                                        "only an earlier xlembed output is ever replaced).")]
 OutDirArg = Annotated[Path, typer.Argument(help="An output directory of `xlembed run` or `xlembed write`.")]
-Force = Annotated[bool, typer.Option("--force", "-f", metavar="", help="Recompute even when the work directory's records show the result is up to date.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress or summaries (errors are still printed).")]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        "-f",
+        metavar="",
+        help="Recompute even when the work directory's records show the result is up to date.",
+    ),
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", metavar="", help="No progress or summaries (errors are still printed).")
+]
 ConfigFile = Annotated[Optional[str], typer.Option(
     "--config", "-c", metavar="FILE",
     help="TOML file setting any option, one table per stage; 'default' is the shipped configs/default.toml. "
@@ -282,17 +310,28 @@ def config_command(*selectors: str) -> Callable:
 
     def decorate(func: Callable) -> Callable:
         signature = inspect.signature(func)
-        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values() if p.name != "config"]
-        generated = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=_typer_option(stage, f))
-                     for stage, f in chosen]
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values() if p.name != "config"
+        ]
+        generated = [
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=_typer_option(stage, f)
+            )
+            for stage, f in chosen
+        ]
         context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
-        config_file = inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigFile)
+        config_file = inspect.Parameter(
+            "config_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigFile
+        )
 
         def command(ctx: typer.Context, config_file: str | None = None, **kwargs):
             overrides: dict[str, dict] = {}
             for stage, f in chosen:
                 value = kwargs.pop(f.name)
-                if ctx.get_parameter_source(f.name) not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP):
+                if ctx.get_parameter_source(f.name) not in (
+                    click.core.ParameterSource.DEFAULT,
+                    click.core.ParameterSource.DEFAULT_MAP,
+                ):
                     overrides.setdefault(stage, {})[f.name] = value
             return func(config=load_config(_resolve_config_file(config_file), overrides), **kwargs)
 

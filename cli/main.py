@@ -4,7 +4,7 @@ neighbors, export, extend, verify, plot), evaluate.py; shared plumbing in
 _util.py."""
 import sys
 
-from . import stages, matrix, evaluate  # noqa: F401, I001  (they register their commands, in this order)
+from . import evaluate, matrix, stages  # noqa: F401, I001  (they register their commands, in this order)
 from ._util import app
 
 

@@ -41,7 +41,12 @@ def neighbors(
     for i in range(max(len(zh), len(en))):
         z = zh[i] if i < len(zh) else ("", None)
         n = en[i] if i < len(en) else ("", None)
-        table.add_row(escape(z[0]), f"{z[1]:.3f}" if z[1] is not None else "", escape(n[0]), f"{n[1]:.3f}" if n[1] is not None else "")
+        table.add_row(
+            escape(z[0]),
+            f"{z[1]:.3f}" if z[1] is not None else "",
+            escape(n[0]),
+            f"{n[1]:.3f}" if n[1] is not None else "",
+        )
     out.print(table)
 
 
@@ -67,7 +72,9 @@ def info(
     table.add_row("rows", f"{c.get('projected_rows', 0):,} projected, {c.get('filled_rows', 0):,} filled"
                   + (f" ({filled_by})" if filled_by else "") + f", {c.get('special_rows', 0)} special")
     table.add_row("model", escape(f"{result['model']} (layer {result['layer']})"))
-    table.add_row("method", f"{result['strategy']}, {result['symmetrization']}, oov {result['oov_fill']}, seed {result['seed']}")
+    table.add_row(
+        "method", f"{result['strategy']}, {result['symmetrization']}, oov {result['oov_fill']}, seed {result['seed']}"
+    )
     table.add_row("corpus", f"{c.get('pairs_kept', 0):,} pairs ({c.get('pairs_dropped', 0):,} dropped)")
     table.add_row("top words", escape(" ".join(result["top_words"])))
     table.add_row("xlembed", str(result["xlembed_version"]))
@@ -77,9 +84,19 @@ def info(
 @app.command()
 def export(
     out_dir: OutDirArg,
-    format: Annotated[str, typer.Option("--format", help="word2vec (text; gensim's KeyedVectors.load_word2vec_format reads it).")] = "word2vec",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", dir_okay=False, help="File to write.",
-                                                   show_default="OUT_DIR/embeddings.word2vec.txt, or english.word2vec.txt with --lang en")] = None,
+    format: Annotated[
+        str, typer.Option("--format", help="word2vec (text; gensim's KeyedVectors.load_word2vec_format reads it).")
+    ] = "word2vec",
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            dir_okay=False,
+            help="File to write.",
+            show_default="OUT_DIR/embeddings.word2vec.txt, or english.word2vec.txt with --lang en",
+        ),
+    ] = None,
     lang: Annotated[str, typer.Option(help="zh: the Chinese matrix; en: the English one.")] = "zh",
 ):
     """Export a matrix in another format."""
@@ -97,7 +114,10 @@ def export(
 def extend(
     out_dir: OutDirArg,
     words: Annotated[Path, typer.Option(help="Words to add, one per line (those already there are skipped).")],
-    oov: Annotated[Optional[Oov], typer.Option(help="How the new rows are filled.", show_default="the strategy the matrix was built with")] = None,
+    oov: Annotated[
+        Optional[Oov],
+        typer.Option(help="How the new rows are filled.", show_default="the strategy the matrix was built with"),
+    ] = None,
 ):
     """Add rows for new words to an existing matrix, filled from its projected rows (atomically)."""
     from xlembed import Embeddings
@@ -136,11 +156,20 @@ def verify(out_dir: OutDirArg):
 @app.command()
 def plot(
     out_dir: OutDirArg,
-    output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False, help="The picture: .html (interactive, offline), .svg or .png.")],
-    words: Annotated[Optional[Path], typer.Option(help="Chinese words to show, one per line.",
-                                                  show_default="the most frequent projected words")] = None,
-    top: Annotated[int, typer.Option(min=1, help="How many of the most frequent projected words, without --words (at least 1).")] = 60,
-    english: Annotated[bool, typer.Option("--english/--no-english", metavar="", help="Also show each word's aligned English word.")] = True,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", dir_okay=False, help="The picture: .html (interactive, offline), .svg or .png."),
+    ],
+    words: Annotated[
+        Optional[Path],
+        typer.Option(help="Chinese words to show, one per line.", show_default="the most frequent projected words"),
+    ] = None,
+    top: Annotated[
+        int, typer.Option(min=1, help="How many of the most frequent projected words, without --words (at least 1).")
+    ] = 60,
+    english: Annotated[
+        bool, typer.Option("--english/--no-english", metavar="", help="Also show each word's aligned English word.")
+    ] = True,
 ):
     """A 2-D map (PCA) of Chinese words and their aligned English words in the shared space."""
     from xlembed import Embeddings

@@ -7,12 +7,26 @@
     config.tokenize.tsv = "pairs.tsv"
     xlembed.run(config, "out.work", "out")    # the whole pipeline
 """
-from .version import __version__
-from .config import (AlignConfig, Config, Device, EncodeConfig, Executor, ExecutorConfig, Oov, Precision, ProjectConfig,  # noqa: E402
-                     Strategy, Symmetrization, TokenizeConfig, WriteConfig, load_config)
+from .config import (  # noqa: E402
+                     AlignConfig,
+                     Config,
+                     Device,
+                     EncodeConfig,
+                     Executor,
+                     ExecutorConfig,
+                     Oov,
+                     Precision,
+                     ProjectConfig,
+                     Strategy,
+                     Symmetrization,
+                     TokenizeConfig,
+                     WriteConfig,
+                     load_config,
+)
 from .embeddings import Embeddings, load  # noqa: E402
 from .errors import XlembedError  # noqa: E402
 from .run import run, run_one  # noqa: E402
+from .version import __version__
 
 __all__ = [
     "__version__", "load", "run", "run_one", "load_config", "Embeddings", "XlembedError",

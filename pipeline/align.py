@@ -24,9 +24,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from .config import AlignConfig, Config, Symmetrization, section_dict
-from .layout import WorkDir
 from .io import Reporter, SilentReporter, atomic_path, read_lines, require, require_same_counts
-from .errors import XlembedError
+from .layout import WorkDir
 from .records import file_hash, fingerprint, run_stage, stage_key
 
 Links = set[tuple[int, int]]
@@ -112,7 +111,9 @@ class _ChildrenDieWithUs:
 _EFLOMAL_LOCK = threading.Lock()  # eflomal's module globals are patched for the length of one call
 
 
-def run_eflomal(zh_lines, en_lines, forward: Path, reverse: Path, opts: AlignConfig, scratch: Path, priors: Path | None = None) -> None:
+def run_eflomal(
+    zh_lines, en_lines, forward: Path, reverse: Path, opts: AlignConfig, scratch: Path, priors: Path | None = None
+) -> None:
     """Align with the eflomal package (Chinese = source): both directions in
     one call, links written as zhIndex-enIndex, starting from `priors` (an
     eflomal priors file) if given. Its temporary files go to `scratch`
@@ -201,7 +202,9 @@ def align_lines(zh: list[str], en: list[str], forward: Path, reverse: Path, opts
         return 1
     priors = estimate_priors(zh, en, opts, scratch)
     bounds = np.linspace(0, len(zh), n_parts + 1).astype(np.int64).tolist()
-    parts = [AlignPart(zh[a:b], en[a:b], priors, opts, str(scratch)) for a, b in zip(bounds[:-1], bounds[1:])]  # cleared by the next run
+    parts = [
+        AlignPart(zh[a:b], en[a:b], priors, opts, str(scratch)) for a, b in zip(bounds[:-1], bounds[1:])
+    ]  # cleared by the next run
     with atomic_path(forward) as fwd_tmp, atomic_path(reverse) as rev_tmp, \
             open(fwd_tmp, "w", encoding="utf-8") as fwd, open(rev_tmp, "w", encoding="utf-8") as rev:
         for aligned in parts_runner(parts):  # in order
@@ -252,7 +255,9 @@ def read_lexicon(path: Path) -> dict[str, list[Translation]]:
         if lineno == 1:
             continue  # header
         zh, en, count, p = line.split("\t")
-        lexicon.setdefault(sys.intern(zh), []).append(Translation(sys.intern(en), int(count), float(p)))  # one copy of each word
+        lexicon.setdefault(sys.intern(zh), []).append(
+            Translation(sys.intern(en), int(count), float(p))
+        )  # one copy of each word
     return lexicon
 
 
@@ -270,8 +275,11 @@ def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), 
         zh, en = list(read_lines(work.corpus_zh)), list(read_lines(work.corpus_en))
         require_same_counts(work.root, "line counts", {"corpus.zh": len(zh), "corpus.en": len(en)}, "tokenize")
         parts = min(opts.align_shards, max(1, len(zh)))
-        with reporter.task("align (eflomal, both directions)" if parts == 1 else f"align ({parts} parts, priors from a sample)",
-                           None if parts == 1 else parts, "" if parts == 1 else "parts") as task:
+        with reporter.task(
+            "align (eflomal, both directions)" if parts == 1 else f"align ({parts} parts, priors from a sample)",
+            None if parts == 1 else parts,
+            "" if parts == 1 else "parts",
+        ) as task:
             align_lines(zh, en, work.links_forward, work.links_reverse, opts, work.scratch, parts_runner, task)
             if parts == 1:
                 task.advance()

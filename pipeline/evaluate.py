@@ -23,10 +23,10 @@ import torch
 
 from .align import Links, align_lines, parse_links, symmetrize
 from .config import AlignConfig, Symmetrization
-from .layout import WorkDir
 from .embeddings import Embeddings
-from .io import Reporter, SilentReporter, read_lines, require
 from .errors import XlembedError
+from .io import Reporter, SilentReporter, read_lines, require
+from .layout import WorkDir
 
 PTB_BRACKETS = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}"}
 
@@ -57,7 +57,9 @@ def read_gold(gold_dir: Path) -> tuple[list[str], list[str], list[Links], list[L
         sure.append(parse_links(" ".join(p for p in pairs if not p.endswith("-P"))))
         possible.append(parse_links(" ".join(p for p in pairs if p.endswith("-P"))))
     if not len(zh) == len(en) == len(sure):
-        raise XlembedError(f"{gold_dir}: train.zh, train.en and train.align differ in line count ({len(zh)}, {len(en)}, {len(sure)})")
+        raise XlembedError(
+            f"{gold_dir}: train.zh, train.en and train.align differ in line count ({len(zh)}, {len(en)}, {len(sure)})"
+        )
     return [" ".join(line.split()) for line in zh], en, sure, possible
 
 
@@ -123,7 +125,9 @@ def word_similarity(matrix: Embeddings, pairs: list[tuple[str, str, float]]) -> 
     covered = [(index[a], index[b], score) for a, b, score in pairs if a in index and b in index]
     result = dict(pairs=len(pairs), covered=len(covered))
     if not covered:
-        return result | dict(rho=float("nan"), filled=dict(covered=0, rho=float("nan")), projected=dict(covered=0, rho=float("nan")))
+        return result | dict(
+            rho=float("nan"), filled=dict(covered=0, rho=float("nan")), projected=dict(covered=0, rho=float("nan"))
+        )
     ia = torch.tensor([a for a, _, _ in covered])
     ib = torch.tensor([b for _, b, _ in covered])
     cosine = (matrix.unit_vectors[ia] * matrix.unit_vectors[ib]).sum(1).numpy()
@@ -132,7 +136,9 @@ def word_similarity(matrix: Embeddings, pairs: list[tuple[str, str, float]]) -> 
     return result | dict(
         rho=spearman(cosine, scores),
         filled=dict(covered=int(touches_filled.sum()), rho=spearman(cosine[touches_filled], scores[touches_filled])),
-        projected=dict(covered=int((~touches_filled).sum()), rho=spearman(cosine[~touches_filled], scores[~touches_filled])),
+        projected=dict(
+            covered=int((~touches_filled).sum()), rho=spearman(cosine[~touches_filled], scores[~touches_filled])
+        ),
     )
 
 
@@ -150,7 +156,9 @@ def read_dictionary(path: Path) -> dict[str, set[str]]:
     return dictionary
 
 
-def lexicon_induction(matrix: Embeddings, dictionary: dict[str, set[str]], csls_k: int = 10, ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+def lexicon_induction(
+    matrix: Embeddings, dictionary: dict[str, set[str]], csls_k: int = 10, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict:
     """Bilingual lexicon induction the MUSE way: for each Chinese word of the
     dictionary that has a row and a translation in the English vocabulary
     (the covered words), are the k nearest English words among its

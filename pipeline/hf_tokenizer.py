@@ -44,8 +44,14 @@ def vocabulary_tokenizer(words: list[str], unk_token: str = UNK):
     if unk_token not in vocab:
         raise ValueError(f"the vocabulary has no {unk_token}")
     known = {c for w in words if not (w.startswith("[") and w.endswith("]")) for c in w if not c.isspace()}
-    tokenizer = Tokenizer(WordPiece(vocab, unk_token=unk_token, continuing_subword_prefix="", max_input_chars_per_word=1000))
+    tokenizer = Tokenizer(
+        WordPiece(vocab, unk_token=unk_token, continuing_subword_prefix="", max_input_chars_per_word=1000)
+    )
     tokenizer.normalizer = normalizers.NFKC()
-    split_unknown = [pre_tokenizers.Split(Regex(f"[^{_character_class(known)}\\s]"), behavior="isolated")] if known else []
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), *split_unknown])
+    split_unknown = (
+        [pre_tokenizers.Split(Regex(f"[^{_character_class(known)}\\s]"), behavior="isolated")] if known else []
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), *split_unknown]
+    )
     return tokenizer

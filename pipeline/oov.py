@@ -20,6 +20,7 @@ from functools import lru_cache
 
 import torch
 
+
 @lru_cache(maxsize=65536)
 def pinyin_of(word: str) -> str:
     """Tone-marked pinyin, syllables separated by spaces (pypinyin)."""
@@ -54,19 +55,27 @@ class Filler:
         self.spread = (self.rows - self.centre).norm(dim=1).median()
         # per character: the frequency-weighted sum of the rows of the words holding it, and of the weights
         self.chars_index = {c: k for k, c in enumerate(self.by_char)}
-        holder = torch.tensor([i for ids in self.by_char.values() for i in ids], dtype=torch.int64)  # [H] (word, character) pairs
-        char_of = torch.tensor([k for k, ids in enumerate(self.by_char.values()) for _ in ids], dtype=torch.int64)  # [H]
+        holder = torch.tensor(
+            [i for ids in self.by_char.values() for i in ids], dtype=torch.int64
+        )  # [H] (word, character) pairs
+        char_of = torch.tensor(
+            [k for k, ids in enumerate(self.by_char.values()) for _ in ids], dtype=torch.int64
+        )  # [H]
         self.char_sums = torch.zeros((len(self.by_char), self.rows.shape[1]), dtype=torch.float64)  # [C, d]
         for start in range(0, len(holder), CHUNK):  # in chunks: H x d would be several times the rows
             ids = holder[start:start + CHUNK]
             self.char_sums.index_add_(0, char_of[start:start + CHUNK], self.rows[ids] * self.weights[ids].unsqueeze(1))
-        self.char_weights = torch.zeros(len(self.by_char), dtype=torch.float64).index_add_(0, char_of, self.weights[holder])  # [C]
+        self.char_weights = torch.zeros(len(self.by_char), dtype=torch.float64).index_add_(
+            0, char_of, self.weights[holder]
+        )  # [C]
 
     def _mean(self, ids: list[int]) -> torch.Tensor:
         w = self.weights[ids].unsqueeze(1)
         return (self.rows[ids] * w).sum(0) / w.sum()
 
-    def compose(self, words: list[str], leave_out: bool = False, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    def compose(
+        self, words: list[str], leave_out: bool = False, chunk: int = CHUNK
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each word's characters composed: the mean over its characters
         (in order, repeats counted) of the frequency-weighted mean row of the
         projected words holding that character; its distance from the mean
@@ -79,7 +88,9 @@ class Filler:
         sums = torch.zeros((n, d), dtype=self.rows.dtype)  # [N, d] sum of the character means
         parts = torch.zeros(n, dtype=torch.float64)  # [N] how many
         for start in range(0, len(pairs), chunk):
-            word, char = torch.tensor(pairs[start:start + chunk], dtype=torch.int64).reshape(-1, 2).unbind(1)  # [K] each
+            word, char = (
+                torch.tensor(pairs[start : start + chunk], dtype=torch.int64).reshape(-1, 2).unbind(1)
+            )  # [K] each
             total, weight = self.char_sums[char], self.char_weights[char].clone()  # [K, d], [K]
             mine = own[word]  # [K] the word's own projected row, -1 if none or not left out
             left = mine >= 0
@@ -89,7 +100,9 @@ class Filler:
             sums.index_add_(0, word[valid], (total[valid] / weight[valid].unsqueeze(1)).to(sums.dtype))
             parts.index_add_(0, word[valid], torch.ones(int(valid.sum()), dtype=torch.float64))
         has = parts > 0
-        deviation = sums.div_(parts.clamp(min=1).unsqueeze(1).to(sums.dtype)).sub_(self.centre)  # [N, d], in place: N x d is large
+        deviation = sums.div_(parts.clamp(min=1).unsqueeze(1).to(sums.dtype)).sub_(
+            self.centre
+        )  # [N, d], in place: N x d is large
         deviation.mul_(self.spread / deviation.norm(dim=1, keepdim=True).clamp(min=1e-12)).add_(self.centre)
         deviation[~has] = 0
         return deviation, has
@@ -103,7 +116,11 @@ class Filler:
             self._by_sound = defaultdict(list)
             for i, w in enumerate(self.words):
                 self._by_sound[pinyin_of(w)].append(i)
-        ids = [i for i in self._by_sound.get(pinyin_of(word), []) if self.words[i] != word and set(self.words[i]) & set(word)]
+        ids = [
+            i
+            for i in self._by_sound.get(pinyin_of(word), [])
+            if self.words[i] != word and set(self.words[i]) & set(word)
+        ]
         return self._mean(ids) if ids else None
 
     def fill(self, word: str, strategy: str) -> tuple[torch.Tensor | None, str]:

@@ -13,8 +13,8 @@ import torch
 
 from .config import PAD, UNK
 from .embeddings import Embeddings
-from .io import write_text_atomic
 from .errors import XlembedError
+from .io import write_text_atomic
 
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 FONTS = "'Noto Sans CJK SC', 'Source Han Sans SC', 'PingFang SC', 'Microsoft YaHei', 'WenQuanYi Micro Hei', sans-serif"
@@ -27,13 +27,17 @@ def choose_words(e: Embeddings, words: list[str] | None, top: int) -> list[str]:
     if words is not None:
         missing = [w for w in words if w not in e]
         if missing:
-            raise XlembedError(f"not in the vocabulary: {', '.join(missing[:10])}" + (" …" if len(missing) > 10 else ""))
+            raise XlembedError(
+                f"not in the vocabulary: {', '.join(missing[:10])}" + (" …" if len(missing) > 10 else "")
+            )
         return words
     chosen = [w for w, p in zip(e.words, e.projected.tolist()) if p and w not in (PAD, UNK) and CJK.search(w)]
     return chosen[:top]
 
 
-def layout(e: Embeddings, zh_words: list[str], english: bool) -> tuple[list[tuple[str, str, float, float]], list[tuple[int, int]]]:
+def layout(
+    e: Embeddings, zh_words: list[str], english: bool
+) -> tuple[list[tuple[str, str, float, float]], list[tuple[int, int]]]:
     """Points (label, lang, x, y) from a PCA of the chosen words' unit
     vectors and of their aligned English words; lines join each Chinese word
     to its English word."""
@@ -81,20 +85,28 @@ def svg(points, lines, title: str, width: int = 1100, height: int = 760) -> str:
         px, py = at(x, y)
         colour = ZH_COLOUR if lang == "zh" else EN_COLOUR
         label = html.escape(word)
-        out.append(f'<g><title>{label} ({"Chinese" if lang == "zh" else "English"})</title>'
-                   f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>'
-                   + (f'<text x="{px + 5:.1f}" y="{py - 4:.1f}" font-size="15" fill="{colour}">{label}</text></g>' if lang == "zh" else
-                      f'<text x="{px - 5:.1f}" y="{py + 14:.1f}" font-size="13" fill="{colour}" text-anchor="end">{label}</text></g>'))
+        out.append(
+            f"<g><title>{label} ({'Chinese' if lang == 'zh' else 'English'})</title>"
+            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>'
+            + (
+                f'<text x="{px + 5:.1f}" y="{py - 4:.1f}" font-size="15" fill="{colour}">{label}</text></g>'
+                if lang == "zh"
+                else f'<text x="{px - 5:.1f}" y="{py + 14:.1f}" font-size="13" fill="{colour}" '
+                f'text-anchor="end">{label}</text></g>'
+            )
+        )
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
 def page(svg_text: str, title: str, note: str) -> str:
-    return ("<!doctype html>\n<html lang=\"zh\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title>"
-            "<style>body{font-family:" + FONTS.replace("'", "") + ";margin:2em;color:#222}svg{max-width:100%;height:auto}"
-            "p{color:#555}</style></head><body>\n"
-            f"{svg_text}<p>{html.escape(note)}</p>\n</body></html>\n")
+    return (
+        '<!doctype html>\n<html lang="zh"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:" + FONTS.replace("'", "") + ";margin:2em;color:#222}svg{max-width:100%;height:auto}"
+        "p{color:#555}</style></head><body>\n"
+        f"{svg_text}<p>{html.escape(note)}</p>\n</body></html>\n"
+    )
 
 
 def plot_map(e: Embeddings, output: Path, words: list[str] | None = None, top: int = 60, english: bool = True) -> int:
@@ -110,7 +122,9 @@ def plot_map(e: Embeddings, output: Path, words: list[str] | None = None, top: i
         raise XlembedError("no words to show")
     points, lines = layout(e, zh_words, english)
     source = e.path.name if e.path else "matrix"
-    title = f"{source}: {len(zh_words)} Chinese words" + (f" and {len(points) - len(zh_words)} aligned English words" if english else "")
+    title = f"{source}: {len(zh_words)} Chinese words" + (
+        f" and {len(points) - len(zh_words)} aligned English words" if english else ""
+    )
     note = (f"PCA of the unit vectors (cosine geometry) of {len(points)} words; grey lines join a Chinese word to its "
             "most probable English translation. Hover a point for its word.")
     if kind == ".png":
@@ -129,9 +143,15 @@ def _png(points, lines, title: str, output: Path) -> None:
         from matplotlib import pyplot as plt
     except ImportError:
         raise XlembedError("a .png map needs matplotlib (pip install matplotlib); .svg and .html need nothing")
-    cjk = [f.name for f in font_manager.fontManager.ttflist if re.search(r"CJK|Han Sans|WenQuanYi|Hei|Droid Sans Fallback", f.name)]
+    cjk = [
+        f.name
+        for f in font_manager.fontManager.ttflist
+        if re.search(r"CJK|Han Sans|WenQuanYi|Hei|Droid Sans Fallback", f.name)
+    ]
     if not cjk:
-        raise XlembedError("a .png map needs a font with Chinese characters (e.g. Debian's fonts-noto-cjk); .svg and .html need none")
+        raise XlembedError(
+            "a .png map needs a font with Chinese characters (e.g. Debian's fonts-noto-cjk); .svg and .html need none"
+        )
     from .io import atomic_path
 
     plt.rcParams["font.family"] = [cjk[0], "sans-serif"]

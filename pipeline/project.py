@@ -34,8 +34,17 @@ from safetensors import safe_open
 from .align import Translation, parse_links, read_lexicon
 from .config import Config, plain, section_dict
 from .encode import VectorStore
-from .io import (Reporter, SilentReporter, atomic_path, read_json, read_lines, release_freed_memory, require,
-                 require_same_counts, save_tensors)
+from .io import (
+    Reporter,
+    SilentReporter,
+    atomic_path,
+    read_json,
+    read_lines,
+    release_freed_memory,
+    require,
+    require_same_counts,
+    save_tensors,
+)
 from .layout import WorkDir
 from .records import file_hash, fingerprint, run_stage, stage_key
 from .strategies import Lexicon, rule_for
@@ -58,10 +67,16 @@ def sums_by_id(vectors: torch.Tensor, ids: np.ndarray, rows: np.ndarray) -> Part
     vectors at `rows`. A sparse (id x row) count matrix times `vectors`
     [n, d]: memory beyond the vectors is the result."""
     present, local_id = np.unique(ids, return_inverse=True)  # [u], [m]
-    occurrences = torch.sparse_coo_tensor(torch.stack([torch.from_numpy(local_id.reshape(-1)), torch.from_numpy(rows)]),
-                                          torch.ones(len(ids)), (len(present), len(vectors)), check_invariants=False).coalesce()
+    occurrences = torch.sparse_coo_tensor(
+        torch.stack([torch.from_numpy(local_id.reshape(-1)), torch.from_numpy(rows)]),
+        torch.ones(len(ids)),
+        (len(present), len(vectors)),
+        check_invariants=False,
+    ).coalesce()
     sums = torch.sparse.mm(occurrences, vectors.float()).double()  # [u, d]
-    return PartSums(present, sums, torch.from_numpy(np.bincount(local_id.reshape(-1), minlength=len(present)).astype(np.int64)))
+    return PartSums(
+        present, sums, torch.from_numpy(np.bincount(local_id.reshape(-1), minlength=len(present)).astype(np.int64))
+    )
 
 
 def add_part(sums: torch.Tensor, counts: torch.Tensor, part: PartSums) -> None:
@@ -173,7 +188,9 @@ def choose_links(zh_lines: Iterable[str], en_lines: Iterable[str], links_lines: 
             if zh[i] not in lexicon.stopwords:
                 link_words.append(zh_ids[zh[i]])
                 link_positions.append(offset + j)
-    return ChosenLinks(*(np.frombuffer(a, dtype=np.int64) for a in (sent_offsets, en_words, link_words, link_positions)))
+    return ChosenLinks(
+        *(np.frombuffer(a, dtype=np.int64) for a in (sent_offsets, en_words, link_words, link_positions))
+    )
 
 
 class LinkRows(NamedTuple):
@@ -230,11 +247,14 @@ def project_key(config: Config, work: WorkDir, encode_key: str | None) -> tuple[
     """The project stage's key, and its inputs by content (eflomal is not
     deterministic: the key depends on what it wrote, not on its key)."""
     inputs = {str(p): file_hash(require(p, "align")) for p in (work.links, work.lexicon, work.corpus_zh)}
-    return stage_key("project", encode=encode_key, inputs=list(inputs.values()), config=fingerprint(config.project)), inputs
+    return stage_key(
+        "project", encode=encode_key, inputs=list(inputs.values()), config=fingerprint(config.project)
+    ), inputs
 
 
-def save_projection(work: WorkDir, config: Config, vocab: Vocabularies, lexicon: Lexicon, sums: ProjectionSums, dim: int,
-                    inputs: dict) -> dict:
+def save_projection(
+    work: WorkDir, config: Config, vocab: Vocabularies, lexicon: Lexicon, sums: ProjectionSums, dim: int, inputs: dict
+) -> dict:
     """Write projection.safetensors and its two vocabularies; return the record's content."""
     opts, best = config.project, lexicon.best
     save_tensors(work.projection,
@@ -243,17 +263,27 @@ def save_projection(work: WorkDir, config: Config, vocab: Vocabularies, lexicon:
                   "en_sum": sums.en_sum, "en_count": sums.en_count},
                  metadata={"strategy": plain(opts.strategy), "min_count": str(opts.min_count), "dim": str(dim)})
     no_translation = Translation("", 0, 0.0)
-    write_projected_words(work.projection_zh_vocab, [ProjectedWord(w, vocab.zh_freq[w], best.get(w, no_translation).en,
-                                                                   best.get(w, no_translation).p) for w in vocab.zh_vocab])
+    write_projected_words(
+        work.projection_zh_vocab,
+        [
+            ProjectedWord(w, vocab.zh_freq[w], best.get(w, no_translation).en, best.get(w, no_translation).p)
+            for w in vocab.zh_vocab
+        ],
+    )
     with atomic_path(work.projection_en_vocab) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("word\tfreq\n")
         f.writelines(f"{w}\t{vocab.en_freq[w]}\n" for w in vocab.en_vocab)
     return dict(
         options=section_dict(opts),
         inputs=inputs,
-        counts=dict(zh_types=len(vocab.zh_vocab), zh_projected=int((sums.zh_count >= opts.min_count).sum()), en_types=len(vocab.en_vocab),
-                    links_used=int(sums.zh_count.sum()), links_without_vector=sums.links_without_vector,
-                    stopwords_dropped=len(lexicon.stopwords & best.keys())),
+        counts=dict(
+            zh_types=len(vocab.zh_vocab),
+            zh_projected=int((sums.zh_count >= opts.min_count).sum()),
+            en_types=len(vocab.en_vocab),
+            links_used=int(sums.zh_count.sum()),
+            links_without_vector=sums.links_without_vector,
+            stopwords_dropped=len(lexicon.stopwords & best.keys()),
+        ),
     )
 
 

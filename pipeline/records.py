@@ -19,10 +19,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from .version import __version__
 from .config import plain
-from .layout import WorkDir
 from .io import read_json, sha256_file, write_json_atomic
+from .layout import WorkDir
+from .version import __version__
 
 
 def stage_key(stage: str, **parts) -> str:
@@ -60,7 +60,9 @@ def invalidate(work: WorkDir, stage: str) -> None:
     work.record(stage).unlink(missing_ok=True)
 
 
-def run_stage(work: WorkDir, stage: str, key: str, force: bool, compute: Callable[[], dict], outputs: tuple[Path, ...] = ()) -> dict:
+def run_stage(
+    work: WorkDir, stage: str, key: str, force: bool, compute: Callable[[], dict], outputs: tuple[Path, ...] = ()
+) -> dict:
     """Skip the stage when its record matches `key` and `outputs` (files the
     record alone does not vouch for) exist (unless `force`), else
     invalidate it, run `compute()` (which writes the outputs and returns the

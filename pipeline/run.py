@@ -50,7 +50,9 @@ StageFunction = Callable[[Config, WorkDir, "Path | None", Reporter, bool, Runs],
 STAGES: dict[str, StageFunction] = {
     "tokenize": lambda config, work, out, reporter, force, executor: tokenize(config, work, reporter, force),
     "encode": lambda config, work, out, reporter, force, executor: encode(config, work, reporter, force),
-    "align": lambda config, work, out, reporter, force, executor: align(config, work, reporter, force, executor.align_parts),
+    "align": lambda config, work, out, reporter, force, executor: align(
+        config, work, reporter, force, executor.align_parts
+    ),
     "project": lambda config, work, out, reporter, force, executor: project(config, work, reporter, force),
     "write": lambda config, work, out, reporter, force, executor: write(config, work, out),
 }

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .config import Config, section_dict
-from .layout import WorkDir
-from .io import Reporter, SilentReporter, atomic_path, read_lines
 from .errors import XlembedError
+from .io import Reporter, SilentReporter, atomic_path, read_lines
+from .layout import WorkDir
 from .models import load_tokenizer, resolve_model_dir
 from .records import file_hash, fingerprint, model_hash, run_stage, stage_key
 
@@ -183,7 +183,9 @@ def tokenize(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(
             if counts["pairs_read"] == 0:
                 raise XlembedError(f"{inputs[0]}: empty file, no sentence pairs")
             if counts["pairs_kept"] == 0:
-                raise XlembedError(f"{inputs[0]}: no sentence pair left after tokenization ({counts['pairs_read']} read)")
+                raise XlembedError(
+                    f"{inputs[0]}: no sentence pair left after tokenization ({counts['pairs_read']} read)"
+                )
         counts["pairs_dropped"] = counts["pairs_read"] - counts["pairs_kept"]
         return dict(options=dict(section_dict(opts), model=str(model_dir)),
                     inputs={str(p): file_hash(p) for p in inputs}, model_sha256=model_hash(model_dir), counts=counts)

@@ -8,19 +8,21 @@ from pathlib import Path
 
 import torch
 
-from .version import __version__
 from .config import PAD, STAGES, UNK, Config, Oov, section_dict
-from .layout import WorkDir
 from .embeddings import Embeddings, VocabRow, read_word_list
-from .io import check_output_dir, read_json, release_freed_memory, require
 from .errors import XlembedError
+from .io import check_output_dir, read_json, release_freed_memory, require
+from .layout import WorkDir
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
+from .version import __version__
 
 UPSTREAM = STAGES[:-1]  # the stages whose records write reads
 
 
-def shrink_to_chars(words: list[str], means: torch.Tensor, counts: torch.Tensor, filler: Filler, k: float) -> torch.Tensor:
+def shrink_to_chars(
+    words: list[str], means: torch.Tensor, counts: torch.Tensor, filler: Filler, k: float
+) -> torch.Tensor:
     """Projected rows [P, d] pulled toward their characters' composition
     from the other projected words (`Filler.compose`, leaving the word out)
     as if it were k more aligned contexts:
@@ -37,8 +39,8 @@ def shrink_to_chars(words: list[str], means: torch.Tensor, counts: torch.Tensor,
     return composed.addcmul_(means, n).div_(n + k)  # in place: P x d is large
 
 
-def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: torch.Tensor, min_count: int, min_freq: int,
-                 seed: int, oov: Oov = Oov.random, vocab: list[str] | None = None,
+def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: torch.Tensor, min_count: int,
+                 min_freq: int, seed: int, oov: Oov = Oov.random, vocab: list[str] | None = None,
                  shrink: float = 0.0) -> tuple[list[str], torch.Tensor, torch.Tensor, list[VocabRow]]:
     """Vocabulary, rows [V, d] float32, projected [V] uint8 and where each row came from.
 
@@ -60,7 +62,8 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
     del zh_sum
     release_freed_memory()
     projected_words = [zh_words[k].word for k in projected_ids]
-    filler = None if oov == Oov.random and not shrink else Filler(projected_words, means, [zh_words[k].freq for k in projected_ids])
+    freqs = [zh_words[k].freq for k in projected_ids]
+    filler = None if oov == Oov.random and not shrink else Filler(projected_words, means, freqs)
     if shrink:
         means = shrink_to_chars(projected_words, means, zh_count[projected_ids], filler, shrink)
     mean, std = means.mean(0, dtype=torch.float64), means.std(0, unbiased=False).double()  # [d]
@@ -107,10 +110,21 @@ def write(config: Config, work: WorkDir, out: Path) -> dict:
     projection = load_projection(work)
     user_vocab = read_word_list(opts.vocab) if opts.vocab is not None else None
     # the sums (vocabulary x dimension, float64) are handed over and dropped as soon as they are averaged
-    english_words, english = english_matrix(projection.en_words, projection.tensors.pop("en_sum"), projection.tensors["en_count"])
+    english_words, english = english_matrix(
+        projection.en_words, projection.tensors.pop("en_sum"), projection.tensors["en_count"]
+    )
     release_freed_memory()
-    vocab, vectors, projected, provenance = build_matrix(projection.zh_words, projection.tensors.pop("zh_sum"), projection.tensors["zh_count"],
-                                              projection.min_count, opts.min_freq, opts.seed, opts.oov, user_vocab, opts.shrink)
+    vocab, vectors, projected, provenance = build_matrix(
+        projection.zh_words,
+        projection.tensors.pop("zh_sum"),
+        projection.tensors["zh_count"],
+        projection.min_count,
+        opts.min_freq,
+        opts.seed,
+        opts.oov,
+        user_vocab,
+        opts.shrink,
+    )
     tokenized = records["tokenize"]["counts"]
     encode_options = records["encode"]["options"]
     embeddings = Embeddings(
@@ -125,8 +139,12 @@ def write(config: Config, work: WorkDir, out: Path) -> dict:
                       symmetrization=records["align"]["options"]["symmetrization"],
                       seed=str(opts.seed), oov_fill=opts.oov.value, xlembed_version=__version__),
     )
-    counts = dict(pairs_read=tokenized["pairs_read"], pairs_dropped=tokenized["pairs_dropped"], pairs_kept=tokenized["pairs_kept"],
-                  words_truncated=records["encode"]["counts"]["words_truncated"])
+    counts = dict(
+        pairs_read=tokenized["pairs_read"],
+        pairs_dropped=tokenized["pairs_dropped"],
+        pairs_kept=tokenized["pairs_kept"],
+        words_truncated=records["encode"]["counts"]["words_truncated"],
+    )
     seconds = {stage: records[stage]["seconds"] for stage in UPSTREAM}
     seconds["write"] = round(time.perf_counter() - start, 3)
     embeddings.manifest = dict(

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from xlembed.layout import WorkDir
 from xlembed.io import write_json_atomic
+from xlembed.layout import WorkDir
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -28,7 +28,9 @@ def make_tiny_bert(directory: Path, layers: int = 2, hidden: int = 32, seed: int
     directory.mkdir(parents=True, exist_ok=True)
     vocab_file = directory / "vocab.txt"
     vocab_file.write_text("\n".join(TINY_VOCAB) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(TINY_VOCAB)}, do_lower_case=True).save_pretrained(str(directory))
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(TINY_VOCAB)}, do_lower_case=True).save_pretrained(
+        str(directory)
+    )
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(TINY_VOCAB), hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
@@ -41,7 +43,9 @@ def tiny_bert(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), layers=4)
 
 
-def write_fake_encoding(work: WorkDir, sentences_en: list[list[str]], vectors: dict[tuple[int, int], list[float]], shard_rows: int = 2):
+def write_fake_encoding(
+    work: WorkDir, sentences_en: list[list[str]], vectors: dict[tuple[int, int], list[float]], shard_rows: int = 2
+):
     """Encode-stage artifacts with known vectors: word j of sentence s gets
     vectors[(s, j)] (or no vector when missing); rows spread over shards of
     `shard_rows` rows."""

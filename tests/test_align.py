@@ -58,11 +58,18 @@ def test_symmetrized_links_and_lexicon_from_both_directions(tmp_path):
     assert work.links.read_text().splitlines() == ["0-0 1-1 2-2", "0-0 0-1 1-3"]
     lexicon = read_lexicon(work.lexicon)
     # 猫: cats 1, the 1, cat 1 -> p = 1/3 each, ties by word
-    assert lexicon["猫"] == [("cat", 1, pytest.approx(1 / 3)), ("cats", 1, pytest.approx(1 / 3)), ("the", 1, pytest.approx(1 / 3))]
+    assert lexicon["猫"] == [
+        ("cat", 1, pytest.approx(1 / 3)),
+        ("cats", 1, pytest.approx(1 / 3)),
+        ("the", 1, pytest.approx(1 / 3)),
+    ]
     assert lexicon["水"] == [("water", 1, 1.0)]
     symmetrize_and_count(work, "intersect")
     assert work.links.read_text().splitlines() == ["0-0 1-1 2-2", "0-1 1-3"]
-    assert read_lexicon(work.lexicon)["猫"] == [("cat", 1, 0.5), ("cats", 1, 0.5)]  # 0-0 is in both directions of line 1
+    assert read_lexicon(work.lexicon)["猫"] == [
+        ("cat", 1, 0.5),
+        ("cats", 1, 0.5),
+    ]  # 0-0 is in both directions of line 1
 
 
 def test_alignment_in_parts_in_this_process_aligns_every_pair_and_leaves_no_temporary_files(tmp_path):
@@ -75,7 +82,9 @@ def test_alignment_in_parts_in_this_process_aligns_every_pair_and_leaves_no_temp
     en = [f"{s} {v} {o} ." for s in ("i", "you", "he") for v in ("like", "read") for o in ("cats", "books", "tea")] * 4
     scratch = tmp_path / "work" / "tmp"
     scratch.parent.mkdir()
-    parts = align_lines(zh, en, tmp_path / "fwd", tmp_path / "rev", AlignConfig(align_shards=3, prior_sample=20), scratch)
+    parts = align_lines(
+        zh, en, tmp_path / "fwd", tmp_path / "rev", AlignConfig(align_shards=3, prior_sample=20), scratch
+    )
     assert parts == 3
     for path in (tmp_path / "fwd", tmp_path / "rev"):
         lines = path.read_text().splitlines()

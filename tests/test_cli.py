@@ -53,7 +53,9 @@ def test_output_contract(built, tiny_bert):
     assert projected[:2].tolist() == [0, 0] and projected[2:].sum() > 0
     with safe_open(str(built / "embeddings.safetensors"), "pt") as f:
         meta = f.metadata()
-    assert {"model", "layer", "strategy", "symmetrization", "seed", "oov_fill", "counts", "xlembed_version"} <= set(meta)
+    assert {"model", "layer", "strategy", "symmetrization", "seed", "oov_fill", "counts", "xlembed_version"} <= set(
+        meta
+    )
     assert meta["strategy"] == "argmax-occurrence" and meta["symmetrization"] == "union" and meta["seed"] == "0"
     english = load_file(str(built / "english.safetensors"))["embeddings"]
     english_vocab = (built / "english_vocab.txt").read_text("utf-8").splitlines()
@@ -76,7 +78,15 @@ def test_output_contract(built, tiny_bert):
 def test_nothing_but_the_contract_is_left_beside_the_output(built):
     assert sorted(p.name for p in built.parent.iterdir()) == ["out", "out.work"]
     assert sorted(p.name for p in built.iterdir()) == sorted(
-        ["embeddings.safetensors", "vocab.txt", "vocab.tsv", "english.safetensors", "english_vocab.txt", "manifest.json"])
+        [
+            "embeddings.safetensors",
+            "vocab.txt",
+            "vocab.tsv",
+            "english.safetensors",
+            "english_vocab.txt",
+            "manifest.json",
+        ]
+    )
 
 
 def test_write_is_seeded(built, tmp_path):
@@ -96,7 +106,12 @@ def test_write_is_seeded(built, tmp_path):
 
 def test_stages_one_by_one_match_run(built, corpus, tiny_bert, tmp_path):
     work = tmp_path / "work"
-    for args in (["tokenize", "--tsv", corpus, "--model", tiny_bert], ["encode", "--model", tiny_bert], ["align"], ["project"]):
+    for args in (
+        ["tokenize", "--tsv", corpus, "--model", tiny_bert],
+        ["encode", "--model", tiny_bert],
+        ["align"],
+        ["project"],
+    ):
         result = xlembed(*args, "--work", work, "-q")
         assert result.exit_code == 0, result.output
     assert xlembed("write", "--work", work, "--out", tmp_path / "out", "-q").exit_code == 0
@@ -145,13 +160,28 @@ def bad_model(tmp_path, kind, tiny_bert):
 
 
 CASES = {
-    "different line counts": (lambda t, m: ["--en", t / "en3.txt", "--zh", t / "zh2.txt", "--model", m], r"en3.txt has 3 lines, .*zh2.txt has 2"),
+    "different line counts": (
+        lambda t, m: ["--en", t / "en3.txt", "--zh", t / "zh2.txt", "--model", m],
+        r"en3.txt has 3 lines, .*zh2.txt has 2",
+    ),
     "missing file": (lambda t, m: ["--tsv", t / "missing.tsv", "--model", m], r"missing.tsv: file does not exist"),
     "not UTF-8": (lambda t, m: ["--tsv", t / "latin1.tsv", "--model", m], r"latin1.tsv:2: not valid UTF-8"),
-    "model missing": (lambda t, m: ["--tsv", t / "ok.tsv", "--model", t / "nowhere"], r"nowhere: model directory does not exist"),
-    "model not BERT-like": (lambda t, m: ["--tsv", t / "ok.tsv", "--model", bad_model(t, "t5", m)], r"model type 't5' is not a BERT-like encoder"),
-    "model without weights": (lambda t, m: ["--tsv", t / "ok.tsv", "--model", bad_model(t, "no-weights", m)], r"no model weights"),
-    "empty corpus": (lambda t, m: ["--tsv", t / "empty.tsv", "--model", m], r"no sentence pair left after tokenization"),
+    "model missing": (
+        lambda t, m: ["--tsv", t / "ok.tsv", "--model", t / "nowhere"],
+        r"nowhere: model directory does not exist",
+    ),
+    "model not BERT-like": (
+        lambda t, m: ["--tsv", t / "ok.tsv", "--model", bad_model(t, "t5", m)],
+        r"model type 't5' is not a BERT-like encoder",
+    ),
+    "model without weights": (
+        lambda t, m: ["--tsv", t / "ok.tsv", "--model", bad_model(t, "no-weights", m)],
+        r"no model weights",
+    ),
+    "empty corpus": (
+        lambda t, m: ["--tsv", t / "empty.tsv", "--model", m],
+        r"no sentence pair left after tokenization",
+    ),
 }
 
 

@@ -18,9 +18,12 @@ from xlembed.cli.main import app
 
 ray = pytest.importorskip("ray")  # installed by `make test` (the `ray` extra)
 
-PAIRS = [f"{s} {v} {o} .\t{zs}{zv}{zo}。" for s, zs in (("i", "我"), ("you", "你"), ("he", "他"), ("she", "她"), ("we", "我们"))
-         for v, zv in (("like", "喜欢"), ("read", "读"), ("eat", "吃"), ("drink", "喝"))
-         for o, zo in (("cats", "猫"), ("books", "书"), ("fish", "鱼"), ("tea", "茶"), ("water", "水"))]
+PAIRS = [
+    f"{s} {v} {o} .\t{zs}{zv}{zo}。"
+    for s, zs in (("i", "我"), ("you", "你"), ("he", "他"), ("she", "她"), ("we", "我们"))
+    for v, zv in (("like", "喜欢"), ("read", "读"), ("eat", "吃"), ("drink", "喝"))
+    for o, zo in (("cats", "猫"), ("books", "书"), ("fish", "鱼"), ("tea", "茶"), ("water", "水"))
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +38,39 @@ def local_run(tmp_path_factory, tiny_bert):
     """A finished local run on a small corpus (with a repeated sentence and windows)."""
     root = tmp_path_factory.mktemp("local")
     corpus = root / "c.tsv"
-    corpus.write_text("\n".join(PAIRS * 3 + ["i like cats and books and tea and fish and water and books . " * 6 + "\t我喜欢猫。"]) + "\n",
-                      encoding="utf-8")
-    result = CliRunner().invoke(app, ["run", "--tsv", str(corpus), "--model", str(tiny_bert), "--out", str(root / "out"),
-                                      "--work", str(root / "work"), "--max-length", "24", "-q"])
+    corpus.write_text(
+        "\n".join(PAIRS * 3 + ["i like cats and books and tea and fish and water and books . " * 6 + "\t我喜欢猫。"])
+        + "\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--tsv",
+            str(corpus),
+            "--model",
+            str(tiny_bert),
+            "--out",
+            str(root / "out"),
+            "--work",
+            str(root / "work"),
+            "--max-length",
+            "24",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return root
 
 
 def rows(out: Path) -> tuple[torch.Tensor, list[str], torch.Tensor, list[str]]:
-    return (load_file(str(out / "embeddings.safetensors"))["embeddings"], (out / "vocab.txt").read_text().split("\n"),
-            load_file(str(out / "english.safetensors"))["embeddings"], (out / "english_vocab.txt").read_text().split("\n"))
+    return (
+        load_file(str(out / "embeddings.safetensors"))["embeddings"],
+        (out / "vocab.txt").read_text().split("\n"),
+        load_file(str(out / "english.safetensors"))["embeddings"],
+        (out / "english_vocab.txt").read_text().split("\n"),
+    )
 
 
 def assert_same_rows(a: Path, b: Path) -> None:
@@ -69,8 +94,25 @@ def copy_without_records(local_run: Path, to: Path) -> Path:
 
 
 def run_ray(tiny_bert, local_run: Path, work: Path, out: Path, *extra: str):
-    return CliRunner().invoke(app, ["run", "--tsv", str(local_run / "c.tsv"), "--model", str(tiny_bert), "--out", str(out),
-                                    "--work", str(work), "--max-length", "24", "--executor", "ray", *extra])
+    return CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--tsv",
+            str(local_run / "c.tsv"),
+            "--model",
+            str(tiny_bert),
+            "--out",
+            str(out),
+            "--work",
+            str(work),
+            "--max-length",
+            "24",
+            "--executor",
+            "ray",
+            *extra,
+        ],
+    )
 
 
 def test_ray_run_gives_the_local_rows_and_the_local_records(local_ray, local_run, tiny_bert, tmp_path):
@@ -85,16 +127,37 @@ def test_ray_run_gives_the_local_rows_and_the_local_records(local_ray, local_run
     for count in ("sentences", "words", "words_with_vector", "words_truncated", "sentences_in_windows"):
         assert ray_encode["counts"][count] == local_encode["counts"][count]
     assert ray_encode["counts"]["sentences_in_windows"] == 1  # the long sentence went through the windows
-    assert json.loads((work / "project.json").read_text())["key"] == json.loads((local_run / "work" / "project.json").read_text())["key"]
+    assert (
+        json.loads((work / "project.json").read_text())["key"]
+        == json.loads((local_run / "work" / "project.json").read_text())["key"]
+    )
     assert not (work / "vectors" / "index.safetensors").exists() and not (work / "ray").exists()
 
     # the executor is in no cache key: either executor reuses the other's finished stages
     again = run_ray(tiny_bert, local_run, local_run / "work", tmp_path / "out2")
     assert again.exit_code == 0 and again.output.count("up to date") == 4, again.output
-    local = CliRunner().invoke(app, ["run", "--tsv", str(local_run / "c.tsv"), "--model", str(tiny_bert), "--out", str(tmp_path / "out3"),
-                                     "--work", str(work), "--max-length", "24", "--strategy", "argmax"])
+    local = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--tsv",
+            str(local_run / "c.tsv"),
+            "--model",
+            str(tiny_bert),
+            "--out",
+            str(tmp_path / "out3"),
+            "--work",
+            str(work),
+            "--max-length",
+            "24",
+            "--strategy",
+            "argmax",
+        ],
+    )
     assert local.exit_code == 0, local.output
-    assert "encode (" in local.output  # another strategy needs the vectors, which the Ray run did not keep: encoded here
+    assert (
+        "encode (" in local.output
+    )  # another strategy needs the vectors, which the Ray run did not keep: encoded here
 
 
 def test_a_killed_worker_is_retried_and_the_rows_are_the_same(local_ray, local_run, tiny_bert, tmp_path, monkeypatch):
@@ -132,10 +195,32 @@ def test_a_killed_driver_leaves_a_work_directory_the_next_run_resumes(local_ray,
     """The driver dies (SIGKILL) after 2 of 6 shards; the cluster lives on; the same command run
     again reuses those 2 shards and gives the same rows."""
     work = copy_without_records(local_run, tmp_path / "work")
-    command = [sys.executable, "-m", "xlembed.cli", "run", "--tsv", str(local_run / "c.tsv"), "--model", str(tiny_bert),
-               "--out", str(tmp_path / "out"), "--work", str(work), "--max-length", "24", "--executor", "ray", "--shards", "6",
-               "--ray-address", ray.get_runtime_context().gcs_address, "-q"]
-    killed = subprocess.run(command, env=dict(os.environ, XLEMBED_TEST_KILL_DRIVER_AFTER_SHARDS="2"), capture_output=True, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "xlembed.cli",
+        "run",
+        "--tsv",
+        str(local_run / "c.tsv"),
+        "--model",
+        str(tiny_bert),
+        "--out",
+        str(tmp_path / "out"),
+        "--work",
+        str(work),
+        "--max-length",
+        "24",
+        "--executor",
+        "ray",
+        "--shards",
+        "6",
+        "--ray-address",
+        ray.get_runtime_context().gcs_address,
+        "-q",
+    ]
+    killed = subprocess.run(
+        command, env=dict(os.environ, XLEMBED_TEST_KILL_DRIVER_AFTER_SHARDS="2"), capture_output=True, timeout=300
+    )
     assert killed.returncode == -signal.SIGKILL
     assert len(list(work.glob("ray/*/shard-*.safetensors"))) == 2 and not (work / "project.json").exists()
     assert not (tmp_path / "out").exists()
@@ -145,7 +230,9 @@ def test_a_killed_driver_leaves_a_work_directory_the_next_run_resumes(local_ray,
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((work / "encode.json").read_text())["executor"]["shards_resumed"] == 2
     progress = [line for line in resumed.stderr.splitlines() if line.startswith("encode+project (ray, 2 encoders): ")]
-    assert progress and all("/6 shards (" in line and "shards/s" in line and "eta" in line for line in progress), resumed.stderr
+    assert progress and all("/6 shards (" in line and "shards/s" in line and "eta" in line for line in progress), (
+        resumed.stderr
+    )
     assert_same_rows(local_run / "out", tmp_path / "out")
 
 
@@ -161,9 +248,14 @@ def test_the_drivers_totals_fold_returned_shards_into_a_checkpoint_and_read_back
 
     def shard(k: int) -> cluster.ShardSums:
         zh_ids, en_ids = np.array([k, k + 1]), np.array([0, k + 2])
-        return cluster.ShardSums(k, PartSums(zh_ids, torch.tensor(rng.normal(size=(2, 3)), dtype=torch.float32), torch.tensor([1, 2])),
-                                 PartSums(en_ids, torch.tensor(rng.normal(size=(2, 3)), dtype=torch.float32), torch.tensor([3, 1])), k,
-                                 {"words": 10 + k}, "cpu fp32")
+        return cluster.ShardSums(
+            k,
+            PartSums(zh_ids, torch.tensor(rng.normal(size=(2, 3)), dtype=torch.float32), torch.tensor([1, 2])),
+            PartSums(en_ids, torch.tensor(rng.normal(size=(2, 3)), dtype=torch.float32), torch.tensor([3, 1])),
+            k,
+            {"words": 10 + k},
+            "cpu fp32",
+        )
 
     totals = cluster.Totals(tmp_path, 6, 6, 3)
     shards = [shard(k) for k in (2, 0, 3)]

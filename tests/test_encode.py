@@ -4,10 +4,10 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from xlembed.config import Config, Precision
-from xlembed.layout import WorkDir
 from xlembed.encode import VectorStore, encode, piece_plan, windows
-from xlembed.models import layer_indices
 from xlembed.errors import XlembedError
+from xlembed.layout import WorkDir
+from xlembed.models import layer_indices
 
 SENTENCES = ["i like playing", "the cats are playing with the dog", "i like playing", "hello world !", "we read books"]
 
@@ -115,7 +115,9 @@ def test_windows_cover_every_word_once_with_context_on_both_sides():
 
 
 def test_a_sentence_of_hundreds_of_words_gets_a_vector_for_every_word(tmp_path, tiny_bert):
-    words = (["the", "cats", "are", "playing", "with", "the", "dog", "."] * 60)[:450]  # 510 pieces; windows of 14 pieces
+    words = (["the", "cats", "are", "playing", "with", "the", "dog", "."] * 60)[
+        :450
+    ]  # 510 pieces; windows of 14 pieces
     long = " ".join(words)
     record, store, matrix = encoded(tmp_path, tiny_bert, sentences=[long, "i like playing"], max_length=16, layer="-1")
     assert (store.rows_of(0) >= 0).all() and len(store.rows_of(0)) == 450
@@ -123,7 +125,9 @@ def test_a_sentence_of_hundreds_of_words_gets_a_vector_for_every_word(tmp_path, 
     # a word's vector is the one it gets in the window that owns it: encode that window alone
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
     _, _, n_pieces = piece_plan(tokenizer, [words])
-    assert record["counts"]["windows"] == len(windows(n_pieces[0], 14)) + 1 == 73  # a window every 7 pieces, and the short sentence
+    assert (
+        record["counts"]["windows"] == len(windows(n_pieces[0], 14)) + 1 == 73
+    )  # a window every 7 pieces, and the short sentence
     ends = np.cumsum(n_pieces[0])
     for start, stop, owned in windows(n_pieces[0], 14)[3:6]:
         first, last = int(np.searchsorted(ends, start, side="right")), int(np.searchsorted(ends, stop, side="left"))
@@ -137,7 +141,9 @@ def test_a_short_sentence_gets_exactly_the_vectors_it_got_without_long_ones(tmp_
     _, alone_store, alone = encoded(tmp_path / "a", tiny_bert, sentences=SENTENCES, batch_size=1)
     _, store, matrix = encoded(tmp_path / "b", tiny_bert, sentences=[long, *SENTENCES], batch_size=1)
     for s in range(len(SENTENCES)):
-        assert torch.equal(matrix[torch.from_numpy(store.rows_of(s + 1))], alone[torch.from_numpy(alone_store.rows_of(s))])
+        assert torch.equal(
+            matrix[torch.from_numpy(store.rows_of(s + 1))], alone[torch.from_numpy(alone_store.rows_of(s))]
+        )
 
 
 # --- precision ------------------------------------------------------------------------------------------
@@ -146,7 +152,9 @@ def test_precision_auto_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch):
     import xlembed.encode as enc
 
     assert enc.cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
-    assert not enc.cpu_has_native_bf16("flags\t\t: fpu avx512f avx512_bf16 avx512_fp16\n")  # bf16 dot products, no matrix units
+    assert not enc.cpu_has_native_bf16(
+        "flags\t\t: fpu avx512f avx512_bf16 avx512_fp16\n"
+    )  # bf16 dot products, no matrix units
     assert not enc.cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f\n")
     assert not enc.cpu_has_native_bf16("")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from xlembed.cli.main import app
 from xlembed.embeddings import Embeddings
+from xlembed.errors import XlembedError
 from xlembed.evaluate import lexicon_induction, rankdata, read_wordsim, spearman, word_similarity
 from xlembed.io import save_tensors
-from xlembed.errors import XlembedError
 
 
 def test_rankdata_averages_ties():
@@ -30,8 +30,13 @@ def unit(angle_degrees):
 
 
 def matrix(vocab, rows, projected, english_vocab=("x",), english=((1.0, 0.0),)):
-    return Embeddings(words=list(vocab), vectors=torch.tensor(rows), projected=torch.tensor(projected, dtype=torch.bool),
-                      english_words=list(english_vocab), english_vectors=torch.tensor(english))
+    return Embeddings(
+        words=list(vocab),
+        vectors=torch.tensor(rows),
+        projected=torch.tensor(projected, dtype=torch.bool),
+        english_words=list(english_vocab),
+        english_vectors=torch.tensor(english),
+    )
 
 
 # a at 0°, b at 10°, c at 60°, d at 170° (d is a filled row)
@@ -70,7 +75,8 @@ LEXICON = matrix(
 def test_lexicon_induction_precision_at_k_and_coverage():
     gold = {"猫": {"cat"}, "狗": {"dog", "hound"}, "书": {"book"}, "水": {"water"}, "鱼": {"fish"}}
     r = lexicon_induction(LEXICON, gold, csls_k=0)
-    # 猫 (0°): the 8° away, cat 12° -> miss; 狗 (40°): dog 12°, the 32° -> dog; 书: book; 水 (a filled row) at water; 鱼 unknown
+    # 猫 (0°): the 8° away, cat 12° -> miss; 狗 (40°): dog 12°, the 32° -> dog; 书: book;
+    # 水 (a filled row) at water; 鱼 unknown
     assert (r["words"], r["covered"], r["covered_projected"]) == (5, 4, 3) and r["coverage"] == pytest.approx(0.8)
     assert r["cosine"]["p_at_1"] == pytest.approx(3 / 4) and r["cosine"]["p_at_1_all"] == pytest.approx(3 / 5)
     assert r["cosine"]["p_at_5"] == pytest.approx(1.0) and r["cosine"]["p_at_5_all"] == pytest.approx(4 / 5)
@@ -88,8 +94,11 @@ def test_analogy_3cosadd_and_3cosmul():
 
     def at(degrees):
         return unit(degrees)
-    m = matrix(["[PAD]", "[UNK]", "男人", "女人", "国王", "女王", "猫"],
-               [[0.0, 0.0], [1.0, 0.0], at(0), at(90), at(45), at(101), at(60)], [False, False, True, True, True, True, True])
+    m = matrix(
+        ["[PAD]", "[UNK]", "男人", "女人", "国王", "女王", "猫"],
+        [[0.0, 0.0], [1.0, 0.0], at(0), at(90), at(45), at(101), at(60)],
+        [False, False, True, True, True, True, True],
+    )
     questions = [("男人", "国王", "女人", "女王"),  # king - man + woman points at 100°: 女王
                  ("男人", "国王", "女人", "猫"),  # the same question with a wrong answer key: a miss
                  ("男人", "国王", "女人", "王后")]  # 王后 has no row: not covered
@@ -101,8 +110,13 @@ def test_analogy_3cosadd_and_3cosmul():
 def test_evaluate_command_on_an_output_directory(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    save_tensors(out / "embeddings.safetensors", {"embeddings": torch.tensor(
-        [[0.0, 0.0], [1.0, 0.0], unit(0), unit(10), unit(60)]), "projected": torch.tensor([0, 0, 1, 1, 1], dtype=torch.uint8)})
+    save_tensors(
+        out / "embeddings.safetensors",
+        {
+            "embeddings": torch.tensor([[0.0, 0.0], [1.0, 0.0], unit(0), unit(10), unit(60)]),
+            "projected": torch.tensor([0, 0, 1, 1, 1], dtype=torch.uint8),
+        },
+    )
     (out / "vocab.txt").write_text("[PAD]\n[UNK]\n猫\n狗\n书\n", encoding="utf-8")
     save_tensors(out / "english.safetensors", {"embeddings": torch.tensor([unit(1), unit(11), unit(61)])})
     (out / "english_vocab.txt").write_text("cat\ndog\nbook\n", encoding="utf-8")
@@ -114,7 +128,10 @@ def test_evaluate_command_on_an_output_directory(tmp_path):
     assert "3/4" in result.output
     scores = json.loads((tmp_path / "r.json").read_text())
     assert scores["wordsim"][str(tmp_path / "ws.txt")]["rho"] == pytest.approx(1.0)
-    assert scores["lexicon_induction"]["cosine"]["p_at_1"] == pytest.approx(1.0) and scores["lexicon_induction"]["covered"] == 3
+    assert (
+        scores["lexicon_induction"]["cosine"]["p_at_1"] == pytest.approx(1.0)
+        and scores["lexicon_induction"]["covered"] == 3
+    )
     assert CliRunner().invoke(app, ["evaluate", str(out)]).exit_code == 2  # nothing asked
 
 

@@ -40,7 +40,22 @@ def test_evaluate_alignment_command(tmp_path, tiny_bert):
              for o, zo in (("cats", "猫"), ("books", "书"), ("tea", "茶"))] * 4
     (tmp_path / "c.tsv").write_text("\n".join(pairs) + "\n", encoding="utf-8")
     runner = CliRunner()
-    assert runner.invoke(app, ["tokenize", "--tsv", str(tmp_path / "c.tsv"), "--model", str(tiny_bert), "--work", str(tmp_path / "w"), "-q"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            [
+                "tokenize",
+                "--tsv",
+                str(tmp_path / "c.tsv"),
+                "--model",
+                str(tiny_bert),
+                "--work",
+                str(tmp_path / "w"),
+                "-q",
+            ],
+        ).exit_code
+        == 0
+    )
     result = runner.invoke(app, ["evaluate-alignment", "--gold", str(tmp_path / "gold"), "--work", str(tmp_path / "w"),
                                  "--json", str(tmp_path / "s.json"), "-q"])
     assert result.exit_code == 0, result.output
@@ -50,4 +65,8 @@ def test_evaluate_alignment_command(tmp_path, tiny_bert):
     for s in scores["scores"].values():
         assert 0.0 <= s["aer"] <= 1.0
     # the intersection is a subset of the union: never more links, never lower precision
-    assert scores["scores"]["intersect"]["links"] <= scores["scores"]["grow-diag-final-and"]["links"] <= scores["scores"]["union"]["links"]
+    assert (
+        scores["scores"]["intersect"]["links"]
+        <= scores["scores"]["grow-diag-final-and"]["links"]
+        <= scores["scores"]["union"]["links"]
+    )

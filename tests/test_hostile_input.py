@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import xlembed.io
 from xlembed.config import Config
-from xlembed.layout import WorkDir
 from xlembed.errors import XlembedError
+from xlembed.layout import WorkDir
 from xlembed.tokenize import tokenize
 
 XLEMBED = str(Path(sys.executable).with_name("xlembed"))
@@ -108,14 +108,24 @@ def write(path: Path, data: bytes) -> Path:
 
 
 ERRORS = {
-    "mismatched line counts": (lambda d: ["--en", write(d / "en", b"a\nb\n"), "--zh", write(d / "zh", "甲\n".encode())],
-                               r"line counts differ: .*en has 2 lines, .*zh has 1"),
-    "invalid UTF-8 mid-file": (lambda d: ["--tsv", write(d / "c.tsv", "a\t甲\n".encode() * 3 + b"b\xc3\x28\t\xe4\xb9\x99\n")],
-                               r"c.tsv:4: not valid UTF-8"),
-    "TSV with too few columns": (lambda d: ["--tsv", write(d / "c.tsv", "a\t甲\nb 乙\n".encode())], r"c.tsv:2: has 1 tab-separated column"),
+    "mismatched line counts": (
+        lambda d: ["--en", write(d / "en", b"a\nb\n"), "--zh", write(d / "zh", "甲\n".encode())],
+        r"line counts differ: .*en has 2 lines, .*zh has 1",
+    ),
+    "invalid UTF-8 mid-file": (
+        lambda d: ["--tsv", write(d / "c.tsv", "a\t甲\n".encode() * 3 + b"b\xc3\x28\t\xe4\xb9\x99\n")],
+        r"c.tsv:4: not valid UTF-8",
+    ),
+    "TSV with too few columns": (
+        lambda d: ["--tsv", write(d / "c.tsv", "a\t甲\nb 乙\n".encode())],
+        r"c.tsv:2: has 1 tab-separated column",
+    ),
     "empty file": (lambda d: ["--tsv", write(d / "c.tsv", b"")], r"c.tsv: empty file"),
     "directory instead of a file": (lambda d: ["--tsv", d], r": is a directory, expected a file"),
-    "truncated gzip": (lambda d: ["--tsv", write(d / "c.tsv.gz", b"\x1f\x8b\x08\x00garbage")], r"c.tsv.gz:1: cannot read"),
+    "truncated gzip": (
+        lambda d: ["--tsv", write(d / "c.tsv.gz", b"\x1f\x8b\x08\x00garbage")],
+        r"c.tsv.gz:1: cannot read",
+    ),
 }
 
 

@@ -37,7 +37,9 @@ def test_contract_with_the_real_model(demo):
     assert manifest["counts"]["projected_rows"] > 0.9 * (len(vocab) - 2)
 
 
-@pytest.mark.parametrize("zh, en", [("猫", "cat"), ("书", "book"), ("学校", "school"), ("医生", "doctor"), ("汽车", "car")])
+@pytest.mark.parametrize(
+    "zh, en", [("猫", "cat"), ("书", "book"), ("学校", "school"), ("医生", "doctor"), ("汽车", "car")]
+)
 def test_frequent_words_land_next_to_their_translation(demo, zh, en):
     emb = load_file(str(demo / "embeddings.safetensors"))["embeddings"]
     vocab = (demo / "vocab.txt").read_text("utf-8").splitlines()

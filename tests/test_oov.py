@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from xlembed.config import PAD, UNK
+from xlembed.embeddings import format_vocab_tsv, read_word_list
 from xlembed.errors import XlembedError
 from xlembed.oov import Filler, pinyin_of
-from xlembed.embeddings import format_vocab_tsv, read_word_list
 from xlembed.project import ProjectedWord
 from xlembed.write import build_matrix
 
@@ -50,15 +50,29 @@ def test_unreachable_words_fall_back_to_random():
     assert f.fill("猫咪", "random") == (None, "random")
 
 
-ZH_ROWS = [ProjectedWord("猫", 5, "cat", 0.8), ProjectedWord("小猫", 2, "kitten", 1.0), ProjectedWord("狗", 1, "dog", 1.0), ProjectedWord("吗", 1, "", 0.0)]
+ZH_ROWS = [
+    ProjectedWord("猫", 5, "cat", 0.8),
+    ProjectedWord("小猫", 2, "kitten", 1.0),
+    ProjectedWord("狗", 1, "dog", 1.0),
+    ProjectedWord("吗", 1, "", 0.0),
+]
 ZH_SUM = torch.tensor([[10.0, 0.0], [0.0, 4.0], [-2.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
 ZH_COUNT = torch.tensor([5, 2, 1, 0])
 
 
 def test_user_vocabulary_keeps_its_order_and_records_sources():
-    vocab, rows, projected, info = build_matrix(ZH_ROWS, ZH_SUM, ZH_COUNT, 1, 1, 0, "chars", ["狗", "猫咪", UNK, "吗", "猫", "🐱"])
+    vocab, rows, projected, info = build_matrix(
+        ZH_ROWS, ZH_SUM, ZH_COUNT, 1, 1, 0, "chars", ["狗", "猫咪", UNK, "吗", "猫", "🐱"]
+    )
     assert vocab == ["狗", "猫咪", UNK, "吗", "猫", "🐱"]
-    assert [row.source for row in info] == ["projected", "chars", "special", "random", "projected", "random"]  # no projected word holds 吗
+    assert [row.source for row in info] == [
+        "projected",
+        "chars",
+        "special",
+        "random",
+        "projected",
+        "random",
+    ]  # no projected word holds 吗
     assert projected.tolist() == [1, 0, 0, 0, 1, 0]
     assert rows[0].tolist() == [-2.0, 0.0] and rows[4].tolist() == [2.0, 0.0]
     assert info[4][1:5] == (5, "projected", "cat", 0.8)

@@ -7,18 +7,32 @@ import zipfile
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import xlembed
 from xlembed.cli.main import app
-from typer.testing import CliRunner
 
 from .conftest import REPO
 from .test_cli import built, corpus  # noqa: F401  (fixtures: a tiny-model build of a small corpus)
 
 
 def test_the_wheel_installs_one_top_level_name_and_the_default_config(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
     [wheel] = tmp_path.glob("xlembed-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {"xlembed"}
@@ -32,7 +46,9 @@ def test_the_wheel_installs_one_top_level_name_and_the_default_config(tmp_path):
 def test_a_users_pipeline_py_and_cli_py_do_not_shadow_xlembed(tmp_path, built):
     (tmp_path / "pipeline.py").write_text("raise SystemExit('the user module was imported')\n")
     (tmp_path / "cli.py").write_text("raise SystemExit('the user module was imported')\n")
-    code = f"import xlembed; e = xlembed.load({str(built)!r}); print(e.translate('猫', k=3)); e.to_torch(); print(len(e))"
+    code = (
+        f"import xlembed; e = xlembed.load({str(built)!r}); print(e.translate('猫', k=3)); e.to_torch(); print(len(e))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert re.match(r"\[\('\w+', -?\d\.\d+\)", proc.stdout), proc.stdout
@@ -41,8 +57,12 @@ def test_a_users_pipeline_py_and_cli_py_do_not_shadow_xlembed(tmp_path, built):
 def test_the_public_surface():
     for name in ("load", "run", "load_config", "Embeddings", "XlembedError", "Config", "EncodeConfig", "__version__"):
         assert name in xlembed.__all__ and hasattr(xlembed, name)
-    assert xlembed.__version__ == subprocess.run([sys.executable, "-m", "xlembed.cli", "--version"], capture_output=True,
-                                                 text=True).stdout.split()[1]
+    assert (
+        xlembed.__version__
+        == subprocess.run(
+            [sys.executable, "-m", "xlembed.cli", "--version"], capture_output=True, text=True
+        ).stdout.split()[1]
+    )
 
 
 def test_the_shipped_default_config_is_found_without_a_path_and_equals_the_defaults():
@@ -55,8 +75,9 @@ def test_the_shipped_default_config_is_found_without_a_path_and_equals_the_defau
 
 def test_every_option_is_declared_once_and_the_cli_follows_the_declarations():
     """Each config field is a flag of `run` with the declared default; no flag of run is undeclared."""
-    from xlembed.config import all_fields, flag_name
     from typer.main import get_command
+
+    from xlembed.config import all_fields, flag_name
 
     run = get_command(app).commands["run"]
     params = {p.name: p for p in run.params}
@@ -65,8 +86,12 @@ def test_every_option_is_declared_once_and_the_cli_follows_the_declarations():
     for stage, f in declared:
         assert params[f.name].opts[0] == f"--{flag_name(f)}"
         default = params[f.name].default
-        assert (default.value if hasattr(default, "value") else default) == (f.default.value if hasattr(f.default, "value") else f.default)
-    assert set(params) - {f.name for _, f in declared} == {"ctx", "out", "work", "force", "quiet", "config_file"} - {"ctx"}
+        assert (default.value if hasattr(default, "value") else default) == (
+            f.default.value if hasattr(f.default, "value") else f.default
+        )
+    assert set(params) - {f.name for _, f in declared} == {"ctx", "out", "work", "force", "quiet", "config_file"} - {
+        "ctx"
+    }
 
 
 def test_config_in_python_takes_strings_for_paths_and_choices(tmp_path):
@@ -90,8 +115,12 @@ def test_embeddings_queries(built):
     e = xlembed.load(built)
     pairs = e.most_similar("猫", k=3)
     assert len(pairs) == 3 and "猫" not in [w for w, _ in pairs]
-    assert all(-1.0001 <= c <= 1.0001 for _, c in pairs) and [c for _, c in pairs] == sorted([c for _, c in pairs], reverse=True)
-    cosine = torch.nn.functional.cosine_similarity(e["猫"], e.english_vectors[e.index(e.translate("猫", k=1)[0][0], "en")], dim=0)
+    assert all(-1.0001 <= c <= 1.0001 for _, c in pairs) and [c for _, c in pairs] == sorted(
+        [c for _, c in pairs], reverse=True
+    )
+    cosine = torch.nn.functional.cosine_similarity(
+        e["猫"], e.english_vectors[e.index(e.translate("猫", k=1)[0][0], "en")], dim=0
+    )
     assert float(cosine) == pytest.approx(e.translate("猫", k=1)[0][1], abs=1e-4)
     assert len(e.translate("猫", k=2, csls=3)) == 2
     assert e.tokenizer.encode("猫") == [e.index("猫")]
@@ -102,12 +131,16 @@ def test_embeddings_queries(built):
 def test_plot_writes_an_offline_svg_and_html_with_chinese_labels(built, tmp_path):
     (tmp_path / "words.txt").write_text("猫\n狗\n书\n", encoding="utf-8")
     for name in ("map.svg", "map.html"):
-        result = CliRunner().invoke(app, ["plot", str(built), "-o", str(tmp_path / name), "--words", str(tmp_path / "words.txt")])
+        result = CliRunner().invoke(
+            app, ["plot", str(built), "-o", str(tmp_path / name), "--words", str(tmp_path / "words.txt")]
+        )
         assert result.exit_code == 0, result.output
         text = (tmp_path / name).read_text(encoding="utf-8")
         for word in ("猫", "狗", "书"):
             assert f">{word}</text>" in text
-        assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text  # opens offline
+        assert (
+            "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
+        )  # opens offline
         assert len(re.findall(r"<circle ", text)) >= 3
     assert (tmp_path / "map.html").read_text(encoding="utf-8").startswith("<!doctype html>")
 
@@ -124,7 +157,9 @@ def test_plot_places_words_by_their_vectors(built):
 
 def test_plot_errors_are_one_line(built, tmp_path):
     (tmp_path / "words.txt").write_text("猫\n不存在的词\n", encoding="utf-8")
-    result = CliRunner().invoke(app, ["plot", str(built), "-o", str(tmp_path / "m.svg"), "--words", str(tmp_path / "words.txt")])
+    result = CliRunner().invoke(
+        app, ["plot", str(built), "-o", str(tmp_path / "m.svg"), "--words", str(tmp_path / "words.txt")]
+    )
     assert result.exit_code == 2 and "not in the vocabulary: 不存在的词" in result.output
     result = CliRunner().invoke(app, ["plot", str(built), "-o", str(tmp_path / "m.gif")])
     assert result.exit_code == 2 and "must be .html, .svg or .png" in result.output

@@ -106,7 +106,12 @@ def test_projection_statistics_are_additive(tmp_path):
 
 
 def test_build_matrix_rows_specials_and_min_count():
-    zh_rows = [ProjectedWord("猫", 3, "cat", 0.75), ProjectedWord("水", 2, "water", 1.0), ProjectedWord("很", 1, "", 0.0), ProjectedWord("好", 1, "good", 1.0)]
+    zh_rows = [
+        ProjectedWord("猫", 3, "cat", 0.75),
+        ProjectedWord("水", 2, "water", 1.0),
+        ProjectedWord("很", 1, "", 0.0),
+        ProjectedWord("好", 1, "good", 1.0),
+    ]
     zh_sum = torch.tensor([[6.0, 2.0], [6.0, 6.0], [0.0, 0.0], [0.5, 0.25]], dtype=torch.float64)
     zh_count = torch.tensor([3, 2, 0, 1])
     vocab, rows, projected, _ = build_matrix(zh_rows, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
@@ -124,7 +129,9 @@ def test_build_matrix_rows_specials_and_min_count():
 def test_filled_rows_follow_the_projected_rows_mean_and_spread():
     generator = torch.Generator().manual_seed(1)
     n_projected, n_filled = 3000, 3000
-    projected_rows = torch.randn((n_projected, 4), generator=generator, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5, 3.0]) + torch.tensor([5.0, -1.0, 0.0, 2.0])
+    projected_rows = torch.randn((n_projected, 4), generator=generator, dtype=torch.float64) * torch.tensor(
+        [1.0, 2.0, 0.5, 3.0]
+    ) + torch.tensor([5.0, -1.0, 0.0, 2.0])
     zh_rows = [ProjectedWord(f"w{k}", 1, "", 0.0) for k in range(n_projected + n_filled)]
     zh_sum = torch.cat([projected_rows, torch.zeros((n_filled, 4), dtype=torch.float64)])
     zh_count = torch.cat([torch.ones(n_projected, dtype=torch.int64), torch.zeros(n_filled, dtype=torch.int64)])
@@ -178,7 +185,11 @@ def test_shrink_pulls_rows_toward_their_characters_by_how_often_they_were_aligne
 
 
 def test_build_matrix_shrink_moves_a_word_aligned_once_more_than_one_aligned_often():
-    words = [ProjectedWord("猫", 1, "cat", 1.0), ProjectedWord("小猫", 9, "kitten", 1.0), ProjectedWord("狗", 9, "dog", 1.0)]
+    words = [
+        ProjectedWord("猫", 1, "cat", 1.0),
+        ProjectedWord("小猫", 9, "kitten", 1.0),
+        ProjectedWord("狗", 9, "dog", 1.0),
+    ]
     zh_sum = torch.tensor([[1.0, 0.0], [0.0, 9.0], [-9.0, -9.0]], dtype=torch.float64)
     zh_count = torch.tensor([1, 9, 9])
     vocab, plain, _, _ = build_matrix(words, zh_sum, zh_count, min_count=1, min_freq=1, seed=0)
@@ -194,7 +205,9 @@ def test_every_strategy_has_its_own_rule_and_a_registered_rule_is_used(tmp_path,
 
     rules = [strategies.rule_for(s).choose for s in Strategy]
     assert len(set(rules)) == len(Strategy)  # no member falls through to another's rule
-    monkeypatch.setitem(strategies.STRATEGIES, "first-link-only", strategies.Rule(lambda links, zh, en, lexicon: links[:1], False))
+    monkeypatch.setitem(
+        strategies.STRATEGIES, "first-link-only", strategies.Rule(lambda links, zh, en, lexicon: links[:1], False)
+    )
     work = make_work(tmp_path)
     config = Config()
     config.project.strategy = "first-link-only"  # a research variant's name: not a CLI option

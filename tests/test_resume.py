@@ -108,7 +108,9 @@ def test_sigkill_during_write_leaves_a_complete_output(tmp_path, reference):
     def staging():
         return any(p.name.endswith(".partial") for p in tmp_path.iterdir())
 
-    assert any(kill_when(write + [str(out)], staging) for _ in range(10)), "write always finished before it could be killed"
+    assert any(kill_when(write + [str(out)], staging) for _ in range(10)), (
+        "write always finished before it could be killed"
+    )
     assert (out / "embeddings.safetensors").read_bytes() in (previous, new)  # the old result or the new one, whole
     assert CliRunner().invoke(app, ["verify", str(out)]).exit_code == 0
     subprocess.run(write + [str(out)], check=True)
@@ -119,7 +121,13 @@ def test_sigkill_during_write_leaves_a_complete_output(tmp_path, reference):
 def stages_run(corpus, model, work, out, force=False, **changes):
     config = Config().set(tsv=corpus, model=model, shard_rows=2000, **changes)
     ran = {}
-    run(config, WorkDir(work), out, on_stage=lambda stage, record: ran.setdefault(stage, not record.get("skipped")), force=force)
+    run(
+        config,
+        WorkDir(work),
+        out,
+        on_stage=lambda stage, record: ran.setdefault(stage, not record.get("skipped")),
+        force=force,
+    )
     return {stage for stage, computed in ran.items() if computed}
 
 
@@ -130,8 +138,15 @@ def test_up_to_date_stages_are_skipped_and_changes_recompute_what_depends_on_the
     assert stages_run(corpus, model, work, out) == {"write"}
     assert stages_run(corpus, model, work, out, strategy="weighted") == {"project", "write"}
     assert stages_run(corpus, model, work, out, strategy="weighted", layer="-2") == {"encode", "project", "write"}
-    assert stages_run(corpus, model, work, out, strategy="weighted", layer="-2", symmetrization="intersect") == {"align", "project", "write"}
-    assert stages_run(corpus, model, work, out, strategy="weighted", layer="-2", symmetrization="intersect", force=True) == everything
+    assert stages_run(corpus, model, work, out, strategy="weighted", layer="-2", symmetrization="intersect") == {
+        "align",
+        "project",
+        "write",
+    }
+    assert (
+        stages_run(corpus, model, work, out, strategy="weighted", layer="-2", symmetrization="intersect", force=True)
+        == everything
+    )
 
 
 def test_a_single_stage_run_with_other_options_is_noticed_by_run(tmp_path, corpus, model):

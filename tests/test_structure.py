@@ -52,3 +52,22 @@ def test_pipeline_has_no_import_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def long_functions(folders=("pipeline", "cli"), limit: int = 60) -> list[str]:
+    """Functions (methods and nested ones too) over `limit` lines, decorators and docstring included."""
+    found = []
+    for folder in folders:
+        for path in sorted((REPO / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                    if node.end_lineno - start + 1 > limit:
+                        lines = node.end_lineno - start + 1
+                        found.append(f"{folder}/{path.name}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_library_function_is_over_60_lines():
+    assert long_functions(limit=1), "the walk found no functions at all"
+    assert long_functions() == []

@@ -3,8 +3,8 @@ import gzip
 import pytest
 
 from xlembed.config import Config
-from xlembed.layout import WorkDir
 from xlembed.errors import XlembedError
+from xlembed.layout import WorkDir
 from xlembed.tokenize import chinese_splitter, english_splitter, tokenize
 
 
@@ -16,7 +16,19 @@ def run(tmp_path, model, **files):
 
 def test_english_is_split_like_the_model_pre_tokenizes(tiny_bert):
     split = english_splitter(tiny_bert)
-    assert split("Hello, World! I don't   like CATS.") == ["hello", ",", "world", "!", "i", "don", "'", "t", "like", "cats", "."]
+    assert split("Hello, World! I don't   like CATS.") == [
+        "hello",
+        ",",
+        "world",
+        "!",
+        "i",
+        "don",
+        "'",
+        "t",
+        "like",
+        "cats",
+        ".",
+    ]
     assert split("Café") == ["cafe"]  # the uncased model strips accents too
 
 
@@ -107,11 +119,18 @@ def test_parallel_tokenization_gives_identical_output_and_errors(tmp_path, tiny_
     records, outputs = [], []
     for workers in (1, 3):
         work = WorkDir(tmp_path / f"w{workers}")
-        records.append(tokenize(Config().set(tsv=tmp_path / "c.tsv", model=tiny_bert, workers=workers).validate(("tokenize",)), work))
+        records.append(
+            tokenize(
+                Config().set(tsv=tmp_path / "c.tsv", model=tiny_bert, workers=workers).validate(("tokenize",)), work
+            )
+        )
         outputs.append((work.corpus_en.read_bytes(), work.corpus_zh.read_bytes()))
     assert outputs[0] == outputs[1]
     assert records[0]["counts"] == records[1]["counts"] and records[0]["counts"]["pairs_read"] == 7000
     assert records[0]["key"] == records[1]["key"]  # the number of workers is not part of the cache key
     (tmp_path / "bad.tsv").write_bytes("\n".join(lines[:6000]).encode() + b"\ncaf\xe9\t\xe5\x92\x96\n")
     with pytest.raises(XlembedError, match=r"bad.tsv:6001: not valid UTF-8"):
-        tokenize(Config().set(tsv=tmp_path / "bad.tsv", model=tiny_bert, workers=2).validate(("tokenize",)), WorkDir(tmp_path / "bad"))
+        tokenize(
+            Config().set(tsv=tmp_path / "bad.tsv", model=tiny_bert, workers=2).validate(("tokenize",)),
+            WorkDir(tmp_path / "bad"),
+        )

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from xlembed.cli.main import app
 from xlembed import load
+from xlembed.cli.main import app
 from xlembed.embeddings import ChineseTokenizer, VocabRow, format_vocab_tsv
 from xlembed.io import save_tensors
 
@@ -22,11 +22,28 @@ def xlembed(*args):
 def test_write_with_a_user_vocabulary(built, tmp_path):
     (tmp_path / "v.txt").write_text("[PAD]\n狗\n足球\n[UNK]\n猫\n", encoding="utf-8")
     out = tmp_path / "out"
-    result = xlembed("write", "--work", built.with_name("out.work"), "--out", out, "--vocab", tmp_path / "v.txt", "--oov", "chars", "-q")
+    result = xlembed(
+        "write",
+        "--work",
+        built.with_name("out.work"),
+        "--out",
+        out,
+        "--vocab",
+        tmp_path / "v.txt",
+        "--oov",
+        "chars",
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     assert (out / "vocab.txt").read_text("utf-8").splitlines() == ["[PAD]", "狗", "足球", "[UNK]", "猫"]
     rows = [line.split("\t") for line in (out / "vocab.tsv").read_text("utf-8").splitlines()[1:]]
-    assert [r[2] for r in rows] == ["special", "projected", "random", "special", "projected"]  # no projected word has 足 or 球
+    assert [r[2] for r in rows] == [
+        "special",
+        "projected",
+        "random",
+        "special",
+        "projected",
+    ]  # no projected word has 足 or 球
     assert rows[1][5] == "gǒu"
     m = load_file(str(out / "embeddings.safetensors"))
     assert m["embeddings"].shape[0] == 5 and m["projected"].tolist() == [0, 1, 0, 0, 1]
@@ -49,7 +66,10 @@ def test_extend_appends_rows_atomically(built, tmp_path):
     assert torch.equal(after["embeddings"][:n], before["embeddings"])
     assert after["embeddings"].shape[0] == n + 2 and after["projected"][n:].tolist() == [0, 0]
     assert (out / "vocab.txt").read_text("utf-8").splitlines()[-2:] == ["小猫", "🐱"]
-    assert [line.split("\t")[2] for line in (out / "vocab.tsv").read_text("utf-8").splitlines()[-2:]] == ["chars", "random"]
+    assert [line.split("\t")[2] for line in (out / "vocab.tsv").read_text("utf-8").splitlines()[-2:]] == [
+        "chars",
+        "random",
+    ]
     assert xlembed("verify", out).exit_code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["vocab_size"] == n + 2 and manifest["extended"][0]["added"] == 2
@@ -65,14 +85,28 @@ def hand_made(tmp_path):
     """猫 next to cat, 狗 next to dog, 书 far from both."""
     out = tmp_path / "hand"
     out.mkdir()
-    save_tensors(out / "embeddings.safetensors", {
-        "embeddings": torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 0.1], [0.9, 0.3], [-1.0, 0.2]]),
-        "projected": torch.tensor([0, 0, 1, 1, 0], dtype=torch.uint8)}, {"model": "m", "layer": "-1", "seed": "0", "oov_fill": "random"})
+    save_tensors(
+        out / "embeddings.safetensors",
+        {
+            "embeddings": torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 0.1], [0.9, 0.3], [-1.0, 0.2]]),
+            "projected": torch.tensor([0, 0, 1, 1, 0], dtype=torch.uint8),
+        },
+        {"model": "m", "layer": "-1", "seed": "0", "oov_fill": "random"},
+    )
     (out / "vocab.txt").write_text("[PAD]\n[UNK]\n猫\n狗\n书\n", encoding="utf-8")
     save_tensors(out / "english.safetensors", {"embeddings": torch.tensor([[1.0, 0.0], [0.9, 0.35], [-1.0, 0.0]])})
     (out / "english_vocab.txt").write_text("cat\ndog\nbook\n", encoding="utf-8")
-    (out / "vocab.tsv").write_text(format_vocab_tsv([VocabRow.new(w, 1, s) for w, s in zip(
-        ["[PAD]", "[UNK]", "猫", "狗", "书"], ["special", "special", "projected", "projected", "random"])]), encoding="utf-8")
+    (out / "vocab.tsv").write_text(
+        format_vocab_tsv(
+            [
+                VocabRow.new(w, 1, s)
+                for w, s in zip(
+                    ["[PAD]", "[UNK]", "猫", "狗", "书"], ["special", "special", "projected", "projected", "random"]
+                )
+            ]
+        ),
+        encoding="utf-8",
+    )
     (out / "manifest.json").write_text(json.dumps({"counts": {"projected_rows": 2, "filled_rows": 1, "special_rows": 2},
                                                    "parameters": {"tokenize": {"user_dict": None, "hmm": True}}}))
     return out
@@ -80,7 +114,10 @@ def hand_made(tmp_path):
 
 def test_neighbors_of_a_chinese_and_an_english_word(hand_made):
     e = load(hand_made)
-    assert [w for w, _ in e.most_similar("猫", k=2)] == ["狗", "书"] and [w for w, _ in e.translate("猫", k=2)] == ["cat", "dog"]
+    assert [w for w, _ in e.most_similar("猫", k=2)] == ["狗", "书"] and [w for w, _ in e.translate("猫", k=2)] == [
+        "cat",
+        "dog",
+    ]
     assert bool(e.projected[e.index("猫")]) is True
     assert e.translate("book", k=1, lang="en")[0][0] == "书" and e.most_similar("book", k=1, lang="en")[0][0] == "dog"
     result = xlembed("neighbors", hand_made, "鱼")
