@@ -8,7 +8,6 @@ import os
 import sys
 import threading
 import time
-from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -30,7 +29,7 @@ from rich.text import Text
 from typer import _click as click  # Typer's own copy of click: its exceptions and parameter sources
 from typer.core import TyperGroup
 
-from xlembed.config import SECTIONS, base_type, default_config_path, flag_name, load_config
+from xlembed.config import base_type, default_config_path, flag_name, load_config, select_fields
 from xlembed.errors import XlembedError
 from xlembed.io import SilentTask
 from xlembed.version import __version__
@@ -301,10 +300,7 @@ def config_command(*selectors: str) -> Callable:
     fields ("encode.model"), generated from their declarations, plus
     --config. The command receives `config`: defaults, then the TOML file,
     then the flags given on the command line (not validated yet)."""
-    chosen = []
-    for selector in selectors:
-        stage, _, name = selector.partition(".")
-        chosen += [(stage, f) for f in fields(SECTIONS[stage]) if not name or f.name == name]
+    chosen = select_fields(*selectors)
     names = [f.name for _, f in chosen]
     assert len(set(names)) == len(names), f"an option name is declared twice: {names}"
 

@@ -276,6 +276,22 @@ def all_fields() -> Iterator[tuple[str, Any]]:
             yield stage, f
 
 
+def select_fields(*selectors: str) -> list[tuple[str, Any]]:
+    """(table, field) for each selector: a whole table ("encode") or one
+    option ("encode.model"). A selector that names no declared table or
+    option is an error (a renamed field must not silently drop its flag)."""
+    chosen = []
+    for selector in selectors:
+        stage, _, name = selector.partition(".")
+        if stage not in SECTIONS:
+            raise ValueError(f"option selector '{selector}': no table [{stage}]")
+        picked = [(stage, f) for f in fields(SECTIONS[stage]) if not name or f.name == name]
+        if not picked:
+            raise ValueError(f"option selector '{selector}': [{stage}] declares no option '{name}'")
+        chosen += picked
+    return chosen
+
+
 def check_value(f, value, name: str) -> None:
     """Range checks of one field; `name` is how the error names it."""
     if value is None:

@@ -2,6 +2,8 @@
 functions count too)."""
 import ast
 
+import pytest
+
 from .conftest import REPO
 
 PIPELINE = REPO / "pipeline"
@@ -71,3 +73,30 @@ def long_functions(folders=("pipeline", "cli"), limit: int = 60) -> list[str]:
 def test_no_library_function_is_over_60_lines():
     assert long_functions(limit=1), "the walk found no functions at all"
     assert long_functions() == []
+
+
+def test_option_selectors_are_checked_against_the_declared_fields():
+    from xlembed.config import select_fields
+
+    assert [f.name for _, f in select_fields("encode.model", "executor.ray_address")] == ["model", "ray_address"]
+    with pytest.raises(ValueError, match="declares no option 'no_such'"):
+        select_fields("align.no_such")
+    with pytest.raises(ValueError, match="no table"):
+        select_fields("nowhere.model")
+
+
+def test_a_single_stage_from_python_gets_the_checks_of_the_cli(tmp_path):
+    from xlembed import Config, XlembedError, run_one
+    from xlembed.io import WorkLock
+    from xlembed.layout import WorkDir
+
+    config = Config()
+    config.executor.executor = "ray"
+    with pytest.raises(XlembedError, match="executor.executor = ray: project runs on Ray only together"):
+        run_one("project", config, tmp_path / "work")
+    assert not (tmp_path / "work").exists()  # refused before the work directory was touched
+    with pytest.raises(XlembedError, match="min-count must be at least 1"):
+        run_one("project", Config().set(min_count=0), tmp_path / "work")
+    with WorkLock(WorkDir(tmp_path / "work").lock, "another xlembed"):
+        with pytest.raises(XlembedError, match="in use by pid .*another xlembed"):
+            run_one("project", Config(), tmp_path / "work")
