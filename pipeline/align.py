@@ -28,19 +28,19 @@ from .io import Reporter, SilentReporter, atomic_path, read_lines, require, requ
 from .layout import WorkDir
 from .records import file_hash, fingerprint, run_stage, stage_key
 
-Links = set[tuple[int, int]]
+LinkSet = set[tuple[int, int]]  # one sentence's links (zh position, en position)
 NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
 
 
-def parse_links(line: str) -> Links:
+def parse_links(line: str) -> LinkSet:
     return {(int(i), int(j)) for i, j in (pair.split("-")[:2] for pair in line.split())}
 
 
-def format_links(links: Links) -> str:
+def format_links(links: LinkSet) -> str:
     return " ".join(f"{i}-{j}" for i, j in sorted(links))
 
 
-def grow_diag_final_and(forward: Links, reverse: Links) -> Links:
+def grow_diag_final_and(forward: LinkSet, reverse: LinkSet) -> LinkSet:
     """Koehn et al.'s heuristic: start from the intersection, grow into
     neighbouring (diagonals included) union links that cover a so-far
     unaligned word, then add union links whose two words are both unaligned."""
@@ -68,7 +68,7 @@ def grow_diag_final_and(forward: Links, reverse: Links) -> Links:
     return links
 
 
-def symmetrize(forward: Links, reverse: Links, method: Symmetrization) -> Links:
+def symmetrize(forward: LinkSet, reverse: LinkSet, method: Symmetrization) -> LinkSet:
     method = Symmetrization(method)
     if method == Symmetrization.intersect:
         return forward & reverse

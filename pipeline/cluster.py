@@ -1,7 +1,13 @@
 """The Ray executor: encode+project and alignment parts as Ray tasks.
 
-encode+project: the corpus is cut into shards of consecutive pairs. Each
-shard (both sides and their links) goes to an encoder actor (one per GPU
+Words: a *block* is a run of consecutive pairs that one encoder actor
+encodes and projects (BlockTask, BlockSums; --shards sets how many, and the
+flag, the progress line, the records and WORK/ray/'s file names keep
+"shard"); a *vector shard* is a file of the local encode stage
+(--shard-rows); an alignment *part* is one eflomal run of --align-shards.
+
+encode+project: the corpus is cut into blocks of consecutive pairs. Each
+block (both sides and their links) goes to an encoder actor (one per GPU
 on a node with GPUs, else one per --worker-cpus CPUs), which loads the
 model, the lexicon and the vocabularies once, chooses the links, encodes
 the shard's English sentences in memory and adds the vectors into
@@ -130,7 +136,7 @@ def plan_encoders(ray, opts: ExecutorConfig) -> Encoders:
     return Encoders(max(1, int(resources.get("CPU", 1)) // opts.worker_cpus), 0, opts.worker_cpus)
 
 
-def shard_bounds(n_sentences: int, shards: int, encoders: int) -> list[int]:
+def block_bounds(n_sentences: int, shards: int, encoders: int) -> list[int]:
     """Where each shard of consecutive sentences starts (and, last, the end)."""
     if shards == 0:
         shards = max(SHARDS_PER_ENCODER * encoders, math.ceil(n_sentences / PAIRS_PER_SHARD))
@@ -147,7 +153,7 @@ class ModelSource(NamedTuple):
     shipped: list  # [ObjectRef of {relative path: bytes}], in a list so that Ray hands over the reference
 
 
-class ShardTask(NamedTuple):
+class BlockTask(NamedTuple):
     """What one encoder needs for one shard of consecutive pairs: both sides and their links."""
 
     index: int
@@ -159,7 +165,7 @@ class ShardTask(NamedTuple):
     kill_marker: str | None  # fault test only: die once at this shard
 
 
-class ShardSums(NamedTuple):
+class BlockSums(NamedTuple):
     """One shard's projection: sums (float32: sums_by_id sums in float32, as
     the local project does within a vector shard, so nothing is lost) and
     counts of the word ids present in it."""
@@ -172,13 +178,13 @@ class ShardSums(NamedTuple):
     ran_on: str  # "DEVICE PRECISION" of the encoder that made it
 
 
-def project_shard(encoder: Encoder, tables: ProjectionTables, task: ShardTask) -> ShardSums:
+def project_block(encoder: Encoder, tables: ProjectionTables, task: BlockTask) -> BlockSums:
     """The projection core on one shard: choose links, encode, rows, sums (as the local stage does)."""
     links = choose_links(task.zh_lines, task.en_lines, task.links_lines, tables)
     word_rows, vectors, counts = encoder.vectors(task.en_lines)  # [n_words], [n_rows, d]
     rows = link_rows(links, word_rows)
     zh, en = sums_by_id(vectors, rows.zh_ids, rows.zh_rows), sums_by_id(vectors, rows.en_ids, rows.en_rows)
-    return ShardSums(
+    return BlockSums(
         task.index,
         zh._replace(sum=zh.sum.float()),
         en._replace(sum=en.sum.float()),
@@ -188,7 +194,7 @@ def project_shard(encoder: Encoder, tables: ProjectionTables, task: ShardTask) -
     )
 
 
-class ShardEncoder:
+class BlockEncoder:
     """A Ray actor: the model loaded once (at its first shard), projecting
     shard after shard. Nodes need xlembed installed, not the model."""
 
@@ -210,7 +216,7 @@ class ShardEncoder:
             path, self.config.encode, *resolve_device_precision(self.config.encode)
         )  # as this node resolves them
 
-    def project(self, task: ShardTask) -> ShardSums:
+    def project(self, task: BlockTask) -> BlockSums:
         if task.kill_marker and not os.path.exists(task.kill_marker):
             Path(task.kill_marker).touch()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -218,7 +224,7 @@ class ShardEncoder:
             import ray
 
             self.encoder, self.tables = self.load(task.model), ray.get(task.tables[0])
-        return project_shard(self.encoder, self.tables, task)
+        return project_block(self.encoder, self.tables, task)
 
 
 def model_files(model_dir: Path) -> dict[str, bytes]:
@@ -257,7 +263,7 @@ class Totals:
         for path in sorted(parts_dir.glob("shard-*.safetensors")):
             k = int(path.stem.split("-")[1])
             if k not in self.done:
-                self.add(self.read_shard(k), save=False)
+                self.add(self.read_block(k), save=False)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -266,17 +272,17 @@ class Totals:
     def shard_path(self, k: int) -> Path:
         return self.dir / f"shard-{k:05d}.safetensors"
 
-    def read_shard(self, k: int) -> ShardSums:
+    def read_block(self, k: int) -> BlockSums:
         path = self.shard_path(k)
         t = load_file(str(path))
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
         counts = {name: int(meta[name]) for name in ENCODE_COUNTS if name in meta}
-        return ShardSums(k, PartSums(t["zh_ids"].numpy(), t["zh_sum"], t["zh_count"]),
+        return BlockSums(k, PartSums(t["zh_ids"].numpy(), t["zh_sum"], t["zh_count"]),
                          PartSums(t["en_ids"].numpy(), t["en_sum"], t["en_count"]),
                          int(t["links_without_vector"][0]), counts, meta.get("ran_on", ""))
 
-    def save_shard(self, shard: ShardSums) -> None:
+    def save_block(self, shard: BlockSums) -> None:
         tensors = {"zh_ids": torch.tensor(shard.zh.ids), "zh_sum": shard.zh.sum, "zh_count": shard.zh.count,
                    "en_ids": torch.tensor(shard.en.ids), "en_sum": shard.en.sum, "en_count": shard.en.count}
         save_tensors(
@@ -286,9 +292,9 @@ class Totals:
         )
         self.bytes_returned += sum(t.nbytes for t in tensors.values())
 
-    def add(self, shard: ShardSums, save: bool = True) -> None:
+    def add(self, shard: BlockSums, save: bool = True) -> None:
         if save:
-            self.save_shard(shard)
+            self.save_block(shard)
         s = self.sums
         add_part(s.zh_sum, s.zh_count, shard.zh)
         add_part(s.en_sum, s.en_count, shard.en)
@@ -329,8 +335,8 @@ class RayJob(NamedTuple):
     executor: dict  # the executor's options, encoders, shards, bytes sent and returned
 
 
-def shard_tasks(work: WorkDir, bounds: list[int], done: list[int], model: ModelSource, tables: list,
-                sent: list[int]) -> Iterator[ShardTask]:
+def block_tasks(work: WorkDir, bounds: list[int], done: list[int], model: ModelSource, tables: list,
+                sent: list[int]) -> Iterator[BlockTask]:
     """The shards still to do, in order, read from the corpus as they are
     sent; `sent[0]` counts the bytes of pairs and links they carry (the
     model and the tables go once per node)."""
@@ -342,10 +348,10 @@ def shard_tasks(work: WorkDir, bounds: list[int], done: list[int], model: ModelS
             continue
         sent[0] += sum(len(line.encode()) + 1 for part in (zh, en, links) for line in part)
         marker = str(work.root / "ray" / f"killed-at-shard-{k}") if kill_at is not None and int(kill_at) == k else None
-        yield ShardTask(k, model, tables, zh, en, links, marker)
+        yield BlockTask(k, model, tables, zh, en, links, marker)
 
 
-def gather(ray, actors: list, tasks: Iterator[ShardTask], totals: Totals, work: WorkDir, task) -> None:
+def gather(ray, actors: list, tasks: Iterator[BlockTask], totals: Totals, work: WorkDir, task) -> None:
     """Keep every actor busy with the next shard; add each shard's sums as it returns."""
     pending: dict = {}
     idle = list(actors)
@@ -369,24 +375,24 @@ def gather(ray, actors: list, tasks: Iterator[ShardTask], totals: Totals, work: 
         task.advance()
 
 
-def run_shards(ray, config: Config, work: WorkDir, key: str, setup: EncodeSetup, tables: ProjectionTables, n_pairs: int,
+def run_blocks(ray, config: Config, work: WorkDir, key: str, setup: EncodeSetup, tables: ProjectionTables, n_pairs: int,
                dim: int, reporter: Reporter) -> RayJob:
     """Encode+project every shard not yet returned, on encoder actors (a dead
     worker's actor is restarted, and its shard retried up to RETRIES times:
     a shard that kills every worker fails the job)."""
     encoders = plan_encoders(ray, config.executor)
-    bounds = shard_bounds(n_pairs, config.executor.shards, encoders.count)
+    bounds = block_bounds(n_pairs, config.executor.shards, encoders.count)
     totals = Totals(
         parts_directory(work, key, len(bounds) - 1), len(tables.vocab.zh_vocab), len(tables.vocab.en_vocab), dim
     )
     resumed, todo = len(totals.done), len(bounds) - 1 - len(totals.done)
     actor = ray.remote(num_cpus=encoders.cpus, num_gpus=encoders.gpus, max_restarts=-1, max_task_retries=RETRIES)(
-        ShardEncoder
+        BlockEncoder
     )
     model = ModelSource(str(setup.model_dir), model_hash(setup.model_dir), [ray.put(model_files(setup.model_dir))])
     actors = [actor.remote(config, encoders.cpus) for _ in range(min(encoders.count, max(1, todo)))]
     sent = [0]
-    tasks = shard_tasks(work, bounds, totals.done, model, [ray.put(tables)], sent)
+    tasks = block_tasks(work, bounds, totals.done, model, [ray.put(tables)], sent)
     with reporter.task(f"encode+project (ray, {len(actors)} encoders)", len(bounds) - 1, "shards") as task:
         task.advance(resumed)  # returned to an earlier driver
         gather(ray, actors, tasks, totals, work, task)
@@ -427,7 +433,7 @@ def encode_and_project(config: Config, work: WorkDir, executor: "RayExecutor", r
                                                        "align.links": n_pairs}, "align")
         model_config = AutoConfig.from_pretrained(setup.model_dir)
         dim = model_config.hidden_size
-        job = run_shards(executor.ray, config, work, key, setup, tables, n_pairs, dim, reporter)
+        job = run_blocks(executor.ray, config, work, key, setup, tables, n_pairs, dim, reporter)
         remove_vectors(work)  # any from an earlier local encode are not these
         counts = {name: job.totals.counts.get(name, 0) for name in ENCODE_COUNTS}
         encoded = encode_record(config, work, setup, max_length_used(config.encode, model_config), dim, counts)

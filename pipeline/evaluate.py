@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .align import Links, align_lines, parse_links, symmetrize
+from .align import LinkSet, align_lines, parse_links, symmetrize
 from .config import AlignConfig, Symmetrization
 from .embeddings import Embeddings
 from .errors import XlembedError
@@ -31,7 +31,7 @@ from .layout import WorkDir
 PTB_BRACKETS = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}"}
 
 
-def alignment_scores(predicted: list[Links], sure: list[Links], possible: list[Links]) -> dict:
+def alignment_scores(predicted: list[LinkSet], sure: list[LinkSet], possible: list[LinkSet]) -> dict:
     """AER = 1 - (|A∩S| + |A∩P|) / (|A| + |S|); possible links include the sure ones."""
     a = sum(len(p) for p in predicted)
     s = sum(len(x) for x in sure)
@@ -45,7 +45,7 @@ def alignment_scores(predicted: list[Links], sure: list[Links], possible: list[L
     )
 
 
-def read_gold(gold_dir: Path) -> tuple[list[str], list[str], list[Links], list[Links]]:
+def read_gold(gold_dir: Path) -> tuple[list[str], list[str], list[LinkSet], list[LinkSet]]:
     """train.zh, train.en and train.align of a gold directory: sentences and
     sure/possible links (`zhIndex-enIndex`, `-P` marks a possible link)."""
     gold_dir = Path(gold_dir)

@@ -246,9 +246,9 @@ def test_the_drivers_totals_fold_returned_shards_into_a_checkpoint_and_read_back
     monkeypatch.setattr(cluster, "FOLD_EVERY", 2)
     rng = np.random.default_rng(0)
 
-    def shard(k: int) -> cluster.ShardSums:
+    def shard(k: int) -> cluster.BlockSums:
         zh_ids, en_ids = np.array([k, k + 1]), np.array([0, k + 2])
-        return cluster.ShardSums(
+        return cluster.BlockSums(
             k,
             PartSums(zh_ids, torch.tensor(rng.normal(size=(2, 3)), dtype=torch.float32), torch.tensor([1, 2])),
             PartSums(en_ids, torch.tensor(rng.normal(size=(2, 3)), dtype=torch.float32), torch.tensor([3, 1])),
