@@ -10,7 +10,7 @@ import threading
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -45,11 +45,45 @@ def fail(message: str, code: int = 2):
 
 
 def _os_error_message(e: OSError) -> str:
+    """The path and the reason. An error without a path, when standard output
+    cannot take what is left to write, is standard output's."""
     where = e.filename if e.filename is not None else ""
-    reason = e.strerror or str(e)
-    if e.errno == errno.ENOSPC:
-        reason = "no space left on the device; the previous output is intact"
+    if where == STDOUT:
+        sys.stdout = open(os.devnull, "w")  # nothing more to write there at exit
+    reason = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
     return f"{where}: {reason}" if where else reason
+
+
+STDOUT = "standard output"
+
+
+class NamedStdout:
+    """sys.stdout whose write errors name it (a full disk under `> file`
+    otherwise gives an error without a path)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as e:
+            e.filename = e.filename or STDOUT
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as e:
+            e.filename = e.filename or STDOUT
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+class Interrupted(Exception):
+    """Ctrl-C, carried past Typer, which turns a KeyboardInterrupt into a silent exit 130."""
 
 
 class OneLineErrors(TyperGroup):
@@ -57,7 +91,15 @@ class OneLineErrors(TyperGroup):
     every OS error becomes one line `error: …` on stderr with exit code 2,
     whatever the terminal width; Ctrl-C is 'interrupted', exit 130."""
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted()
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not isinstance(sys.stdout, NamedStdout):
+            sys.stdout = NamedStdout(sys.stdout)
         try:
             code = super().main(
                 args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
@@ -69,11 +111,15 @@ class OneLineErrors(TyperGroup):
             message = e.format_message().replace("\n", " ")
             command = e.ctx.command_path if getattr(e, "ctx", None) is not None else "xlembed"
             fail(f"{message} (see `{command} --help`)", e.exit_code)
-        except typer.Abort:
+        except (typer.Abort, Interrupted):
             fail("interrupted", 130)
         except XlembedError as e:
             fail(str(e))
         except OSError as e:
+            try:
+                sys.stdout.flush()  # what is left of a failed write fails again, here, not at exit
+            except OSError:
+                pass
             if e.errno == errno.EPIPE:  # `xlembed … | head`
                 sys.stderr = open(os.devnull, "w")
                 raise SystemExit(1)
@@ -129,19 +175,47 @@ class LogTask:
         self.interval = interval if interval is not None else float(os.environ.get("XLEMBED_PROGRESS_INTERVAL", 30))
         self.min_gap = min_gap if min_gap is not None else min(5.0, self.interval)
         self.done = 0
+        self.lock = threading.Lock()
         self.start = self.last = clock()
         self.next_fraction = 0.1
 
     def advance(self, n: int = 1) -> None:
-        self.done += n
-        now = self.clock()
-        fraction = self.done / self.total if self.total else 0.0
-        at_mark = bool(self.total) and fraction >= self.next_fraction and self.done < self.total
-        if now - self.last >= self.interval or (at_mark and now - self.last >= self.min_gap):
-            self.last = now
-            while self.total and fraction >= self.next_fraction:
-                self.next_fraction += 0.1
-            err.print(escape(self.line(now)))
+        with self.lock:
+            self.done += n
+            now = self.clock()
+            fraction = self.done / self.total if self.total else 0.0
+            at_mark = bool(self.total) and fraction >= self.next_fraction and self.done < self.total
+            if now - self.last >= self.interval or (at_mark and now - self.last >= self.min_gap):
+                self.last = now
+                while self.total and fraction >= self.next_fraction:
+                    self.next_fraction += 0.1
+                err.print(escape(self.line(now)))
+
+    def tick(self) -> None:
+        """A line if none came for `interval` seconds, however long a step
+        takes without advancing (eflomal's one run, for instance)."""
+        with self.lock:
+            now = self.clock()
+            if now - self.last >= self.interval:
+                self.last = now
+                err.print(escape(self.line(now)))
+
+    @contextlib.contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """Call tick() every `interval` seconds on a thread while the block runs."""
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(self.interval):
+                self.tick()
+
+        thread = threading.Thread(target=beat, name="progress heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def line(self, now: float) -> str:
         elapsed = now - self.start
@@ -177,7 +251,9 @@ class Reporter:
             yield SilentTask()
             return
         if not self.terminal:
-            yield LogTask(description, total, unit)
+            task = LogTask(description, total, unit)
+            with task.heartbeat():
+                yield task
             return
         with self.lock:
             if self.progress is None:

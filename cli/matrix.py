@@ -122,13 +122,14 @@ def extend(
     """Add rows for new words to an existing matrix, filled from its projected rows (atomically)."""
     from xlembed import Embeddings
     from xlembed.config import require_input
-    from xlembed.embeddings import read_word_list
+    from xlembed.io import out_lock, read_word_list
 
     listed = read_word_list(require_input(words), unique=False)
-    e = Embeddings.load(out_dir)
-    extended, added = e.extend(listed, oov)
-    extended.manifest["extended"][-1]["words_file"] = str(words)
-    extended.save(out_dir)
+    with out_lock(out_dir):  # another writer of OUT waits: both extends keep their words
+        e = Embeddings.load(out_dir)
+        extended, added = e.extend(listed, oov)
+        extended.manifest["extended"][-1]["words_file"] = str(words)
+        extended.save(out_dir)
     sources = {r.source: 0 for r in added}
     for r in added:
         sources[r.source] += 1
@@ -177,7 +178,7 @@ def plot(
 
     chosen = None
     if words is not None:
-        from xlembed.embeddings import read_word_list
+        from xlembed.io import read_word_list
 
         chosen = read_word_list(words)
     n = plot_map(Embeddings.load(out_dir), output, chosen, top, english)

@@ -10,7 +10,6 @@ import contextlib
 import ctypes
 import functools
 import io
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +23,17 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from .config import AlignConfig, Config, Symmetrization, section_dict
-from .io import Reporter, SilentReporter, atomic_path, read_lines, require, require_same_counts
+from .errors import XlembedError
+from .io import (
+    Reporter,
+    SilentReporter,
+    atomic_path,
+    own_temp_dir,
+    read_lines,
+    require,
+    require_same_counts,
+    temp_dir_prefix,
+)
 from .layout import WorkDir
 from .records import file_hash, fingerprint, run_stage, stage_key
 
@@ -116,13 +125,20 @@ def run_eflomal(
 ) -> None:
     """Align with the eflomal package (Chinese = source): both directions in
     one call, links written as zhIndex-enIndex, starting from `priors` (an
-    eflomal priors file) if given. Its temporary files go to `scratch`
-    (cleared first), its binary dies with this process."""
+    eflomal priors file) if given. Its temporary files go to a directory of
+    this process under `scratch` (nothing else there is touched), its binary
+    dies with this process."""
     import eflomal
     import eflomal.cython
 
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    with own_temp_dir(scratch, "eflomal-") as own:
+        _run_eflomal(eflomal, zh_lines, en_lines, forward, reverse, opts, own, priors)
+    with contextlib.suppress(OSError):
+        scratch.rmdir()  # only if empty: a user's file there stays, and so does the directory
+
+
+def _run_eflomal(eflomal, zh_lines, en_lines, forward: Path, reverse: Path, opts: AlignConfig, scratch: Path,
+                 priors: Path | None) -> None:
     temp_file = functools.partial(tempfile.NamedTemporaryFile, dir=scratch)
     aligner = eflomal.Aligner(model=opts.align_model, n_samplers=opts.samplers,
                               rel_iterations=opts.iterations, null_prior=opts.null_prior)
@@ -136,7 +152,6 @@ def run_eflomal(
                               priors_input=priors_file, quiet=True)
         finally:
             eflomal.NamedTemporaryFile, eflomal.cython.NamedTemporaryFile, eflomal.cython.subprocess = saved
-    shutil.rmtree(scratch, ignore_errors=True)
 
 
 class AlignPart(NamedTuple):
@@ -158,7 +173,7 @@ def align_part(part: AlignPart) -> AlignedPart:
     """Align one part in a temporary directory of its own (on whichever node runs it)."""
     if part.scratch:
         Path(part.scratch).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="part-", dir=part.scratch) as tmp:
+    with tempfile.TemporaryDirectory(prefix=temp_dir_prefix() + "part-", dir=part.scratch) as tmp:
         tmp = Path(tmp)
         (tmp / "priors").write_text(part.priors, encoding="utf-8")
         run_eflomal(part.zh, part.en, tmp / "fwd", tmp / "rev", part.opts, tmp / "scratch", priors=tmp / "priors")
@@ -180,7 +195,7 @@ def estimate_priors(zh: list[str], en: list[str], opts: AlignConfig, scratch: Pa
 
     picked = np.unique(np.linspace(0, len(zh) - 1, min(opts.prior_sample, len(zh))).astype(np.int64)).tolist()
     sample_zh, sample_en = [zh[i] for i in picked], [en[i] for i in picked]
-    with tempfile.TemporaryDirectory(prefix="prior-", dir=scratch.parent) as tmp:
+    with own_temp_dir(scratch, "prior-") as tmp:
         fwd, rev = Path(tmp) / "fwd", Path(tmp) / "rev"
         run_eflomal(sample_zh, sample_en, fwd, rev, opts, scratch)
         # calculate_priors takes (source, target, forward, reverse) lines as its own eflomal-makepriors reads them
@@ -240,6 +255,16 @@ def symmetrize_and_count(work: WorkDir, method: Symmetrization) -> tuple[int, in
     return n_pairs, n_links, pair_counts
 
 
+EFLOMAL_MAX_TOKENS = 1024  # eflomal leaves a pair with this many tokens or more on a side without a link
+
+
+def count_too_long(zh: list[str], en: list[str]) -> int:
+    """Pairs eflomal cannot align (no links): counted in the record and shown
+    in the summary, never silent."""
+    return sum(1 for z, e in zip(zh, en)
+               if z.count(" ") + 1 >= EFLOMAL_MAX_TOKENS or e.count(" ") + 1 >= EFLOMAL_MAX_TOKENS)
+
+
 class Translation(NamedTuple):
     """One line of lexicon.tsv: an English word aligned to a Chinese word."""
 
@@ -254,10 +279,12 @@ def read_lexicon(path: Path) -> dict[str, list[Translation]]:
     for lineno, line in enumerate(read_lines(path), start=1):
         if lineno == 1:
             continue  # header
-        zh, en, count, p = line.split("\t")
-        lexicon.setdefault(sys.intern(zh), []).append(
-            Translation(sys.intern(en), int(count), float(p))
-        )  # one copy of each word
+        try:
+            zh, en, count, p = line.split("\t")
+            translation = Translation(sys.intern(en), int(count), float(p))
+        except ValueError:
+            raise XlembedError(f"{path}:{lineno}: expected zh<TAB>en<TAB>count<TAB>p; run `xlembed align --force`")
+        lexicon.setdefault(sys.intern(zh), []).append(translation)  # one copy of each word
     return lexicon
 
 
@@ -275,6 +302,7 @@ def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), 
         zh, en = list(read_lines(work.corpus_zh)), list(read_lines(work.corpus_en))
         require_same_counts(work.root, "line counts", {"corpus.zh": len(zh), "corpus.en": len(en)}, "tokenize")
         parts = min(opts.align_shards, max(1, len(zh)))
+        too_long = count_too_long(zh, en)
         with reporter.task(
             "align (eflomal, both directions)" if parts == 1 else f"align ({parts} parts, priors from a sample)",
             None if parts == 1 else parts,
@@ -289,7 +317,7 @@ def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), 
             options=section_dict(opts),
             inputs=inputs,
             counts=dict(pairs=n_pairs, links=n_links, lexicon_entries=sum(len(c) for c in pair_counts.values()),
-                        zh_words_aligned=len(pair_counts), parts=parts),
+                        zh_words_aligned=len(pair_counts), parts=parts, pairs_too_long_for_eflomal=too_long),
             eflomal_seconds=round(eflomal_seconds, 3),
         )
 

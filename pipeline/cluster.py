@@ -133,6 +133,10 @@ def plan_encoders(ray, opts: ExecutorConfig) -> Encoders:
     gpus = int(resources.get("GPU", 0))
     if gpus:
         return Encoders(gpus, 1, 1)
+    largest = max((node.get("Resources", {}).get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    if largest < opts.worker_cpus:  # Ray would wait forever for a node that big, without a word
+        raise XlembedError(f"--worker-cpus {opts.worker_cpus}: no node of the Ray cluster has that many CPUs "
+                           f"(the largest has {int(largest)}); use --worker-cpus {max(1, int(largest))} or less")
     return Encoders(max(1, int(resources.get("CPU", 1)) // opts.worker_cpus), 0, opts.worker_cpus)
 
 

@@ -15,13 +15,14 @@ them. The same declarations give:
 from __future__ import annotations
 
 import enum
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import XlembedError
-from .io import require_file
+from .io import check_input_stream, read_lines, read_word_list, require_file
 
 PAD, UNK = "[PAD]", "[UNK]"
 
@@ -86,8 +87,11 @@ class TokenizeConfig:
         None, "jieba user dictionary: one word per line, optionally followed by a frequency and a tag."
     )
     hmm: bool = option(True, "jieba's HMM for words not in its dictionary.")
+    check_languages: bool = option(True, "Refuse a corpus whose Chinese side has no Chinese characters on most of "
+                                         "its first lines, or whose English side has them (swapped or wrong "
+                                         "columns); --no-check-languages for genuinely mixed data.", cache_key=False)
     workers: int = option(0, "Processes that segment (jieba is single-threaded); 0 = one per CPU core. "
-                             "The output is the same for any number.", min=0, cache_key=False)
+                             "The output is the same for any number.", min=0, max=256, cache_key=False)
 
 
 @dataclass
@@ -120,8 +124,8 @@ class EncodeConfig:
 class AlignConfig:
     symmetrization: Symmetrization = option(Symmetrization.union, "How the two directions' links are combined.")
     align_model: int = option(3, "eflomal model: 1 = IBM1, 2 = +HMM, 3 = +fertility.", min=1, max=3)
-    iterations: float = option(1.0, "eflomal iterations, relative to its default.", min=0, min_exclusive=True)
-    samplers: int = option(6, "eflomal independent samplers (its default is 3).", min=1)
+    iterations: float = option(1.0, "eflomal iterations, relative to its default.", min=0, max=100, min_exclusive=True)
+    samplers: int = option(6, "eflomal independent samplers (its default is 3).", min=1, max=64)
     null_prior: float = option(0.2, "eflomal prior probability of a NULL link.", min=0, max=1)
     align_shards: int = option(
         1,
@@ -150,7 +154,7 @@ class ProjectConfig:
 @dataclass
 class WriteConfig:
     min_freq: int = option(1, "Corpus frequency a Chinese word needs to get a row.", min=1)
-    seed: int = option(0, "Seed of the random rows of words without a projected vector.", min=0)
+    seed: int = option(0, "Seed of the random rows of words without a projected vector.", min=0, max=2**32 - 1)
     shrink: float = option(
         1.0,
         "Pulls each projected row toward its characters' composition as if that were this many "
@@ -219,11 +223,12 @@ class Config:
                 if path is not None:
                     require_input(path)
             if t.user_dict is not None:
-                require_input(t.user_dict, "jieba user dictionary")
+                check_text_file(require_input(t.user_dict, "jieba user dictionary"))
         if "project" in (stages or STAGES) and self.project.stopwords is not None:
-            require_input(self.project.stopwords, "stopword file")
+            check_text_file(require_input(self.project.stopwords, "stopword file"))
         if "write" in (stages or STAGES) and self.write.vocab is not None:
-            require_input(self.write.vocab, "vocabulary file")
+            # a duplicate or a tab: now, not after projection
+            read_word_list(require_input(self.write.vocab, "vocabulary file"))
         return self
 
     def set(self, **options) -> "Config":
@@ -292,11 +297,20 @@ def select_fields(*selectors: str) -> list[tuple[str, Any]]:
     return chosen
 
 
+INT_LIMIT = 2**31 - 1  # every integer option ends up in a C int (eflomal's, torch's) unless declared lower
+
+
 def check_value(f, value, name: str) -> None:
-    """Range checks of one field; `name` is how the error names it."""
+    """Range checks of one field; `name` is how the error names it. A float
+    must be finite (nan and inf pass every comparison, and would reach a
+    matrix or eflomal), an integer must fit a C int."""
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise XlembedError(f"{name} must be a finite number, got {value}")
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if hi is None and isinstance(value, int) and not isinstance(value, bool) and value > INT_LIMIT:
+        raise XlembedError(f"{name} must be at most {INT_LIMIT}, got {value}")
     if lo is not None and (value < lo or (f.metadata.get("min_exclusive") and value == lo)):
         bound = f"more than {lo}" if f.metadata.get("min_exclusive") else f"at least {lo}"
         raise XlembedError(
@@ -390,11 +404,19 @@ def load_config(path: Path | None, overrides: dict[str, dict[str, Any]] | None =
     return config
 
 
+def check_text_file(path: Path) -> None:
+    """A small input text file is UTF-8 throughout (the error names the line)."""
+    for _ in read_lines(path):
+        pass
+
+
 def require_input(path: Path, what: str = "file") -> Path:
-    """An input file given by the user: it exists, is a file, is readable."""
+    """An input file given by the user: it exists, is a regular file (not a
+    pipe: every input is read more than once), is readable."""
     path = Path(path)
     if what != "file" and not path.exists():
         raise XlembedError(f"{path}: {what} does not exist")
+    check_input_stream(path)
     require_file(path)
     try:
         with open(path, "rb"):

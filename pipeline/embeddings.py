@@ -29,7 +29,7 @@ import torch
 
 from .config import PAD, UNK, Oov
 from .errors import XlembedError
-from .io import XLEMBED_OUTPUT, atomic_path, read_lines, save_tensors, sha256_file, staged_dir, write_json_atomic
+from .io import XLEMBED_OUTPUT, atomic_path, save_tensors, sha256_file, staged_dir, write_json_atomic
 from .layout import OutDir
 from .oov import Filler, fill_rows, pinyin_of
 from .version import __version__
@@ -71,6 +71,24 @@ def parse_vocab_tsv(text: str) -> list[VocabRow]:
 def _words(text: str) -> list[str]:
     """A word list as xlembed writes it: one word per line, each ended by a newline."""
     return text.split("\n")[:-1]
+
+
+def _text(path: Path, files: dict[str, bytes]) -> str:
+    try:
+        return files[path.name].decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = files[path.name][:e.start].count(b"\n") + 1
+        raise XlembedError(f"{path}:{line}: not valid UTF-8; the output is damaged (`xlembed verify` tells more)")
+
+
+def _word_file(path: Path, files: dict[str, bytes], rows: int) -> list[str]:
+    """A vocabulary file of a build, checked against its matrix: one word per
+    row, or the words would map to the wrong rows."""
+    words = _words(_text(path, files))
+    if len(words) != rows:
+        raise XlembedError(f"{path}: {len(words):,} words for {rows:,} matrix rows; the output is damaged "
+                           "(`xlembed verify` tells more)")
+    return words
 
 
 def _format_words(words: list[str]) -> str:
@@ -156,10 +174,11 @@ class Embeddings:
             manifest = json.loads(files[o.manifest.name]) if o.manifest.name in files else {}
         except Exception as e:  # safetensors and json raise several kinds
             raise XlembedError(f"{o.root}: cannot read the matrices: {str(e).splitlines()[0]}")
-        words = _words(files[o.vocab.name].decode("utf-8"))
+        words = _word_file(o.vocab, files, len(tensors["embeddings"]))
+        english_words = _word_file(o.english_vocab, files, len(english))
         projected = tensors["projected"].bool()
         if o.vocab_tsv.name in files:
-            rows = parse_vocab_tsv(files[o.vocab_tsv.name].decode("utf-8"))
+            rows = parse_vocab_tsv(_text(o.vocab_tsv, files))
         else:  # a matrix made elsewhere: provenance from the flags alone
             rows = [VocabRow.new(w, 0, "special" if w in (PAD, UNK) else "projected" if p else "random")
                     for w, p in zip(words, projected.tolist())]
@@ -167,7 +186,7 @@ class Embeddings:
             words=words,
             vectors=tensors["embeddings"],
             projected=projected,
-            english_words=_words(files[o.english_vocab.name].decode("utf-8")),
+            english_words=english_words,
             english_vectors=english,
             rows=rows,
             manifest=manifest,
@@ -438,6 +457,8 @@ def verify(out: Path | str) -> list[str]:
         manifest = json.loads(files[o.manifest.name])
     except (ValueError, UnicodeDecodeError) as e:
         return [f"{o.manifest}: not valid JSON: {e}"]
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+        return [f"{o.manifest}: not an xlembed manifest (expected a JSON object with a 'files' table)"]
     if problems := checksum_problems(o, manifest, files):
         return problems
     problems = []
@@ -476,23 +497,6 @@ def verify(out: Path | str) -> list[str]:
             f"{o.manifest}: projected_rows {counts.get('projected_rows')} but the matrix marks {int(projected.sum())}"
         )
     return problems
-
-
-def read_word_list(path: Path, unique: bool = True) -> list[str]:
-    """A user's word list: one word per line, order kept; errors name the
-    line. With `unique`, a word listed twice is an error."""
-    words, seen = [], {}
-    for lineno, line in enumerate(read_lines(path), start=1):
-        word = line.strip()
-        if not word or " " in word:
-            raise XlembedError(f"{path}:{lineno}: expected one word per line")
-        if unique and word in seen:
-            raise XlembedError(f"{path}:{lineno}: '{word}' is already on line {seen[word]}")
-        seen[word] = lineno
-        words.append(word)
-    if not words:
-        raise XlembedError(f"{path}: empty word list")
-    return words
 
 
 class ChineseTokenizer:

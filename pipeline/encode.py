@@ -133,21 +133,29 @@ def windows(n_pieces: np.ndarray, window: int) -> list[tuple[int, int, np.ndarra
     spans = []
     for s in nominal:
         start = int(begins[np.searchsorted(ends, s, side="right")])  # start of the word holding piece s
-        fitting = ends[(ends <= start + window) & (ends > start)]
-        stop = int(fitting[-1]) if len(fitting) else start + window
+        fits = int(np.searchsorted(ends, start + window, side="right")) - 1  # the last word ending within the window
+        stop = int(ends[fits]) if fits >= 0 and ends[fits] > start else start + window
         if not spans or spans[-1] != (start, stop):
             spans.append((start, stop))
-    starts = np.array([a for a, _ in spans])  # [K]
-    stops = np.array([b for _, b in spans])  # [K]
-    has_pieces = n_pieces > 0
-    inside = (begins[:, None] >= starts[None, :]) & (ends[:, None] <= stops[None, :])  # [n_words, K]
-    distance = np.abs((begins + ends)[:, None] - (starts + stops)[None, :]).astype(np.float64)  # 2 x centre distance
-    distance[~inside] = np.inf
-    owner = distance.argmin(1)  # [n_words]
-    homeless = has_pieces & ~inside.any(1)
+    starts = np.array([a for a, _ in spans], dtype=np.int64)  # [K] non-decreasing, as are stops
+    stops = np.array([b for _, b in spans], dtype=np.int64)  # [K]
+    # the windows holding word j whole are the range first[j]..last[j] (memory linear in the
+    # sentence, not [n_words, K]); its owner is the one whose centre is nearest its own
+    first = np.searchsorted(np.maximum.accumulate(stops), ends, side="left")  # [n_words]
+    last = np.searchsorted(starts, begins, side="right") - 1  # [n_words]
+    homeless = (n_pieces > 0) & (first > last)
+    centres, word_centres = starts + stops, begins + ends  # 2 x centre
+    lo = np.minimum(first, len(spans) - 1)  # (for homeless words: any window)
+    hi = np.clip(last, lo, None)
+    nearest = np.clip(np.searchsorted(centres, word_centres), lo, hi)  # [n_words]
+    before = np.clip(nearest - 1, lo, hi)
+    owner = np.where(np.abs(centres[before] - word_centres) <= np.abs(centres[nearest] - word_centres), before, nearest)
+    owner = np.maximum(np.searchsorted(centres, centres[owner], side="left"), lo)  # the first of equally near windows
     result = []
-    for k, (start, stop) in enumerate(spans):
-        owned = np.flatnonzero((owner == k) & has_pieces & ~homeless)
+    owned_words = np.flatnonzero((n_pieces > 0) & ~homeless)
+    owned_words = owned_words[np.argsort(owner[owned_words], kind="stable")]  # grouped by window, in word order
+    by_owner = np.split(owned_words, np.searchsorted(owner[owned_words], np.arange(1, len(spans)), side="left"))
+    for (start, stop), owned in zip(spans, by_owner):
         if len(owned):
             result.append((start, stop, owned.astype(np.int32)))
     for j in np.flatnonzero(homeless):
@@ -222,7 +230,8 @@ class Batch:
     piece_position: torch.Tensor  # [P] its position (after the special prefix)
     piece_target: torch.Tensor  # [P] local output row of its word
     n_rows: int  # words that get their vector from this batch
-    n_sentences: int  # items that end a sentence (for progress)
+    n_sentences: int  # items that end a sentence
+    n_pieces: int  # word pieces of its items, special tokens and padding left out (progress counts these)
 
 
 def make_batch(
@@ -253,6 +262,7 @@ def make_batch(
         piece_target=torch.from_numpy(target - row_start),
         n_rows=int(target.max() - row_start + 1) if len(target) else 0,
         n_sentences=sum(ends_sentence(item, pieces) for item in items),
+        n_pieces=sum(item.stop - item.start for item in items),
     )
 
 
@@ -510,15 +520,17 @@ class Encoder:
         """What the encode record counts (all sums over sentences: additive)."""
         n_total = int(plan.rows.sent_offsets[-1])
         n_vec_words = int((plan.rows.word_rows >= 0).sum())
-        without_pieces = int(
-            np.array([int((n == 0).sum()) for n in plan.pieces.n_pieces], dtype=np.int64)[plan.unique_of].sum()
-        )
+        per_unique = np.array([(int((n == 0).sum()), int((n > self.window).sum())) for n in plan.pieces.n_pieces],
+                              dtype=np.int64).reshape(-1, 2)[plan.unique_of].sum(0)
+        without_pieces = int(per_unique[0])
+        # a word longer than the window gets its vector from its first pieces: truncated, as is one without a vector
+        truncated = n_total - n_vec_words - without_pieces + int(per_unique[1])
         counts = (
             len(plan.unique_of),
             len(plan.n_words),
             n_total,
             n_vec_words,
-            n_total - n_vec_words - without_pieces,
+            truncated,
             without_pieces,
             sum(len(ids) > self.window for ids in plan.pieces.ids),
             len(plan.rows.items),
@@ -579,12 +591,14 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
         shard_starts, next_item, resumed_at = resume(work, setup.key)
         writer = ShardWriter(work, setup.key, shard_starts, opts.shard_rows, encoder.dim,
                              batch_rows=max(opts.batch_tokens, encoder.window))  # a batch's words <= its pieces
-        with reporter.task("encode", len(plan.n_words), "sentences") as task:
-            task.advance(sum(ends_sentence(item, plan.pieces) for item in plan.rows.items[:next_item]))
+        # progress in units of work: items run longest first, so sentences/s would start slow and
+        # make the ETA hours too long; word pieces/s holds from the first batch to the last
+        with reporter.task("encode", sum(item.stop - item.start for item in plan.rows.items), "word pieces") as task:
+            task.advance(sum(item.stop - item.start for item in plan.rows.items[:next_item]))
 
             def done(batch: Batch, next_item: int) -> None:
                 writer.add(batch.n_rows, next_item)
-                task.advance(batch.n_sentences)
+                task.advance(batch.n_pieces)
 
             encoder.run(plan, next_item, writer.rows, done)
             writer.close(len(plan.rows.items))
@@ -616,7 +630,7 @@ def read_progress(work: WorkDir, key: str) -> dict | None:
     """The progress of an interrupted encode with this key, if its shards are all there."""
     try:
         progress = read_json(work.vectors_progress)
-    except (OSError, ValueError):
+    except (OSError, ValueError, XlembedError):
         return None
     if progress.get("key") != key:
         return None
@@ -640,7 +654,17 @@ class VectorStore:
         return len(self.shard_starts) - 1
 
     def shard(self, k: int) -> torch.Tensor:
-        return load_file(str(require(self.work.vectors_shard(k), "encode")))["vectors"]
+        """Shard k's vectors, checked: a whole safetensors file, every value
+        finite (a damaged shard never reaches a matrix)."""
+        path = require(self.work.vectors_shard(k), "encode")
+        try:
+            vectors = load_file(str(path))["vectors"]
+        except Exception as e:  # safetensors' own error types: truncated or garbled file
+            raise XlembedError(f"{path}: not a readable vector shard ({str(e).splitlines()[0]}); "
+                               "run `xlembed encode --force`")
+        if not bool(torch.isfinite(vectors).all()):
+            raise XlembedError(f"{path}: holds non-finite values (NaN or infinity); run `xlembed encode --force`")
+        return vectors
 
     def rows_of(self, sentence: int) -> np.ndarray:
         return self.word_rows[self.sent_offsets[sentence]:self.sent_offsets[sentence + 1]]

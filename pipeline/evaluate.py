@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -116,6 +117,8 @@ def read_wordsim(path: Path) -> list[tuple[str, str, float]]:
             pairs.append((cols[0].strip(), cols[1].strip(), float(cols[2])))
         except (IndexError, ValueError):
             raise XlembedError(f"{path}:{lineno}: expected word1<TAB>word2<TAB>score")
+        if not math.isfinite(pairs[-1][2]):
+            raise XlembedError(f"{path}:{lineno}: the score must be a finite number, got {cols[2].strip()}")
     return pairs
 
 
@@ -173,6 +176,7 @@ def lexicon_induction(
     result = dict(words=words, covered=n, coverage=n / words if words else float("nan"),
                   covered_projected=sum(bool(matrix.projected[i]) for i, _ in queries))
     methods = ["cosine"] + (["csls"] if csls_k else [])
+    result["csls_k"] = csls_k
     if not queries:
         return result | {m: {f"p_at_{k}{suffix}": float("nan") for k in ks for suffix in ("", "_all")} for m in methods}
     query_ids = torch.tensor([i for i, _ in queries])
@@ -191,7 +195,6 @@ def lexicon_induction(
             hits = sum(bool(set(t[:k]) & gold) for t, (_, gold) in zip(top[method], queries))
             result[method][f"p_at_{k}"] = hits / n
             result[method][f"p_at_{k}_all"] = hits / words
-    result["csls_k"] = csls_k
     return result
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import gzip
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -63,6 +66,26 @@ def read_lines(path: Path) -> Iterator[str]:
             raise XlembedError(f"{path}:{lineno + 1}: cannot read: {e}")
 
 
+def read_word_list(path: Path, unique: bool = True) -> list[str]:
+    """A user's word list: one word per line, order kept; errors name the
+    line. A word holds no whitespace or control character (a `word<TAB>count`
+    line is refused: it would make an output that cannot be loaded). With
+    `unique`, a word listed twice is an error."""
+    words, seen = [], {}
+    for lineno, line in enumerate(read_lines(path), start=1):
+        word = line.strip()
+        if not word or len(word.split()) != 1 or not word.isprintable():
+            shown = "a tab" if "\t" in word else "whitespace or a control character" if word else "nothing"
+            raise XlembedError(f"{path}:{lineno}: expected one word per line, found {shown}")
+        if unique and word in seen:
+            raise XlembedError(f"{path}:{lineno}: '{word}' is already on line {seen[word]}")
+        seen[word] = lineno
+        words.append(word)
+    if not words:
+        raise XlembedError(f"{path}: empty word list")
+    return words
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     try:
@@ -76,6 +99,62 @@ def sha256_file(path: Path) -> str:
 
 def _temp_name(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+
+
+# what xlembed's temporaries are called, each with its process id: `.NAME.PID.HEX.tmp` beside a file
+# being written, `xlembed-PID-...` directories for child processes' files (eflomal's)
+_OWN_TEMPORARY = re.compile(r"^(?:\..+\.(\d+)\.[0-9a-f]{8}\.(?:tmp|partial|old)"
+                            r"|xlembed-(\d+)-(?:eflomal|part|prior)-[a-z0-9_]{8})$")
+
+
+def temp_dir_prefix() -> str:
+    return f"xlembed-{os.getpid()}-"
+
+
+@contextlib.contextmanager
+def own_temp_dir(parent: Path, kind: str) -> Iterator[Path]:
+    """A temporary directory of this process under `parent`, removed after;
+    `parent` itself and anything else in it are never touched."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=temp_dir_prefix() + kind, dir=parent) as tmp:
+        yield Path(tmp)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(work: Path, subdirs: tuple[str, ...] = ("tmp", "vectors")) -> int:
+    """Remove xlembed's temporaries left in `work` (and its `subdirs`) by
+    processes that died (killed mid-stage: hundreds of MB at scale). Only
+    names xlembed gives, only of dead processes; WORK/tmp itself goes only
+    when empty. Called under the work directory's lock. Returns the count."""
+    removed = 0
+    work = Path(work)
+    for directory in (work, *(work / d for d in subdirs)):
+        try:
+            entries = list(directory.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            match = _OWN_TEMPORARY.match(entry.name)
+            if not match or _process_alive(int(match.group(1) or match.group(2))):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+    with contextlib.suppress(OSError):
+        (work / "tmp").rmdir()  # only if empty
+    return removed
 
 
 @contextlib.contextmanager
@@ -94,6 +173,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename not in (None, str(tmp)):
+            raise  # another file's error
+        previous = "; the previous version is intact" if path.exists() else "; nothing was written"
+        reason = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise XlembedError(f"{path}: {reason}{previous}") from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -121,7 +206,11 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file xlembed wrote; a damaged one (truncated, hand-edited) is one line naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise XlembedError(f"{path}: not valid JSON ({e}); rerun the command that wrote it")
 
 
 def require(path: Path, stage: str) -> Path:
@@ -157,7 +246,7 @@ def check_output_dir(out: Path) -> None:
     ours = {p.name for p in OutDir(out).all_files}
     try:
         manifest = read_json(out / "manifest.json")
-    except (OSError, ValueError):
+    except (OSError, ValueError, XlembedError):
         manifest = None
     ours_by_manifest = isinstance(manifest, dict) and (
         manifest.get("kind") == XLEMBED_OUTPUT
@@ -170,6 +259,47 @@ def check_output_dir(out: Path) -> None:
         raise XlembedError(
             f"{out}: holds files xlembed did not write ({', '.join(sorted(present - ours))}); refusing to replace it"
         )
+
+
+def check_out_path(out: Path, work: Path | None = None) -> None:
+    """--out names a directory that xlembed may create or replace as a whole:
+    not empty, not the current directory or one above it, not a symbolic
+    link (it would be replaced by a directory), not a mount point (it cannot
+    be renamed), not the work directory nor one holding it (replacing it
+    would delete the work). Checked before any stage runs."""
+    text = str(out)
+    if not text.strip():
+        raise XlembedError("--out: empty path; give the output directory to create or replace")
+    out = Path(out)
+    if out.is_symlink():
+        raise XlembedError(f"{out}: --out is a symbolic link; give the directory itself (it is replaced as a whole)")
+    here, resolved = Path.cwd().resolve(), out.resolve()
+    if resolved == here or resolved in here.parents:
+        raise XlembedError(f"{out}: --out is the current directory or holds it; "
+                           f"give a directory of its own (e.g. {out}/out)")
+    if out.is_dir() and os.path.ismount(out):
+        raise XlembedError(f"{out}: --out is a mount point, which cannot be replaced; give a directory inside it")
+    if work is not None:
+        work_resolved = Path(work).resolve()
+        if work_resolved == resolved:
+            raise XlembedError(f"{out}: --out and --work are the same directory; give each its own")
+        if resolved in work_resolved.parents:
+            raise XlembedError(f"{work}: --work is inside --out, which is replaced as a whole; put it beside --out")
+
+
+def check_input_stream(path: Path) -> None:
+    """A corpus is read more than once (its size, then its pairs, then its
+    hash): a pipe or a device (/dev/stdin, a named pipe) is refused up front
+    rather than read half or waited on forever."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # require_file names what is wrong
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise XlembedError(f"{path}: not a regular file (a pipe or a device); xlembed reads its input more than once, "
+                           "so save it to a file first")
 
 
 def check_writable(directory: Path) -> None:
@@ -193,6 +323,32 @@ def _try_flock(fd: int) -> bool:
         return False
 
 
+_out_locks_held: set[str] = set()
+
+
+@contextlib.contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Writers of an output directory take turns: an flock on its parent
+    directory (OUT itself is replaced whole, so a lock on it would be lost),
+    waited for, released by the kernel however the holder dies. Re-entrant
+    in one process: `extend` holds it from reading OUT to replacing it, so
+    that two extends both keep their words."""
+    parent = Path(out).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    key = str(parent.resolve())
+    if key in _out_locks_held:
+        yield
+        return
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _out_locks_held.add(key)
+        yield
+    finally:
+        _out_locks_held.discard(key)
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def staged_dir(out: Path) -> Iterator[Path]:
     """Yield an empty staging directory beside `out`; on success it replaces
@@ -201,8 +357,23 @@ def staged_dir(out: Path) -> Iterator[Path]:
     locked (flock), so that another writer only clears leftovers of killed
     writes, never a live one."""
     out = Path(out)
-    check_output_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with out_lock(out):
+        check_output_dir(out)
+        existed, stage = out.exists(), None
+        try:
+            with _staged_dir(out) as stage:
+                yield stage
+        except OSError as e:
+            inside = stage is not None and e.filename is not None and str(e.filename).startswith(str(stage) + os.sep)
+            if not inside:
+                raise
+            reason = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            kept = "the previous output is intact" if existed else "nothing was written"
+            raise XlembedError(f"{out / Path(e.filename).relative_to(stage)}: {reason}; {kept}") from e
+
+
+@contextlib.contextmanager
+def _staged_dir(out: Path) -> Iterator[Path]:
     for stale in out.parent.glob(f".{out.name}.*.partial"):
         _remove_if_unlocked(stale)
     for old in out.parent.glob(f".{out.name}.*.old"):  # killed between the two renames of the fallback

@@ -6,14 +6,19 @@ be a local directory.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# transformers' warnings (bos_token_id ...) would print before our one-line error
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from .errors import XlembedError  # noqa: E402
 
@@ -23,6 +28,18 @@ WEIGHT_FILES = (
     "model.safetensors.index.json",
     "pytorch_model.bin.index.json",
 )
+
+
+@contextlib.contextmanager
+def quiet_library() -> Iterator[None]:
+    """transformers' warnings and log lines silenced: what matters reaches the
+    user as our one-line error, not after a screen of library advice."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def default_model_dir() -> Path:
@@ -49,7 +66,8 @@ def resolve_model_dir(model: Path | str | None) -> Path:
     if not (path / "config.json").exists():
         raise XlembedError(f"{path}: not a model directory (no config.json)")
     try:
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        with quiet_library():
+            config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as e:  # transformers raises many kinds here
         raise XlembedError(f"{path}/config.json: not a transformers model config: {str(e).splitlines()[0]}")
     bidirectional = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -60,6 +78,15 @@ def resolve_model_dir(model: Path | str | None) -> Path:
     if not any((path / name).exists() for name in WEIGHT_FILES):
         raise XlembedError(f"{path}: no model weights ({' or '.join(WEIGHT_FILES[:2])})")
     return path.resolve()
+
+
+def check_device(device) -> None:
+    """--device cuda on a machine without CUDA: refused before any stage runs."""
+    if str(getattr(device, "value", device)) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise XlembedError("--device cuda: no CUDA device is available (use --device auto or cpu)")
 
 
 def check_model(model: Path | None, layer: str | None = None, max_length: int | None = None) -> Path:
@@ -124,7 +151,8 @@ def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        with quiet_library():
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except Exception as e:  # transformers raises many kinds here
         raise XlembedError(f"{model_dir}: cannot load a tokenizer: {str(e).splitlines()[0]}")
     if not tokenizer.is_fast:
@@ -140,6 +168,7 @@ def load_encoder(model_dir: Path):
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     try:
-        return AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+        with quiet_library():
+            return AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
     except Exception as e:
         raise XlembedError(f"{model_dir}: cannot load the model: {str(e).splitlines()[0]}")

@@ -34,6 +34,7 @@ from safetensors import safe_open
 from .align import Translation, parse_links, read_lexicon
 from .config import Config, plain, section_dict
 from .encode import VectorStore
+from .errors import XlembedError
 from .io import (
     Reporter,
     SilentReporter,
@@ -174,6 +175,20 @@ class ChosenLinks(NamedTuple):
     link_positions: np.ndarray  # [n_links] the English occurrence whose vector it takes (ascending)
 
 
+def parse_checked_links(line: str, n_zh: int, n_en: int) -> set[tuple[int, int]]:
+    """A line of align.links whose links all fall inside its pair (a damaged file is one line, not an IndexError)."""
+    try:
+        links = parse_links(line)
+    except ValueError:
+        raise XlembedError(f"align.links: '{line[:40]}' is not a line of zhIndex-enIndex links; "
+                           "run `xlembed align --force`")
+    bad = next(((i, j) for i, j in links if not (0 <= i < n_zh and 0 <= j < n_en)), None)
+    if bad is not None:
+        raise XlembedError(f"align.links: link {bad[0]}-{bad[1]} is outside its pair of {n_zh} Chinese and "
+                           f"{n_en} English words; run `xlembed align --force`")
+    return links
+
+
 def choose_links(zh_lines: Iterable[str], en_lines: Iterable[str], links_lines: Iterable[str],
                  tables: ProjectionTables) -> ChosenLinks:
     """One streaming pass over a block of sentences and their links, by the tables' strategy."""
@@ -184,7 +199,7 @@ def choose_links(zh_lines: Iterable[str], en_lines: Iterable[str], links_lines: 
         offset = len(en_words)
         en_words.extend([en_ids[w] for w in en])
         sent_offsets.append(len(en_words))
-        for i, j in choose(sorted(parse_links(links_line)), zh, en, lexicon):
+        for i, j in choose(sorted(parse_checked_links(links_line, len(zh), len(en))), zh, en, lexicon):
             if zh[i] not in lexicon.stopwords:
                 link_words.append(zh_ids[zh[i]])
                 link_positions.append(offset + j)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import plain
+from .errors import XlembedError
 from .io import read_json, sha256_file, write_json_atomic
 from .layout import WorkDir
 from .version import __version__
@@ -44,16 +45,83 @@ def fingerprint(section) -> dict:
     return result
 
 
-def up_to_date(work: WorkDir, stage: str, key: str) -> dict | None:
-    """The stage's record if it was computed from exactly `key`, else None."""
-    path = work.record(stage)
-    if not path.exists():
-        return None
+# the records each stage reads (their keys go into its record: a stage computed from an earlier
+# output of one of them is stale)
+STAGE_READS = {"tokenize": (), "encode": ("tokenize",), "align": ("tokenize",), "project": ("encode", "align")}
+
+
+def stage_outputs(work: WorkDir, stage: str) -> list[Path]:
+    """The files a stage writes into the work directory (those that exist)."""
+    files = {
+        "tokenize": [work.corpus_en, work.corpus_zh],
+        "encode": [work.vectors_index, *sorted(work.vectors_dir.glob("shard-*.safetensors"))],
+        "align": [work.links_forward, work.links_reverse, work.links, work.lexicon],
+        "project": [work.projection, work.projection_zh_vocab, work.projection_en_vocab],
+    }.get(stage, [])
+    return [p for p in files if p.exists()]
+
+
+def stamps(work: WorkDir, paths: list[Path]) -> dict[str, list[int]]:
+    """What a stage wrote, as cheap to check at any scale: size and mtime (ns) of each file."""
+    result = {}
+    for path in paths:
+        st = Path(path).stat()
+        result[str(Path(path).relative_to(work.root))] = [st.st_size, st.st_mtime_ns]
+    return result
+
+
+def changed_output(work: WorkDir, record: dict) -> Path | None:
+    """The first file the record says its stage wrote that is gone or changed since; None if all are intact."""
+    for name, (size, mtime_ns) in (record.get("wrote") or {}).items():
+        path = work.root / name
+        try:
+            st = path.stat()
+        except OSError:
+            return path
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            return path
+    return None
+
+
+def read_record(work: WorkDir, stage: str) -> dict | None:
+    """A stage's record, or None when it is missing or not a readable JSON object."""
     try:
-        record = read_json(path)
-    except (ValueError, OSError):
+        record = read_json(work.record(stage))
+    except (ValueError, OSError, XlembedError):
         return None
-    return record if record.get("key") == key else None
+    return record if isinstance(record, dict) else None
+
+
+def check_chain(work: WorkDir, stage: str) -> dict:
+    """The record of `stage`, checked with every record it was computed from:
+    each exists, its outputs are as it wrote them, and it was computed from
+    the current output of the stages it read. Otherwise one line naming the
+    file and the command to run."""
+    record = read_record(work, stage)
+    if record is None:
+        path = work.record(stage)
+        reason = "missing" if not path.exists() else "not a valid record"
+        raise XlembedError(f"{path}: {reason}; run `xlembed {stage}` (or `xlembed run`)")
+    changed = changed_output(work, record)
+    if changed is not None:
+        raise XlembedError(f"{changed}: {'missing' if not changed.exists() else 'changed'} since `xlembed {stage}` "
+                           f"wrote it; run `xlembed {stage}` again (or `xlembed run`)")
+    for upstream, key in (record.get("read") or {}).items():
+        current = read_record(work, upstream)
+        if current is None or current.get("key") != key:
+            raise XlembedError(f"{work.record(stage)}: computed from an earlier `xlembed {upstream}` output; "
+                               f"run `xlembed {stage}` again (or `xlembed run`)")
+        check_chain(work, upstream)
+    return record
+
+
+def up_to_date(work: WorkDir, stage: str, key: str) -> dict | None:
+    """The stage's record if it was computed from exactly `key` and its
+    outputs are as it wrote them, else None."""
+    record = read_record(work, stage)
+    if record is None or record.get("key") != key or changed_output(work, record) is not None:
+        return None
+    return record
 
 
 def invalidate(work: WorkDir, stage: str) -> None:
@@ -63,17 +131,23 @@ def invalidate(work: WorkDir, stage: str) -> None:
 def run_stage(
     work: WorkDir, stage: str, key: str, force: bool, compute: Callable[[], dict], outputs: tuple[Path, ...] = ()
 ) -> dict:
-    """Skip the stage when its record matches `key` and `outputs` (files the
-    record alone does not vouch for) exist (unless `force`), else
-    invalidate it, run `compute()` (which writes the outputs and returns the
-    record's content: options, inputs, counts, ...) and write the record
-    with the key and the seconds it took. Returns the record; `skipped` is
-    set when nothing was computed."""
+    """Skip the stage when its record matches `key` and its outputs are as
+    it wrote them (unless `force`), else run `compute()` (which writes the
+    outputs and returns the record's content: options, inputs, counts, ...)
+    and write the record with the key, the keys of the records it read, the
+    size and mtime of what it wrote, and the seconds it took. The records it
+    reads are checked first (stale: one line naming the file). A failing
+    stage leaves its previous outputs and record in place: an output it
+    replaced before failing no longer matches the record, so the stage is
+    recomputed next time. Returns the record; `skipped` when nothing ran."""
+    reads = {upstream: check_chain(work, upstream)["key"] for upstream in STAGE_READS.get(stage, ())
+             if work.record(upstream).exists()}  # without one, the stage's own checks name its missing input
     if not force and (record := up_to_date(work, stage, key)) and all(Path(p).exists() for p in outputs):
         return dict(record, skipped=True)
     start = time.perf_counter()
-    invalidate(work, stage)
     record = dict(stage=stage, key=key, **compute())
+    record["read"] = reads
+    record["wrote"] = stamps(work, stage_outputs(work, stage) + [p for p in outputs if Path(p).exists()])
     record["seconds"] = round(time.perf_counter() - start, 3)
     write_json_atomic(work.record(stage), record)
     return record

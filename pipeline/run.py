@@ -11,17 +11,66 @@ from .config import Config, Executor
 from .encode import encode
 from .errors import XlembedError
 from .executor import Runs, open_executor
-from .io import Reporter, SilentReporter, WorkLock, check_output_dir, check_writable
+from .io import (
+    Reporter,
+    SilentReporter,
+    WorkLock,
+    check_out_path,
+    check_output_dir,
+    check_writable,
+    remove_stale_temporaries,
+)
 from .layout import WorkDir
-from .models import check_model
+from .models import check_device, check_model
 from .project import project
 from .tokenize import tokenize
 from .write import write
 
 
+def check_ray_installed() -> None:
+    """--executor ray (or --ray-address) without Ray installed: refused before any stage."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise XlembedError("--executor ray needs the `ray` package: pip install 'xlembed[ray]'")
+
+
+RAY_CONNECT_SECONDS = 10.0  # how long an explicit --ray-address may take to answer before the job is refused
+
+
+def check_ray_options(opts) -> None:
+    """What can be known of Ray before any stage runs: an encoder's
+    --worker-cpus fits this machine when Ray is started here, and an
+    explicit HOST:PORT address answers within RAY_CONNECT_SECONDS (Ray
+    itself would retry for minutes, silently)."""
+    import os
+    import socket
+
+    if not opts.ray_address:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if opts.worker_cpus > cpus:
+            raise XlembedError(f"--worker-cpus {opts.worker_cpus}: the local Ray has {cpus} CPUs, so no encoder "
+                               f"could be scheduled; use --worker-cpus {cpus} or less, or --ray-address of a "
+                               "bigger cluster")
+        return
+    if opts.ray_address == "auto":
+        return
+    host, _, port = opts.ray_address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise XlembedError(f"--ray-address {opts.ray_address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_SECONDS).close()
+    except OSError as e:
+        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise XlembedError(f"--ray-address {opts.ray_address}: cannot reach the cluster ({reason} within "
+                           f"{RAY_CONNECT_SECONDS:.0f} s); is it started (`ray start --head`)?")
+
+
 def default_work_dir(out: Path) -> Path:
     """OUT.work beside OUT."""
-    return Path(out).with_name(Path(out).name + ".work")
+    check_out_path(out)
+    out = Path(out)
+    return out.with_name(out.name + ".work") if out.name else out.resolve().with_name(out.resolve().name + ".work")
 
 
 @contextlib.contextmanager
@@ -34,13 +83,20 @@ def prepared(config: Config, stages: tuple[str, ...], work: WorkDir, out: Path |
     config.validate(stages)
     if "encode" in stages:
         check_model(config.encode.model, config.encode.layer, config.encode.max_length)
+        check_device(config.encode.device)
     elif "tokenize" in stages:
         check_model(config.encode.model)
+    if "executor" in stages and (config.executor.executor == Executor.ray or config.executor.ray_address):
+        check_ray_installed()
+        if config.executor.executor == Executor.ray:
+            check_ray_options(config.executor)
     if out is not None:
+        check_out_path(out, work.root)
         check_output_dir(out)
         check_writable(Path(out).parent)
     check_writable(work.root)
     with WorkLock(work.lock, command):
+        remove_stale_temporaries(work.root)  # of killed earlier commands; ours alone hold the lock now
         yield
 
 

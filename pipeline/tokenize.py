@@ -11,6 +11,8 @@ import itertools
 import logging
 import multiprocessing
 import os
+import re
+import signal
 import unicodedata
 from pathlib import Path
 from typing import Callable, Iterator
@@ -49,11 +51,35 @@ def english_splitter(model_dir: Path) -> Callable[[str], list[str]]:
     return split
 
 
+SYSTEM_TEMP_DIRS = ("/tmp", "/var/tmp", "/usr/tmp")  # as Python's tempfile tries them, less its last resort, the cwd
+
+
+def jieba_cache_dir() -> str:
+    """Where jieba keeps its 9 MB dictionary cache: the system's temporary
+    folder as usual, else the user's cache folder, but never the current
+    directory (where Python's tempfile falls back when /tmp is read-only).
+    Where none is writable, jieba rebuilds the dictionary each time, silently."""
+    import tempfile
+
+    candidates = [os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")] + list(SYSTEM_TEMP_DIRS)
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for directory in [*(c for c in candidates if c), os.path.join(cache_home, "xlembed")]:
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+            return directory
+        except OSError:
+            continue
+    return os.path.join(cache_home, "xlembed")  # not writable: jieba's dump fails quietly
+
+
 def chinese_splitter(user_dict: Path | None = None, hmm: bool = True) -> Callable[[str], list[str]]:
     import jieba
 
-    jieba.setLogLevel(logging.WARNING)
+    jieba.setLogLevel(logging.CRITICAL)  # a cache it cannot write costs time, not a traceback on the screen
     segmenter = jieba.Tokenizer()
+    segmenter.tmp_dir = jieba_cache_dir()
     if user_dict is not None:
         if not Path(user_dict).is_file():
             raise XlembedError(f"{user_dict}: jieba user dictionary does not exist")
@@ -97,6 +123,36 @@ def _pairs_from_files(en: Path, zh: Path) -> Iterator[tuple[str, str]]:
         yield e, z
 
 
+HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+LANGUAGE_SAMPLE = 1000  # first non-empty pairs whose scripts are checked
+
+
+def checked_languages(pairs: Iterator[tuple[str, str]], en_side: str, zh_side: str) -> Iterator[tuple[str, str]]:
+    """`pairs`, unchanged, after checking their first LANGUAGE_SAMPLE
+    non-empty pairs: most Chinese sides hold a Chinese character, most
+    English sides none. Swapped or wrong columns fail here, in one line
+    naming the side, before anything is written."""
+    head: list[tuple[str, str]] = []
+    n = zh_han = en_han = 0
+    for pair in pairs:
+        head.append(pair)
+        if pair[0].strip() and pair[1].strip():
+            n += 1
+            zh_han += bool(HAN.search(pair[1]))
+            en_han += bool(HAN.search(pair[0]))
+            if n == LANGUAGE_SAMPLE:
+                break
+    hint = "; pass --no-check-languages if the corpus is genuinely mixed"
+    if n and zh_han * 2 < n:
+        raise XlembedError(f"{zh_side}: does not look Chinese: only {zh_han} of its first {n} sentences hold a Chinese "
+                           f"character{hint}")
+    if n and en_han * 2 > n:
+        raise XlembedError(f"{en_side}: does not look English: {en_han} of its first {n} sentences hold Chinese "
+                           f"characters (swapped columns?){hint}")
+    yield from head
+    yield from pairs
+
+
 CHUNK = 2048  # pairs per task of a worker process
 
 _splitters: tuple[Callable, Callable] | None = None  # (English, Chinese), set before the workers fork
@@ -105,6 +161,12 @@ _splitters: tuple[Callable, Callable] | None = None  # (English, Chinese), set b
 def _split_chunk(chunk: list[tuple[str, str]]) -> list[tuple[list[str], list[str]]]:
     split_en, split_zh = _splitters
     return [(split_en(en), split_zh(zh)) for en, zh in chunk]
+
+
+def _ignore_interrupts() -> None:
+    """In a worker: Ctrl-C reaches the whole process group; the main process
+    alone handles it (one line, no traceback per worker) and ends the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _chunks(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
@@ -129,7 +191,7 @@ def split_pairs(pairs: Iterator[tuple[str, str]], split_en: Callable, split_zh: 
         return
     _splitters = (split_en, split_zh)  # inherited by the forked workers, dictionary loaded once
     context = multiprocessing.get_context("fork")
-    with context.Pool(workers) as pool:
+    with context.Pool(workers, initializer=_ignore_interrupts) as pool:
         for result in pool.imap(_split_chunk, itertools.chain([first, second], chunks), chunksize=1):
             yield from result
     _splitters = None
@@ -160,8 +222,13 @@ def tokenize(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(
     def compute() -> dict:
         if opts.tsv is not None:
             pairs = _pairs_from_tsv(Path(opts.tsv), opts.en_column, opts.zh_column)
+            sides = (f"{opts.tsv}: column {opts.en_column} (--en-column)",
+                     f"{opts.tsv}: column {opts.zh_column} (--zh-column)")
         else:
             pairs = _pairs_from_files(Path(opts.en), Path(opts.zh))
+            sides = (f"{opts.en} (--en)", f"{opts.zh} (--zh)")
+        if opts.check_languages:
+            pairs = checked_languages(pairs, *sides)
         split_en = english_splitter(model_dir)
         split_zh = chinese_splitter(opts.user_dict, opts.hmm)
         counts = dict(pairs_read=0, pairs_kept=0, dropped_empty_en=0, dropped_empty_zh=0, en_words=0, zh_words=0)

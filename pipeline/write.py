@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 
 from .config import PAD, STAGES, UNK, Config, Oov, section_dict
-from .embeddings import Embeddings, VocabRow, read_word_list
+from .embeddings import Embeddings, VocabRow
 from .errors import XlembedError
-from .io import check_output_dir, read_json, release_freed_memory, require
+from .io import check_output_dir, read_json, read_word_list, release_freed_memory, require
 from .layout import WorkDir
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
+from .records import check_chain
 from .version import __version__
 
 UPSTREAM = STAGES[:-1]  # the stages whose records write reads
@@ -100,12 +101,21 @@ def english_matrix(en_words: list[str], en_sum: torch.Tensor, en_count: torch.Te
     return [en_words[k] for k in keep.tolist()], (en_sum[keep] / en_count[keep].unsqueeze(1).double()).float()
 
 
+def require_finite(work: WorkDir, **matrices: torch.Tensor) -> None:
+    """Never written: a matrix with NaN rows loads and misleads."""
+    for name, matrix in matrices.items():
+        if not bool(torch.isfinite(matrix).all()):
+            raise XlembedError(f"{work.projection}: the {name} rows hold non-finite values; "
+                               "run `xlembed project --force`")
+
+
 def write(config: Config, work: WorkDir, out: Path) -> dict:
     """Write embeddings.safetensors, vocab.txt, vocab.tsv, english.safetensors,
     english_vocab.txt and manifest.json into `out`; return the manifest."""
     start = time.perf_counter()
     opts = config.write
     check_output_dir(out)
+    check_chain(work, "project")  # and through it every record the matrix comes from: current, outputs intact
     records = {stage: read_json(require(work.record(stage), stage)) for stage in UPSTREAM}
     projection = load_projection(work)
     user_vocab = read_word_list(opts.vocab) if opts.vocab is not None else None
@@ -125,6 +135,7 @@ def write(config: Config, work: WorkDir, out: Path) -> dict:
         user_vocab,
         opts.shrink,
     )
+    require_finite(work, vectors=vectors, english=english)
     tokenized = records["tokenize"]["counts"]
     encode_options = records["encode"]["options"]
     embeddings = Embeddings(

@@ -68,3 +68,69 @@ def write_fake_encoding(
     save_file({"sent_offsets": torch.from_numpy(sent_offsets), "word_rows": torch.tensor(word_rows, dtype=torch.int64),
                "shard_starts": torch.tensor(starts, dtype=torch.int64)}, str(work.vectors_index))
     write_json_atomic(work.record("encode"), {"dim": dim, "counts": {}, "options": {}, "seconds": 0})
+
+
+# --- event-driven kills: a command that stops itself at a chosen point ----------------------------
+
+PAUSE_AT = """
+import functools, importlib, sys, threading
+module, name, condition = importlib.import_module(sys.argv[1]), sys.argv[2], eval(sys.argv[3])
+*path, name = name.split(".")  # a function, or Class.method
+owner = functools.reduce(getattr, path, module)
+original = getattr(owner, name)
+
+def paused(*args, **kwargs):
+    result = original(*args, **kwargs)
+    said = condition(result, *args, **kwargs)
+    if said:
+        sys.__stdout__.write(f"paused {said}\\n")
+        sys.__stdout__.flush()
+        sys.stdin.readline()  # until the test kills this process, or closes its stdin to let it go on
+    return result
+
+setattr(owner, name, paused)
+sys.argv = ["xlembed", *sys.argv[4:]]
+from xlembed.cli.main import entry
+entry()
+"""
+
+
+def start_paused(args: list, target: str, condition: str, **popen):
+    """Start `xlembed ARGS` with `target` ("module:function" or
+    "module:Class.method") wrapped so that,
+    the first time `condition` (Python: a lambda of the result and the
+    call's arguments) is true after a call, the process prints "paused
+    VALUE" on stdout and stops there until killed, or until its stdin is
+    closed. Returns (process, VALUE),
+    VALUE None when the command ended without pausing. Event-driven: no
+    polling, no deadline, however busy the machine."""
+    import subprocess
+    import sys
+
+    module, name = target.split(":")
+    popen.setdefault("stderr", subprocess.DEVNULL)
+    popen.setdefault("stdin", subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", PAUSE_AT, module, name, condition, *map(str, args)],
+                            stdout=subprocess.PIPE, text=True, **popen)
+    line = proc.stdout.readline()
+    if not line.startswith("paused "):
+        proc.wait()
+        return proc, None
+    return proc, line.removeprefix("paused ").strip()
+
+
+def wait_for_exit(pid: int, limit: float = 600) -> bool:
+    """Wait until process `pid` (any process, not only a child) has ended:
+    woken by the kernel (pidfd), not by polling. False if it still runs
+    after `limit` seconds (a generous bound against a hang, not a timing)."""
+    import os
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], limit)[0])
+    finally:
+        os.close(fd)

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from xlembed.config import PAD, UNK
-from xlembed.embeddings import format_vocab_tsv, read_word_list
+from xlembed.embeddings import format_vocab_tsv
 from xlembed.errors import XlembedError
+from xlembed.io import read_word_list
 from xlembed.oov import Filler, pinyin_of
 from xlembed.project import ProjectedWord
 from xlembed.write import build_matrix

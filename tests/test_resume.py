@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from xlembed.config import Config
 from xlembed.layout import WorkDir
 from xlembed.run import run
 
-from .conftest import TATOEBA, make_tiny_bert
+from .conftest import TATOEBA, make_tiny_bert, start_paused
 
 XLEMBED = str(Path(sys.executable).with_name("xlembed"))
 
@@ -50,19 +49,14 @@ def reference(tmp_path_factory, corpus, model):
     return root
 
 
-def kill_when(args, condition, timeout=120):
-    """Start `args`, SIGKILL it as soon as `condition()` holds; True if it
-    was killed, False if it ended first."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        if condition():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.001)
+def kill_at(args, target, condition) -> str:
+    """Run `args` (xlembed's arguments) until `condition` holds after a call
+    of `target` (see conftest.start_paused), then SIGKILL it."""
+    proc, said = start_paused(args, target, condition)
+    assert said is not None, f"{target} never reached {condition}"
+    proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return False
+    return said
 
 
 def completed_shards(work: Path) -> int:
@@ -81,10 +75,12 @@ def test_sigkill_during_encode_then_rerun_resumes_and_matches(tmp_path, referenc
         (work / f"{stage}.json").unlink()
     out = tmp_path / "out"
 
-    assert kill_when(run_args(corpus, model, work, out), lambda: completed_shards(work) >= 3)
+    # killed right after the third shard's progress.json is in place
+    kill_at(run_args(corpus, model, work, out)[1:], "xlembed.encode:write_json_atomic",
+            "lambda result, path, data: 'progress.json' in str(path) and len(data['shard_starts']) - 1 >= 3 and 1")
     assert not out.exists()  # nothing half-written
     done = completed_shards(work)
-    assert 3 <= done < 12
+    assert done == 3
     first_shard = (work / "vectors" / "shard-00000.safetensors").stat().st_mtime_ns
 
     subprocess.run(run_args(corpus, model, work, out), check=True)
@@ -105,12 +101,9 @@ def test_sigkill_during_write_leaves_a_complete_output(tmp_path, reference):
     new = (expected / "embeddings.safetensors").read_bytes()
     assert new != previous
 
-    def staging():
-        return any(p.name.endswith(".partial") for p in tmp_path.iterdir())
-
-    assert any(kill_when(write + [str(out)], staging) for _ in range(10)), (
-        "write always finished before it could be killed"
-    )
+    # killed with the new build whole in its staging directory, before it replaces the old one
+    kill_at(write[1:] + [str(out)], "xlembed.io:_fsync", "lambda result, path: str(path).endswith('.partial') and 1")
+    assert any(p.name.endswith(".partial") for p in tmp_path.iterdir())
     assert (out / "embeddings.safetensors").read_bytes() in (previous, new)  # the old result or the new one, whole
     assert CliRunner().invoke(app, ["verify", str(out)]).exit_code == 0
     subprocess.run(write + [str(out)], check=True)
