@@ -75,7 +75,7 @@ from .project import (
     save_projection,
     sums_by_id,
 )
-from .records import invalidate, model_hash, run_stage, up_to_date
+from .records import STAGE_READS, invalidate, model_hash, read_keys, run_stage, up_to_date
 
 RETRIES = 3  # of a shard or an alignment part whose worker died
 FOLD_EVERY = 16  # returned shards the driver keeps as files before it checkpoints their sum
@@ -430,7 +430,6 @@ def encode_and_project(config: Config, work: WorkDir, executor: "RayExecutor", r
 
     def compute() -> dict:  # the project stage's, which writes the encode stage's record too
         start = time.perf_counter()
-        invalidate(work, "encode")
         tables = prepare_projection(work, config.project)
         n_pairs = sum(1 for _ in read_lines(require(work.links, "align")))
         require_same_counts(work.root, "line counts", {"corpus.en": sum(1 for _ in read_lines(work.corpus_en)),
@@ -447,6 +446,7 @@ def encode_and_project(config: Config, work: WorkDir, executor: "RayExecutor", r
             **ran_on_record(encoded, job.totals.ran_on),
             vectors_kept=False,
             executor=job.executor,
+            read=read_keys(work, STAGE_READS["encode"]),
             seconds=round(time.perf_counter() - start, 3),
         )
         write_json_atomic(work.record("encode"), records["encode"])
@@ -454,6 +454,7 @@ def encode_and_project(config: Config, work: WorkDir, executor: "RayExecutor", r
         job.totals.remove()
         return dict(projected, executor=job.executor)
 
+    invalidate(work, "encode")  # recomputed in compute (run_stage then sees no stale encode record to refuse)
     projected = run_stage(work, "project", key, True, compute)  # up to date: returned above
     return records["encode"], projected
 

@@ -115,6 +115,11 @@ def check_chain(work: WorkDir, stage: str) -> dict:
     return record
 
 
+def read_keys(work: WorkDir, upstreams: tuple[str, ...]) -> dict[str, str]:
+    """The keys of the upstream records as they are now (what a stage read)."""
+    return {up: record["key"] for up in upstreams if (record := read_record(work, up)) is not None and "key" in record}
+
+
 def up_to_date(work: WorkDir, stage: str, key: str) -> dict | None:
     """The stage's record if it was computed from exactly `key` and its
     outputs are as it wrote them, else None."""
@@ -140,13 +145,15 @@ def run_stage(
     stage leaves its previous outputs and record in place: an output it
     replaced before failing no longer matches the record, so the stage is
     recomputed next time. Returns the record; `skipped` when nothing ran."""
-    reads = {upstream: check_chain(work, upstream)["key"] for upstream in STAGE_READS.get(stage, ())
-             if work.record(upstream).exists()}  # without one, the stage's own checks name its missing input
+    upstreams = STAGE_READS.get(stage, ())
+    for upstream in upstreams:
+        if work.record(upstream).exists():  # without one, the stage's own checks name its missing input
+            check_chain(work, upstream)
     if not force and (record := up_to_date(work, stage, key)) and all(Path(p).exists() for p in outputs):
         return dict(record, skipped=True)
     start = time.perf_counter()
     record = dict(stage=stage, key=key, **compute())
-    record["read"] = reads
+    record["read"] = read_keys(work, upstreams)  # after compute: on Ray, project writes encode's record too
     record["wrote"] = stamps(work, stage_outputs(work, stage) + [p for p in outputs if Path(p).exists()])
     record["seconds"] = round(time.perf_counter() - start, 3)
     write_json_atomic(work.record(stage), record)
