@@ -202,7 +202,11 @@ class LogTask:
 
     @contextlib.contextmanager
     def heartbeat(self) -> Iterator[None]:
-        """Call tick() every `interval` seconds on a thread while the block runs."""
+        """Call tick() every `interval` seconds on a thread while the block runs
+        (interval 0: every advance prints already, no thread)."""
+        if self.interval <= 0:
+            yield
+            return
         stop = threading.Event()
 
         def beat():
