@@ -71,18 +71,51 @@ def wordpiece_encode(e: Embeddings, sentences: list[str], sif: float | None) -> 
     return out
 
 
+class Centering(NamedTuple):
+    """Pairs of the build corpus (never test pairs) whose mean sentence vectors are subtracted from each side."""
+    zh_texts: list[str]
+    english_mean: torch.Tensor  # [d]
+
+
+def segmentation_agreement(e: Embeddings, sentences: list[str]) -> dict:
+    """How often the export's tokenizer segments as jieba does, over the words
+    each finds in the vocabulary: sentences whose known-word sequences are the
+    same, and the share of jieba's known words (as a multiset) that it finds."""
+    from collections import Counter
+
+    from xlembed.hf_tokenizer import vocabulary_tokenizer
+
+    tokenizer = vocabulary_tokenizer(e.words)
+    same = found = total = 0
+    for text, enc in zip(sentences, tokenizer.encode_batch(sentences, add_special_tokens=False)):
+        ours = [w for w in e.tokenizer.tokenize(text) if w in e.word_index and w not in (PAD, UNK)]
+        theirs = [w for w in enc.tokens if w not in (PAD, UNK)]
+        same += ours == theirs
+        found += sum((Counter(ours) & Counter(theirs)).values())
+        total += len(ours)
+    return dict(sentences_same=round(same / len(sentences), 4), jieba_words_found=round(found / max(total, 1), 4))
+
+
 def score_build(name: str, e: Embeddings, pairs, english: torch.Tensor, sifs: list[float | None], segmenters: list[str],
-                rows: str) -> list[Score]:
+                rows: str, centering: Centering | None = None) -> list[Score]:
     zh_texts = [p.zh for p in pairs]
     scores = []
     for segmenter in segmenters:
         for sif in sifs:
-            zh = e.encode(zh_texts, sif=sif) if segmenter == "jieba" else wordpiece_encode(e, zh_texts, sif)
+            encode = (lambda t: e.encode(t, sif=sif)) if segmenter == "jieba" else (lambda t: wordpiece_encode(e, t, sif))
+            zh = encode(zh_texts)
+            label = rows
+            if centering is not None:
+                known = zh.abs().sum(1) > 0
+                zh[known] -= encode(centering.zh_texts).mean(0)
+                english, label = english - centering.english_mean, rows + "-centred"
             r = precision_at_1(zh, english)
-            scores.append(Score(name, rows, segmenter, sif, round(r.zh_to_en, 4), round(r.en_to_zh, 4),
+            scores.append(Score(name, label, segmenter, sif, round(r.zh_to_en, 4), round(r.en_to_zh, 4),
                                 int((zh.abs().sum(1) == 0).sum())))
-            print(f"{name:>12} {rows:>7} {segmenter:>9} sif={sif!s:>7}  zh->en {r.zh_to_en:.3f}  en->zh {r.en_to_zh:.3f}",
+            print(f"{name:>12} {label:>7} {segmenter:>9} sif={sif!s:>7}  zh->en {r.zh_to_en:.3f}  en->zh {r.en_to_zh:.3f}",
                   file=sys.stderr)
+            if centering is not None:
+                english = english + centering.english_mean
     return scores
 
 
@@ -115,6 +148,9 @@ def main() -> None:
     parser.add_argument("--sif", action="append", type=float, default=[], help="SIF weighting a (repeatable); no weighting is always scored")
     parser.add_argument("--segmenter", action="append", choices=["jieba", "wordpiece"], help="default: jieba")
     parser.add_argument("--random", action="store_true", help="also score random rows of each build's shape")
+    parser.add_argument("--center-on", type=Path, help="also score with each side centred: the mean sentence vectors of "
+                        "--center-pairs pairs of this TSV (the build corpus, not the test pairs) subtracted")
+    parser.add_argument("--center-pairs", type=int, default=500)
     parser.add_argument("--cache", type=Path, help="directory keeping the English sentence vectors between runs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -123,6 +159,7 @@ def main() -> None:
     sifs = [None, *args.sif]
     english_cache: dict[Path, torch.Tensor] = {}
     scores: list[Score] = []
+    agreement: dict[str, dict] = {}
     for name, out in builds.items():
         e = xlembed.load(out)
         model = english_model(e, args.model)
@@ -130,9 +167,22 @@ def main() -> None:
             english_cache[model] = cached_english(model, pairs, args.heldout, args.cache)
         english = english_cache[model]
         scores += score_build(name, e, pairs, english, sifs, args.segmenter or ["jieba"], "matrix")
+        if "wordpiece" in (args.segmenter or []):
+            agreement[name] = segmentation_agreement(e, [p.zh for p in pairs])
+            print(f"{name:>12} wordpiece vs jieba: {agreement[name]}", file=sys.stderr)
+        if args.center_on:
+            import random as _random
+
+            build = read_heldout(args.center_on)
+            _random.Random(0).shuffle(build)
+            build = build[:args.center_pairs]
+            assert not {p.en for p in build} & {p.en for p in pairs}, "centering pairs overlap the test pairs"
+            mean = cached_english(model, build, args.center_on, args.cache).mean(0)
+            scores += score_build(name, e, pairs, english, sifs, args.segmenter or ["jieba"], "matrix",
+                                  Centering([p.zh for p in build], mean))
         if args.random:
             scores += score_build(name, random_rows(e), pairs, english, [None], ["jieba"], "random")
-    result = dict(heldout=str(args.heldout), pairs=len(pairs), builds=builds, scores=[s._asdict() for s in scores])
+    result = dict(heldout=str(args.heldout), pairs=len(pairs), builds=builds, segmentation_agreement=agreement, scores=[s._asdict() for s in scores])
     text = json.dumps(result, ensure_ascii=False, indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
