@@ -232,7 +232,8 @@ def summarise(cells: list[Cell]) -> list[dict]:
         reached = sorted((q["n"] if q["n"] is not None else math.inf) for q in rows
                          if (q["task"], q["model"], q["mode"], q["init"]) == (r["task"], r["model"], r["mode"], r["init"])
                          and target is not None and q["mean"] >= target)
-        r["reaches_random_all_at"] = None if not reached else ("all" if reached[0] == math.inf else reached[0])
+        r["reaches_random_all_at"] = ("not run" if target is None else None if not reached
+                                      else "all" if reached[0] == math.inf else reached[0])
     return rows
 
 
@@ -247,6 +248,18 @@ def markdown(summary: list[dict], sizes: list) -> str:
         reach = next(iter(cells.values()))["reaches_random_all_at"]
         lines.append(f"| {' | '.join(key)} | " + " | ".join(values) + f" | {reach if reach is not None else '> all'} |")
     return "\n".join(lines)
+
+
+def read_cells(path: Path) -> list[Cell]:
+    """The cells of a --json file, or of a run's progress lines (stderr) when it was stopped early."""
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return [Cell(**c) for c in json.loads(text)["cells"]]
+    line = re.compile(r"^(\S+) (\S+) (\S+) (\S+) n=(\S+) seed=(\d+): ([\d.]+) \((\d+) s\)$")
+    return [Cell(m[1], m[2], m[3], m[4], None if m[5] == "all" else int(m[5]), int(m[6]), float(m[7]), float(m[8]))
+            for m in map(line.match, text.splitlines()) if m]
 
 
 def read_corpus(path: Path | None) -> list[list[str]]:
@@ -277,6 +290,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a busy machine more only spin)")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", action="store_true", help="print the table to stdout")
+    p.add_argument("--table", type=Path, nargs="+", help="print one table from earlier --json files (or the progress lines of a stopped run) and stop")
     return p.parse_args()
 
 
@@ -304,6 +318,10 @@ def initial_rows(init: str, data: Data, xl: dict[str, str], reference: torch.Ten
 
 def main() -> None:
     args = parse_args()
+    if args.table:
+        cells = [c for path in args.table for c in read_cells(path)]
+        print(markdown(summarise(cells), sorted({c.n for c in cells}, key=lambda n: math.inf if n is None else n)))
+        return
     torch.set_num_threads(args.threads)
     s = Settings(max_length=args.max_length, epochs=args.epochs)
     datasets = [prepare(t, s.max_length) for t in load_tasks(args)]
@@ -328,7 +346,11 @@ def main() -> None:
     for data in datasets:
         for init in inits:
             for seed in [int(x) for x in args.seeds.split(",")]:
-                rows = initial_rows(init, data, xl, reference, corpus, seed, cache)
+                try:
+                    rows = initial_rows(init, data, xl, reference, corpus, seed, cache)
+                except (OSError, SystemExit, xlembed.XlembedError) as e:  # a missing build: the other cells still count
+                    print(f"{data.name} {init}: skipped ({e})", file=sys.stderr, flush=True)
+                    break
                 for model in args.models.split(","):
                     for mode in args.modes.split(","):
                         for n in sizes:
