@@ -27,6 +27,7 @@ draws), `word2vec` and `fasttext` (gensim skip-gram, the matrix's dimension,
 trained on the task's training text plus --corpus-zh, a segmented Chinese
 side), and any xlembed output built with --vocab = the task vocabulary.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,6 +84,7 @@ class Data(NamedTuple):
 
 # --- data -----------------------------------------------------------------------------------------
 
+
 def segmenter():
     from xlembed.tokenize import chinese_splitter
 
@@ -100,8 +102,16 @@ def prepare(task, max_length: int) -> Data:
     def ids(words: list[str]) -> list[int]:
         return [index.get(w, 1) for w in words][:max_length] or [1]
 
-    return Data(task.name, vocab, split.train, [ids(w) for w in train_tokens], [ids(cut(e.text)) for e in split.test],
-                torch.tensor([e.label for e in split.test]), split.labels, train_tokens)
+    return Data(
+        task.name,
+        vocab,
+        split.train,
+        [ids(w) for w in train_tokens],
+        [ids(cut(e.text)) for e in split.test],
+        torch.tensor([e.label for e in split.test]),
+        split.labels,
+        train_tokens,
+    )
 
 
 def batch(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,11 +119,12 @@ def batch(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(x) for x in ids)
     out = torch.zeros((len(ids), width), dtype=torch.long)
     for i, x in enumerate(ids):
-        out[i, :len(x)] = torch.tensor(x)
+        out[i, : len(x)] = torch.tensor(x)
     return out, out != 0
 
 
 # --- initialisations ------------------------------------------------------------------------------
+
 
 def random_init(vocab: list[str], reference: torch.Tensor, seed: int) -> torch.Tensor:
     """[V, d] normal rows scaled per dimension to `reference`'s mean and sd (xlembed's random fill); [PAD] = 0."""
@@ -129,7 +140,9 @@ def gensim_init(kind: str, data: Data, corpus_zh: list[list[str]], dim: int, see
     from gensim.models import FastText, Word2Vec
 
     cls = Word2Vec if kind == "word2vec" else FastText
-    model = cls(data.train_tokens + corpus_zh, vector_size=dim, window=5, min_count=1, sg=1, epochs=5, seed=seed, workers=2)
+    model = cls(
+        data.train_tokens + corpus_zh, vector_size=dim, window=5, min_count=1, sg=1, epochs=5, seed=seed, workers=2
+    )
     rows = torch.zeros((len(data.vocab), dim))
     for i, w in enumerate(data.vocab[2:], start=2):
         if kind == "fasttext" or w in model.wv:
@@ -145,14 +158,17 @@ def xlembed_init(template: str, data: Data) -> torch.Tensor:
     e = xlembed.load(template.format(task=data.name))
     if e.words != data.vocab:
         missing = len(set(data.vocab) - set(e.words))
-        raise SystemExit(f"{e.path}: its vocabulary is not {data.name}'s ({missing} task words missing); "
-                         f"build it with --vocab from --write-vocab")
+        raise SystemExit(
+            f"{e.path}: its vocabulary is not {data.name}'s ({missing} task words missing); "
+            f"build it with --vocab from --write-vocab"
+        )
     rows = e.vectors.float().clone()
     rows[0] = 0
     return rows
 
 
 # --- models ---------------------------------------------------------------------------------------
+
 
 def sinusoidal(length: int, dim: int) -> torch.Tensor:
     """[T, d] the Transformer paper's positional encoding."""
@@ -169,19 +185,23 @@ class Classifier(nn.Module):
         self.embed = nn.Embedding.from_pretrained(rows, freeze=freeze, padding_idx=0)
         d = rows.shape[1]
         self.scale = rows[1:].norm(dim=1).mean().item() or 1.0  # positions at the rows' own scale
-        self.encoder = nn.TransformerEncoderLayer(d, s.heads, s.ff, dropout=0.1, batch_first=True) if transformer else None
+        self.encoder = (
+            nn.TransformerEncoderLayer(d, s.heads, s.ff, dropout=0.1, batch_first=True) if transformer else None
+        )
         self.register_buffer("positions", sinusoidal(s.max_length, d) * self.scale / math.sqrt(d / 2), persistent=False)
         self.head = nn.Linear(d, labels)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids)  # [B, T, d]
         if self.encoder is not None:
-            x = self.encoder(x + self.positions[:x.shape[1]], src_key_padding_mask=~mask)
+            x = self.encoder(x + self.positions[: x.shape[1]], src_key_padding_mask=~mask)
         m = mask.unsqueeze(-1).float()  # [B, T, 1]
         return self.head((x * m).sum(1) / m.sum(1).clamp(min=1))  # [B, labels]
 
 
-def train_and_test(data: Data, rows: torch.Tensor, model: str, mode: str, n: int | None, seed: int, s: Settings) -> float:
+def train_and_test(
+    data: Data, rows: torch.Tensor, model: str, mode: str, n: int | None, seed: int, s: Settings
+) -> float:
     torch.manual_seed(seed)
     subset = labelled_subset(list(range(len(data.train))), n, seed)  # indices into the training split
     net = Classifier(rows, len(data.labels), mode == "frozen", model == "transformer", s)
@@ -202,8 +222,12 @@ def train_and_test(data: Data, rows: torch.Tensor, model: str, mode: str, n: int
         optimiser.step()
     net.eval()
     with torch.no_grad():
-        predicted = torch.cat([forward(1, list(range(start, min(start + 256, len(data.test_ids))))).argmax(1)
-                               for start in range(0, len(data.test_ids), 256)])
+        predicted = torch.cat(
+            [
+                forward(1, list(range(start, min(start + 256, len(data.test_ids))))).argmax(1)
+                for start in range(0, len(data.test_ids), 256)
+            ]
+        )
     return (predicted == data.test_labels).float().mean().item()
 
 
@@ -216,6 +240,7 @@ def mean_rows(rows: torch.Tensor, ids: list[list[int]]) -> torch.Tensor:
 
 # --- the grid and its summary ---------------------------------------------------------------------
 
+
 def summarise(cells: list[Cell]) -> list[dict]:
     """mean ± sd over seeds per (task, model, init, mode, n), and the labelled examples each
     initialisation needs to reach random's accuracy with all of them (same task, model, mode)."""
@@ -224,24 +249,52 @@ def summarise(cells: list[Cell]) -> list[dict]:
         groups.setdefault((c.task, c.model, c.init, c.mode, c.n), []).append(c.accuracy)
     rows = []
     for (task, model, init, mode, n), accs in groups.items():
-        rows.append(dict(task=task, model=model, init=init, mode=mode, n=n, mean=round(statistics.mean(accs), 4),
-                         sd=round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0, seeds=len(accs)))
+        rows.append(
+            dict(
+                task=task,
+                model=model,
+                init=init,
+                mode=mode,
+                n=n,
+                mean=round(statistics.mean(accs), 4),
+                sd=round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+                seeds=len(accs),
+            )
+        )
     for r in rows:
-        target = next((q["mean"] for q in rows if (q["task"], q["model"], q["mode"], q["init"], q["n"])
-                       == (r["task"], r["model"], r["mode"], "random", None)), None)
-        reached = sorted((q["n"] if q["n"] is not None else math.inf) for q in rows
-                         if (q["task"], q["model"], q["mode"], q["init"]) == (r["task"], r["model"], r["mode"], r["init"])
-                         and target is not None and q["mean"] >= target)
-        r["reaches_random_all_at"] = ("not run" if target is None else None if not reached
-                                      else "all" if reached[0] == math.inf else reached[0])
+        target = next(
+            (
+                q["mean"]
+                for q in rows
+                if (q["task"], q["model"], q["mode"], q["init"], q["n"])
+                == (r["task"], r["model"], r["mode"], "random", None)
+            ),
+            None,
+        )
+        reached = sorted(
+            (q["n"] if q["n"] is not None else math.inf)
+            for q in rows
+            if (q["task"], q["model"], q["mode"], q["init"]) == (r["task"], r["model"], r["mode"], r["init"])
+            and target is not None
+            and q["mean"] >= target
+        )
+        r["reaches_random_all_at"] = (
+            "not run" if target is None else None if not reached else "all" if reached[0] == math.inf else reached[0]
+        )
     return rows
 
 
 def markdown(summary: list[dict], sizes: list) -> str:
-    head = "| task | model | mode | init | " + " | ".join(f"{'all' if n is None else n}" for n in sizes) + " | reaches random@all at |"
+    head = (
+        "| task | model | mode | init | "
+        + " | ".join(f"{'all' if n is None else n}" for n in sizes)
+        + " | reaches random@all at |"
+    )
     lines = [head, "|" + "---|" * (len(sizes) + 5)]
-    keys = sorted({(r["task"], r["model"], r["mode"], r["init"]) for r in summary},
-                  key=lambda k: (k[0], k[1], k[2], (BASE_INITS + (k[3],)).index(k[3])))
+    keys = sorted(
+        {(r["task"], r["model"], r["mode"], r["init"]) for r in summary},
+        key=lambda k: (k[0], k[1], k[2], (BASE_INITS + (k[3],)).index(k[3])),
+    )
     for key in keys:
         cells = {r["n"]: r for r in summary if (r["task"], r["model"], r["mode"], r["init"]) == key}
         values = [f"{cells[n]['mean']:.3f} ± {cells[n]['sd']:.3f}" if n in cells else "—" for n in sizes]
@@ -258,8 +311,11 @@ def read_cells(path: Path) -> list[Cell]:
     if path.suffix == ".json":
         return [Cell(**c) for c in json.loads(text)["cells"]]
     line = re.compile(r"^(\S+) (\S+) (\S+) (\S+) n=(\S+) seed=(\d+): ([\d.]+) \((\d+) s\)$")
-    return [Cell(m[1], m[2], m[3], m[4], None if m[5] == "all" else int(m[5]), int(m[6]), float(m[7]), float(m[8]))
-            for m in map(line.match, text.splitlines()) if m]
+    return [
+        Cell(m[1], m[2], m[3], m[4], None if m[5] == "all" else int(m[5]), int(m[6]), float(m[7]), float(m[8]))
+        for m in map(line.match, text.splitlines())
+        if m
+    ]
 
 
 def read_corpus(path: Path | None) -> list[list[str]]:
@@ -276,9 +332,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--text", default="review")
     p.add_argument("--label", default="label")
     p.add_argument("--write-vocab", type=Path, help="write DIR/TASK.vocab.txt for each task and stop")
-    p.add_argument("--xlembed", action="append", default=[], help="NAME=OUT_DIR, '{task}' in OUT_DIR becomes the task's name")
-    p.add_argument("--reference", type=Path, help="an xlembed output whose projected rows scale the random rows "
-                   "(default: the first --xlembed's)")
+    p.add_argument(
+        "--xlembed", action="append", default=[], help="NAME=OUT_DIR, '{task}' in OUT_DIR becomes the task's name"
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        help="an xlembed output whose projected rows scale the random rows (default: the first --xlembed's)",
+    )
     p.add_argument("--corpus-zh", type=Path, help="segmented Chinese side (one sentence a line) for word2vec/fastText")
     p.add_argument("--models", default="bag,transformer")
     p.add_argument("--inits", help="comma-separated (default: random,word2vec,fasttext and every --xlembed)")
@@ -290,7 +351,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a busy machine more only spin)")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", action="store_true", help="print the table to stdout")
-    p.add_argument("--table", type=Path, nargs="+", help="print one table from earlier --json files (or the progress lines of a stopped run) and stop")
+    p.add_argument(
+        "--table",
+        type=Path,
+        nargs="+",
+        help="print one table from earlier --json files (or the progress lines of a stopped run) and stop",
+    )
     return p.parse_args()
 
 
@@ -301,8 +367,9 @@ def load_tasks(args) -> list:
     return tasks
 
 
-def initial_rows(init: str, data: Data, xl: dict[str, str], reference: torch.Tensor, corpus: list[list[str]],
-                 seed: int, cache: dict) -> torch.Tensor:
+def initial_rows(
+    init: str, data: Data, xl: dict[str, str], reference: torch.Tensor, corpus: list[list[str]], seed: int, cache: dict
+) -> torch.Tensor:
     """Each initialisation once per (task, init), random rows once per seed (word2vec and fastText
     are trained once per task, with seed 0: the seeds vary the classifier's training)."""
     key = (data.name, init, seed if init == "random" else 0)
@@ -356,13 +423,35 @@ def main() -> None:
                         for n in sizes:
                             start = time.perf_counter()
                             acc = train_and_test(data, rows, model, mode, n, seed, s)
-                            cells.append(Cell(data.name, model, init, mode, n, seed, round(acc, 4), round(time.perf_counter() - start, 1)))
-                            print(f"{data.name} {model} {init} {mode} n={n or 'all'} seed={seed}: {acc:.4f} "
-                                  f"({cells[-1].seconds:.0f} s)", file=sys.stderr, flush=True)
+                            cells.append(
+                                Cell(
+                                    data.name,
+                                    model,
+                                    init,
+                                    mode,
+                                    n,
+                                    seed,
+                                    round(acc, 4),
+                                    round(time.perf_counter() - start, 1),
+                                )
+                            )
+                            print(
+                                f"{data.name} {model} {init} {mode} n={n or 'all'} seed={seed}: {acc:.4f} "
+                                f"({cells[-1].seconds:.0f} s)",
+                                file=sys.stderr,
+                                flush=True,
+                            )
     summary = summarise(cells)
-    result = dict(settings=s._asdict(), tasks={d.name: dict(train=len(d.train), test=len(d.test_ids), vocab=len(d.vocab),
-                                                            labels=len(d.labels)) for d in datasets},
-                  inits={i: xl.get(i, i) for i in inits}, cells=[c._asdict() for c in cells], summary=summary)
+    result = dict(
+        settings=s._asdict(),
+        tasks={
+            d.name: dict(train=len(d.train), test=len(d.test_ids), vocab=len(d.vocab), labels=len(d.labels))
+            for d in datasets
+        },
+        inits={i: xl.get(i, i) for i in inits},
+        cells=[c._asdict() for c in cells],
+        summary=summary,
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

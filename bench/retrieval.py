@@ -17,6 +17,7 @@ rows scaled as xlembed's random fill (per-dimension mean and sd of the
 projected rows), a floor. The English model is the build's own (its
 manifest), unless --model says otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,17 @@ def random_rows(e: Embeddings, seed: int = 0) -> Embeddings:
     base = e.vectors[e.projected].double()  # [P, d]
     g = torch.Generator().manual_seed(seed)
     rows = torch.randn(e.vectors.shape, generator=g, dtype=torch.float64) * base.std(0, unbiased=False) + base.mean(0)
-    return Embeddings(words=e.words, vectors=rows.float(), projected=e.projected, english_words=e.english_words,
-                      english_vectors=e.english_vectors, rows=e.rows, manifest=e.manifest, metadata=e.metadata, path=e.path)
+    return Embeddings(
+        words=e.words,
+        vectors=rows.float(),
+        projected=e.projected,
+        english_words=e.english_words,
+        english_vectors=e.english_vectors,
+        rows=e.rows,
+        manifest=e.manifest,
+        metadata=e.metadata,
+        path=e.path,
+    )
 
 
 def wordpiece_encode(e: Embeddings, sentences: list[str], sif: float | None) -> torch.Tensor:
@@ -73,6 +83,7 @@ def wordpiece_encode(e: Embeddings, sentences: list[str], sif: float | None) -> 
 
 class Centering(NamedTuple):
     """Pairs of the build corpus (never test pairs) whose mean sentence vectors are subtracted from each side."""
+
     zh_texts: list[str]
     english_mean: torch.Tensor  # [d]
 
@@ -96,13 +107,23 @@ def segmentation_agreement(e: Embeddings, sentences: list[str]) -> dict:
     return dict(sentences_same=round(same / len(sentences), 4), jieba_words_found=round(found / max(total, 1), 4))
 
 
-def score_build(name: str, e: Embeddings, pairs, english: torch.Tensor, sifs: list[float | None], segmenters: list[str],
-                rows: str, centering: Centering | None = None) -> list[Score]:
+def score_build(
+    name: str,
+    e: Embeddings,
+    pairs,
+    english: torch.Tensor,
+    sifs: list[float | None],
+    segmenters: list[str],
+    rows: str,
+    centering: Centering | None = None,
+) -> list[Score]:
     zh_texts = [p.zh for p in pairs]
     scores = []
     for segmenter in segmenters:
         for sif in sifs:
-            encode = (lambda t: e.encode(t, sif=sif)) if segmenter == "jieba" else (lambda t: wordpiece_encode(e, t, sif))
+            encode = (
+                (lambda t: e.encode(t, sif=sif)) if segmenter == "jieba" else (lambda t: wordpiece_encode(e, t, sif))
+            )
             zh = encode(zh_texts)
             label = rows
             if centering is not None:
@@ -110,10 +131,22 @@ def score_build(name: str, e: Embeddings, pairs, english: torch.Tensor, sifs: li
                 zh[known] -= encode(centering.zh_texts).mean(0)
                 english, label = english - centering.english_mean, rows + "-centred"
             r = precision_at_1(zh, english)
-            scores.append(Score(name, label, segmenter, sif, round(r.zh_to_en, 4), round(r.en_to_zh, 4),
-                                int((zh.abs().sum(1) == 0).sum())))
-            print(f"{name:>12} {label:>7} {segmenter:>9} sif={sif!s:>7}  zh->en {r.zh_to_en:.3f}  en->zh {r.en_to_zh:.3f}",
-                  file=sys.stderr)
+            scores.append(
+                Score(
+                    name,
+                    label,
+                    segmenter,
+                    sif,
+                    round(r.zh_to_en, 4),
+                    round(r.en_to_zh, 4),
+                    int((zh.abs().sum(1) == 0).sum()),
+                )
+            )
+            print(
+                f"{name:>12} {label:>7} {segmenter:>9} sif={sif!s:>7}  "
+                f"zh->en {r.zh_to_en:.3f}  en->zh {r.en_to_zh:.3f}",
+                file=sys.stderr,
+            )
             if centering is not None:
                 english = english + centering.english_mean
     return scores
@@ -142,14 +175,26 @@ def english_model(e: Embeddings, model: Path | None) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--heldout", type=Path, required=True, help="english<TAB>chinese test pairs, held out of every build")
+    parser.add_argument(
+        "--heldout", type=Path, required=True, help="english<TAB>chinese test pairs, held out of every build"
+    )
     parser.add_argument("--build", action="append", required=True, help="NAME=OUT_DIR (repeatable)")
     parser.add_argument("--model", type=Path, help="English model directory (default: the builds' own)")
-    parser.add_argument("--sif", action="append", type=float, default=[], help="SIF weighting a (repeatable); no weighting is always scored")
+    parser.add_argument(
+        "--sif",
+        action="append",
+        type=float,
+        default=[],
+        help="SIF weighting a (repeatable); no weighting is always scored",
+    )
     parser.add_argument("--segmenter", action="append", choices=["jieba", "wordpiece"], help="default: jieba")
     parser.add_argument("--random", action="store_true", help="also score random rows of each build's shape")
-    parser.add_argument("--center-on", type=Path, help="also score with each side centred: the mean sentence vectors of "
-                        "--center-pairs pairs of this TSV (the build corpus, not the test pairs) subtracted")
+    parser.add_argument(
+        "--center-on",
+        type=Path,
+        help="also score with each side centred: the mean sentence vectors of "
+        "--center-pairs pairs of this TSV (the build corpus, not the test pairs) subtracted",
+    )
     parser.add_argument("--center-pairs", type=int, default=500)
     parser.add_argument("--cache", type=Path, help="directory keeping the English sentence vectors between runs")
     parser.add_argument("--json", type=Path)
@@ -175,14 +220,28 @@ def main() -> None:
 
             build = read_heldout(args.center_on)
             _random.Random(0).shuffle(build)
-            build = build[:args.center_pairs]
+            build = build[: args.center_pairs]
             assert not {p.en for p in build} & {p.en for p in pairs}, "centering pairs overlap the test pairs"
             mean = cached_english(model, build, args.center_on, args.cache).mean(0)
-            scores += score_build(name, e, pairs, english, sifs, args.segmenter or ["jieba"], "matrix",
-                                  Centering([p.zh for p in build], mean))
+            scores += score_build(
+                name,
+                e,
+                pairs,
+                english,
+                sifs,
+                args.segmenter or ["jieba"],
+                "matrix",
+                Centering([p.zh for p in build], mean),
+            )
         if args.random:
             scores += score_build(name, random_rows(e), pairs, english, [None], ["jieba"], "random")
-    result = dict(heldout=str(args.heldout), pairs=len(pairs), builds=builds, segmentation_agreement=agreement, scores=[s._asdict() for s in scores])
+    result = dict(
+        heldout=str(args.heldout),
+        pairs=len(pairs),
+        builds=builds,
+        segmentation_agreement=agreement,
+        scores=[s._asdict() for s in scores],
+    )
     text = json.dumps(result, ensure_ascii=False, indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 TEST_FRACTION = 0.2
 # ../shared/data beside the clone (as CI has it); XLEMBED_SHARED_DATA names another place (a git worktree's checkout)
-DOWNSTREAM = Path(os.environ.get("XLEMBED_SHARED_DATA", Path(__file__).resolve().parent.parent.parent / "shared/data")) / "downstream"
+SHARED_DATA = Path(os.environ.get("XLEMBED_SHARED_DATA", Path(__file__).resolve().parent.parent.parent / "shared/data"))
+DOWNSTREAM = SHARED_DATA / "downstream"
 DEV_TASKS = {  # name -> (file, text column, label column)
     "waimai": (DOWNSTREAM / "waimai_10k.csv", "review", "label"),
     "shopping_cats": (DOWNSTREAM / "shopping_cats.dev.csv", "review", "cat"),

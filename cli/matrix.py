@@ -107,7 +107,7 @@ def export(
         typer.Option(help="model2vec: weight rows by SIF (a > 0), a / (a + p(word)).", show_default="no weighting"),
     ] = None,
 ):
-    """Export a matrix for other tools: gensim (word2vec text or binary, KeyedVectors), model2vec and sentence-transformers.
+    """Export a matrix for gensim (word2vec text or binary, KeyedVectors), model2vec and sentence-transformers.
 
     gensim: KeyedVectors.load_word2vec_format(FILE[, binary=True]) or KeyedVectors.load(FILE).
     model2vec: StaticModel.from_pretrained(DIR); sentence-transformers: SentenceTransformer(DIR)."""

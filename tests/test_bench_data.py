@@ -1,6 +1,7 @@
 """The benchmarks' data splitting: no held-out pair's sentence is in the build
 corpus (bench/splits.py), no test example is trained on (bench/tasks.py),
 and the downstream benchmark's vocabulary comes from training text only."""
+
 import random
 import sys
 from pathlib import Path

@@ -1,6 +1,7 @@
 """Embeddings.encode, and the exports read back by the real gensim, model2vec
 and sentence-transformers, the latter two in a process where xlembed (and
 jieba) cannot be imported."""
+
 import json
 import subprocess
 import sys
@@ -47,9 +48,11 @@ def test_encode_weights_frequent_words_less_with_sif(hand_made):
 def test_word2vec_formats_leave_out_special_rows_unless_asked(hand_made, tmp_path):
     from gensim.models import KeyedVectors
 
-    for fmt, name, read in (("word2vec", "e.txt", lambda p: KeyedVectors.load_word2vec_format(p)),
-                            ("word2vec-bin", "e.bin", lambda p: KeyedVectors.load_word2vec_format(p, binary=True)),
-                            ("gensim", "e.kv", KeyedVectors.load)):
+    for fmt, name, read in (
+        ("word2vec", "e.txt", lambda p: KeyedVectors.load_word2vec_format(p)),
+        ("word2vec-bin", "e.bin", lambda p: KeyedVectors.load_word2vec_format(p, binary=True)),
+        ("gensim", "e.kv", KeyedVectors.load),
+    ):
         result = xlembed("export", hand_made, "--format", fmt, "-o", tmp_path / name)
         assert result.exit_code == 0, result.output
         kv = read(str(tmp_path / name))
@@ -110,8 +113,12 @@ def test_model2vec_export_loads_without_xlembed(hand_made, tmp_path):
     result = xlembed("export", hand_made, "--format", "model2vec", "-o", target)
     assert result.exit_code == 0, result.output
     sentences = ["猫和狗。", "书", "鱼"]
-    done = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_XLEMBED, str(target), json.dumps(sentences)],
-                          capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_XLEMBED, str(target), json.dumps(sentences)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout.splitlines()[-1])
     assert loaded["tokens"][0] == ["猫", "[UNK]", "狗", "[UNK]"]  # segmented inside their tokenizer
