@@ -34,7 +34,6 @@ import torch
 
 from .config import PAD, UNK
 from .config import ExportFormat as Format
-from .embeddings import Embeddings
 from .errors import XlembedError
 from .io import XLEMBED_OUTPUT, _temp_name, atomic_path, read_json
 
@@ -56,7 +55,7 @@ def default_target(out_dir: Path, format: Format, lang: str = "zh") -> Path:
     return out_dir.with_name(out_dir.name + (".en" if lang == "en" else "") + DEFAULT_SUFFIX[Format(format)])
 
 
-def export_rows(e: Embeddings, lang: str = "zh", special: bool = False) -> Rows:
+def export_rows(e, lang: str = "zh", special: bool = False) -> Rows:
     """The rows a word format holds: every word of `lang`, less [PAD] and [UNK] unless `special`."""
     words, vectors = (e.words, e.vectors) if lang == "zh" else (e.english_words, e.english_vectors)
     keep = [i for i, w in enumerate(words) if special or w not in (PAD, UNK)]
@@ -115,7 +114,7 @@ def write_keyed_vectors(rows: Rows, target: Path) -> None:
         kv.save(f, separately=[])
 
 
-def write_model2vec(e: Embeddings, target: Path, sif: float | None = None) -> int:
+def write_model2vec(e, target: Path, sif: float | None = None) -> int:
     """A model2vec / sentence-transformers directory, replacing `target` as a
     whole only when it is an earlier export of ours. Rows are multiplied by
     their SIF weight with `sif` (a mean of weighted rows points where
@@ -153,13 +152,13 @@ def write_model2vec(e: Embeddings, target: Path, sif: float | None = None) -> in
     return len(words)
 
 
-def _provenance(e: Embeddings) -> dict:
+def _provenance(e) -> dict:
     m = e.metadata
     return dict(source=str(e.path) if e.path else None, model=m.get("model"), layer=m.get("layer"),
                 xlembed_version=m.get("xlembed_version"))
 
 
-def _model_card(e: Embeddings, sif: float | None) -> str:
+def _model_card(e, sif: float | None) -> str:
     return ("---\nlibrary_name: model2vec\nlanguage: zh\n---\n\n"
             f"# Chinese static embeddings in {e.metadata.get('model', 'an English model')}'s space\n\n"
             "Exported by xlembed from a matrix built on an English–Chinese parallel corpus. Chinese is segmented by\n"
@@ -193,9 +192,10 @@ def _swap_in(stage: Path, target: Path) -> None:
         os.replace(stage, target)
 
 
-def export(e: Embeddings, format: Format | str, target: Path, lang: str = "zh", special: bool = False,
+def export(e, format: Format | str, target: Path, lang: str = "zh", special: bool = False,
            sif: float | None = None) -> int:
-    """Write `e` to `target` in `format`; returns the number of rows written."""
+    """Write `e` (an Embeddings; not imported here, as embeddings imports this module) to `target`
+    in `format`; returns the number of rows written."""
     format = Format(format)
     target = Path(target)
     if sif is not None and (format != Format.model2vec or sif <= 0):
