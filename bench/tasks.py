@@ -13,12 +13,15 @@ test example is in any training subset.
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 from typing import NamedTuple
 
 TEST_FRACTION = 0.2
-DOWNSTREAM = Path(__file__).resolve().parent.parent.parent / "shared/data/downstream"
+# ../shared/data beside the clone (as CI has it); XLEMBED_SHARED_DATA names another place (a git worktree's checkout)
+SHARED_DATA = Path(os.environ.get("XLEMBED_SHARED_DATA", Path(__file__).resolve().parent.parent.parent / "shared/data"))
+DOWNSTREAM = SHARED_DATA / "downstream"
 DEV_TASKS = {  # name -> (file, text column, label column)
     "waimai": (DOWNSTREAM / "waimai_10k.csv", "review", "label"),
     "shopping_cats": (DOWNSTREAM / "shopping_cats.dev.csv", "review", "cat"),

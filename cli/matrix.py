@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from xlembed.config import ExportFormat as Format
 from xlembed.config import Oov
 
 from ._util import OutDirArg, app, err, fail, out
@@ -85,29 +86,39 @@ def info(
 def export(
     out_dir: OutDirArg,
     format: Annotated[
-        str, typer.Option("--format", help="word2vec (text; gensim's KeyedVectors.load_word2vec_format reads it).")
-    ] = "word2vec",
+        Format,
+        typer.Option("--format", help="word2vec (text), word2vec-bin (binary), gensim (a KeyedVectors file), "
+                     "model2vec (a directory for model2vec and sentence-transformers)."),
+    ] = Format.word2vec,
     output: Annotated[
         Optional[Path],
-        typer.Option(
-            "--output",
-            "-o",
-            dir_okay=False,
-            help="File to write.",
-            show_default="OUT_DIR/embeddings.word2vec.txt, or english.word2vec.txt with --lang en",
-        ),
+        typer.Option("--output", "-o", help="File (a directory for model2vec) to write; - = standard output "
+                     "(word2vec text only). Never inside OUT_DIR.",
+                     show_default="beside OUT_DIR: OUT_DIR.word2vec.txt, .word2vec.bin, .kv, .model2vec"),
     ] = None,
-    lang: Annotated[str, typer.Option(help="zh: the Chinese matrix; en: the English one.")] = "zh",
+    lang: Annotated[
+        str, typer.Option(help="zh: the Chinese matrix; en: the English one (not with model2vec).")
+    ] = "zh",
+    special: Annotated[
+        bool, typer.Option("--special/--no-special", metavar="", help="Keep the [PAD] and [UNK] rows in word formats.")
+    ] = False,
+    sif: Annotated[
+        Optional[float],
+        typer.Option(help="model2vec: weight rows by SIF (a > 0), a / (a + p(word)).", show_default="no weighting"),
+    ] = None,
 ):
-    """Export a matrix in another format."""
-    from xlembed import Embeddings
+    """Export a matrix for gensim (word2vec text or binary, KeyedVectors), model2vec and sentence-transformers.
 
-    if format != "word2vec":
-        fail(f"--format must be word2vec, got '{format}'")
+    gensim: KeyedVectors.load_word2vec_format(FILE[, binary=True]) or KeyedVectors.load(FILE).
+    model2vec: StaticModel.from_pretrained(DIR); sentence-transformers: SentenceTransformer(DIR)."""
+    from xlembed import Embeddings
+    from xlembed.export import STDOUT, default_target
+
     lang = _lang(lang)
-    target = output or out_dir / ("embeddings.word2vec.txt" if lang == "zh" else "english.word2vec.txt")
-    n = Embeddings.load(out_dir).to_word2vec(target, lang)
-    err.print(f"[green]✔[/green] wrote {n:,} rows to {escape(str(target))}")
+    target = output or default_target(out_dir, format, lang)
+    n = Embeddings.load(out_dir).export(target, format.value, lang, special, sif)
+    if target != STDOUT:
+        err.print(f"[green]✔[/green] wrote {n:,} rows to {escape(str(target))} ({format.value})")
 
 
 @app.command()

@@ -50,6 +50,14 @@ class Oov(str, enum.Enum):
     pinyin = "pinyin"
 
 
+class ExportFormat(str, enum.Enum):
+    """`xlembed export --format`: see xlembed.export."""
+    word2vec = "word2vec"
+    word2vec_bin = "word2vec-bin"
+    gensim = "gensim"
+    model2vec = "model2vec"
+
+
 class Device(str, enum.Enum):
     auto = "auto"
     cpu = "cpu"

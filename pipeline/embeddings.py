@@ -29,7 +29,7 @@ import torch
 
 from .config import PAD, UNK, Oov
 from .errors import XlembedError
-from .io import XLEMBED_OUTPUT, atomic_path, save_tensors, sha256_file, staged_dir, write_json_atomic
+from .io import XLEMBED_OUTPUT, save_tensors, sha256_file, staged_dir, write_json_atomic
 from .layout import OutDir
 from .oov import Filler, fill_rows, pinyin_of
 from .version import __version__
@@ -346,18 +346,60 @@ class Embeddings:
         user_dict = options.get("user_dict")
         return ChineseTokenizer(self.words, Path(user_dict) if user_dict else None, options.get("hmm", True))
 
-    def to_word2vec(self, target: Path | str, lang: str = "zh") -> int:
-        """Write the matrix in word2vec text format (`V d` header, then `word
-        v1 … vd`), every row in order; returns the number of rows."""
+    def encode(self, sentences: str | list[str], sif: float | None = None, normalize: bool = False) -> torch.Tensor:
+        """Sentence vectors [n, d] (or [d] for one string), in the English
+        model's space: the mean of the rows of each sentence's words, as
+        `tokenizer` segments them. Words outside the vocabulary, [PAD] and
+        [UNK] are left out; a sentence with no known word is a zero vector.
+
+        sif: weight each word a / (a + p(word)) with a = sif and p the word's
+        share of the corpus's words (vocab.tsv's freq), as SIF (Arora et al.
+        2017) and Model2Vec do; words with no corpus frequency weigh 1.
+        normalize: scale each sentence vector to length 1 (zero rows stay 0)."""
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        weights = self._word_weights(sif)  # [V]
+        skip = {self.word_index.get(PAD), self.word_index.get(UNK)}
+        out = torch.zeros((len(texts), self.vectors.shape[1]), dtype=torch.float32)  # [n, d]
+        for i, text in enumerate(texts):
+            found = (self.word_index.get(w) for w in self.tokenizer.tokenize(text))
+            ids = [j for j in found if j is not None and j not in skip]
+            if ids:
+                w = weights[ids].unsqueeze(1)  # [t, 1]
+                out[i] = (self.vectors[ids].float() * w).sum(0) / w.sum()
+        if normalize:
+            out = torch.nn.functional.normalize(out, dim=1)
+        return out[0] if single else out
+
+    def _word_weights(self, sif: float | None) -> torch.Tensor:
+        """[V] 1 for every word, or SIF's a / (a + p(word))."""
+        if sif is None:
+            return torch.ones(len(self.words))
+        if sif <= 0:
+            raise XlembedError(f"sif must be above 0, got {sif}")
+        freq = torch.tensor([float(r.freq) for r in self.rows] if self.rows else [0.0] * len(self.words))  # [V]
+        total = freq.sum().clamp(min=1.0)
+        return torch.where(freq > 0, sif / (sif + freq / total), torch.ones_like(freq))
+
+    def to_word2vec(self, target: Path | str, lang: str = "zh", binary: bool = False, special: bool = False) -> int:
+        """Write the matrix in word2vec format (text: `V d` header, then `word
+        v1 … vd`; `binary`: word2vec's binary format), without [PAD] and
+        [UNK] unless `special`; returns the number of rows."""
+        from .export import Format, export
+
         target = Path(target)
         if target.is_dir():
             raise XlembedError(f"{target}: is a directory; give a file name")
-        words, rows = (self.words, self.vectors) if lang == "zh" else (self.english_words, self.english_vectors)
-        with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.write(f"{rows.shape[0]} {rows.shape[1]}\n")
-            for word, row in zip(words, rows.tolist()):
-                f.write(word + " " + " ".join(f"{x:.6g}" for x in row) + "\n")
-        return rows.shape[0]
+        return export(self, Format.word2vec_bin if binary else Format.word2vec, target, lang, special)
+
+    def export(self, target: Path | str, format: str = "word2vec", lang: str = "zh", special: bool = False,
+               sif: float | None = None) -> int:
+        """Write the matrix for other tools: word2vec, word2vec-bin, gensim
+        (KeyedVectors) or model2vec (a directory for model2vec and
+        sentence-transformers); see xlembed.export. Returns the rows written."""
+        from .export import export
+
+        return export(self, format, Path(target), lang, special, sif)
 
     def extend(self, words: list[str], oov: Oov | str | None = None) -> tuple["Embeddings", list[VocabRow]]:
         """A new Embeddings with rows appended for the `words` it lacks,

@@ -398,7 +398,7 @@ def test_help_shows_every_default(tmp_path):
         assert text in run_help, text
     assert "<bool>" not in next(line for line in run_help.splitlines() if "--force" in line)
     assert "the strategy the matrix was built with" in xlembed_cli("extend", "--help", env=env).output
-    assert "OUT_DIR/embeddings.word2vec.txt" in xlembed_cli("export", "--help", env=env).output
+    assert "beside OUT_DIR: OUT_DIR.word2vec.txt" in xlembed_cli("export", "--help", env=env).output
 
 
 # --- 11. logs show progress, and lines are never hard-wrapped -----------------------------------------

@@ -139,7 +139,7 @@ def test_export_word2vec_reads_back_in_gensim(hand_made, tmp_path):
     result = xlembed("export", hand_made, "--format", "word2vec", "-o", tmp_path / "e.txt")
     assert result.exit_code == 0, result.output
     kv = KeyedVectors.load_word2vec_format(str(tmp_path / "e.txt"), binary=False)
-    assert kv.index_to_key == ["[PAD]", "[UNK]", "猫", "狗", "书"]
+    assert kv.index_to_key == ["猫", "狗", "书"]  # [PAD] and [UNK] left out (--special keeps them)
     assert kv["狗"].tolist() == pytest.approx([0.9, 0.3])
     assert kv.most_similar("猫", topn=1)[0][0] == "狗"
     assert xlembed("export", hand_made, "--format", "glove").exit_code == 2
