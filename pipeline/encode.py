@@ -12,9 +12,12 @@ so memory stays bounded by one shard, whatever the corpus size.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from queue import Empty, Queue
 from typing import Callable, Iterable, Iterator, NamedTuple
@@ -24,21 +27,9 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from .config import Config, Device, EncodeConfig, Precision, section_dict
-from .errors import XlembedError
-from .io import (
-    Reporter,
-    SilentReporter,
-    read_json,
-    read_lines,
-    release_freed_memory,
-    require,
-    save_tensors,
-    tensors_blob,
-    write_bytes_atomic,
-    write_json_atomic,
-)
-from .layout import WorkDir
+from .config import Config, Device, EncodeConfig, Precision, WorkDir, section_dict
+from .io import (Reporter, SilentReporter, XlembedError, read_json, read_lines, release_freed_memory, require, save_tensors,
+                 tensors_blob, write_bytes_atomic, write_json_atomic)
 from .models import layer_indices, load_encoder, load_tokenizer, resolve_model_dir, special_tokens
 from .records import file_hash, fingerprint, model_hash, run_stage, stage_key
 
@@ -213,45 +204,57 @@ def row_plan(unique_of: np.ndarray, n_words: np.ndarray, pieces: PiecePlan, wind
 
 @dataclass
 class Batch:
-    """One forward pass: padded input and, per pooled piece, where it sits and
-    which output row (local to the batch) its word goes to."""
+    """One forward pass: padded input and, per word that gets its vector
+    from this batch (its local row r = 0 … n_rows-1), where its pieces sit in
+    the flattened hidden states [B*T, d]: from word_first[r], word_pieces[r]
+    of them (a word's pieces are consecutive)."""
 
     input_ids: torch.Tensor  # [B, T] long, padded with the pad id
     attention: torch.Tensor  # [B, T] long, 1 at real tokens
-    piece_item: torch.Tensor  # [P] batch row of each pooled piece
-    piece_position: torch.Tensor  # [P] its position (after the special prefix)
-    piece_target: torch.Tensor  # [P] local output row of its word
+    word_first: torch.Tensor  # [n_rows] long, flat index b*T + t of each word's first piece
+    word_pieces: torch.Tensor  # [n_rows] float32, pieces of each word (>= 1)
+    later_pieces: list[tuple[torch.Tensor, torch.Tensor]]  # k = 1, 2, …: (rows with more than k pieces, flat index of their piece k)
     n_rows: int  # words that get their vector from this batch
     n_sentences: int  # items that end a sentence (for progress)
 
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory, for asynchronous copies to a CUDA device."""
+        return Batch(self.input_ids.pin_memory(), self.attention.pin_memory(), self.word_first.pin_memory(),
+                     self.word_pieces.pin_memory(), [(r.pin_memory(), f.pin_memory()) for r, f in self.later_pieces],
+                     self.n_rows, self.n_sentences)
 
-def make_batch(
-    items: list[Item], pieces: PiecePlan, rows: RowPlan, prefix: list[int], suffix: list[int], pad_id: int
-) -> Batch:
+
+def make_batch(items: list[Item], pieces: PiecePlan, rows: RowPlan, prefix: list[int], suffix: list[int], pad_id: int) -> Batch:
     width = max(item.stop - item.start for item in items) + len(prefix) + len(suffix)
     input_ids = np.full((len(items), width), pad_id, dtype=np.int64)  # [B, T]
-    attention = np.zeros((len(items), width), dtype=np.int64)  # [B, T]
-    item_of, positions, targets = [], [], []
+    lengths = np.empty(len(items), dtype=np.int64)  # [B] real tokens per row
+    firsts, counts, targets = [], [], []
     for b, item in enumerate(items):
         ids = pieces.ids[item.sentence][item.start:item.stop]
-        n = len(ids) + len(prefix) + len(suffix)
-        input_ids[b, :n] = np.concatenate([prefix, ids, suffix])
-        attention[b, :n] = 1
-        word_of_piece = pieces.words[item.sentence][item.start:item.stop]  # [n_pieces]
-        keep = slice(None) if item.owned is None else np.isin(word_of_piece, item.owned)
-        position = np.arange(len(ids))[keep] + len(prefix)
-        item_of.append(np.full(len(position), b))
-        positions.append(position)
-        targets.append(rows.unique_rows[item.sentence][word_of_piece[keep]])
-    target = np.concatenate(targets)
-    row_start = target.min() if len(target) else 0  # the rows of a batch are consecutive
+        input_ids[b, len(prefix):len(prefix) + len(ids)] = ids
+        input_ids[b, len(prefix) + len(ids):len(prefix) + len(ids) + len(suffix)] = suffix
+        lengths[b] = len(ids) + len(prefix) + len(suffix)
+        n_pieces = pieces.n_pieces[item.sentence]  # [n_words]
+        words = np.flatnonzero(n_pieces) if item.owned is None else item.owned  # [n_owned]
+        begins = (np.cumsum(n_pieces) - n_pieces)[words]  # [n_owned] first piece of each word in the sentence
+        firsts.append(begins + (b * width + len(prefix) - item.start))
+        counts.append(np.minimum(n_pieces[words], item.stop - begins))  # a word longer than a window: its first pieces
+        targets.append(rows.unique_rows[item.sentence][words])
+    input_ids[:, :len(prefix)] = prefix
+    attention = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)  # [B, T]
+    target = np.concatenate(targets)  # [n_rows] the rows of a batch are consecutive
+    row_start = target.min() if len(target) else 0
+    n_rows = int(target.max() - row_start + 1) if len(target) else 0
+    first, count = np.zeros(n_rows, dtype=np.int64), np.ones(n_rows, dtype=np.int64)  # [n_rows]
+    first[target - row_start], count[target - row_start] = np.concatenate(firsts), np.concatenate(counts)
+    later = [(np.flatnonzero(count > k), first[count > k] + k) for k in range(1, int(count.max(initial=1)))]
     return Batch(
         input_ids=torch.from_numpy(input_ids),
         attention=torch.from_numpy(attention),
-        piece_item=torch.from_numpy(np.concatenate(item_of)),
-        piece_position=torch.from_numpy(np.concatenate(positions)),
-        piece_target=torch.from_numpy(target - row_start),
-        n_rows=int(target.max() - row_start + 1) if len(target) else 0,
+        word_first=torch.from_numpy(first),
+        word_pieces=torch.from_numpy(count.astype(np.float32)),
+        later_pieces=[(torch.from_numpy(r), torch.from_numpy(f)) for r, f in later],
+        n_rows=n_rows,
         n_sentences=sum(ends_sentence(item, pieces) for item in items),
     )
 
@@ -273,11 +276,8 @@ def forward(model, batch: Batch, layers: list[int], device: torch.device) -> tor
     hidden_states, 0 = embeddings), computed in the model's precision."""
     n_layers = model.config.num_hidden_layers
     last_only = len(layers) == 1 and layers[0] == n_layers
-    out = model(
-        input_ids=batch.input_ids.to(device, non_blocking=True),
-        attention_mask=batch.attention.to(device, non_blocking=True),
-        output_hidden_states=not last_only,
-    )
+    out = model(input_ids=batch.input_ids.to(device, non_blocking=True), attention_mask=batch.attention.to(device, non_blocking=True),
+                output_hidden_states=not last_only)
     if last_only:
         return out.last_hidden_state.float()
     return torch.stack([out.hidden_states[i].float() for i in layers]).mean(0)
@@ -285,13 +285,35 @@ def forward(model, batch: Batch, layers: list[int], device: torch.device) -> tor
 
 def pool(hidden: torch.Tensor, batch: Batch, out: torch.Tensor) -> None:
     """Each word's vector, the mean of its pieces' hidden states, computed
-    on the model's device and written into `out` [n_rows, d] (float16, CPU)."""
+    on the model's device and written into `out` [n_rows, d] (float16, CPU).
+    Pieces are added in order (first, then second, …), as a sequential
+    index_add_ would, at a gather per piece rank instead of a scatter per piece."""
+    with one_thread() if hidden.device.type == "cpu" else contextlib.nullcontext():
+        pool_mean(hidden, batch, out)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch ops on one CPU thread: for small ops (pooling a batch takes well
+    under a millisecond), whose parallel region costs a scheduler time slice
+    when its second thread waits for a core (measured on the busy 2-core
+    machine: 25 ms for a division that takes 0.3 ms on one thread)."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n_threads)
+
+
+def pool_mean(hidden: torch.Tensor, batch: Batch, out: torch.Tensor) -> None:
     device = hidden.device
-    gathered = hidden[batch.piece_item.to(device), batch.piece_position.to(device)]  # [P, d]
-    target = batch.piece_target.to(device)  # [P]
-    sums = torch.zeros((batch.n_rows, hidden.shape[-1]), device=device).index_add_(0, target, gathered)  # [n_rows, d]
-    counts = torch.bincount(target, minlength=batch.n_rows).clamp_(min=1).unsqueeze(1)  # [n_rows, 1]
-    out.copy_(sums / counts)
+    flat = hidden.reshape(-1, hidden.shape[-1])  # [B*T, d]
+    sums = flat.index_select(0, batch.word_first.to(device, non_blocking=True))  # [n_rows, d]
+    for rows, pieces in batch.later_pieces:
+        rows = rows.to(device, non_blocking=True)  # [n_longer] rows with more than k pieces
+        sums.index_copy_(0, rows, sums.index_select(0, rows) + flat.index_select(0, pieces.to(device, non_blocking=True)))
+    out.copy_(sums.div_(batch.word_pieces.to(device, non_blocking=True).unsqueeze(1)))
 
 
 def prefetched(make: Callable[[int], Batch], starts: list[int], depth: int = 4) -> Iterator[tuple[int, Batch]]:
@@ -336,23 +358,24 @@ class ShardWriter:
     rows, on a background thread so the forward pass does not wait for the
     disk; after each shard, progress.json says where a resumed run starts.
 
-    Rows are pooled straight into one buffer allocated once for the whole
-    run: no per-batch tensors live on until their shard is written."""
+    Rows are pooled straight into one of two buffers, each allocated once
+    for the whole run: while the disk thread writes one as a shard (from
+    the buffer's own memory, no copy), batches fill the other."""
 
     def __init__(self, work: WorkDir, key: str, shard_starts: list[int], shard_rows: int, dim: int, batch_rows: int):
         self.work, self.key, self.shard_starts, self.shard_rows = work, key, shard_starts, shard_rows
-        self.buffer = torch.empty((shard_rows + batch_rows, dim), dtype=torch.float16)  # [capacity, d]
-        self.buffered = 0
+        self.buffers = [torch.empty((shard_rows + batch_rows, dim), dtype=torch.float16)]  # [capacity, d] each
+        self.current, self.buffered = 0, 0
         self.disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlembed-shards")
-        self.pending: list = []
+        self.pending: list = []  # the write in flight (of the other buffer), if any
+        self.seconds = 0.0  # spent here on the caller's thread
 
     def rows(self, n: int) -> torch.Tensor:
         """The next `n` rows of the buffer [n, d], for a batch to pool into."""
-        if self.buffered + n > len(self.buffer):  # a batch beyond the planned bound: grow once
-            self.buffer = torch.cat(
-                [self.buffer[: self.buffered], torch.empty((n, self.buffer.shape[1]), dtype=self.buffer.dtype)]
-            )
-        return self.buffer[self.buffered:self.buffered + n]
+        buffer = self.buffers[self.current]
+        if self.buffered + n > len(buffer):  # a batch beyond the planned bound: grow once
+            buffer = self.buffers[self.current] = torch.cat([buffer[:self.buffered], torch.empty((n, buffer.shape[1]), dtype=buffer.dtype)])
+        return buffer[self.buffered:self.buffered + n]
 
     def add(self, n: int, next_item: int) -> None:
         """The `n` rows handed out by `rows` are filled; `next_item` is where a resumed run would start."""
@@ -361,16 +384,24 @@ class ShardWriter:
             self.flush(next_item)
 
     def flush(self, next_item: int) -> None:
+        start = time.perf_counter()
         k = len(self.shard_starts) - 1
         self.shard_starts.append(self.shard_starts[-1] + self.buffered)
         progress = dict(key=self.key, shard_starts=list(self.shard_starts), next_item=next_item)
-        for done in [f for f in self.pending if f.done()]:
-            done.result()  # a failed write raises here
-        self.pending = [f for f in self.pending if not f.done()]
-        # a copy (the buffer is free again at once), made here: torch work stays on this thread
-        blob = tensors_blob({"vectors": self.buffer[:self.buffered].clone()})
+        self.wait()  # the other buffer's write is done: it may be filled again
+        # the blob's parts are the buffer's memory; made here: torch work stays on this thread
+        blob = tensors_blob({"vectors": self.buffers[self.current][:self.buffered]})
         self.pending.append(self.disk.submit(self._write, k, blob, progress))
-        self.buffered = 0
+        self.current, self.buffered = 1 - self.current, 0
+        if len(self.buffers) == 1:
+            self.buffers.append(torch.empty_like(self.buffers[0]))
+        self.seconds += time.perf_counter() - start
+
+    def wait(self) -> None:
+        """Wait for the write in flight; a failed write raises here."""
+        for f in self.pending:
+            f.result()
+        self.pending = []
 
     def _write(self, k: int, blob: list, progress: dict) -> None:
         write_bytes_atomic(self.work.vectors_shard(k), blob)
@@ -380,9 +411,12 @@ class ShardWriter:
         """Write what is left and wait for the disk."""
         if self.buffered or len(self.shard_starts) == 1:
             self.flush(n_items)
-        self.disk.shutdown(wait=True)
-        for f in self.pending:
-            f.result()
+        start = time.perf_counter()
+        try:
+            self.wait()
+        finally:
+            self.disk.shutdown(wait=True)
+        self.seconds += time.perf_counter() - start
 
 
 def resume(work: WorkDir, key: str) -> tuple[list[int], int, int | None]:
@@ -404,22 +438,16 @@ def resume(work: WorkDir, key: str) -> tuple[list[int], int, int | None]:
 
 
 def load_model(model_dir: Path, device: torch.device, precision: Precision):
-    """The encoder on `device` with its weights in `precision`."""
+    """The encoder on `device` with its weights in `precision`, without the
+    pooler a BERT carries for [CLS] (dense + tanh, run for nothing here)."""
     model = load_encoder(model_dir)
+    if isinstance(getattr(model, "pooler", None), torch.nn.Module):
+        model.pooler = None  # BERT, RoBERTa and kin skip a pooler that is None
     return model.to(device=device, dtype=DTYPES[precision])
 
 
-ENCODE_COUNTS = (
-    "sentences",
-    "unique_sentences",
-    "words",
-    "words_with_vector",
-    "words_truncated",
-    "words_without_pieces",
-    "sentences_in_windows",
-    "windows",
-    "vector_rows",
-)
+ENCODE_COUNTS = ("sentences", "unique_sentences", "words", "words_with_vector", "words_truncated", "words_without_pieces",
+                 "sentences_in_windows", "windows", "vector_rows")
 
 
 class EncodePlan(NamedTuple):
@@ -436,13 +464,36 @@ def max_length_used(opts: EncodeConfig, model_config) -> int:
     return min(opts.max_length, getattr(model_config, "max_position_embeddings", None) or opts.max_length)
 
 
+@dataclass
+class EncodeTiming:
+    """Where the encode stage's wall-clock seconds went, as seen from the
+    thread that runs the model: the forward pass (model and pooling) and the
+    host's parts. Batches are built ahead on another thread; only the time
+    spent waiting for one counts here."""
+
+    forward: float = 0.0  # the model and pooling, up to the vectors in host memory
+    load: float = 0.0  # loading the model and tokenizer
+    plan: float = 0.0  # deduplication, word pieces, the row plan
+    waiting: float = 0.0  # for the next batch to be built
+    shards: float = 0.0  # handing shards to the disk thread, waiting for it, the index
+    other: float = 0.0  # the rest: progress, resume, freeing memory
+
+    def record(self, total: float) -> dict:
+        """The split of `total` seconds (`other` is what the parts leave), and host = total - forward."""
+        parts = asdict(self)
+        parts["other"] = max(0.0, total - sum(v for k, v in parts.items() if k != "other"))
+        return dict({k: round(v, 3) for k, v in parts.items()}, host=round(total - self.forward, 3))
+
+
 class Encoder:
     """The model and tokenizer, loaded once, and everything a forward pass
     needs; encodes any sentences, for the encode stage or for a worker of
     the Ray executor."""
 
     def __init__(self, model_dir: Path, opts: EncodeConfig, device: torch.device, precision: Precision):
-        self.opts, self.device, self.precision = opts, device, Precision(precision)
+        start = time.perf_counter()
+        self.opts, self.device = opts, device
+        self.timing = EncodeTiming()
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_model(model_dir, device, precision)
         self.dim = self.model.config.hidden_size
@@ -451,39 +502,46 @@ class Encoder:
         self.prefix, self.suffix = special_tokens(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.window = self.max_length - len(self.prefix) - len(self.suffix)  # word pieces per forward row
+        self.timing.load += time.perf_counter() - start
 
     def plan(self, lines: Iterable[str]) -> EncodePlan:
         """Deduplicate (sentence s is unique sentence unique_of[s]), split into
         word pieces, and place every word's vector in a row."""
+        start = time.perf_counter()
         unique_index: dict[str, int] = {}
         unique_of = np.fromiter((unique_index.setdefault(line, len(unique_index)) for line in lines), dtype=np.int64)
-        n_words = np.fromiter(
-            (line.count(" ") + 1 for line in unique_index), dtype=np.int64, count=len(unique_index)
-        )  # [n_unique]
+        n_words = np.fromiter((line.count(" ") + 1 for line in unique_index), dtype=np.int64, count=len(unique_index))  # [n_unique]
         pieces = piece_plan(self.tokenizer, [line.split(" ") for line in unique_index])
         del unique_index
-        return EncodePlan(unique_of, n_words, pieces, row_plan(unique_of, n_words, pieces, self.window))
+        plan = EncodePlan(unique_of, n_words, pieces, row_plan(unique_of, n_words, pieces, self.window))
+        self.timing.plan += time.perf_counter() - start
+        return plan
 
     def run(self, plan: EncodePlan, next_item: int, rows_for: Callable[[int], torch.Tensor],
             done: Callable[[Batch, int], None]) -> None:
         """Forward passes over the items from `next_item` on, in batches; each
         batch pools into `rows_for(n_rows)` [n_rows, d], then `done(batch,
-        next item)` is called."""
-        bounds = batch_bounds(
-            plan.rows.items, self.opts.batch_size, self.opts.batch_tokens, len(self.prefix) + len(self.suffix)
-        )
+        next item)` is called. Adds the forward and waiting seconds to `timing`."""
+        bounds = batch_bounds(plan.rows.items, self.opts.batch_size, self.opts.batch_tokens, len(self.prefix) + len(self.suffix))
         end_of = dict(zip(bounds[:-1], bounds[1:]))
 
-        def make(b: int) -> Batch:
-            return make_batch(
-                plan.rows.items[b : end_of[b]], plan.pieces, plan.rows, self.prefix, self.suffix, self.pad_id
-            )
+        pin = self.device.type == "cuda"  # page-locked batches: asynchronous copies to the device
 
+        def make(b: int) -> Batch:
+            batch = make_batch(plan.rows.items[b:end_of[b]], plan.pieces, plan.rows, self.prefix, self.suffix, self.pad_id)
+            return batch.pin_memory() if pin else batch
+
+        batches = prefetched(make, [b for b in bounds[:-1] if b >= next_item])
         with torch.inference_mode():
-            for n_batches, (b, batch) in enumerate(
-                prefetched(make, [b for b in bounds[:-1] if b >= next_item]), start=1
-            ):
+            for n_batches in itertools.count(1):
+                start = time.perf_counter()
+                b, batch = next(batches, (None, None))
+                ready = time.perf_counter()
+                self.timing.waiting += ready - start
+                if batch is None:
+                    return
                 pool(forward(self.model, batch, self.layers, self.device), batch, rows_for(batch.n_rows))
+                self.timing.forward += time.perf_counter() - ready
                 done(batch, b + len(batch.input_ids))
                 if n_batches % TRIM_EVERY == 0:
                     release_freed_memory()
@@ -510,20 +568,9 @@ class Encoder:
         """What the encode record counts (all sums over sentences: additive)."""
         n_total = int(plan.rows.sent_offsets[-1])
         n_vec_words = int((plan.rows.word_rows >= 0).sum())
-        without_pieces = int(
-            np.array([int((n == 0).sum()) for n in plan.pieces.n_pieces], dtype=np.int64)[plan.unique_of].sum()
-        )
-        counts = (
-            len(plan.unique_of),
-            len(plan.n_words),
-            n_total,
-            n_vec_words,
-            n_total - n_vec_words - without_pieces,
-            without_pieces,
-            sum(len(ids) > self.window for ids in plan.pieces.ids),
-            len(plan.rows.items),
-            plan.rows.n_rows,
-        )
+        without_pieces = int(np.array([int((n == 0).sum()) for n in plan.pieces.n_pieces], dtype=np.int64)[plan.unique_of].sum())
+        counts = (len(plan.unique_of), len(plan.n_words), n_total, n_vec_words, n_total - n_vec_words - without_pieces,
+                  without_pieces, sum(len(ids) > self.window for ids in plan.pieces.ids), len(plan.rows.items), plan.rows.n_rows)
         return {name: int(n) for name, n in zip(ENCODE_COUNTS, counts)}
 
 
@@ -536,16 +583,10 @@ class EncodeSetup(NamedTuple):
     key: str
 
 
-def resolve_device_precision(opts: EncodeConfig) -> tuple[torch.device, Precision]:
-    """Where the encoder runs and in what precision, resolved on the machine
-    that runs it (the same function on the driver and on every Ray worker)."""
-    device = resolve_device(opts.device)
-    return device, resolve_precision(opts.precision, device)
-
-
 def encode_setup(config: Config, work: WorkDir) -> EncodeSetup:
     opts = config.encode
-    device, precision = resolve_device_precision(opts)
+    device = resolve_device(opts.device)
+    precision = resolve_precision(opts.precision, device)
     corpus_en = require(work.corpus_en, "tokenize")
     model_dir = resolve_model_dir(opts.model)
     key = stage_key("encode", config=fingerprint(opts), device=str(device), precision_used=precision.value,
@@ -574,6 +615,7 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
     setup = encode_setup(config, work)
 
     def compute() -> dict:
+        start = time.perf_counter()
         encoder = Encoder(setup.model_dir, opts, setup.device, setup.precision)
         plan = encoder.plan(read_lines(work.corpus_en))
         shard_starts, next_item, resumed_at = resume(work, setup.key)
@@ -589,19 +631,16 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
             encoder.run(plan, next_item, writer.rows, done)
             writer.close(len(plan.rows.items))
 
-        save_tensors(
-            work.vectors_index,
-            {
-                "sent_offsets": torch.from_numpy(plan.rows.sent_offsets),
-                "word_rows": torch.from_numpy(plan.rows.word_rows),
-                "shard_starts": torch.tensor(writer.shard_starts, dtype=torch.int64),
-            },
-            metadata={"dim": str(encoder.dim), "rows": str(plan.rows.n_rows)},
-        )
+        start_index = time.perf_counter()
+        save_tensors(work.vectors_index,
+                     {"sent_offsets": torch.from_numpy(plan.rows.sent_offsets), "word_rows": torch.from_numpy(plan.rows.word_rows),
+                      "shard_starts": torch.tensor(writer.shard_starts, dtype=torch.int64)},
+                     metadata={"dim": str(encoder.dim), "rows": str(plan.rows.n_rows)})
         work.vectors_progress.unlink(missing_ok=True)
+        encoder.timing.shards += writer.seconds + time.perf_counter() - start_index
         counts = dict(encoder.counts(plan), shards=len(writer.shard_starts) - 1)
         return dict(encode_record(config, work, setup, encoder.max_length, encoder.dim, counts), vectors_kept=True,
-                    resumed_at_shard=resumed_at)
+                    resumed_at_shard=resumed_at, timing=encoder.timing.record(time.perf_counter() - start))
 
     return run_stage(work, "encode", setup.key, force, compute, outputs=(work.vectors_index,))
 
