@@ -55,11 +55,11 @@ def one_run(corpus_en: Path, root: Path, model: Path | None) -> dict:
     if model is not None:
         options["model"] = model
     config = Config().set(**options).validate(("encode",))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     record = encode_module.encode(config, work, force=True)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     shutil.rmtree(root)
-    return dict(wall=wall, record=record)
+    return dict(wall=wall, cpu=cpu, record=record)
 
 
 def real_vectors(corpus_en: Path, root: Path, model: Path | None, n_sentences: int, into: Path) -> None:
@@ -114,6 +114,9 @@ def main() -> None:
         corpus=str(args.corpus_en), words=words, vector_rows=record["counts"]["vector_rows"], torch_threads=torch.get_num_threads(),
         stage_seconds=[round(r["record"]["seconds"], 3) for r in runs],
         words_per_second=round(words / statistics.median(r["record"]["seconds"] for r in runs)),
+        # CPU seconds of the whole process (every thread), less sensitive to a loaded machine than the wall clock
+        cpu_seconds=[round(r["cpu"], 3) for r in runs],
+        words_per_cpu_second=round(words / statistics.median(r["cpu"] for r in runs)),
     )
     if all(x is not None for x in loop):
         result["stage_seconds_without_model_load"] = [round(x, 3) for x in loop]
