@@ -91,12 +91,24 @@ def piece_plan(tokenizer, sentences: list[list[str]]) -> PiecePlan:
     backend.no_padding()
     for start in range(0, len(sentences), TOKENIZE_CHUNK):
         chunk = sentences[start:start + TOKENIZE_CHUNK]
-        for words, encoding in zip(chunk, backend.encode_batch(chunk, is_pretokenized=True, add_special_tokens=False)):
-            word_of_piece = np.asarray(encoding.word_ids, dtype=np.int32)
-            plan.ids.append(np.asarray(encoding.ids, dtype=np.int32))
-            plan.words.append(word_of_piece)
-            plan.n_pieces.append(np.bincount(word_of_piece, minlength=len(words)))
+        encodings = backend.encode_batch(chunk, is_pretokenized=True, add_special_tokens=False)
+        # each sentence's lists joined into flat arrays, then split again (views): few numpy calls per chunk
+        ids, words = [e.ids for e in encodings], [e.word_ids for e in encodings]
+        n_pieces = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))  # [S] pieces per sentence
+        n_words = np.fromiter(map(len, chunk), dtype=np.int64, count=len(chunk))  # [S] words per sentence
+        flat_words = np.fromiter(itertools.chain.from_iterable(words), dtype=np.int32, count=int(n_pieces.sum()))  # [P]
+        word_offsets = np.cumsum(n_words) - n_words  # [S]
+        pieces_per_word = np.bincount(flat_words + np.repeat(word_offsets, n_pieces), minlength=int(n_words.sum()))  # [W]
+        plan.ids.extend(split(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=len(flat_words)), n_pieces))
+        plan.words.extend(split(flat_words, n_pieces))
+        plan.n_pieces.extend(split(pieces_per_word, n_words))
     return plan
+
+
+def split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """`flat` cut into consecutive parts of `lengths` (views; np.split is slower by far for many small parts)."""
+    ends = np.cumsum(lengths).tolist()
+    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
 class Item(NamedTuple):
@@ -183,12 +195,7 @@ def row_plan(unique_of: np.ndarray, n_words: np.ndarray, pieces: PiecePlan, wind
     items = items_of(pieces, window)
     order = np.argsort(-np.array([item.stop - item.start for item in items]), kind="stable")
     items = [items[i] for i in order]
-    unique_rows = [np.full(n, -1, dtype=np.int64) for n in n_words]
-    next_row = 0
-    for item in items:
-        owned = np.flatnonzero(pieces.n_pieces[item.sentence] > 0) if item.owned is None else item.owned
-        unique_rows[item.sentence][owned] = np.arange(next_row, next_row + len(owned))
-        next_row += len(owned)
+    unique_rows, next_row = assign_rows(items, n_words, pieces)
 
     # the index over all sentences: sentence s copies unique sentence unique_of[s]
     lengths = n_words[unique_of]  # [n_sentences]
@@ -200,6 +207,31 @@ def row_plan(unique_of: np.ndarray, n_words: np.ndarray, pieces: PiecePlan, wind
     within = np.arange(sent_offsets[-1]) - np.repeat(sent_offsets[:-1], lengths)  # [n_words_total] j of each word
     word_rows = unique_flat[np.repeat(unique_offsets[:-1][unique_of], lengths) + within]
     return RowPlan(unique_of, items, unique_rows, sent_offsets, word_rows, next_row)
+
+
+def assign_rows(items: list[Item], n_words: np.ndarray, pieces: PiecePlan) -> tuple[list[np.ndarray], int]:
+    """Rows in processing order, the words of one item consecutive: per unique
+    sentence, the row of each word [n_words] (-1: none), and the number of rows."""
+    n_pieces = np.concatenate(pieces.n_pieces) if pieces.n_pieces else np.zeros(0, dtype=np.int64)  # [W] all words
+    word_offsets = np.cumsum(n_words) - n_words  # [U] each sentence's first word
+    has = n_pieces > 0  # [W]
+    before = np.concatenate([[0], np.cumsum(has)])  # [W + 1] words with pieces before each word
+    with_pieces = before[word_offsets + n_words] - before[word_offsets]  # [U] a whole sentence's rows
+    sentence = np.fromiter((item.sentence for item in items), dtype=np.int64, count=len(items))  # [I]
+    whole = np.fromiter((item.owned is None for item in items), dtype=bool, count=len(items))  # [I]
+    owned = np.fromiter((0 if item.owned is None else len(item.owned) for item in items), dtype=np.int64, count=len(items))
+    counts = np.where(whole, with_pieces[sentence], owned)  # [I] rows of each item
+    first_row = np.cumsum(counts) - counts  # [I]
+    rows = np.full(len(n_pieces), -1, dtype=np.int64)  # [W]
+    base = np.full(len(n_words), -1, dtype=np.int64)  # [U] first row of a sentence encoded whole (-1: in windows)
+    base[sentence[whole]] = first_row[whole]
+    sentence_of_word = np.repeat(np.arange(len(n_words)), n_words)  # [W]
+    take = has & (base[sentence_of_word] >= 0)
+    rows[take] = base[sentence_of_word[take]] + (before[:-1] - before[word_offsets][sentence_of_word])[take]
+    for i in np.flatnonzero(~whole):
+        item = items[i]
+        rows[word_offsets[item.sentence] + item.owned] = np.arange(first_row[i], first_row[i] + counts[i])
+    return split(rows, n_words), int(counts.sum())
 
 
 @dataclass
@@ -225,38 +257,68 @@ class Batch:
 
 
 def make_batch(items: list[Item], pieces: PiecePlan, rows: RowPlan, prefix: list[int], suffix: list[int], pad_id: int) -> Batch:
-    width = max(item.stop - item.start for item in items) + len(prefix) + len(suffix)
+    n_prefix = len(prefix)
+    lengths = np.array([min(item.stop, len(pieces.ids[item.sentence])) - item.start for item in items], dtype=np.int64)  # [B] pieces
+    width = max(item.stop - item.start for item in items) + n_prefix + len(suffix)
     input_ids = np.full((len(items), width), pad_id, dtype=np.int64)  # [B, T]
-    lengths = np.empty(len(items), dtype=np.int64)  # [B] real tokens per row
-    firsts, counts, targets = [], [], []
-    for b, item in enumerate(items):
-        ids = pieces.ids[item.sentence][item.start:item.stop]
-        input_ids[b, len(prefix):len(prefix) + len(ids)] = ids
-        input_ids[b, len(prefix) + len(ids):len(prefix) + len(ids) + len(suffix)] = suffix
-        lengths[b] = len(ids) + len(prefix) + len(suffix)
-        n_pieces = pieces.n_pieces[item.sentence]  # [n_words]
-        words = np.flatnonzero(n_pieces) if item.owned is None else item.owned  # [n_owned]
-        begins = (np.cumsum(n_pieces) - n_pieces)[words]  # [n_owned] first piece of each word in the sentence
-        firsts.append(begins + (b * width + len(prefix) - item.start))
-        counts.append(np.minimum(n_pieces[words], item.stop - begins))  # a word longer than a window: its first pieces
-        targets.append(rows.unique_rows[item.sentence][words])
-    input_ids[:, :len(prefix)] = prefix
-    attention = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)  # [B, T]
-    target = np.concatenate(targets)  # [n_rows] the rows of a batch are consecutive
+    input_ids[:, :n_prefix] = prefix
+    input_ids[np.arange(len(items))[:, None], n_prefix + lengths[:, None] + np.arange(len(suffix))] = suffix
+    attention = (np.arange(width)[None, :] < (lengths + n_prefix + len(suffix))[:, None]).astype(np.int64)  # [B, T]
+    whole = np.array([item.owned is None for item in items])  # [B] whole sentences; else windows of long ones
+    words = whole_sentences(np.flatnonzero(whole), [items[b].sentence for b in np.flatnonzero(whole)], pieces, rows, input_ids,
+                            lengths[whole], width, n_prefix)
+    for b in np.flatnonzero(~whole):
+        words.append(window_words(b, items[b], pieces, rows, input_ids, width, n_prefix))
+    first, count, target = (np.concatenate(parts) for parts in zip(*words))  # [n_rows] each; a batch's rows are consecutive
     row_start = target.min() if len(target) else 0
     n_rows = int(target.max() - row_start + 1) if len(target) else 0
-    first, count = np.zeros(n_rows, dtype=np.int64), np.ones(n_rows, dtype=np.int64)  # [n_rows]
-    first[target - row_start], count[target - row_start] = np.concatenate(firsts), np.concatenate(counts)
-    later = [(np.flatnonzero(count > k), first[count > k] + k) for k in range(1, int(count.max(initial=1)))]
+    word_first, word_pieces = np.zeros(n_rows, dtype=np.int64), np.ones(n_rows, dtype=np.int64)  # [n_rows]
+    word_first[target - row_start], word_pieces[target - row_start] = first, count
+    later = [(np.flatnonzero(word_pieces > k), word_first[word_pieces > k] + k) for k in range(1, int(word_pieces.max(initial=1)))]
     return Batch(
         input_ids=torch.from_numpy(input_ids),
         attention=torch.from_numpy(attention),
-        word_first=torch.from_numpy(first),
-        word_pieces=torch.from_numpy(count.astype(np.float32)),
+        word_first=torch.from_numpy(word_first),
+        word_pieces=torch.from_numpy(word_pieces.astype(np.float32)),
         later_pieces=[(torch.from_numpy(r), torch.from_numpy(f)) for r, f in later],
         n_rows=n_rows,
         n_sentences=sum(ends_sentence(item, pieces) for item in items),
     )
+
+
+class BatchWords(NamedTuple):
+    """Words that take their vector from a batch."""
+
+    first: np.ndarray  # [n] flat index b*T + t of each word's first piece
+    count: np.ndarray  # [n] its pieces in the batch
+    row: np.ndarray  # [n] its row
+
+
+def whole_sentences(batch_rows: np.ndarray, sentences: list[int], pieces: PiecePlan, rows: RowPlan, input_ids: np.ndarray,
+                    lengths: np.ndarray, width: int, n_prefix: int) -> list[BatchWords]:
+    """Fill `input_ids` at `batch_rows` with whole sentences, all at once (no loop over sentences
+    in Python but list look-ups); their words with pieces."""
+    if not sentences:
+        return []
+    piece_offsets = np.cumsum(lengths) - lengths  # [S] where each sentence starts among all their pieces
+    within = np.arange(lengths.sum()) - np.repeat(piece_offsets, lengths)  # [P] each piece's position in its sentence
+    input_ids[np.repeat(batch_rows, lengths), n_prefix + within] = np.concatenate([pieces.ids[u] for u in sentences])
+    n_pieces = np.concatenate([pieces.n_pieces[u] for u in sentences])  # [W] pieces of each word
+    n_words = np.array([len(pieces.n_pieces[u]) for u in sentences])  # [S]
+    begins = np.cumsum(n_pieces) - n_pieces - np.repeat(piece_offsets, n_words)  # [W] first piece of each word in its sentence
+    has = n_pieces > 0
+    first = (np.repeat(batch_rows, n_words) * width + n_prefix + begins)[has]
+    return [BatchWords(first, n_pieces[has], np.concatenate([rows.unique_rows[u] for u in sentences])[has])]
+
+
+def window_words(b: int, item: Item, pieces: PiecePlan, rows: RowPlan, input_ids: np.ndarray, width: int, n_prefix: int) -> BatchWords:
+    """Fill row `b` of `input_ids` with a window of a long sentence; the words it owns."""
+    ids = pieces.ids[item.sentence][item.start:item.stop]
+    input_ids[b, n_prefix:n_prefix + len(ids)] = ids
+    n_pieces = pieces.n_pieces[item.sentence]  # [n_words]
+    begins = (np.cumsum(n_pieces) - n_pieces)[item.owned]  # [n_owned] first piece of each word in the sentence
+    count = np.minimum(n_pieces[item.owned], item.stop - begins)  # a word longer than a window: its first pieces
+    return BatchWords(begins + (b * width + n_prefix - item.start), count, rows.unique_rows[item.sentence][item.owned])
 
 
 def batch_bounds(items: list[Item], batch_size: int, batch_tokens: int, n_special: int) -> list[int]:
