@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 import xlembed.encode as encode_module
-from xlembed.config import Config, WorkDir
+from xlembed.config import Config
+from xlembed.layout import WorkDir
 
 
 STUB_MEMORY: list[torch.Tensor] = []
