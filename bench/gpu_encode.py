@@ -3,7 +3,7 @@ separate loop) on a MiniLM-shaped model with random weights, so that only
 the config and tokenizer files have to travel to the GPU machine.
 
     python bench/gpu_encode.py --export-shape DIR           # here: MiniLM's config + tokenizer files (< 1 MB) into DIR
-    python bench/gpu_encode.py DIR CORPUS_EN [--compare 2000] [--batch-tokens 4096,16384] [--json FILE]   # on the GPU machine
+    python bench/gpu_encode.py DIR CORPUS_EN [--compare 2000] [--batch-tokens 4096,16384] [--json FILE]  # on the GPU
 
 The model is built from DIR's config with seeded random weights (the same
 shape, so the same arithmetic as MiniLM). Reports, as one JSON object:
@@ -14,6 +14,7 @@ shape, so the same arithmetic as MiniLM). Reports, as one JSON object:
   by nvidia-smi every 100 ms while the stage ran (mean and median, in %).
 Sized to finish in well under 5 minutes on an H100/H200 with Tatoeba.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,8 @@ from pathlib import Path
 import torch
 
 from xlembed.config import Config
-from xlembed.layout import WorkDir
 from xlembed.encode import VectorStore, encode
+from xlembed.layout import WorkDir
 
 SHAPE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -61,10 +62,14 @@ class Utilisation:
 
     def __enter__(self):
         self.samples: list[int] = []
-        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100",
-                                      "-i", "0"], stdout=subprocess.PIPE, text=True)
-        self.reader = threading.Thread(target=lambda: [self.samples.append(int(x)) for x in self.proc.stdout if x.strip().isdigit()],
-                                       daemon=True)
+        self.proc = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100", "-i", "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.reader = threading.Thread(
+            target=lambda: [self.samples.append(int(x)) for x in self.proc.stdout if x.strip().isdigit()], daemon=True
+        )
         self.reader.start()
         return self
 
@@ -94,9 +99,15 @@ def word_vectors(work: WorkDir) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("shape", type=Path, help="a directory with a model's config and tokenizer files (weights not needed)")
+    parser.add_argument(
+        "shape", type=Path, help="a directory with a model's config and tokenizer files (weights not needed)"
+    )
     parser.add_argument("corpus_en", type=Path, nargs="?")
-    parser.add_argument("--export-shape", action="store_true", help="write the default model's config and tokenizer into SHAPE, then stop")
+    parser.add_argument(
+        "--export-shape",
+        action="store_true",
+        help="write the default model's config and tokenizer into SHAPE, then stop",
+    )
     parser.add_argument("--compare", type=int, default=2000, help="sentences encoded on both devices")
     parser.add_argument("--batch-tokens", default="4096,16384", help="padded pieces per batch, one full run each")
     parser.add_argument("--json", type=Path)
@@ -110,26 +121,45 @@ def main() -> None:
     lines = args.corpus_en.read_text(encoding="utf-8").splitlines()
     result = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, sentences=len(lines))
 
-    cpu_record, cpu_work = encode_lines(model, lines[:args.compare], tmp / "cmp-cpu", device="cpu", precision="fp32")
-    cuda_record, cuda_work = encode_lines(model, lines[:args.compare], tmp / "cmp-cuda", device="cuda", precision="auto")
+    cpu_record, cpu_work = encode_lines(model, lines[: args.compare], tmp / "cmp-cpu", device="cpu", precision="fp32")
+    cuda_record, cuda_work = encode_lines(
+        model, lines[: args.compare], tmp / "cmp-cuda", device="cuda", precision="auto"
+    )
     cpu, cuda = word_vectors(cpu_work), word_vectors(cuda_work)
     cos = torch.nn.functional.cosine_similarity(cpu, cuda)
-    result["compare"] = dict(sentences=args.compare, words=len(cos), precision_cuda=cuda_record["precision_used"],
-                             cosine_min=cos.min().item(), cosine_mean=cos.mean().item(), goal_met=bool(cos.min().item() >= 0.9999),
-                             cpu_seconds=cpu_record["seconds"], cuda_seconds=cuda_record["seconds"])
+    result["compare"] = dict(
+        sentences=args.compare,
+        words=len(cos),
+        precision_cuda=cuda_record["precision_used"],
+        cosine_min=cos.min().item(),
+        cosine_mean=cos.mean().item(),
+        goal_met=bool(cos.min().item() >= 0.9999),
+        cpu_seconds=cpu_record["seconds"],
+        cuda_seconds=cuda_record["seconds"],
+    )
 
     for batch_tokens in map(int, args.batch_tokens.split(",")):
         with Utilisation() as gpu:
             torch.cuda.synchronize()
             start = time.perf_counter()
-            record, _ = encode_lines(model, lines, tmp / f"full-{batch_tokens}", device="cuda", batch_tokens=batch_tokens,
-                                     batch_size=max(128, batch_tokens // 16))
+            record, _ = encode_lines(
+                model,
+                lines,
+                tmp / f"full-{batch_tokens}",
+                device="cuda",
+                batch_tokens=batch_tokens,
+                batch_size=max(128, batch_tokens // 16),
+            )
             seconds = time.perf_counter() - start
         loop = seconds - record["timing"]["load"]  # the stage less loading the model
         result[f"batch_tokens_{batch_tokens}"] = dict(
-            seconds=round(seconds, 2), seconds_without_model_load=round(loop, 2),
-            sentences_per_second=round(record["counts"]["sentences"] / loop), words_per_second=round(record["counts"]["words"] / loop),
-            timing=record["timing"], gpu_utilisation=gpu.summary())
+            seconds=round(seconds, 2),
+            seconds_without_model_load=round(loop, 2),
+            sentences_per_second=round(record["counts"]["sentences"] / loop),
+            words_per_second=round(record["counts"]["words"] / loop),
+            timing=record["timing"],
+            gpu_utilisation=gpu.summary(),
+        )
     result["peak_cuda_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     shutil.rmtree(tmp)

@@ -16,6 +16,7 @@ before and after a change (run it with each checkout's python). Prints one
 JSON object: words, seconds per repeat, words/s (median), and the stage's
 own timing split where the record has one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,6 @@ import torch
 import xlembed.encode as encode_module
 from xlembed.config import Config
 from xlembed.layout import WorkDir
-
 
 STUB_MEMORY: list[torch.Tensor] = []
 
@@ -82,8 +82,14 @@ def real_vectors(corpus_en: Path, root: Path, model: Path | None, n_sentences: i
 def compare(a: Path, b: Path) -> dict:
     x, y = torch.load(a).float(), torch.load(b).float()
     cos = torch.nn.functional.cosine_similarity(x, y)
-    return dict(words=len(x), identical=bool(torch.equal(x, y)), rows_differing=int((x != y).any(1).sum()),
-                max_abs_diff=(x - y).abs().max().item(), cosine_min=cos.min().item(), cosine_mean=cos.mean().item())
+    return dict(
+        words=len(x),
+        identical=bool(torch.equal(x, y)),
+        rows_differing=int((x != y).any(1).sum()),
+        max_abs_diff=(x - y).abs().max().item(),
+        cosine_min=cos.min().item(),
+        cosine_mean=cos.mean().item(),
+    )
 
 
 def main() -> None:
@@ -112,7 +118,10 @@ def main() -> None:
     # the stage's seconds less loading the model (a fixed cost, not per word), where the record says
     loop = [r["record"]["seconds"] - t["load"] if t else None for r, t in zip(runs, timing)]
     result = dict(
-        corpus=str(args.corpus_en), words=words, vector_rows=record["counts"]["vector_rows"], torch_threads=torch.get_num_threads(),
+        corpus=str(args.corpus_en),
+        words=words,
+        vector_rows=record["counts"]["vector_rows"],
+        torch_threads=torch.get_num_threads(),
         stage_seconds=[round(r["record"]["seconds"], 3) for r in runs],
         words_per_second=round(words / statistics.median(r["record"]["seconds"] for r in runs)),
         # CPU seconds of the whole process (every thread), less sensitive to a loaded machine than the wall clock

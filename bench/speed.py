@@ -5,7 +5,8 @@
 The floor is MiniLM's forward pass alone over the unique English sentences
 (length-sorted batches of 128 padded to their longest, inference mode),
 measured twice in this process: weights in float32, and in bfloat16; the
-goal is stated against the better (faster) of the two. The run uses the defaults (whatever precision `auto` picks on this machine; it is
+goal is stated against the better (faster) of the two. The run uses the defaults
+(whatever precision `auto` picks on this machine; it is
 reported). Also: the stages' own seconds, and the rest of the wall clock
 (process start, imports, option and model checks). Prints one JSON object.
 """

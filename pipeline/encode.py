@@ -10,6 +10,7 @@ the chosen hidden layer, and vectors are written as float16 shards. The index ma
 
 so memory stays bounded by one shard, whatever the corpus size.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,9 +28,21 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from .config import Config, Device, EncodeConfig, Precision, WorkDir, section_dict
-from .io import (Reporter, SilentReporter, XlembedError, read_json, read_lines, release_freed_memory, require, save_tensors,
-                 tensors_blob, write_bytes_atomic, write_json_atomic)
+from .config import Config, Device, EncodeConfig, Precision, section_dict
+from .errors import XlembedError
+from .io import (
+    Reporter,
+    SilentReporter,
+    read_json,
+    read_lines,
+    release_freed_memory,
+    require,
+    save_tensors,
+    tensors_blob,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from .layout import WorkDir
 from .models import layer_indices, load_encoder, load_tokenizer, resolve_model_dir, special_tokens
 from .records import file_hash, fingerprint, model_hash, run_stage, stage_key
 
@@ -90,7 +103,7 @@ def piece_plan(tokenizer, sentences: list[list[str]]) -> PiecePlan:
     backend.no_truncation()
     backend.no_padding()
     for start in range(0, len(sentences), TOKENIZE_CHUNK):
-        chunk = sentences[start:start + TOKENIZE_CHUNK]
+        chunk = sentences[start : start + TOKENIZE_CHUNK]
         encodings = backend.encode_batch(chunk, is_pretokenized=True, add_special_tokens=False)
         # each sentence's lists joined into flat arrays, then split again (views): few numpy calls per chunk
         ids, words = [e.ids for e in encodings], [e.word_ids for e in encodings]
@@ -98,8 +111,12 @@ def piece_plan(tokenizer, sentences: list[list[str]]) -> PiecePlan:
         n_words = np.fromiter(map(len, chunk), dtype=np.int64, count=len(chunk))  # [S] words per sentence
         flat_words = np.fromiter(itertools.chain.from_iterable(words), dtype=np.int32, count=int(n_pieces.sum()))  # [P]
         word_offsets = np.cumsum(n_words) - n_words  # [S]
-        pieces_per_word = np.bincount(flat_words + np.repeat(word_offsets, n_pieces), minlength=int(n_words.sum()))  # [W]
-        plan.ids.extend(split(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=len(flat_words)), n_pieces))
+        pieces_per_word = np.bincount(
+            flat_words + np.repeat(word_offsets, n_pieces), minlength=int(n_words.sum())
+        )  # [W]
+        plan.ids.extend(
+            split(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=len(flat_words)), n_pieces)
+        )
         plan.words.extend(split(flat_words, n_pieces))
         plan.n_pieces.extend(split(pieces_per_word, n_words))
     return plan
@@ -219,7 +236,9 @@ def assign_rows(items: list[Item], n_words: np.ndarray, pieces: PiecePlan) -> tu
     with_pieces = before[word_offsets + n_words] - before[word_offsets]  # [U] a whole sentence's rows
     sentence = np.fromiter((item.sentence for item in items), dtype=np.int64, count=len(items))  # [I]
     whole = np.fromiter((item.owned is None for item in items), dtype=bool, count=len(items))  # [I]
-    owned = np.fromiter((0 if item.owned is None else len(item.owned) for item in items), dtype=np.int64, count=len(items))
+    owned = np.fromiter(
+        (0 if item.owned is None else len(item.owned) for item in items), dtype=np.int64, count=len(items)
+    )
     counts = np.where(whole, with_pieces[sentence], owned)  # [I] rows of each item
     first_row = np.cumsum(counts) - counts  # [I]
     rows = np.full(len(n_pieces), -1, dtype=np.int64)  # [W]
@@ -245,36 +264,61 @@ class Batch:
     attention: torch.Tensor  # [B, T] long, 1 at real tokens
     word_first: torch.Tensor  # [n_rows] long, flat index b*T + t of each word's first piece
     word_pieces: torch.Tensor  # [n_rows] float32, pieces of each word (>= 1)
-    later_pieces: list[tuple[torch.Tensor, torch.Tensor]]  # k = 1, 2, …: (rows with more than k pieces, flat index of their piece k)
+    later_pieces: list[
+        tuple[torch.Tensor, torch.Tensor]
+    ]  # k = 1, 2, …: (rows with more than k pieces, flat index of their piece k)
     n_rows: int  # words that get their vector from this batch
     n_sentences: int  # items that end a sentence (for progress)
 
     def pin_memory(self) -> Batch:
         """The same batch in page-locked memory, for asynchronous copies to a CUDA device."""
-        return Batch(self.input_ids.pin_memory(), self.attention.pin_memory(), self.word_first.pin_memory(),
-                     self.word_pieces.pin_memory(), [(r.pin_memory(), f.pin_memory()) for r, f in self.later_pieces],
-                     self.n_rows, self.n_sentences)
+        return Batch(
+            self.input_ids.pin_memory(),
+            self.attention.pin_memory(),
+            self.word_first.pin_memory(),
+            self.word_pieces.pin_memory(),
+            [(r.pin_memory(), f.pin_memory()) for r, f in self.later_pieces],
+            self.n_rows,
+            self.n_sentences,
+        )
 
 
-def make_batch(items: list[Item], pieces: PiecePlan, rows: RowPlan, prefix: list[int], suffix: list[int], pad_id: int) -> Batch:
+def make_batch(
+    items: list[Item], pieces: PiecePlan, rows: RowPlan, prefix: list[int], suffix: list[int], pad_id: int
+) -> Batch:
     n_prefix = len(prefix)
-    lengths = np.array([min(item.stop, len(pieces.ids[item.sentence])) - item.start for item in items], dtype=np.int64)  # [B] pieces
+    lengths = np.array(
+        [min(item.stop, len(pieces.ids[item.sentence])) - item.start for item in items], dtype=np.int64
+    )  # [B] pieces
     width = max(item.stop - item.start for item in items) + n_prefix + len(suffix)
     input_ids = np.full((len(items), width), pad_id, dtype=np.int64)  # [B, T]
     input_ids[:, :n_prefix] = prefix
     input_ids[np.arange(len(items))[:, None], n_prefix + lengths[:, None] + np.arange(len(suffix))] = suffix
     attention = (np.arange(width)[None, :] < (lengths + n_prefix + len(suffix))[:, None]).astype(np.int64)  # [B, T]
     whole = np.array([item.owned is None for item in items])  # [B] whole sentences; else windows of long ones
-    words = whole_sentences(np.flatnonzero(whole), [items[b].sentence for b in np.flatnonzero(whole)], pieces, rows, input_ids,
-                            lengths[whole], width, n_prefix)
+    words = whole_sentences(
+        np.flatnonzero(whole),
+        [items[b].sentence for b in np.flatnonzero(whole)],
+        pieces,
+        rows,
+        input_ids,
+        lengths[whole],
+        width,
+        n_prefix,
+    )
     for b in np.flatnonzero(~whole):
         words.append(window_words(b, items[b], pieces, rows, input_ids, width, n_prefix))
-    first, count, target = (np.concatenate(parts) for parts in zip(*words))  # [n_rows] each; a batch's rows are consecutive
+    first, count, target = (
+        np.concatenate(parts) for parts in zip(*words)
+    )  # [n_rows] each; a batch's rows are consecutive
     row_start = target.min() if len(target) else 0
     n_rows = int(target.max() - row_start + 1) if len(target) else 0
     word_first, word_pieces = np.zeros(n_rows, dtype=np.int64), np.ones(n_rows, dtype=np.int64)  # [n_rows]
     word_first[target - row_start], word_pieces[target - row_start] = first, count
-    later = [(np.flatnonzero(word_pieces > k), word_first[word_pieces > k] + k) for k in range(1, int(word_pieces.max(initial=1)))]
+    later = [
+        (np.flatnonzero(word_pieces > k), word_first[word_pieces > k] + k)
+        for k in range(1, int(word_pieces.max(initial=1)))
+    ]
     return Batch(
         input_ids=torch.from_numpy(input_ids),
         attention=torch.from_numpy(attention),
@@ -294,8 +338,16 @@ class BatchWords(NamedTuple):
     row: np.ndarray  # [n] its row
 
 
-def whole_sentences(batch_rows: np.ndarray, sentences: list[int], pieces: PiecePlan, rows: RowPlan, input_ids: np.ndarray,
-                    lengths: np.ndarray, width: int, n_prefix: int) -> list[BatchWords]:
+def whole_sentences(
+    batch_rows: np.ndarray,
+    sentences: list[int],
+    pieces: PiecePlan,
+    rows: RowPlan,
+    input_ids: np.ndarray,
+    lengths: np.ndarray,
+    width: int,
+    n_prefix: int,
+) -> list[BatchWords]:
     """Fill `input_ids` at `batch_rows` with whole sentences, all at once (no loop over sentences
     in Python but list look-ups); their words with pieces."""
     if not sentences:
@@ -305,16 +357,20 @@ def whole_sentences(batch_rows: np.ndarray, sentences: list[int], pieces: PieceP
     input_ids[np.repeat(batch_rows, lengths), n_prefix + within] = np.concatenate([pieces.ids[u] for u in sentences])
     n_pieces = np.concatenate([pieces.n_pieces[u] for u in sentences])  # [W] pieces of each word
     n_words = np.array([len(pieces.n_pieces[u]) for u in sentences])  # [S]
-    begins = np.cumsum(n_pieces) - n_pieces - np.repeat(piece_offsets, n_words)  # [W] first piece of each word in its sentence
+    begins = (
+        np.cumsum(n_pieces) - n_pieces - np.repeat(piece_offsets, n_words)
+    )  # [W] first piece of each word in its sentence
     has = n_pieces > 0
     first = (np.repeat(batch_rows, n_words) * width + n_prefix + begins)[has]
     return [BatchWords(first, n_pieces[has], np.concatenate([rows.unique_rows[u] for u in sentences])[has])]
 
 
-def window_words(b: int, item: Item, pieces: PiecePlan, rows: RowPlan, input_ids: np.ndarray, width: int, n_prefix: int) -> BatchWords:
+def window_words(
+    b: int, item: Item, pieces: PiecePlan, rows: RowPlan, input_ids: np.ndarray, width: int, n_prefix: int
+) -> BatchWords:
     """Fill row `b` of `input_ids` with a window of a long sentence; the words it owns."""
-    ids = pieces.ids[item.sentence][item.start:item.stop]
-    input_ids[b, n_prefix:n_prefix + len(ids)] = ids
+    ids = pieces.ids[item.sentence][item.start : item.stop]
+    input_ids[b, n_prefix : n_prefix + len(ids)] = ids
     n_pieces = pieces.n_pieces[item.sentence]  # [n_words]
     begins = (np.cumsum(n_pieces) - n_pieces)[item.owned]  # [n_owned] first piece of each word in the sentence
     count = np.minimum(n_pieces[item.owned], item.stop - begins)  # a word longer than a window: its first pieces
@@ -338,8 +394,11 @@ def forward(model, batch: Batch, layers: list[int], device: torch.device) -> tor
     hidden_states, 0 = embeddings), computed in the model's precision."""
     n_layers = model.config.num_hidden_layers
     last_only = len(layers) == 1 and layers[0] == n_layers
-    out = model(input_ids=batch.input_ids.to(device, non_blocking=True), attention_mask=batch.attention.to(device, non_blocking=True),
-                output_hidden_states=not last_only)
+    out = model(
+        input_ids=batch.input_ids.to(device, non_blocking=True),
+        attention_mask=batch.attention.to(device, non_blocking=True),
+        output_hidden_states=not last_only,
+    )
     if last_only:
         return out.last_hidden_state.float()
     return torch.stack([out.hidden_states[i].float() for i in layers]).mean(0)
@@ -374,7 +433,9 @@ def pool_mean(hidden: torch.Tensor, batch: Batch, out: torch.Tensor) -> None:
     sums = flat.index_select(0, batch.word_first.to(device, non_blocking=True))  # [n_rows, d]
     for rows, pieces in batch.later_pieces:
         rows = rows.to(device, non_blocking=True)  # [n_longer] rows with more than k pieces
-        sums.index_copy_(0, rows, sums.index_select(0, rows) + flat.index_select(0, pieces.to(device, non_blocking=True)))
+        sums.index_copy_(
+            0, rows, sums.index_select(0, rows) + flat.index_select(0, pieces.to(device, non_blocking=True))
+        )
     out.copy_(sums.div_(batch.word_pieces.to(device, non_blocking=True).unsqueeze(1)))
 
 
@@ -436,8 +497,10 @@ class ShardWriter:
         """The next `n` rows of the buffer [n, d], for a batch to pool into."""
         buffer = self.buffers[self.current]
         if self.buffered + n > len(buffer):  # a batch beyond the planned bound: grow once
-            buffer = self.buffers[self.current] = torch.cat([buffer[:self.buffered], torch.empty((n, buffer.shape[1]), dtype=buffer.dtype)])
-        return buffer[self.buffered:self.buffered + n]
+            buffer = self.buffers[self.current] = torch.cat(
+                [buffer[: self.buffered], torch.empty((n, buffer.shape[1]), dtype=buffer.dtype)]
+            )
+        return buffer[self.buffered : self.buffered + n]
 
     def add(self, n: int, next_item: int) -> None:
         """The `n` rows handed out by `rows` are filled; `next_item` is where a resumed run would start."""
@@ -452,7 +515,7 @@ class ShardWriter:
         progress = dict(key=self.key, shard_starts=list(self.shard_starts), next_item=next_item)
         self.wait()  # the other buffer's write is done: it may be filled again
         # the blob's parts are the buffer's memory; made here: torch work stays on this thread
-        blob = tensors_blob({"vectors": self.buffers[self.current][:self.buffered]})
+        blob = tensors_blob({"vectors": self.buffers[self.current][: self.buffered]})
         self.pending.append(self.disk.submit(self._write, k, blob, progress))
         self.current, self.buffered = 1 - self.current, 0
         if len(self.buffers) == 1:
@@ -508,8 +571,17 @@ def load_model(model_dir: Path, device: torch.device, precision: Precision):
     return model.to(device=device, dtype=DTYPES[precision])
 
 
-ENCODE_COUNTS = ("sentences", "unique_sentences", "words", "words_with_vector", "words_truncated", "words_without_pieces",
-                 "sentences_in_windows", "windows", "vector_rows")
+ENCODE_COUNTS = (
+    "sentences",
+    "unique_sentences",
+    "words",
+    "words_with_vector",
+    "words_truncated",
+    "words_without_pieces",
+    "sentences_in_windows",
+    "windows",
+    "vector_rows",
+)
 
 
 class EncodePlan(NamedTuple):
@@ -554,7 +626,7 @@ class Encoder:
 
     def __init__(self, model_dir: Path, opts: EncodeConfig, device: torch.device, precision: Precision):
         start = time.perf_counter()
-        self.opts, self.device = opts, device
+        self.opts, self.device, self.precision = opts, device, Precision(precision)
         self.timing = EncodeTiming()
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_model(model_dir, device, precision)
@@ -572,25 +644,36 @@ class Encoder:
         start = time.perf_counter()
         unique_index: dict[str, int] = {}
         unique_of = np.fromiter((unique_index.setdefault(line, len(unique_index)) for line in lines), dtype=np.int64)
-        n_words = np.fromiter((line.count(" ") + 1 for line in unique_index), dtype=np.int64, count=len(unique_index))  # [n_unique]
+        n_words = np.fromiter(
+            (line.count(" ") + 1 for line in unique_index), dtype=np.int64, count=len(unique_index)
+        )  # [n_unique]
         pieces = piece_plan(self.tokenizer, [line.split(" ") for line in unique_index])
         del unique_index
         plan = EncodePlan(unique_of, n_words, pieces, row_plan(unique_of, n_words, pieces, self.window))
         self.timing.plan += time.perf_counter() - start
         return plan
 
-    def run(self, plan: EncodePlan, next_item: int, rows_for: Callable[[int], torch.Tensor],
-            done: Callable[[Batch, int], None]) -> None:
+    def run(
+        self,
+        plan: EncodePlan,
+        next_item: int,
+        rows_for: Callable[[int], torch.Tensor],
+        done: Callable[[Batch, int], None],
+    ) -> None:
         """Forward passes over the items from `next_item` on, in batches; each
         batch pools into `rows_for(n_rows)` [n_rows, d], then `done(batch,
         next item)` is called. Adds the forward and waiting seconds to `timing`."""
-        bounds = batch_bounds(plan.rows.items, self.opts.batch_size, self.opts.batch_tokens, len(self.prefix) + len(self.suffix))
+        bounds = batch_bounds(
+            plan.rows.items, self.opts.batch_size, self.opts.batch_tokens, len(self.prefix) + len(self.suffix)
+        )
         end_of = dict(zip(bounds[:-1], bounds[1:]))
 
         pin = self.device.type == "cuda"  # page-locked batches: asynchronous copies to the device
 
         def make(b: int) -> Batch:
-            batch = make_batch(plan.rows.items[b:end_of[b]], plan.pieces, plan.rows, self.prefix, self.suffix, self.pad_id)
+            batch = make_batch(
+                plan.rows.items[b : end_of[b]], plan.pieces, plan.rows, self.prefix, self.suffix, self.pad_id
+            )
             return batch.pin_memory() if pin else batch
 
         batches = prefetched(make, [b for b in bounds[:-1] if b >= next_item])
@@ -617,7 +700,7 @@ class Encoder:
         filled = 0
 
         def rows_for(n: int) -> torch.Tensor:
-            return vectors[filled:filled + n]  # a batch's rows are consecutive, in processing order
+            return vectors[filled : filled + n]  # a batch's rows are consecutive, in processing order
 
         def done(batch: Batch, next_item: int) -> None:
             nonlocal filled
@@ -630,9 +713,20 @@ class Encoder:
         """What the encode record counts (all sums over sentences: additive)."""
         n_total = int(plan.rows.sent_offsets[-1])
         n_vec_words = int((plan.rows.word_rows >= 0).sum())
-        without_pieces = int(np.array([int((n == 0).sum()) for n in plan.pieces.n_pieces], dtype=np.int64)[plan.unique_of].sum())
-        counts = (len(plan.unique_of), len(plan.n_words), n_total, n_vec_words, n_total - n_vec_words - without_pieces,
-                  without_pieces, sum(len(ids) > self.window for ids in plan.pieces.ids), len(plan.rows.items), plan.rows.n_rows)
+        without_pieces = int(
+            np.array([int((n == 0).sum()) for n in plan.pieces.n_pieces], dtype=np.int64)[plan.unique_of].sum()
+        )
+        counts = (
+            len(plan.unique_of),
+            len(plan.n_words),
+            n_total,
+            n_vec_words,
+            n_total - n_vec_words - without_pieces,
+            without_pieces,
+            sum(len(ids) > self.window for ids in plan.pieces.ids),
+            len(plan.rows.items),
+            plan.rows.n_rows,
+        )
         return {name: int(n) for name, n in zip(ENCODE_COUNTS, counts)}
 
 
@@ -645,14 +739,25 @@ class EncodeSetup(NamedTuple):
     key: str
 
 
+def resolve_device_precision(opts: EncodeConfig) -> tuple[torch.device, Precision]:
+    """Where the encoder runs and in what precision, resolved on the machine
+    that runs it (the same function on the driver and on every Ray worker)."""
+    device = resolve_device(opts.device)
+    return device, resolve_precision(opts.precision, device)
+
+
 def encode_setup(config: Config, work: WorkDir) -> EncodeSetup:
     opts = config.encode
-    device = resolve_device(opts.device)
-    precision = resolve_precision(opts.precision, device)
+    device, precision = resolve_device_precision(opts)
     corpus_en = require(work.corpus_en, "tokenize")
     model_dir = resolve_model_dir(opts.model)
-    key = stage_key("encode", config=fingerprint(opts), device=str(device), precision_used=precision.value,
-                    corpus_en=file_hash(corpus_en))
+    key = stage_key(
+        "encode",
+        config=fingerprint(opts),
+        device=str(device),
+        precision_used=precision.value,
+        corpus_en=file_hash(corpus_en),
+    )
     return EncodeSetup(model_dir, device, precision, key)
 
 
@@ -681,8 +786,14 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
         encoder = Encoder(setup.model_dir, opts, setup.device, setup.precision)
         plan = encoder.plan(read_lines(work.corpus_en))
         shard_starts, next_item, resumed_at = resume(work, setup.key)
-        writer = ShardWriter(work, setup.key, shard_starts, opts.shard_rows, encoder.dim,
-                             batch_rows=max(opts.batch_tokens, encoder.window))  # a batch's words <= its pieces
+        writer = ShardWriter(
+            work,
+            setup.key,
+            shard_starts,
+            opts.shard_rows,
+            encoder.dim,
+            batch_rows=max(opts.batch_tokens, encoder.window),
+        )  # a batch's words <= its pieces
         with reporter.task("encode", len(plan.n_words), "sentences") as task:
             task.advance(sum(ends_sentence(item, plan.pieces) for item in plan.rows.items[:next_item]))
 
@@ -694,15 +805,24 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
             writer.close(len(plan.rows.items))
 
         start_index = time.perf_counter()
-        save_tensors(work.vectors_index,
-                     {"sent_offsets": torch.from_numpy(plan.rows.sent_offsets), "word_rows": torch.from_numpy(plan.rows.word_rows),
-                      "shard_starts": torch.tensor(writer.shard_starts, dtype=torch.int64)},
-                     metadata={"dim": str(encoder.dim), "rows": str(plan.rows.n_rows)})
+        save_tensors(
+            work.vectors_index,
+            {
+                "sent_offsets": torch.from_numpy(plan.rows.sent_offsets),
+                "word_rows": torch.from_numpy(plan.rows.word_rows),
+                "shard_starts": torch.tensor(writer.shard_starts, dtype=torch.int64),
+            },
+            metadata={"dim": str(encoder.dim), "rows": str(plan.rows.n_rows)},
+        )
         work.vectors_progress.unlink(missing_ok=True)
         encoder.timing.shards += writer.seconds + time.perf_counter() - start_index
         counts = dict(encoder.counts(plan), shards=len(writer.shard_starts) - 1)
-        return dict(encode_record(config, work, setup, encoder.max_length, encoder.dim, counts), vectors_kept=True,
-                    resumed_at_shard=resumed_at, timing=encoder.timing.record(time.perf_counter() - start))
+        return dict(
+            encode_record(config, work, setup, encoder.max_length, encoder.dim, counts),
+            vectors_kept=True,
+            resumed_at_shard=resumed_at,
+            timing=encoder.timing.record(time.perf_counter() - start),
+        )
 
     return run_stage(work, "encode", setup.key, force, compute, outputs=(work.vectors_index,))
 
@@ -744,4 +864,4 @@ class VectorStore:
         return load_file(str(require(self.work.vectors_shard(k), "encode")))["vectors"]
 
     def rows_of(self, sentence: int) -> np.ndarray:
-        return self.word_rows[self.sent_offsets[sentence]:self.sent_offsets[sentence + 1]]
+        return self.word_rows[self.sent_offsets[sentence] : self.sent_offsets[sentence + 1]]

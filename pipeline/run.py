@@ -3,11 +3,9 @@ checks every command makes before it touches a work directory."""
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
-from typing import Callable, Iterator
-
 import importlib
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .config import Config, Executor
 from .errors import XlembedError
