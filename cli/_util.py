@@ -308,6 +308,10 @@ def summarize(stage: str, record: dict, quiet: bool) -> None:
     if isinstance(seconds, dict):
         seconds = seconds.get(stage, 0.0)
     err.print(f"[green]✔[/green] [bold]{stage}[/bold] ({seconds:.1f} s): {escape(text)}")
+    timing = record.get("timing")
+    if timing:
+        host = ", ".join(f"{k} {v:.1f}" for k, v in timing.items() if k not in ("forward", "host"))
+        err.print(f"  forward (model + pooling) {timing['forward']:.1f} s, host {timing['host']:.1f} s ({host})")
 
 
 def version_callback(value: bool):

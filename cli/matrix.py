@@ -57,9 +57,9 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of a table.")] = False,
 ):
     """Shape, dtype, model, settings, projected and filled rows, and the most frequent words of a matrix."""
-    from xlembed import Embeddings
+    from xlembed.outdir import describe  # headers only: no torch
 
-    result = Embeddings.load(out_dir).info()
+    result = describe(out_dir)
     if json_out:
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return
@@ -155,9 +155,9 @@ def verify(out_dir: OutDirArg):
 
     Checks every file's checksum against manifest.json, and that rows, vocabulary lines, the `projected`
     flags and the English matrix agree."""
-    from xlembed import Embeddings
+    from xlembed.outdir import verify as verify_output  # safetensors.numpy: no torch
 
-    problems = Embeddings.verify(out_dir)
+    problems = verify_output(out_dir)
     for problem in problems:
         err.print(f"[red]✘[/red] {escape(problem)}")
     if problems:

@@ -23,9 +23,8 @@ from .config import (  # noqa: E402
                      WriteConfig,
                      load_config,
 )
-from .embeddings import Embeddings, load  # noqa: E402
 from .errors import XlembedError  # noqa: E402
-from .run import run, run_one  # noqa: E402
+from .run import run, run_one  # noqa: E402  (it imports the stages when it runs them)
 from .version import __version__
 
 __all__ = [
@@ -33,3 +32,16 @@ __all__ = [
     "Config", "TokenizeConfig", "EncodeConfig", "AlignConfig", "ProjectConfig", "WriteConfig", "ExecutorConfig",
     "Symmetrization", "Strategy", "Oov", "Device", "Precision", "Executor",
 ]
+
+# imported on first use: they bring torch (seconds of import time), which `xlembed --help` does without
+LAZY = {"Embeddings": "embeddings", "load": "embeddings"}
+
+
+def __getattr__(name: str):
+    if name in LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'xlembed' has no attribute '{name}'")

@@ -10,11 +10,15 @@ the chosen hidden layer, and vectors are written as float16 shards. The index ma
 
 so memory stays bounded by one shard, whatever the corpus size.
 """
+
 from __future__ import annotations
 
+import contextlib
+import itertools
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from queue import Empty, Queue
 from typing import Callable, Iterable, Iterator, NamedTuple
@@ -99,13 +103,29 @@ def piece_plan(tokenizer, sentences: list[list[str]]) -> PiecePlan:
     backend.no_truncation()
     backend.no_padding()
     for start in range(0, len(sentences), TOKENIZE_CHUNK):
-        chunk = sentences[start:start + TOKENIZE_CHUNK]
-        for words, encoding in zip(chunk, backend.encode_batch(chunk, is_pretokenized=True, add_special_tokens=False)):
-            word_of_piece = np.asarray(encoding.word_ids, dtype=np.int32)
-            plan.ids.append(np.asarray(encoding.ids, dtype=np.int32))
-            plan.words.append(word_of_piece)
-            plan.n_pieces.append(np.bincount(word_of_piece, minlength=len(words)))
+        chunk = sentences[start : start + TOKENIZE_CHUNK]
+        encodings = backend.encode_batch(chunk, is_pretokenized=True, add_special_tokens=False)
+        # each sentence's lists joined into flat arrays, then split again (views): few numpy calls per chunk
+        ids, words = [e.ids for e in encodings], [e.word_ids for e in encodings]
+        n_pieces = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))  # [S] pieces per sentence
+        n_words = np.fromiter(map(len, chunk), dtype=np.int64, count=len(chunk))  # [S] words per sentence
+        flat_words = np.fromiter(itertools.chain.from_iterable(words), dtype=np.int32, count=int(n_pieces.sum()))  # [P]
+        word_offsets = np.cumsum(n_words) - n_words  # [S]
+        pieces_per_word = np.bincount(
+            flat_words + np.repeat(word_offsets, n_pieces), minlength=int(n_words.sum())
+        )  # [W]
+        plan.ids.extend(
+            split(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=len(flat_words)), n_pieces)
+        )
+        plan.words.extend(split(flat_words, n_pieces))
+        plan.n_pieces.extend(split(pieces_per_word, n_words))
     return plan
+
+
+def split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """`flat` cut into consecutive parts of `lengths` (views; np.split is slower by far for many small parts)."""
+    ends = np.cumsum(lengths).tolist()
+    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
 class Item(NamedTuple):
@@ -200,12 +220,7 @@ def row_plan(unique_of: np.ndarray, n_words: np.ndarray, pieces: PiecePlan, wind
     items = items_of(pieces, window)
     order = np.argsort(-np.array([item.stop - item.start for item in items]), kind="stable")
     items = [items[i] for i in order]
-    unique_rows = [np.full(n, -1, dtype=np.int64) for n in n_words]
-    next_row = 0
-    for item in items:
-        owned = np.flatnonzero(pieces.n_pieces[item.sentence] > 0) if item.owned is None else item.owned
-        unique_rows[item.sentence][owned] = np.arange(next_row, next_row + len(owned))
-        next_row += len(owned)
+    unique_rows, next_row = assign_rows(items, n_words, pieces)
 
     # the index over all sentences: sentence s copies unique sentence unique_of[s]
     lengths = n_words[unique_of]  # [n_sentences]
@@ -219,51 +234,158 @@ def row_plan(unique_of: np.ndarray, n_words: np.ndarray, pieces: PiecePlan, wind
     return RowPlan(unique_of, items, unique_rows, sent_offsets, word_rows, next_row)
 
 
+def assign_rows(items: list[Item], n_words: np.ndarray, pieces: PiecePlan) -> tuple[list[np.ndarray], int]:
+    """Rows in processing order, the words of one item consecutive: per unique
+    sentence, the row of each word [n_words] (-1: none), and the number of rows."""
+    n_pieces = np.concatenate(pieces.n_pieces) if pieces.n_pieces else np.zeros(0, dtype=np.int64)  # [W] all words
+    word_offsets = np.cumsum(n_words) - n_words  # [U] each sentence's first word
+    has = n_pieces > 0  # [W]
+    before = np.concatenate([[0], np.cumsum(has)])  # [W + 1] words with pieces before each word
+    with_pieces = before[word_offsets + n_words] - before[word_offsets]  # [U] a whole sentence's rows
+    sentence = np.fromiter((item.sentence for item in items), dtype=np.int64, count=len(items))  # [I]
+    whole = np.fromiter((item.owned is None for item in items), dtype=bool, count=len(items))  # [I]
+    owned = np.fromiter(
+        (0 if item.owned is None else len(item.owned) for item in items), dtype=np.int64, count=len(items)
+    )
+    counts = np.where(whole, with_pieces[sentence], owned)  # [I] rows of each item
+    first_row = np.cumsum(counts) - counts  # [I]
+    rows = np.full(len(n_pieces), -1, dtype=np.int64)  # [W]
+    base = np.full(len(n_words), -1, dtype=np.int64)  # [U] first row of a sentence encoded whole (-1: in windows)
+    base[sentence[whole]] = first_row[whole]
+    sentence_of_word = np.repeat(np.arange(len(n_words)), n_words)  # [W]
+    take = has & (base[sentence_of_word] >= 0)
+    rows[take] = base[sentence_of_word[take]] + (before[:-1] - before[word_offsets][sentence_of_word])[take]
+    for i in np.flatnonzero(~whole):
+        item = items[i]
+        rows[word_offsets[item.sentence] + item.owned] = np.arange(first_row[i], first_row[i] + counts[i])
+    return split(rows, n_words), int(counts.sum())
+
+
 @dataclass
 class Batch:
-    """One forward pass: padded input and, per pooled piece, where it sits and
-    which output row (local to the batch) its word goes to."""
+    """One forward pass: padded input and, per word that gets its vector
+    from this batch (its local row r = 0 … n_rows-1), where its pieces sit in
+    the flattened hidden states [B*T, d]: from word_first[r], word_pieces[r]
+    of them (a word's pieces are consecutive)."""
 
     input_ids: torch.Tensor  # [B, T] long, padded with the pad id
     attention: torch.Tensor  # [B, T] long, 1 at real tokens
-    piece_item: torch.Tensor  # [P] batch row of each pooled piece
-    piece_position: torch.Tensor  # [P] its position (after the special prefix)
-    piece_target: torch.Tensor  # [P] local output row of its word
+    word_first: torch.Tensor  # [n_rows] long, flat index b*T + t of each word's first piece
+    word_pieces: torch.Tensor  # [n_rows] float32, pieces of each word (>= 1)
+    later_pieces: list[
+        tuple[torch.Tensor, torch.Tensor]
+    ]  # k = 1, 2, …: (rows with more than k pieces, flat index of their piece k)
     n_rows: int  # words that get their vector from this batch
     n_sentences: int  # items that end a sentence
     n_pieces: int  # word pieces of its items, special tokens and padding left out (progress counts these)
+
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory, for asynchronous copies to a CUDA device."""
+        return Batch(
+            self.input_ids.pin_memory(),
+            self.attention.pin_memory(),
+            self.word_first.pin_memory(),
+            self.word_pieces.pin_memory(),
+            [(r.pin_memory(), f.pin_memory()) for r, f in self.later_pieces],
+            self.n_rows,
+            self.n_sentences,
+            self.n_pieces,
+        )
 
 
 def make_batch(
     items: list[Item], pieces: PiecePlan, rows: RowPlan, prefix: list[int], suffix: list[int], pad_id: int
 ) -> Batch:
-    width = max(item.stop - item.start for item in items) + len(prefix) + len(suffix)
+    n_prefix = len(prefix)
+    lengths = np.array(
+        [min(item.stop, len(pieces.ids[item.sentence])) - item.start for item in items], dtype=np.int64
+    )  # [B] pieces
+    width = max(item.stop - item.start for item in items) + n_prefix + len(suffix)
     input_ids = np.full((len(items), width), pad_id, dtype=np.int64)  # [B, T]
-    attention = np.zeros((len(items), width), dtype=np.int64)  # [B, T]
-    item_of, positions, targets = [], [], []
-    for b, item in enumerate(items):
-        ids = pieces.ids[item.sentence][item.start:item.stop]
-        n = len(ids) + len(prefix) + len(suffix)
-        input_ids[b, :n] = np.concatenate([prefix, ids, suffix])
-        attention[b, :n] = 1
-        word_of_piece = pieces.words[item.sentence][item.start:item.stop]  # [n_pieces]
-        keep = slice(None) if item.owned is None else np.isin(word_of_piece, item.owned)
-        position = np.arange(len(ids))[keep] + len(prefix)
-        item_of.append(np.full(len(position), b))
-        positions.append(position)
-        targets.append(rows.unique_rows[item.sentence][word_of_piece[keep]])
-    target = np.concatenate(targets)
-    row_start = target.min() if len(target) else 0  # the rows of a batch are consecutive
+    input_ids[:, :n_prefix] = prefix
+    input_ids[np.arange(len(items))[:, None], n_prefix + lengths[:, None] + np.arange(len(suffix))] = suffix
+    attention = (np.arange(width)[None, :] < (lengths + n_prefix + len(suffix))[:, None]).astype(np.int64)  # [B, T]
+    whole = np.array([item.owned is None for item in items])  # [B] whole sentences; else windows of long ones
+    words = whole_sentences(
+        np.flatnonzero(whole),
+        [items[b].sentence for b in np.flatnonzero(whole)],
+        pieces,
+        rows,
+        input_ids,
+        lengths[whole],
+        width,
+        n_prefix,
+    )
+    for b in np.flatnonzero(~whole):
+        words.append(window_words(b, items[b], pieces, rows, input_ids, width, n_prefix))
+    first, count, target = (
+        np.concatenate(parts) for parts in zip(*words)
+    )  # [n_rows] each; a batch's rows are consecutive
+    row_start = target.min() if len(target) else 0
+    n_rows = int(target.max() - row_start + 1) if len(target) else 0
+    word_first, word_pieces = np.zeros(n_rows, dtype=np.int64), np.ones(n_rows, dtype=np.int64)  # [n_rows]
+    word_first[target - row_start], word_pieces[target - row_start] = first, count
+    later = [
+        (np.flatnonzero(word_pieces > k), word_first[word_pieces > k] + k)
+        for k in range(1, int(word_pieces.max(initial=1)))
+    ]
     return Batch(
         input_ids=torch.from_numpy(input_ids),
         attention=torch.from_numpy(attention),
-        piece_item=torch.from_numpy(np.concatenate(item_of)),
-        piece_position=torch.from_numpy(np.concatenate(positions)),
-        piece_target=torch.from_numpy(target - row_start),
-        n_rows=int(target.max() - row_start + 1) if len(target) else 0,
+        word_first=torch.from_numpy(word_first),
+        word_pieces=torch.from_numpy(word_pieces.astype(np.float32)),
+        later_pieces=[(torch.from_numpy(r), torch.from_numpy(f)) for r, f in later],
+        n_rows=n_rows,
         n_sentences=sum(ends_sentence(item, pieces) for item in items),
         n_pieces=sum(item.stop - item.start for item in items),
     )
+
+
+class BatchWords(NamedTuple):
+    """Words that take their vector from a batch."""
+
+    first: np.ndarray  # [n] flat index b*T + t of each word's first piece
+    count: np.ndarray  # [n] its pieces in the batch
+    row: np.ndarray  # [n] its row
+
+
+def whole_sentences(
+    batch_rows: np.ndarray,
+    sentences: list[int],
+    pieces: PiecePlan,
+    rows: RowPlan,
+    input_ids: np.ndarray,
+    lengths: np.ndarray,
+    width: int,
+    n_prefix: int,
+) -> list[BatchWords]:
+    """Fill `input_ids` at `batch_rows` with whole sentences, all at once (no loop over sentences
+    in Python but list look-ups); their words with pieces."""
+    if not sentences:
+        return []
+    piece_offsets = np.cumsum(lengths) - lengths  # [S] where each sentence starts among all their pieces
+    within = np.arange(lengths.sum()) - np.repeat(piece_offsets, lengths)  # [P] each piece's position in its sentence
+    input_ids[np.repeat(batch_rows, lengths), n_prefix + within] = np.concatenate([pieces.ids[u] for u in sentences])
+    n_pieces = np.concatenate([pieces.n_pieces[u] for u in sentences])  # [W] pieces of each word
+    n_words = np.array([len(pieces.n_pieces[u]) for u in sentences])  # [S]
+    begins = (
+        np.cumsum(n_pieces) - n_pieces - np.repeat(piece_offsets, n_words)
+    )  # [W] first piece of each word in its sentence
+    has = n_pieces > 0
+    first = (np.repeat(batch_rows, n_words) * width + n_prefix + begins)[has]
+    return [BatchWords(first, n_pieces[has], np.concatenate([rows.unique_rows[u] for u in sentences])[has])]
+
+
+def window_words(
+    b: int, item: Item, pieces: PiecePlan, rows: RowPlan, input_ids: np.ndarray, width: int, n_prefix: int
+) -> BatchWords:
+    """Fill row `b` of `input_ids` with a window of a long sentence; the words it owns."""
+    ids = pieces.ids[item.sentence][item.start : item.stop]
+    input_ids[b, n_prefix : n_prefix + len(ids)] = ids
+    n_pieces = pieces.n_pieces[item.sentence]  # [n_words]
+    begins = (np.cumsum(n_pieces) - n_pieces)[item.owned]  # [n_owned] first piece of each word in the sentence
+    count = np.minimum(n_pieces[item.owned], item.stop - begins)  # a word longer than a window: its first pieces
+    return BatchWords(begins + (b * width + n_prefix - item.start), count, rows.unique_rows[item.sentence][item.owned])
 
 
 def batch_bounds(items: list[Item], batch_size: int, batch_tokens: int, n_special: int) -> list[int]:
@@ -295,13 +417,37 @@ def forward(model, batch: Batch, layers: list[int], device: torch.device) -> tor
 
 def pool(hidden: torch.Tensor, batch: Batch, out: torch.Tensor) -> None:
     """Each word's vector, the mean of its pieces' hidden states, computed
-    on the model's device and written into `out` [n_rows, d] (float16, CPU)."""
+    on the model's device and written into `out` [n_rows, d] (float16, CPU).
+    Pieces are added in order (first, then second, …), as a sequential
+    index_add_ would, at a gather per piece rank instead of a scatter per piece."""
+    with one_thread() if hidden.device.type == "cpu" else contextlib.nullcontext():
+        pool_mean(hidden, batch, out)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch ops on one CPU thread: for small ops (pooling a batch takes well
+    under a millisecond), whose parallel region costs a scheduler time slice
+    when its second thread waits for a core (measured on the busy 2-core
+    machine: 25 ms for a division that takes 0.3 ms on one thread)."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n_threads)
+
+
+def pool_mean(hidden: torch.Tensor, batch: Batch, out: torch.Tensor) -> None:
     device = hidden.device
-    gathered = hidden[batch.piece_item.to(device), batch.piece_position.to(device)]  # [P, d]
-    target = batch.piece_target.to(device)  # [P]
-    sums = torch.zeros((batch.n_rows, hidden.shape[-1]), device=device).index_add_(0, target, gathered)  # [n_rows, d]
-    counts = torch.bincount(target, minlength=batch.n_rows).clamp_(min=1).unsqueeze(1)  # [n_rows, 1]
-    out.copy_(sums / counts)
+    flat = hidden.reshape(-1, hidden.shape[-1])  # [B*T, d]
+    sums = flat.index_select(0, batch.word_first.to(device, non_blocking=True))  # [n_rows, d]
+    for rows, pieces in batch.later_pieces:
+        rows = rows.to(device, non_blocking=True)  # [n_longer] rows with more than k pieces
+        sums.index_copy_(
+            0, rows, sums.index_select(0, rows) + flat.index_select(0, pieces.to(device, non_blocking=True))
+        )
+    out.copy_(sums.div_(batch.word_pieces.to(device, non_blocking=True).unsqueeze(1)))
 
 
 def prefetched(make: Callable[[int], Batch], starts: list[int], depth: int = 4) -> Iterator[tuple[int, Batch]]:
@@ -346,23 +492,26 @@ class ShardWriter:
     rows, on a background thread so the forward pass does not wait for the
     disk; after each shard, progress.json says where a resumed run starts.
 
-    Rows are pooled straight into one buffer allocated once for the whole
-    run: no per-batch tensors live on until their shard is written."""
+    Rows are pooled straight into one of two buffers, each allocated once
+    for the whole run: while the disk thread writes one as a shard (from
+    the buffer's own memory, no copy), batches fill the other."""
 
     def __init__(self, work: WorkDir, key: str, shard_starts: list[int], shard_rows: int, dim: int, batch_rows: int):
         self.work, self.key, self.shard_starts, self.shard_rows = work, key, shard_starts, shard_rows
-        self.buffer = torch.empty((shard_rows + batch_rows, dim), dtype=torch.float16)  # [capacity, d]
-        self.buffered = 0
+        self.buffers = [torch.empty((shard_rows + batch_rows, dim), dtype=torch.float16)]  # [capacity, d] each
+        self.current, self.buffered = 0, 0
         self.disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlembed-shards")
-        self.pending: list = []
+        self.pending: list = []  # the write in flight (of the other buffer), if any
+        self.seconds = 0.0  # spent here on the caller's thread
 
     def rows(self, n: int) -> torch.Tensor:
         """The next `n` rows of the buffer [n, d], for a batch to pool into."""
-        if self.buffered + n > len(self.buffer):  # a batch beyond the planned bound: grow once
-            self.buffer = torch.cat(
-                [self.buffer[: self.buffered], torch.empty((n, self.buffer.shape[1]), dtype=self.buffer.dtype)]
+        buffer = self.buffers[self.current]
+        if self.buffered + n > len(buffer):  # a batch beyond the planned bound: grow once
+            buffer = self.buffers[self.current] = torch.cat(
+                [buffer[: self.buffered], torch.empty((n, buffer.shape[1]), dtype=buffer.dtype)]
             )
-        return self.buffer[self.buffered:self.buffered + n]
+        return buffer[self.buffered : self.buffered + n]
 
     def add(self, n: int, next_item: int) -> None:
         """The `n` rows handed out by `rows` are filled; `next_item` is where a resumed run would start."""
@@ -371,16 +520,24 @@ class ShardWriter:
             self.flush(next_item)
 
     def flush(self, next_item: int) -> None:
+        start = time.perf_counter()
         k = len(self.shard_starts) - 1
         self.shard_starts.append(self.shard_starts[-1] + self.buffered)
         progress = dict(key=self.key, shard_starts=list(self.shard_starts), next_item=next_item)
-        for done in [f for f in self.pending if f.done()]:
-            done.result()  # a failed write raises here
-        self.pending = [f for f in self.pending if not f.done()]
-        # a copy (the buffer is free again at once), made here: torch work stays on this thread
-        blob = tensors_blob({"vectors": self.buffer[:self.buffered].clone()})
+        self.wait()  # the other buffer's write is done: it may be filled again
+        # the blob's parts are the buffer's memory; made here: torch work stays on this thread
+        blob = tensors_blob({"vectors": self.buffers[self.current][: self.buffered]})
         self.pending.append(self.disk.submit(self._write, k, blob, progress))
-        self.buffered = 0
+        self.current, self.buffered = 1 - self.current, 0
+        if len(self.buffers) == 1:
+            self.buffers.append(torch.empty_like(self.buffers[0]))
+        self.seconds += time.perf_counter() - start
+
+    def wait(self) -> None:
+        """Wait for the write in flight; a failed write raises here."""
+        for f in self.pending:
+            f.result()
+        self.pending = []
 
     def _write(self, k: int, blob: list, progress: dict) -> None:
         write_bytes_atomic(self.work.vectors_shard(k), blob)
@@ -390,9 +547,12 @@ class ShardWriter:
         """Write what is left and wait for the disk."""
         if self.buffered or len(self.shard_starts) == 1:
             self.flush(n_items)
-        self.disk.shutdown(wait=True)
-        for f in self.pending:
-            f.result()
+        start = time.perf_counter()
+        try:
+            self.wait()
+        finally:
+            self.disk.shutdown(wait=True)
+        self.seconds += time.perf_counter() - start
 
 
 def resume(work: WorkDir, key: str) -> tuple[list[int], int, int | None]:
@@ -414,8 +574,11 @@ def resume(work: WorkDir, key: str) -> tuple[list[int], int, int | None]:
 
 
 def load_model(model_dir: Path, device: torch.device, precision: Precision):
-    """The encoder on `device` with its weights in `precision`."""
+    """The encoder on `device` with its weights in `precision`, without the
+    pooler a BERT carries for [CLS] (dense + tanh, run for nothing here)."""
     model = load_encoder(model_dir)
+    if isinstance(getattr(model, "pooler", None), torch.nn.Module):
+        model.pooler = None  # BERT, RoBERTa and kin skip a pooler that is None
     return model.to(device=device, dtype=DTYPES[precision])
 
 
@@ -446,13 +609,36 @@ def max_length_used(opts: EncodeConfig, model_config) -> int:
     return min(opts.max_length, getattr(model_config, "max_position_embeddings", None) or opts.max_length)
 
 
+@dataclass
+class EncodeTiming:
+    """Where the encode stage's wall-clock seconds went, as seen from the
+    thread that runs the model: the forward pass (model and pooling) and the
+    host's parts. Batches are built ahead on another thread; only the time
+    spent waiting for one counts here."""
+
+    forward: float = 0.0  # the model and pooling, up to the vectors in host memory
+    load: float = 0.0  # loading the model and tokenizer
+    plan: float = 0.0  # deduplication, word pieces, the row plan
+    waiting: float = 0.0  # for the next batch to be built
+    shards: float = 0.0  # handing shards to the disk thread, waiting for it, the index
+    other: float = 0.0  # the rest: progress, resume, freeing memory
+
+    def record(self, total: float) -> dict:
+        """The split of `total` seconds (`other` is what the parts leave), and host = total - forward."""
+        parts = asdict(self)
+        parts["other"] = max(0.0, total - sum(v for k, v in parts.items() if k != "other"))
+        return dict({k: round(v, 3) for k, v in parts.items()}, host=round(total - self.forward, 3))
+
+
 class Encoder:
     """The model and tokenizer, loaded once, and everything a forward pass
     needs; encodes any sentences, for the encode stage or for a worker of
     the Ray executor."""
 
     def __init__(self, model_dir: Path, opts: EncodeConfig, device: torch.device, precision: Precision):
+        start = time.perf_counter()
         self.opts, self.device, self.precision = opts, device, Precision(precision)
+        self.timing = EncodeTiming()
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_model(model_dir, device, precision)
         self.dim = self.model.config.hidden_size
@@ -461,10 +647,12 @@ class Encoder:
         self.prefix, self.suffix = special_tokens(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.window = self.max_length - len(self.prefix) - len(self.suffix)  # word pieces per forward row
+        self.timing.load += time.perf_counter() - start
 
     def plan(self, lines: Iterable[str]) -> EncodePlan:
         """Deduplicate (sentence s is unique sentence unique_of[s]), split into
         word pieces, and place every word's vector in a row."""
+        start = time.perf_counter()
         unique_index: dict[str, int] = {}
         unique_of = np.fromiter((unique_index.setdefault(line, len(unique_index)) for line in lines), dtype=np.int64)
         n_words = np.fromiter(
@@ -472,28 +660,44 @@ class Encoder:
         )  # [n_unique]
         pieces = piece_plan(self.tokenizer, [line.split(" ") for line in unique_index])
         del unique_index
-        return EncodePlan(unique_of, n_words, pieces, row_plan(unique_of, n_words, pieces, self.window))
+        plan = EncodePlan(unique_of, n_words, pieces, row_plan(unique_of, n_words, pieces, self.window))
+        self.timing.plan += time.perf_counter() - start
+        return plan
 
-    def run(self, plan: EncodePlan, next_item: int, rows_for: Callable[[int], torch.Tensor],
-            done: Callable[[Batch, int], None]) -> None:
+    def run(
+        self,
+        plan: EncodePlan,
+        next_item: int,
+        rows_for: Callable[[int], torch.Tensor],
+        done: Callable[[Batch, int], None],
+    ) -> None:
         """Forward passes over the items from `next_item` on, in batches; each
         batch pools into `rows_for(n_rows)` [n_rows, d], then `done(batch,
-        next item)` is called."""
+        next item)` is called. Adds the forward and waiting seconds to `timing`."""
         bounds = batch_bounds(
             plan.rows.items, self.opts.batch_size, self.opts.batch_tokens, len(self.prefix) + len(self.suffix)
         )
         end_of = dict(zip(bounds[:-1], bounds[1:]))
 
+        pin = self.device.type == "cuda"  # page-locked batches: asynchronous copies to the device
+
         def make(b: int) -> Batch:
-            return make_batch(
+            batch = make_batch(
                 plan.rows.items[b : end_of[b]], plan.pieces, plan.rows, self.prefix, self.suffix, self.pad_id
             )
+            return batch.pin_memory() if pin else batch
 
+        batches = prefetched(make, [b for b in bounds[:-1] if b >= next_item])
         with torch.inference_mode():
-            for n_batches, (b, batch) in enumerate(
-                prefetched(make, [b for b in bounds[:-1] if b >= next_item]), start=1
-            ):
+            for n_batches in itertools.count(1):
+                start = time.perf_counter()
+                b, batch = next(batches, (None, None))
+                ready = time.perf_counter()
+                self.timing.waiting += ready - start
+                if batch is None:
+                    return
                 pool(forward(self.model, batch, self.layers, self.device), batch, rows_for(batch.n_rows))
+                self.timing.forward += time.perf_counter() - ready
                 done(batch, b + len(batch.input_ids))
                 if n_batches % TRIM_EVERY == 0:
                     release_freed_memory()
@@ -507,7 +711,7 @@ class Encoder:
         filled = 0
 
         def rows_for(n: int) -> torch.Tensor:
-            return vectors[filled:filled + n]  # a batch's rows are consecutive, in processing order
+            return vectors[filled : filled + n]  # a batch's rows are consecutive, in processing order
 
         def done(batch: Batch, next_item: int) -> None:
             nonlocal filled
@@ -560,8 +764,13 @@ def encode_setup(config: Config, work: WorkDir) -> EncodeSetup:
     device, precision = resolve_device_precision(opts)
     corpus_en = require(work.corpus_en, "tokenize")
     model_dir = resolve_model_dir(opts.model)
-    key = stage_key("encode", config=fingerprint(opts), device=str(device), precision_used=precision.value,
-                    corpus_en=file_hash(corpus_en))
+    key = stage_key(
+        "encode",
+        config=fingerprint(opts),
+        device=str(device),
+        precision_used=precision.value,
+        corpus_en=file_hash(corpus_en),
+    )
     return EncodeSetup(model_dir, device, precision, key)
 
 
@@ -586,11 +795,18 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
     setup = encode_setup(config, work)
 
     def compute() -> dict:
+        start = time.perf_counter()
         encoder = Encoder(setup.model_dir, opts, setup.device, setup.precision)
         plan = encoder.plan(read_lines(work.corpus_en))
         shard_starts, next_item, resumed_at = resume(work, setup.key)
-        writer = ShardWriter(work, setup.key, shard_starts, opts.shard_rows, encoder.dim,
-                             batch_rows=max(opts.batch_tokens, encoder.window))  # a batch's words <= its pieces
+        writer = ShardWriter(
+            work,
+            setup.key,
+            shard_starts,
+            opts.shard_rows,
+            encoder.dim,
+            batch_rows=max(opts.batch_tokens, encoder.window),
+        )  # a batch's words <= its pieces
         # progress in units of work: items run longest first, so sentences/s would start slow and
         # make the ETA hours too long; word pieces/s holds from the first batch to the last
         with reporter.task("encode", sum(item.stop - item.start for item in plan.rows.items), "word pieces") as task:
@@ -603,6 +819,7 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
             encoder.run(plan, next_item, writer.rows, done)
             writer.close(len(plan.rows.items))
 
+        start_index = time.perf_counter()
         save_tensors(
             work.vectors_index,
             {
@@ -613,9 +830,14 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
             metadata={"dim": str(encoder.dim), "rows": str(plan.rows.n_rows)},
         )
         work.vectors_progress.unlink(missing_ok=True)
+        encoder.timing.shards += writer.seconds + time.perf_counter() - start_index
         counts = dict(encoder.counts(plan), shards=len(writer.shard_starts) - 1)
-        return dict(encode_record(config, work, setup, encoder.max_length, encoder.dim, counts), vectors_kept=True,
-                    resumed_at_shard=resumed_at)
+        return dict(
+            encode_record(config, work, setup, encoder.max_length, encoder.dim, counts),
+            vectors_kept=True,
+            resumed_at_shard=resumed_at,
+            timing=encoder.timing.record(time.perf_counter() - start),
+        )
 
     return run_stage(work, "encode", setup.key, force, compute, outputs=(work.vectors_index,))
 
@@ -667,4 +889,4 @@ class VectorStore:
         return vectors
 
     def rows_of(self, sentence: int) -> np.ndarray:
-        return self.word_rows[self.sent_offsets[sentence]:self.sent_offsets[sentence + 1]]
+        return self.word_rows[self.sent_offsets[sentence] : self.sent_offsets[sentence + 1]]

@@ -3,14 +3,12 @@ checks every command makes before it touches a work directory."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from .align import align
 from .config import Config, Executor
-from .encode import encode
 from .errors import XlembedError
-from .executor import Runs, open_executor
 from .io import (
     Reporter,
     SilentReporter,
@@ -22,9 +20,20 @@ from .io import (
 )
 from .layout import WorkDir
 from .models import check_device, check_model
-from .project import project
-from .tokenize import tokenize
-from .write import write
+
+if TYPE_CHECKING:
+    from .executor import Runs
+
+
+def stage(name: str) -> Callable:
+    """A stage's function, imported when first run: the stages bring torch, which `xlembed --help` does without."""
+    return getattr(importlib.import_module(f".{name}", __package__), name)
+
+
+def open_executor(config: Config):
+    from .executor import open_executor
+
+    return open_executor(config)
 
 
 def check_ray_installed() -> None:
@@ -100,17 +109,17 @@ def prepared(config: Config, stages: tuple[str, ...], work: WorkDir, out: Path |
         yield
 
 
-StageFunction = Callable[[Config, WorkDir, "Path | None", Reporter, bool, Runs], dict]
+StageFunction = Callable[[Config, WorkDir, "Path | None", Reporter, bool, "Runs"], dict]
 
 # every stage as one command runs it: (config, work, out, reporter, force, executor) -> its record
 STAGES: dict[str, StageFunction] = {
-    "tokenize": lambda config, work, out, reporter, force, executor: tokenize(config, work, reporter, force),
-    "encode": lambda config, work, out, reporter, force, executor: encode(config, work, reporter, force),
-    "align": lambda config, work, out, reporter, force, executor: align(
+    "tokenize": lambda config, work, out, reporter, force, executor: stage("tokenize")(config, work, reporter, force),
+    "encode": lambda config, work, out, reporter, force, executor: stage("encode")(config, work, reporter, force),
+    "align": lambda config, work, out, reporter, force, executor: stage("align")(
         config, work, reporter, force, executor.align_parts
     ),
-    "project": lambda config, work, out, reporter, force, executor: project(config, work, reporter, force),
-    "write": lambda config, work, out, reporter, force, executor: write(config, work, out),
+    "project": lambda config, work, out, reporter, force, executor: stage("project")(config, work, reporter, force),
+    "write": lambda config, work, out, reporter, force, executor: stage("write")(config, work, out),
 }
 ON_RAY_ONLY_IN_RUN = ("encode", "project")  # on Ray these two run together, in `run`
 
@@ -140,9 +149,9 @@ def run(config: Config, work: WorkDir | Path, out: Path, reporter: Reporter = Si
     work = work if isinstance(work, WorkDir) else WorkDir(Path(work))
     with prepared(config, ("tokenize", "encode", "align", "project", "write", "executor"), work, out, "xlembed run"), \
             open_executor(config) as executor:
-        on_stage("tokenize", tokenize(config, work, reporter, force))
-        for stage, record in executor.stages(config, work, reporter, force):
-            on_stage(stage, record)
-        manifest = write(config, work, out)
+        on_stage("tokenize", stage("tokenize")(config, work, reporter, force))
+        for name, record in executor.stages(config, work, reporter, force):
+            on_stage(name, record)
+        manifest = stage("write")(config, work, out)
         on_stage("write", manifest)
     return manifest

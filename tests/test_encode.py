@@ -53,8 +53,14 @@ def test_truncation_and_padding_in_tokenizer_json_are_ignored(tiny_bert, tmp_pat
     shutil.copytree(tiny_bert, model)
     config = json.loads((model / "tokenizer.json").read_text())
     config["truncation"] = {"max_length": 3, "strategy": "LongestFirst", "stride": 0, "direction": "Right"}
-    config["padding"] = {"strategy": {"Fixed": 16}, "direction": "Right", "pad_to_multiple_of": None,
-                         "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"}
+    config["padding"] = {
+        "strategy": {"Fixed": 16},
+        "direction": "Right",
+        "pad_to_multiple_of": None,
+        "pad_id": 0,
+        "pad_type_id": 0,
+        "pad_token": "[PAD]",
+    }
     (model / "tokenizer.json").write_text(json.dumps(config))
     tokenizer = AutoTokenizer.from_pretrained(str(model))
     tokenizer.backend_tokenizer.enable_truncation(3)
@@ -92,6 +98,7 @@ def test_identical_sentences_are_encoded_once(tmp_path, tiny_bert):
 
 
 # --- sentences longer than the window ---------------------------------------------------------------
+
 
 def test_windows_cover_every_word_once_with_context_on_both_sides():
     rng = np.random.default_rng(0)
@@ -131,7 +138,7 @@ def test_a_sentence_of_hundreds_of_words_gets_a_vector_for_every_word(tmp_path, 
     ends = np.cumsum(n_pieces[0])
     for start, stop, owned in windows(n_pieces[0], 14)[3:6]:
         first, last = int(np.searchsorted(ends, start, side="right")), int(np.searchsorted(ends, stop, side="left"))
-        expected = reference_word_vectors(tiny_bert, words[first:last + 1], [4])
+        expected = reference_word_vectors(tiny_bert, words[first : last + 1], [4])
         got = matrix[torch.from_numpy(store.rows_of(0)[owned])]
         torch.testing.assert_close(got, expected[owned - first], atol=2e-3, rtol=2e-3)
 
@@ -147,6 +154,7 @@ def test_a_short_sentence_gets_exactly_the_vectors_it_got_without_long_ones(tmp_
 
 
 # --- precision ------------------------------------------------------------------------------------------
+
 
 def test_precision_auto_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch):
     import xlembed.encode as enc
@@ -196,3 +204,69 @@ def test_batches_are_bounded_in_items_and_in_padded_pieces():
     # widths with [CLS]/[SEP]: 102 -> 2 items fit 256 pieces; 42 -> 6 fit, but 3 at most; 12 -> the last 3
     assert batch_bounds(items, batch_size=3, batch_tokens=256, n_special=2) == [0, 2, 5, 8]
     assert batch_bounds([Item(0, 0, 500, None)], batch_size=3, batch_tokens=256, n_special=2) == [0, 1]  # never empty
+
+
+def test_pooling_adds_each_words_pieces_in_order_and_divides_by_their_number():
+    """make_batch + pool against a plain loop over every item's pieces (windows, a word longer than a window, words
+    the tokenizer dropped), bit for bit: the pieces of a word are added first to last, as a sequential scatter would."""
+    from xlembed.encode import PiecePlan, batch_bounds, make_batch, pool, row_plan
+
+    rng = np.random.default_rng(1)
+    n_pieces = [rng.integers(0, 4, size=n) for n in (3, 40, 7, 1, 25)]  # 0: a word the tokenizer dropped
+    n_pieces[1][5] = 19  # longer than the window: a window of its own, its first 12 pieces
+    n_pieces[3][0] = 2
+    pieces = PiecePlan(
+        [rng.integers(5, 100, size=int(n.sum())).astype(np.int32) for n in n_pieces],
+        [np.repeat(np.arange(len(n)), n).astype(np.int32) for n in n_pieces],
+        n_pieces,
+    )
+    window, d = 12, 8
+    rows = row_plan(np.arange(len(n_pieces)), np.array([len(n) for n in n_pieces]), pieces, window)
+    bounds = batch_bounds(rows.items, batch_size=3, batch_tokens=40, n_special=2)
+    out = torch.full((rows.n_rows, d), float("nan"), dtype=torch.float16)
+    expected = torch.full((rows.n_rows, d), float("nan"), dtype=torch.float16)
+    for b, e in zip(bounds[:-1], bounds[1:]):
+        items = rows.items[b:e]
+        batch = make_batch(items, pieces, rows, prefix=[1], suffix=[2], pad_id=0)
+        hidden = torch.randn((*batch.input_ids.shape, d))  # [B, T, d]
+        pool(hidden, batch, out[first_row(items, rows) :][: batch.n_rows])
+        for i, item in enumerate(items):
+            words = pieces.words[item.sentence]
+            owned = np.flatnonzero(n_pieces[item.sentence]) if item.owned is None else item.owned
+            for j in owned:
+                positions = [1 + p - item.start for p in range(item.start, min(item.stop, len(words))) if words[p] == j]
+                total = torch.zeros(d)
+                for p in positions:
+                    total = total + hidden[i, p]
+                expected[rows.unique_rows[item.sentence][j]] = total / len(positions)
+        assert batch.input_ids[:, 0].eq(1).all()
+    assert not expected.isnan().any()
+    assert torch.equal(out, expected)
+
+
+def first_row(items, rows) -> int:
+    """The first row a batch of these items fills (its rows are consecutive)."""
+    return min(
+        int(r)
+        for item in items
+        for r in rows.unique_rows[item.sentence][slice(None) if item.owned is None else item.owned]
+        if r >= 0
+    )
+
+
+def test_the_encode_record_splits_its_seconds_into_forward_and_host(tmp_path, tiny_bert, capsys):
+    from cli._util import summarize
+
+    record, _, _ = encoded(tmp_path, tiny_bert)
+    timing = record["timing"]
+    parts = ("forward", "load", "plan", "waiting", "shards", "other")
+    assert set(timing) == {*parts, "host"}
+    assert all(timing[k] >= 0 for k in timing) and timing["forward"] > 0 and timing["load"] > 0
+    total = sum(timing[k] for k in parts)
+    assert total <= record["seconds"] + 0.01  # the parts are the stage's own seconds, less its bookkeeping
+    assert timing["host"] == pytest.approx(total - timing["forward"], abs=0.01)
+    summarize("encode", record, quiet=False)
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert (
+        f"forward (model + pooling) {timing['forward']:.1f} s, host {timing['host']:.1f} s" in line and "plan" in line
+    )

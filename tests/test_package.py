@@ -163,3 +163,24 @@ def test_plot_errors_are_one_line(built, tmp_path):
     assert result.exit_code == 2 and "not in the vocabulary: 不存在的词" in result.output
     result = CliRunner().invoke(app, ["plot", str(built), "-o", str(tmp_path / "m.gif")])
     assert result.exit_code == 2 and "must be .html, .svg or .png" in result.output
+
+
+NO_TORCH = [["--help"], ["--version"], ["info", "BUILT"], ["info", "BUILT", "--json"], ["verify", "BUILT"]]
+
+
+@pytest.mark.parametrize("args", NO_TORCH)
+def test_the_commands_that_need_no_model_start_without_torch_or_transformers(args, built):
+    """`xlembed --help`, `--version`, `info` and `verify` never import torch or transformers (seconds of imports)."""
+    args = [str(built) if a == "BUILT" else a for a in args]
+    code = ("import sys\nfrom xlembed.cli.main import app\n"
+            f"try:\n    app({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('loaded:', sorted({'torch', 'transformers', 'tokenizers', 'safetensors.torch'} & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "loaded: []"
+
+
+def test_info_from_the_headers_is_what_the_loaded_matrix_says(built):
+    from xlembed.outdir import describe
+
+    assert describe(built) == xlembed.load(built).info()
