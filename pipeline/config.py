@@ -353,12 +353,15 @@ def default_config_path() -> Path:
     return Path(str(files("xlembed.configs") / "default.toml"))
 
 
-def load_config(path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
-    """Defaults, then the TOML file at `path` (None: defaults only), then
+def load_config(path: Path | str | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Defaults, then the TOML file at `path` (None: defaults only; "default":
+    the shipped configs/default.toml, as `--config default`), then
     `overrides` ({stage: {option: value}}, e.g. command-line flags; values
     already of the field's type). Unknown tables or keys, and values of the
     wrong type, are errors naming the file and the key. Not yet validated."""
     config = Config()
+    if path == "default":
+        path = default_config_path()
     if path is not None:
         path = Path(path)
         try:
