@@ -52,12 +52,52 @@ def _os_error_message(e: OSError) -> str:
     return f"{where}: {reason}" if where else reason
 
 
+def _value_name(param) -> str | None:
+    """A metavar that wraps at spaces in a narrow help column: choices as
+    `<a | b | c>` (not cut mid-word at 80 columns), ranges by their type
+    (`<int>`), flags with none (Typer's own show `<bool>`)."""
+    desc = param.type_descriptor
+    if desc.is_choice:
+        return "<" + " | ".join(str(getattr(c, "value", c)) for c in desc.choices) + ">"
+    if getattr(param, "is_flag", False):
+        return ""
+    if desc.is_ranged:
+        return f"<{desc.ranged_type_name}>"
+    return None
+
+
+def _tidy_help(command) -> None:
+    """Help as a user reads it at any width: docstring paragraphs reflowed
+    (Typer keeps their line breaks), no `<bool>` on --help, choices that wrap
+    between words, and arguments in usage lines as OUT_DIR, not {out_dir}."""
+    if command.help:
+        command.help = "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(command.help).split("\n\n"))
+    own_help_option = command.get_help_option
+
+    def get_help_option(ctx):
+        option = own_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option
+    for param in command.params:
+        if param.param_type_name == "option" and param.metavar is None and _value_name(param) is not None:
+            param.metavar = _value_name(param)
+        elif param.param_type_name == "argument":
+            name = param.name.upper() + ("..." if param.nargs != 1 else "")
+            param.get_usage_pieces = lambda ctx, name=name, required=param.required: [name if required else f"[{name}]"]
+
+
 class OneLineErrors(TyperGroup):
     """Every usage error (Typer's and click's own too), every XlembedError and
     every OS error becomes one line `error: …` on stderr with exit code 2,
     whatever the terminal width; Ctrl-C is 'interrupted', exit 130."""
 
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        for command in [self, *self.commands.values()]:  # here: Typer adds its completion options after __init__
+            _tidy_help(command)
         try:
             code = super().main(
                 args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
@@ -91,7 +131,6 @@ app = typer.Typer(
     help="Build a Chinese word-embedding matrix from an English–Chinese parallel corpus and an English BERT.\n\n"
          "Stages, in order: tokenize → encode → align → project → write; `run` does them all.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -237,7 +276,7 @@ def version_callback(value: bool):
 
 
 @app.callback()
-def main(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, metavar="",
+def main(version: Annotated[bool, typer.Option("--version", "-V", callback=version_callback, is_eager=True, metavar="",
                                                help="Print the version and exit.")] = False):
     pass
 
