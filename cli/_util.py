@@ -25,6 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 from typer import _click as click  # Typer's own copy of click: its exceptions and parameter sources
 from typer.core import TyperGroup
@@ -61,6 +62,8 @@ def _value_name(param) -> str | None:
         return "<" + " | ".join(str(getattr(c, "value", c)) for c in desc.choices) + ">"
     if getattr(param, "is_flag", False):
         return ""
+    if desc.is_list:
+        return f"<{param.bare_type().removeprefix('list[').removesuffix(']').lower()}>"
     if desc.is_ranged:
         return f"<{desc.ranged_type_name}>"
     return None
@@ -81,12 +84,15 @@ def _tidy_help(command) -> None:
         return option
 
     command.get_help_option = get_help_option
+    for sub in getattr(command, "commands", {}).values():  # a group's commands (`xlembed work`)
+        if sub is not command:
+            _tidy_help(sub)
     for param in command.params:
-        if param.param_type_name == "option" and param.metavar is None and _value_name(param) is not None:
-            param.metavar = _value_name(param)
-        elif param.param_type_name == "argument":
+        if param.param_type_name == "argument":
             name = param.name.upper() + ("..." if param.nargs != 1 else "")
             param.get_usage_pieces = lambda ctx, name=name, required=param.required: [name if required else f"[{name}]"]
+        if param.metavar is None and _value_name(param) is not None:
+            param.display_type_rich = lambda ctx, value_name=_value_name(param): value_name
 
 
 class OneLineErrors(TyperGroup):
@@ -96,8 +102,7 @@ class OneLineErrors(TyperGroup):
 
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        for command in [self, *self.commands.values()]:  # here: Typer adds its completion options after __init__
-            _tidy_help(command)
+        _tidy_help(self)  # here: Typer adds its completion options after __init__
         try:
             code = super().main(
                 args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
@@ -267,6 +272,17 @@ def summarize(stage: str, record: dict, quiet: bool) -> None:
     if isinstance(seconds, dict):
         seconds = seconds.get(stage, 0.0)
     err.print(f"[green]✔[/green] [bold]{stage}[/bold] ({seconds:.1f} s): {escape(text)}")
+
+
+def print_table(table: Table) -> None:
+    """A table on stdout: drawn with a box on a terminal; piped, plain
+    tab-separated lines (a header, then the rows), whole, for cut and awk."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    print("\t".join(str(c.header) for c in table.columns))
+    for row in zip(*(c.cells for c in table.columns)):
+        print("\t".join(Text.from_markup(str(cell)).plain for cell in row))
 
 
 def version_callback(value: bool):

@@ -30,7 +30,8 @@ def prepared(config: Config, stages: tuple[str, ...], work: WorkDir, out: Path |
     """Validate every option of `stages` (the model too, when a stage needs
     it), check that --out may be replaced and that the work directory and
     --out's parent take files, then hold the work directory's lock: all
-    before any stage touches anything."""
+    before any stage touches anything. A work directory this command
+    created is removed again if it fails before writing anything into it."""
     config.validate(stages)
     if "encode" in stages:
         check_model(config.encode.model, config.encode.layer, config.encode.max_length)
@@ -39,9 +40,18 @@ def prepared(config: Config, stages: tuple[str, ...], work: WorkDir, out: Path |
     if out is not None:
         check_output_dir(out)
         check_writable(Path(out).parent)
+    created = not work.root.exists()
     check_writable(work.root)
-    with WorkLock(work.lock, command):
-        yield
+    try:
+        with WorkLock(work.lock, command) as lock:
+            try:
+                yield
+            finally:
+                if created and [p.name for p in work.root.iterdir()] == [work.lock.name]:
+                    lock.path.unlink()  # a command that failed before writing anything leaves no folder of one .lock
+    finally:
+        if created and work.root.is_dir() and not any(work.root.iterdir()):
+            work.root.rmdir()
 
 
 StageFunction = Callable[[Config, WorkDir, "Path | None", Reporter, bool, Runs], dict]
