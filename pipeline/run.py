@@ -3,6 +3,7 @@ checks every command makes before it touches a work directory."""
 from __future__ import annotations
 
 import contextlib
+from itertools import chain
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -90,13 +91,16 @@ def run(config: Config, work: WorkDir | Path, out: Path, reporter: Reporter = Si
     """Run every stage in order, skipping those whose record shows they are
     up to date (unless `force`); `on_stage(name, record)` is called after
     each. Where encode, align and project run is decided here, once: the
-    executor. Returns the manifest."""
+    executor. Returns the manifest (its `reused` lists the stages skipped)."""
     work = work if isinstance(work, WorkDir) else WorkDir(Path(work))
+    computed: list[str] = []
     with prepared(config, ("tokenize", "encode", "align", "project", "write", "executor"), work, out, "xlembed run"), \
             open_executor(config) as executor:
-        on_stage("tokenize", tokenize(config, work, reporter, force))
-        for stage, record in executor.stages(config, work, reporter, force):
+        tokenized = [("tokenize", tokenize(config, work, reporter, force))]
+        for stage, record in chain(tokenized, executor.stages(config, work, reporter, force)):
+            if not record.get("skipped"):
+                computed.append(stage)
             on_stage(stage, record)
-        manifest = write(config, work, out)
+        manifest = write(config, work, out, computed=tuple(computed))
         on_stage("write", manifest)
     return manifest

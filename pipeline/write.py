@@ -13,6 +13,7 @@ from .embeddings import Embeddings, VocabRow, read_word_list
 from .errors import XlembedError
 from .io import check_output_dir, read_json, release_freed_memory, require
 from .layout import WorkDir
+from .models import model_name
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
 from .version import __version__
@@ -100,9 +101,11 @@ def english_matrix(en_words: list[str], en_sum: torch.Tensor, en_count: torch.Te
     return [en_words[k] for k in keep.tolist()], (en_sum[keep] / en_count[keep].unsqueeze(1).double()).float()
 
 
-def write(config: Config, work: WorkDir, out: Path) -> dict:
+def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = ()) -> dict:
     """Write embeddings.safetensors, vocab.txt, vocab.tsv, english.safetensors,
-    english_vocab.txt and manifest.json into `out`; return the manifest."""
+    english_vocab.txt and manifest.json into `out`; return the manifest.
+    `computed`: the upstream stages this command computed; the others are
+    listed as reused (their seconds are those of the command that ran them)."""
     start = time.perf_counter()
     opts = config.write
     check_output_dir(out)
@@ -134,7 +137,8 @@ def write(config: Config, work: WorkDir, out: Path) -> dict:
         english_words=english_words,
         english_vectors=english,
         rows=provenance,
-        metadata=dict(model=encode_options["model"], layer=str(encode_options["layer"]),
+        metadata=dict(model=model_name(encode_options["model"]), model_sha256=records["encode"]["model_sha256"],
+                      layer=str(encode_options["layer"]),
                       strategy=records["project"]["options"]["strategy"],
                       symmetrization=records["align"]["options"]["symmetrization"],
                       seed=str(opts.seed), oov_fill=opts.oov.value, xlembed_version=__version__),
@@ -151,9 +155,11 @@ def write(config: Config, work: WorkDir, out: Path) -> dict:
         xlembed_version=__version__,
         parameters={stage: records[stage]["options"] for stage in UPSTREAM} | {"write": section_dict(opts)},
         inputs=records["tokenize"]["inputs"],
+        model=dict(name=model_name(encode_options["model"]), sha256=records["encode"]["model_sha256"]),
         model_sha256=records["encode"]["model_sha256"],
         counts=counts,
         stage_counts={stage: records[stage]["counts"] for stage in UPSTREAM},
         seconds=seconds,
+        reused=[stage for stage in UPSTREAM if stage not in computed],
     )
     return embeddings.save(out)

@@ -119,9 +119,7 @@ def test_every_option_is_declared_once_and_the_cli_follows_the_declarations():
         assert (default.value if hasattr(default, "value") else default) == (
             f.default.value if hasattr(f.default, "value") else f.default
         )
-    assert set(params) - {f.name for _, f in declared} == {"ctx", "out", "work", "force", "quiet", "config_file"} - {
-        "ctx"
-    }
+    assert set(params) - {f.name for _, f in declared} == {"out", "work", "force", "quiet", "config_file", "json_out"}
 
 
 def test_config_in_python_takes_strings_for_paths_and_choices(tmp_path):
