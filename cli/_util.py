@@ -1,13 +1,10 @@
 """Shared plumbing of the `xlembed` command (as spaCy's cli/_util.py): the
 Typer app, one-line errors, progress display, stage summaries, and the
 options generated from the config declarations in xlembed.config."""
-import contextlib
 import errno
 import inspect
 import os
 import sys
-import threading
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -15,16 +12,6 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from rich.text import Text
 from typer import _click as click  # Typer's own copy of click: its exceptions and parameter sources
@@ -32,10 +19,9 @@ from typer.core import TyperGroup
 
 from xlembed.config import base_type, default_config_path, flag_name, load_config, select_fields
 from xlembed.errors import XlembedError
-from xlembed.io import SilentTask
+from xlembed.progress import LogTask, Reporter, err  # noqa: F401  (the progress display lives in xlembed.progress)
 from xlembed.version import __version__
 
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(soft_wrap=True, highlight=False)
 
 
@@ -138,123 +124,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-
-# --- progress -----------------------------------------------------------------------------------
-
-class RateColumn(ProgressColumn):
-    """Items per second, in the unit the task was given."""
-
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{_rate(speed)} {task.fields.get('unit', '')}/s" if speed else "", style="progress.data.speed")
-
-
-def _rate(per_second: float) -> str:
-    """A rate to three significant digits below 100 (0.0123 shards/s), whole above (4,951 words/s)."""
-    return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.3g}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-class LogTask:
-    """Progress for a log (stderr not a terminal): a plain line with count,
-    rate, elapsed time and ETA at each 10 % of the work, but no more often
-    than every `min_gap` seconds, and at least every `interval` seconds.
-    Short tasks print nothing but their summary. XLEMBED_PROGRESS_INTERVAL
-    sets `interval` (seconds)."""
-
-    def __init__(self, description: str, total: int | None, unit: str, interval: float | None = None,
-                 min_gap: float | None = None, clock: Callable[[], float] = time.monotonic):
-        self.description, self.total, self.unit, self.clock = description, total, unit, clock
-        self.interval = interval if interval is not None else float(os.environ.get("XLEMBED_PROGRESS_INTERVAL", 30))
-        self.min_gap = min_gap if min_gap is not None else min(5.0, self.interval)
-        self.done = 0
-        self.start = self.last = clock()
-        self.next_fraction = 0.1
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
-        now = self.clock()
-        fraction = self.done / self.total if self.total else 0.0
-        at_mark = bool(self.total) and fraction >= self.next_fraction and self.done < self.total
-        if now - self.last >= self.interval or (at_mark and now - self.last >= self.min_gap):
-            self.last = now
-            while self.total and fraction >= self.next_fraction:
-                self.next_fraction += 0.1
-            err.print(escape(self.line(now)))
-
-    def line(self, now: float) -> str:
-        elapsed = now - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        line = f"{self.description}: {self.done:,}"
-        if self.total:
-            line += f"/{self.total:,} {self.unit} ({self.done / self.total:.0%})"
-        elif self.unit:
-            line += f" {self.unit}"
-        if self.unit:
-            line += f", {_rate(rate)} {self.unit}/s"
-        line += f", elapsed {_duration(elapsed)}"
-        if self.total and rate > 0:
-            line += f", eta {_duration((self.total - self.done) / rate)}"
-        return line
-
-
-class Reporter:
-    """Progress with count, rate, elapsed time and ETA on stderr: bars on a
-    terminal (tasks running at the same time, encode and align in `run`,
-    share one display), plain lines in a log."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.terminal = err.is_terminal
-        self.lock = threading.Lock()
-        self.progress: Progress | None = None
-        self.active = 0
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None, unit: str):
-        if self.quiet:
-            yield SilentTask()
-            return
-        if not self.terminal:
-            yield LogTask(description, total, unit)
-            return
-        with self.lock:
-            if self.progress is None:
-                self.progress = Progress(
-                    SpinnerColumn(),
-                    TextColumn("[bold]{task.description}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    RateColumn(),
-                    TimeElapsedColumn(),
-                    TextColumn("{task.fields[eta]}"),
-                    TimeRemainingColumn(),
-                    console=err,
-                )
-                self.progress.start()
-            task_id = self.progress.add_task(description, total=total, unit=unit, eta="eta" if total else "")
-            self.active += 1
-        progress = self.progress
-
-        class Task:
-            def advance(self, n: int = 1) -> None:
-                progress.advance(task_id, n)
-
-        try:
-            yield Task()
-        finally:
-            with self.lock:
-                if total is None:
-                    progress.update(task_id, total=1, completed=1)
-                self.active -= 1
-                if self.active == 0:
-                    progress.stop()
-                    self.progress = None
 
 
 def summarize(stage: str, record: dict, quiet: bool) -> None:

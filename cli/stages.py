@@ -100,3 +100,6 @@ def run(out: Out, config: Config, work: RunWork = None, force: Force = False, qu
         err.print(f"wrote {out}/embeddings.safetensors: {c['vocab_size']:,} × {c['dim']} "
                   f"({c['projected_rows']:,} projected, {c['filled_rows']:,} filled), "
                   f"english.safetensors: {c['english_vocab_size']:,} × {c['dim']}")
+        carried = sum(e["added"] for e in manifest.get("extended", []) if e.get("carried_forward"))
+        if carried:
+            err.print(f"  carried forward {carried:,} rows that `xlembed extend` had added to the previous {out}")

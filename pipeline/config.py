@@ -229,12 +229,19 @@ class Config:
     def set(self, **options) -> "Config":
         """Set options by name, whatever their stage (names are unique):
         `Config().set(tsv="pairs.tsv", layer="-1", strategy="weighted")`.
-        Values are checked by `validate`. Returns self."""
-        owners = {f.name: stage for stage, f in all_fields()}
+        Each value is checked here, by type, choice and range, as its flag
+        is (`strategy="best"` raises now, not when the run starts); what
+        depends on other options or on files is checked by `validate`.
+        Returns self."""
+        declared = {f.name: (stage, f) for stage, f in all_fields()}
         for name, value in options.items():
-            if name not in owners:
+            if name not in declared:
                 raise XlembedError(f"unknown option '{name}'")
-            setattr(getattr(self, owners[name]), name, value)
+            stage, f = declared[name]
+            if value is not None:
+                value = coerce(f, value, f"{name}={value!r}")
+            check_value(f, value, name)
+            setattr(getattr(self, stage), name, value)
         return self
 
     def to_dict(self) -> dict:

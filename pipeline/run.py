@@ -86,12 +86,19 @@ def run_one(stage: str, config: Config, work: WorkDir | Path, out: Path | None =
         return STAGES[stage](config, work, out, reporter, force, executor)
 
 
-def run(config: Config, work: WorkDir | Path, out: Path, reporter: Reporter = SilentReporter(),
-        on_stage: Callable[[str, dict], None] = lambda stage, record: None, force: bool = False) -> dict:
+def run(config: Config, work: WorkDir | Path, out: Path, reporter: Reporter | None = None,
+        on_stage: Callable[[str, dict], None] = lambda stage, record: None, force: bool = False,
+        progress: bool | Callable[[str, int, int | None, str], None] = False) -> dict:
     """Run every stage in order, skipping those whose record shows they are
     up to date (unless `force`); `on_stage(name, record)` is called after
     each. Where encode, align and project run is decided here, once: the
-    executor. Returns the manifest (its `reused` lists the stages skipped)."""
+    executor. Returns the manifest (its `reused` lists the stages skipped).
+    `progress=True` shows the CLI's bars (a terminal) or lines (a log) on
+    stderr; a function gets `(description, done, total, unit)` as work is
+    done (`reporter`, the CLI's, takes precedence)."""
+    from .progress import reporter_for
+
+    reporter = reporter if reporter is not None else reporter_for(progress) if progress else SilentReporter()
     work = work if isinstance(work, WorkDir) else WorkDir(Path(work))
     computed: list[str] = []
     with prepared(config, ("tokenize", "encode", "align", "project", "write", "executor"), work, out, "xlembed run"), \

@@ -4,6 +4,7 @@ write the output contract (see README) into a directory that replaces
 from __future__ import annotations
 
 import time
+from itertools import groupby
 from pathlib import Path
 
 import torch
@@ -162,4 +163,32 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
         seconds=seconds,
         reused=[stage for stage in UPSTREAM if stage not in computed],
     )
-    return embeddings.save(out)
+    embeddings = carry_forward(embeddings, out)
+    embeddings.save(out)
+    return embeddings.manifest
+
+
+def extended_words(out: Path) -> list[tuple[str, str]]:
+    """The words `xlembed extend` added to the output at `out`, in order,
+    each with the fill it got ([] when there is no readable output)."""
+    try:
+        previous = Embeddings.load(out)
+    except (XlembedError, OSError, ValueError):
+        return []
+    entries = previous.manifest.get("extended") or []
+    tail = previous.words[len(previous.words) - sum(e.get("added", 0) for e in entries):]
+    words: list[tuple[str, str]] = []
+    for entry in entries:
+        words += [(w, entry["oov"]) for w in tail[len(words):len(words) + entry.get("added", 0)]]
+    return words
+
+
+def carry_forward(embeddings: Embeddings, out: Path) -> Embeddings:
+    """Rows that `extend` added to the output being replaced are added to the
+    new build too (filled again, the same way, from its rows), so a rebuild
+    never drops them silently; the manifest's `extended` says so."""
+    for oov, group in groupby(extended_words(out), key=lambda pair: pair[1]):
+        words = [w for w, _ in group]
+        embeddings, added = embeddings.extend(words, oov)
+        embeddings.manifest["extended"][-1].update(carried_forward=True, words=len(words))
+    return embeddings
