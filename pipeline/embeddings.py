@@ -377,6 +377,8 @@ class Embeddings:
 
     def info(self, top: int = 10) -> dict:
         """Shape, model, settings, row sources and the most frequent words."""
+        from .models import model_name
+
         m = self.metadata
         return dict(
             out=str(self.path),
@@ -385,8 +387,8 @@ class Embeddings:
                 self.vectors.dtype, str(self.vectors.dtype)
             ),
             english_shape=list(self.english_vectors.shape),
-            model=m.get("model"),
-            model_sha256=m.get("model_sha256"),
+            model=model_name(m["model"]) if "/" in m.get("model", "") else m.get("model"),  # before 0.4: a path
+            model_sha256=m.get("model_sha256", self.manifest.get("model_sha256")),
             layer=m.get("layer"),
             strategy=m.get("strategy"),
             symmetrization=m.get("symmetrization"),

