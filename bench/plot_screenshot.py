@@ -6,6 +6,7 @@ and both label colours are drawn) and no two labels overlap in the layout.
 
 Needs a Chromium (Debian: apt-get install chromium fonts-noto-cjk); exits 2 with one line without one.
 PNG decoding uses only the standard library (zlib)."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,21 @@ def find_browser() -> str | None:
 
 
 def screenshot(browser: str, page: Path, png: Path, width: int = 1200, height: int = 900) -> None:
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={width},{height}",
-                    f"--screenshot={png}", page.resolve().as_uri()], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--window-size={width},{height}",
+            f"--screenshot={png}",
+            page.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def read_png(path: Path) -> tuple[int, int, list[bytes], int]:
@@ -39,21 +53,23 @@ def read_png(path: Path) -> tuple[int, int, list[bytes], int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path}: not a PNG"
     pos, chunks, header = 8, [], None
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":
             chunks.append(body)
         pos += 12 + length
     width, height, depth, colour = header[:4]
-    assert depth == 8 and colour in (2, 6), f"{path}: expected 8-bit RGB or RGBA, got depth {depth} colour type {colour}"
+    assert depth == 8 and colour in (2, 6), (
+        f"{path}: expected 8-bit RGB or RGBA, got depth {depth} colour type {colour}"
+    )
     channels = 3 if colour == 2 else 4
     raw = zlib.decompress(b"".join(chunks))
     stride = width * channels
     rows, previous = [], bytearray(stride)
     for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         for x in range(stride):
             left = line[x - channels] if x >= channels else 0
             up, up_left = previous[x], previous[x - channels] if x >= channels else 0
@@ -75,7 +91,10 @@ def read_png(path: Path) -> tuple[int, int, list[bytes], int]:
 def colour_counts(png: Path) -> dict:
     """Pixels that are not white, and pixels close to each label colour."""
     width, height, rows, channels = read_png(png)
-    targets = {name: tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)) for name, hex_colour in (("zh", ZH_COLOUR), ("en", EN_COLOUR))}
+    targets = {
+        name: tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+        for name, hex_colour in (("zh", ZH_COLOUR), ("en", EN_COLOUR))
+    }
     counts = {"not_white": 0, "zh": 0, "en": 0}
     for row in rows:
         for x in range(0, width * channels, channels):
@@ -106,8 +125,15 @@ def main() -> None:
         plot_map(e, page, None, args.top, True)
         screenshot(browser, page, args.png)
     counts = colour_counts(args.png)
-    result = dict(out=str(args.out), browser=browser, words=words, points=len(points), overlapping_label_pairs=overlapping_pairs(labels),
-                  screenshot=str(args.png), **counts)
+    result = dict(
+        out=str(args.out),
+        browser=browser,
+        words=words,
+        points=len(points),
+        overlapping_label_pairs=overlapping_pairs(labels),
+        screenshot=str(args.png),
+        **counts,
+    )
     result["renders"] = counts["not_white"] > 0.005 * counts["pixels"] and counts["zh"] > 100 and counts["en"] > 100
     print(json.dumps(result, ensure_ascii=False, indent=2))
     if not result["renders"] or result["overlapping_label_pairs"]:

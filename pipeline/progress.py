@@ -1,6 +1,7 @@
 """Progress as the CLI shows it, for the CLI and for `xlembed.run(progress=True)`:
 bars on a terminal, plain lines with rate and ETA in a log, on stderr; or a
 callback of the caller's."""
+
 import contextlib
 import os
 import threading
@@ -9,8 +10,16 @@ from typing import Callable
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from .io import SilentTask
@@ -43,8 +52,15 @@ class LogTask:
     Short tasks print nothing but their summary. XLEMBED_PROGRESS_INTERVAL
     sets `interval` (seconds)."""
 
-    def __init__(self, description: str, total: int | None, unit: str, interval: float | None = None,
-                 min_gap: float | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        description: str,
+        total: int | None,
+        unit: str,
+        interval: float | None = None,
+        min_gap: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.description, self.total, self.unit, self.clock = description, total, unit, clock
         self.interval = interval if interval is not None else float(os.environ.get("XLEMBED_PROGRESS_INTERVAL", 30))
         self.min_gap = min_gap if min_gap is not None else min(5.0, self.interval)
@@ -101,9 +117,17 @@ class Reporter:
             return
         with self.lock:
             if self.progress is None:
-                self.progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                                         MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
-                                         TimeRemainingColumn(), console=err)
+                self.progress = Progress(
+                    SpinnerColumn(),
+                    TextColumn("[bold]{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    RateColumn(),
+                    TimeElapsedColumn(),
+                    TextColumn("{task.fields[eta]}"),
+                    TimeRemainingColumn(),
+                    console=err,
+                )
                 self.progress.start()
             task_id = self.progress.add_task(description, total=total, unit=unit, eta="eta" if total else "")
             self.active += 1

@@ -2,6 +2,7 @@
 holds, how big it is, which stage a rerun would recompute without it. Only
 the files xlembed writes there are ever removed; anything else is left, and
 so is the directory that holds it."""
+
 from __future__ import annotations
 
 import re
@@ -26,11 +27,19 @@ class Artifact(NamedTuple):
 
 ARTIFACTS = (
     Artifact("tokenize", ("corpus.en", "corpus.zh", "tokenize.json"), "the segmented corpus"),
-    Artifact("encode", ("vectors", "encode.json"), "one vector per English word occurrence (float16); project reads them"),
-    Artifact("align", ("align.forward", "align.reverse", "align.links", "lexicon.tsv", "align.json", "tmp"),
-             "word alignments and the lexicon"),
-    Artifact("project", ("projection.safetensors", "projection.zh.tsv", "projection.en.tsv", "project.json"),
-             "per-word sums and counts; write reads them"),
+    Artifact(
+        "encode", ("vectors", "encode.json"), "one vector per English word occurrence (float16); project reads them"
+    ),
+    Artifact(
+        "align",
+        ("align.forward", "align.reverse", "align.links", "lexicon.tsv", "align.json", "tmp"),
+        "word alignments and the lexicon",
+    ),
+    Artifact(
+        "project",
+        ("projection.safetensors", "projection.zh.tsv", "projection.en.tsv", "project.json"),
+        "per-word sums and counts; write reads them",
+    ),
     Artifact("encode", ("ray",), "shards returned by Ray workers, until the job finishes"),
 )
 LOCK = ".lock"
@@ -94,7 +103,9 @@ def usage(path: Path) -> WorkUsage:
                 entries.append(WorkEntry(artifact.stage, name, _size(root / name), artifact.what))
     for child in sorted(root.iterdir()):
         if child.name not in {e.name for e in entries} and _ours(child.name):
-            entries.append(WorkEntry("", child.name, _size(child), "lock" if child.name == LOCK else "an unfinished write"))
+            entries.append(
+                WorkEntry("", child.name, _size(child), "lock" if child.name == LOCK else "an unfinished write")
+            )
     others = tuple(sorted(c.name for c in root.iterdir() if not _ours(c.name)))
     return WorkUsage(root, tuple(entries), others)
 
@@ -109,7 +120,12 @@ def find_work_dirs(root: Path, depth: int = 3) -> list[Path]:
     if depth == 0 or not root.is_dir():
         return found
     for child in sorted(root.iterdir()):
-        if child.is_dir() and not child.is_symlink() and not child.name.startswith(".") and not (child / "pyvenv.cfg").exists():
+        if (
+            child.is_dir()
+            and not child.is_symlink()
+            and not child.name.startswith(".")
+            and not (child / "pyvenv.cfg").exists()
+        ):
             found += find_work_dirs(child, depth - 1)
     return found
 
@@ -146,7 +162,10 @@ def _remove(target: Path) -> None:
         target.unlink()
     elif target.name == "vectors":
         for f in target.iterdir():
-            if re.fullmatch(r"index\.safetensors|shard-\d+\.safetensors|progress\.json|\..+\.tmp", f.name) and f.is_file():
+            if (
+                re.fullmatch(r"index\.safetensors|shard-\d+\.safetensors|progress\.json|\..+\.tmp", f.name)
+                and f.is_file()
+            ):
                 f.unlink()
         if not any(target.iterdir()):
             target.rmdir()

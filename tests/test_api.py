@@ -1,5 +1,6 @@
 """The Python API as users of gensim, Model2Vec and Hugging Face expect it: the CLI's defaults, errors at
 set time, progress, a small return from save, a callable tokenizer, and extended words that survive a rebuild."""
+
 import shutil
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 
 import xlembed
 
-from .test_cli import built, corpus, xlembed as cli  # noqa: F401  (fixtures: a tiny-model build of a small corpus)
+from .test_cli import built, corpus  # noqa: F401  (fixtures: a tiny-model build of a small corpus)
+from .test_cli import xlembed as cli
 
 
 def test_config_set_validates_each_value_at_once():
@@ -17,7 +19,9 @@ def test_config_set_validates_each_value_at_once():
         xlembed.Config().set(batch_size=0)
     with pytest.raises(xlembed.XlembedError, match="expected an integer"):
         xlembed.Config().set(samplers="six")
-    config = xlembed.Config().set(strategy="weighted", layer="-1", tsv="not/yet/there.tsv")  # files are checked by validate
+    config = xlembed.Config().set(
+        strategy="weighted", layer="-1", tsv="not/yet/there.tsv"
+    )  # files are checked by validate
     assert config.project.strategy is xlembed.Strategy.weighted and config.encode.layer == "-1"
 
 
@@ -33,7 +37,9 @@ def test_run_reports_progress_to_a_callback_or_as_the_cli_does(tmp_path, corpus,
     for description, done, total, _ in seen:
         assert done >= done_by_task.get(description, 0) and (total is None or done <= total)
         done_by_task[description] = done
-    monkeypatch.setenv("XLEMBED_PROGRESS_INTERVAL", "0")  # a line at every step (the log form: stderr is not a terminal)
+    monkeypatch.setenv(
+        "XLEMBED_PROGRESS_INTERVAL", "0"
+    )  # a line at every step (the log form: stderr is not a terminal)
     xlembed.run(config, tmp_path / "w2", tmp_path / "out2", progress=True)
     lines = capsys.readouterr().err.splitlines()
     assert any(line.startswith(f"{d}: ") and "/s" in line for line in lines for d in descriptions), lines[:5]
@@ -50,7 +56,10 @@ def test_the_tokenizer_is_callable_and_decodes(built):
     batch = tokenizer(["我喜欢猫。", "他读书"])
     assert set(batch) == {"input_ids", "attention_mask"} and batch["input_ids"].dtype == torch.long
     assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[0] == 2
-    assert batch["attention_mask"].sum(1).tolist() == [len(tokenizer.encode("我喜欢猫。")), len(tokenizer.encode("他读书"))]
+    assert batch["attention_mask"].sum(1).tolist() == [
+        len(tokenizer.encode("我喜欢猫。")),
+        len(tokenizer.encode("他读书")),
+    ]
     assert tokenizer.decode(batch["input_ids"][0]) == "我喜欢猫。"
     assert tokenizer.batch_decode(batch["input_ids"]) == ["我喜欢猫。", "他读书"]
     assert tokenizer.decode(batch["input_ids"][1], skip_special_tokens=False).startswith("他读书[PAD]")

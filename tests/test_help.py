@@ -1,4 +1,5 @@
 """Help and version output as a user reads it: at any width, no Typer type names, no cut words."""
+
 import re
 
 import pytest
@@ -47,8 +48,15 @@ def test_the_argument_is_named_in_capitals_in_usage_lines():
 def test_run_help_groups_options_by_stage():
     text = help_text(200, "run")
     panels = re.findall(r"─ (\w+ options|Options) ─", text)
-    assert panels == ["Options", "Tokenize options", "Encode options", "Align options", "Project options", "Write options",
-                      "Executor options"]
+    assert panels == [
+        "Options",
+        "Tokenize options",
+        "Encode options",
+        "Align options",
+        "Project options",
+        "Write options",
+        "Executor options",
+    ]
 
 
 def test_docstring_paragraphs_are_reflowed_not_broken_mid_sentence():
@@ -64,6 +72,10 @@ def test_version(flag):
 
 def test_shell_completion_is_offered_and_completes_choices():
     assert "--install-completion" in help_text(200)
-    result = CliRunner().invoke(app, [], env={"_XLEMBED_COMPLETE": "complete_bash", "COMP_WORDS": "xlembed align --symmetrization g",
-                                              "COMP_CWORD": "3"}, prog_name="xlembed")
+    result = CliRunner().invoke(
+        app,
+        [],
+        env={"_XLEMBED_COMPLETE": "complete_bash", "COMP_WORDS": "xlembed align --symmetrization g", "COMP_CWORD": "3"},
+        prog_name="xlembed",
+    )
     assert result.output.split() == ["grow-diag-final-and"]

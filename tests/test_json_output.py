@@ -1,10 +1,12 @@
 """Results that CI jobs parse: --json on run, neighbors, verify and info; tables without box characters when piped;
 the model recorded by name and hash; reused stages marked as such."""
+
 import json
 
 import xlembed
 
-from .test_cli import built, corpus, xlembed as cli  # noqa: F401  (fixtures: a tiny-model build of a small corpus)
+from .test_cli import built, corpus  # noqa: F401  (fixtures: a tiny-model build of a small corpus)
+from .test_cli import xlembed as cli
 
 
 def test_neighbors_json_and_piped_output(built):
@@ -13,7 +15,9 @@ def test_neighbors_json_and_piped_output(built):
     data = json.loads(result.stdout)
     assert data["word"] == "猫" and data["lang"] == "zh" and isinstance(data["projected"], bool)
     e = xlembed.load(built)
-    assert [(n["word"], round(n["cos"], 4)) for n in data["chinese"]] == [(w, round(c, 4)) for w, c in e.most_similar("猫", 3)]
+    assert [(n["word"], round(n["cos"], 4)) for n in data["chinese"]] == [
+        (w, round(c, 4)) for w, c in e.most_similar("猫", 3)
+    ]
     assert [n["word"] for n in data["english"]] == [w for w, _ in e.translate("猫", 3)]
     piped = cli("neighbors", built, "猫", "-k", "3")  # CliRunner's stdout is not a terminal
     assert piped.exit_code == 0

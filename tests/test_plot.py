@@ -1,5 +1,6 @@
 """The default map: content words with confident translations, labels that do not overlap, and a page
 that renders in a real browser (where one is installed)."""
+
 import importlib.util
 import random
 import subprocess
@@ -27,7 +28,9 @@ def test_the_default_map_shows_content_words_not_function_words_or_punctuation(b
 
 def test_labels_are_pushed_apart_until_none_overlap():
     rng = random.Random(0)
-    piled = [Label(500.0 + rng.uniform(0, 20), 300.0 + rng.uniform(0, 10), 40.0, 18.0) for _ in range(30)]  # thirty in 20 x 10 px
+    piled = [
+        Label(500.0 + rng.uniform(0, 20), 300.0 + rng.uniform(0, 10), 40.0, 18.0) for _ in range(30)
+    ]  # thirty in 20 x 10 px
     assert overlapping_pairs(piled) == 30 * 29 // 2
     spread = repel(piled, 1100, 760, 60)
     assert overlapping_pairs(spread) == 0

@@ -1,5 +1,6 @@
 """Work directories: seen and cleaned with `xlembed work`, never holding someone else's file removed,
 and no folder of one `.lock` left by a command that failed."""
+
 import json
 import shutil
 
@@ -49,7 +50,9 @@ def test_work_clean_removes_only_what_xlembed_wrote(work):
 def test_work_clean_removes_the_directory_once_empty_and_dry_run_removes_nothing(work):
     before = sorted(p.name for p in work.iterdir())
     result = xlembed("work", "clean", "--dry-run", work)
-    assert result.exit_code == 0 and "would remove" in result.output and sorted(p.name for p in work.iterdir()) == before
+    assert (
+        result.exit_code == 0 and "would remove" in result.output and sorted(p.name for p in work.iterdir()) == before
+    )
     assert xlembed("work", "clean", work).exit_code == 0
     assert not work.exists()
 
