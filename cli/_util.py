@@ -131,7 +131,8 @@ def summarize(stage: str, record: dict, quiet: bool) -> None:
     if quiet:
         return
     if record.get("skipped"):
-        earlier = f"; reused the result an earlier command computed in {record['seconds']:.1f} s" if "seconds" in record else ""
+        seconds = record.get("seconds")
+        earlier = f"; reused the result an earlier command computed in {seconds:.1f} s" if seconds is not None else ""
         err.print(f"[green]✔[/green] [bold]{stage}[/bold]: up to date, skipped{earlier} (--force recomputes)")
         return
     if record.get("resumed_at_shard"):
@@ -185,7 +186,9 @@ Force = Annotated[
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", metavar="", help="No progress or summaries (errors are still printed).")
 ]
-JsonFlag = Annotated[bool, typer.Option("--json", metavar="", help="Print the result as JSON on stdout (for scripts and CI).")]
+JsonFlag = Annotated[
+    bool, typer.Option("--json", metavar="", help="Print the result as JSON on stdout (for scripts and CI).")
+]
 ConfigFile = Annotated[Optional[str], typer.Option(
     "--config", "-c", metavar="FILE",
     help="TOML file setting any option, one table per stage; 'default' is the shipped configs/default.toml. "

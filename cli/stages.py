@@ -79,7 +79,8 @@ RunWork = Annotated[Optional[Path], typer.Option("--work", "-w", help="Directory
 
 @app.command()
 @config_command("tokenize", "encode", "align", "project", "write", "executor")
-def run(out: Out, config: Config, work: RunWork = None, force: Force = False, quiet: Quiet = False, json_out: JsonFlag = False):
+def run(out: Out, config: Config, work: RunWork = None, force: Force = False, quiet: Quiet = False,
+        json_out: JsonFlag = False):
     """Run every stage: tokenize → encode → align → project → write.
 
     With --executor ray, encode and project run together on a Ray cluster, shard by shard (only

@@ -238,9 +238,10 @@ class Config:
             if name not in declared:
                 raise XlembedError(f"unknown option '{name}'")
             stage, f = declared[name]
+            flag = f"--{flag_name(f)}"  # errors name the option as the CLI and the validation do
             if value is not None:
-                value = coerce(f, value, f"{name}={value!r}")
-            check_value(f, value, name)
+                value = coerce(f, value, flag)
+            check_value(f, value, flag)
             setattr(getattr(self, stage), name, value)
         return self
 

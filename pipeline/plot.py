@@ -28,7 +28,8 @@ ZH_COLOUR, EN_COLOUR = "#1f5fa8", "#c8541b"
 CONTENT_TAGS = {"n", "nr", "ns", "nt", "nz", "ng", "nrt", "vn", "v", "a", "an", "ad", "t", "s", "i", "l"}
 # English function words: a Chinese word aligned to one of them is not a content word (是 → is, 能 → can)
 EN_FUNCTION_WORDS = set("""a an the and or but if of to in on at by for with from as into about than then so not no
-t s don doesn didn isn aren wasn can could will would shall should must may might do does did done be is are was were been
+t s don doesn didn isn aren wasn can could will would shall should must may might
+do does did done be is are was were been
 being am have has had get got go going i you he she it we they me him her us them my your his its our their this that
 these those what who whom which where when why how there here all any some very too also just only more most much many
 one lot thing things yes okay ok please""".split())
@@ -194,7 +195,8 @@ def svg(points, lines, title: str, width: int = 1100, height: int = 760) -> str:
                   f'stroke-width="0.5" opacity="0.6"/>') if abs(near_x - px) + abs(near_y - py) > 12 else ""
         out.append(f'<g><title>{label} ({"Chinese" if lang == "zh" else "English"})</title>{leader}'
                    f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>'
-                   f'<text x="{box.x + 1:.1f}" y="{box.y + box.height * 0.8:.1f}" font-size="{15 if lang == "zh" else 13}" '
+                   f'<text x="{box.x + 1:.1f}" y="{box.y + box.height * 0.8:.1f}" '
+                   f'font-size="{15 if lang == "zh" else 13}" '
                    f'fill="{colour}">{label}</text></g>')
     out.append("</svg>")
     return "\n".join(out) + "\n"

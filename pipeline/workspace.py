@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from .config import WorkDir
-from .io import WorkLock, XlembedError
+from .errors import XlembedError
+from .io import WorkLock
+from .layout import WorkDir
 
 STAGES = ("tokenize", "encode", "align", "project")
 

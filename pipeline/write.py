@@ -129,7 +129,6 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
         user_vocab,
         opts.shrink,
     )
-    tokenized = records["tokenize"]["counts"]
     encode_options = records["encode"]["options"]
     embeddings = Embeddings(
         words=vocab,
@@ -144,28 +143,34 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
                       symmetrization=records["align"]["options"]["symmetrization"],
                       seed=str(opts.seed), oov_fill=opts.oov.value, xlembed_version=__version__),
     )
+    embeddings.manifest = build_manifest(records, opts, computed, round(time.perf_counter() - start, 3))
+    embeddings = carry_forward(embeddings, out)
+    embeddings.save(out)
+    return embeddings.manifest
+
+
+def build_manifest(records: dict[str, dict], opts, computed: tuple[str, ...], write_seconds: float) -> dict:
+    """The manifest from the upstream stages' records: parameters, inputs,
+    the model by name and hash, counts, seconds, and the stages reused."""
+    tokenized = records["tokenize"]["counts"]
     counts = dict(
         pairs_read=tokenized["pairs_read"],
         pairs_dropped=tokenized["pairs_dropped"],
         pairs_kept=tokenized["pairs_kept"],
         words_truncated=records["encode"]["counts"]["words_truncated"],
     )
-    seconds = {stage: records[stage]["seconds"] for stage in UPSTREAM}
-    seconds["write"] = round(time.perf_counter() - start, 3)
-    embeddings.manifest = dict(
+    seconds = {stage: records[stage]["seconds"] for stage in UPSTREAM} | {"write": write_seconds}
+    return dict(
         xlembed_version=__version__,
         parameters={stage: records[stage]["options"] for stage in UPSTREAM} | {"write": section_dict(opts)},
         inputs=records["tokenize"]["inputs"],
-        model=dict(name=model_name(encode_options["model"]), sha256=records["encode"]["model_sha256"]),
+        model=dict(name=model_name(records["encode"]["options"]["model"]), sha256=records["encode"]["model_sha256"]),
         model_sha256=records["encode"]["model_sha256"],
         counts=counts,
         stage_counts={stage: records[stage]["counts"] for stage in UPSTREAM},
         seconds=seconds,
         reused=[stage for stage in UPSTREAM if stage not in computed],
     )
-    embeddings = carry_forward(embeddings, out)
-    embeddings.save(out)
-    return embeddings.manifest
 
 
 def extended_words(out: Path) -> list[tuple[str, str]]:

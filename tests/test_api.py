@@ -15,7 +15,7 @@ from .test_cli import xlembed as cli
 def test_config_set_validates_each_value_at_once():
     with pytest.raises(xlembed.XlembedError, match="expected one of argmax, argmax-occurrence, weighted, got 'best'"):
         xlembed.Config().set(strategy="best")
-    with pytest.raises(xlembed.XlembedError, match="batch_size must be at least 1, got 0"):
+    with pytest.raises(xlembed.XlembedError, match="--batch-size must be at least 1, got 0"):
         xlembed.Config().set(batch_size=0)
     with pytest.raises(xlembed.XlembedError, match="expected an integer"):
         xlembed.Config().set(samplers="six")

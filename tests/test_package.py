@@ -67,15 +67,16 @@ def test_a_folder_named_xlembed_in_the_current_directory_does_not_hide_the_packa
 def test_the_built_wheel_installs_and_runs_from_elsewhere(tmp_path):
     """The README's `pip install` of a wheel: the wheel, installed without its (already present)
     dependencies into a fresh target, gives `import xlembed` and the command."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
-                   check=True, capture_output=True)
+    wheel_command = ["pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)]
+    subprocess.run([sys.executable, "-m", *wheel_command], check=True, capture_output=True)
     [wheel] = tmp_path.glob("xlembed-*.whl")
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
     (tmp_path / "xlembed").mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
-    code = "import xlembed, xlembed.cli.main; print(xlembed.__file__); print(xlembed.load_config('default').to_dict() == xlembed.Config().to_dict())"
+    code = ("import xlembed, xlembed.cli.main; print(xlembed.__file__); "
+            "print(xlembed.load_config('default').to_dict() == xlembed.Config().to_dict())")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(target / "xlembed" / "__init__.py"), "True"]
