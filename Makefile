@@ -11,16 +11,23 @@ env: $(STAMP)
 
 # torch first, pinned: the CPU build from this machine's disk. A bare `torch`
 # requirement with nothing installed would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# The editable install is setuptools' `strict` mode: a link tree under build/ put on sys.path by a
+# .pth file, so a folder named `xlembed` in the current directory cannot hide the package (the
+# default mode's finder comes after the path scan). The link tree holds the files present at install
+# time: the stamp depends on the source folders, whose times change when a file is added or removed.
+SOURCES := pyproject.toml pipeline cli configs
+EDITABLE := --config-settings editable_mode=strict
+
+$(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(EDITABLE) -e '.[dev]'
 	touch $(STAMP)
 
 # the Ray executor's extra: the tests start a local Ray; the demo does not need it
 $(RAY_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	$(BIN)/python -m pip install --quiet $(EDITABLE) -e '.[dev,ray]'
 	touch $(RAY_STAMP)
 
 demo: $(STAMP)
@@ -32,7 +39,7 @@ test: $(RAY_STAMP)
 
 # the figures in bench/RESULTS.md (about 15 minutes on 2 cores); JSON in bench/results/
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet $(EDITABLE) -e '.[dev,bench]'
 	$(BIN)/python bench/speed.py --json bench/results/speed.json
 	$(BIN)/python bench/scale.py --json bench/results/scale.json
 	$(BIN)/python bench/quality.py --json bench/results/quality.json

@@ -1,40 +1,27 @@
 """Shared plumbing of the `xlembed` command (as spaCy's cli/_util.py): the
 Typer app, one-line errors, progress display, stage summaries, and the
 options generated from the config declarations in xlembed.config."""
-import contextlib
 import errno
 import inspect
 import os
 import sys
-import threading
-import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.table import Table
 from rich.text import Text
 from typer import _click as click  # Typer's own copy of click: its exceptions and parameter sources
 from typer.core import TyperGroup
 
 from xlembed.config import base_type, default_config_path, flag_name, load_config, select_fields
 from xlembed.errors import XlembedError
-from xlembed.io import SilentTask
+from xlembed.progress import LogTask, Reporter, err  # noqa: F401  (the progress display lives in xlembed.progress)
 from xlembed.version import __version__
 
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(soft_wrap=True, highlight=False)
 
 
@@ -86,6 +73,48 @@ class Interrupted(Exception):
     """Ctrl-C, carried past Typer, which turns a KeyboardInterrupt into a silent exit 130."""
 
 
+def _value_name(param) -> str | None:
+    """A metavar that wraps at spaces in a narrow help column: choices as
+    `<a | b | c>` (not cut mid-word at 80 columns), ranges by their type
+    (`<int>`), flags with none (Typer's own show `<bool>`)."""
+    desc = param.type_descriptor
+    if desc.is_choice:
+        return "<" + " | ".join(str(getattr(c, "value", c)) for c in desc.choices) + ">"
+    if getattr(param, "is_flag", False):
+        return ""
+    if desc.is_list:
+        return f"<{param.bare_type().removeprefix('list[').removesuffix(']').lower()}>"
+    if desc.is_ranged:
+        return f"<{desc.ranged_type_name}>"
+    return None
+
+
+def _tidy_help(command) -> None:
+    """Help as a user reads it at any width: docstring paragraphs reflowed
+    (Typer keeps their line breaks), no `<bool>` on --help, choices that wrap
+    between words, and arguments in usage lines as OUT_DIR, not {out_dir}."""
+    if command.help:
+        command.help = "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(command.help).split("\n\n"))
+    own_help_option = command.get_help_option
+
+    def get_help_option(ctx):
+        option = own_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option
+    for sub in getattr(command, "commands", {}).values():  # a group's commands (`xlembed work`)
+        if sub is not command:
+            _tidy_help(sub)
+    for param in command.params:
+        if param.param_type_name == "argument":
+            name = param.name.upper() + ("..." if param.nargs != 1 else "")
+            param.get_usage_pieces = lambda ctx, name=name, required=param.required: [name if required else f"[{name}]"]
+        if param.metavar is None and _value_name(param) is not None:
+            param.display_type_rich = lambda ctx, value_name=_value_name(param): value_name
+
+
 class OneLineErrors(TyperGroup):
     """Every usage error (Typer's and click's own too), every XlembedError and
     every OS error becomes one line `error: …` on stderr with exit code 2,
@@ -100,6 +129,7 @@ class OneLineErrors(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not isinstance(sys.stdout, NamedStdout):
             sys.stdout = NamedStdout(sys.stdout)
+        _tidy_help(self)  # here: Typer adds its completion options after __init__
         try:
             code = super().main(
                 args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
@@ -137,160 +167,8 @@ app = typer.Typer(
     help="Build a Chinese word-embedding matrix from an English–Chinese parallel corpus and an English BERT.\n\n"
          "Stages, in order: tokenize → encode → align → project → write; `run` does them all.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-# --- progress -----------------------------------------------------------------------------------
-
-class RateColumn(ProgressColumn):
-    """Items per second, in the unit the task was given."""
-
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{_rate(speed)} {task.fields.get('unit', '')}/s" if speed else "", style="progress.data.speed")
-
-
-def _rate(per_second: float) -> str:
-    """A rate to three significant digits below 100 (0.0123 shards/s), whole above (4,951 words/s)."""
-    return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.3g}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-class LogTask:
-    """Progress for a log (stderr not a terminal): a plain line with count,
-    rate, elapsed time and ETA at each 10 % of the work, but no more often
-    than every `min_gap` seconds, and at least every `interval` seconds.
-    Short tasks print nothing but their summary. XLEMBED_PROGRESS_INTERVAL
-    sets `interval` (seconds)."""
-
-    def __init__(self, description: str, total: int | None, unit: str, interval: float | None = None,
-                 min_gap: float | None = None, clock: Callable[[], float] = time.monotonic):
-        self.description, self.total, self.unit, self.clock = description, total, unit, clock
-        self.interval = interval if interval is not None else float(os.environ.get("XLEMBED_PROGRESS_INTERVAL", 30))
-        self.min_gap = min_gap if min_gap is not None else min(5.0, self.interval)
-        self.done = 0
-        self.lock = threading.Lock()
-        self.start = self.last = clock()
-        self.next_fraction = 0.1
-
-    def advance(self, n: int = 1) -> None:
-        with self.lock:
-            self.done += n
-            now = self.clock()
-            fraction = self.done / self.total if self.total else 0.0
-            at_mark = bool(self.total) and fraction >= self.next_fraction and self.done < self.total
-            if now - self.last >= self.interval or (at_mark and now - self.last >= self.min_gap):
-                self.last = now
-                while self.total and fraction >= self.next_fraction:
-                    self.next_fraction += 0.1
-                err.print(escape(self.line(now)))
-
-    def tick(self) -> None:
-        """A line if none came for `interval` seconds, however long a step
-        takes without advancing (eflomal's one run, for instance)."""
-        with self.lock:
-            now = self.clock()
-            if now - self.last >= self.interval:
-                self.last = now
-                err.print(escape(self.line(now)))
-
-    @contextlib.contextmanager
-    def heartbeat(self) -> Iterator[None]:
-        """Call tick() every `interval` seconds on a thread while the block runs
-        (interval 0: every advance prints already, no thread)."""
-        if self.interval <= 0:
-            yield
-            return
-        stop = threading.Event()
-
-        def beat():
-            while not stop.wait(self.interval):
-                self.tick()
-
-        thread = threading.Thread(target=beat, name="progress heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-
-    def line(self, now: float) -> str:
-        elapsed = now - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        line = f"{self.description}: {self.done:,}"
-        if self.total:
-            line += f"/{self.total:,} {self.unit} ({self.done / self.total:.0%})"
-        elif self.unit:
-            line += f" {self.unit}"
-        if self.unit:
-            line += f", {_rate(rate)} {self.unit}/s"
-        line += f", elapsed {_duration(elapsed)}"
-        if self.total and rate > 0:
-            line += f", eta {_duration((self.total - self.done) / rate)}"
-        return line
-
-
-class Reporter:
-    """Progress with count, rate, elapsed time and ETA on stderr: bars on a
-    terminal (tasks running at the same time, encode and align in `run`,
-    share one display), plain lines in a log."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.terminal = err.is_terminal
-        self.lock = threading.Lock()
-        self.progress: Progress | None = None
-        self.active = 0
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None, unit: str):
-        if self.quiet:
-            yield SilentTask()
-            return
-        if not self.terminal:
-            task = LogTask(description, total, unit)
-            with task.heartbeat():
-                yield task
-            return
-        with self.lock:
-            if self.progress is None:
-                self.progress = Progress(
-                    SpinnerColumn(),
-                    TextColumn("[bold]{task.description}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    RateColumn(),
-                    TimeElapsedColumn(),
-                    TextColumn("{task.fields[eta]}"),
-                    TimeRemainingColumn(),
-                    console=err,
-                )
-                self.progress.start()
-            task_id = self.progress.add_task(description, total=total, unit=unit, eta="eta" if total else "")
-            self.active += 1
-        progress = self.progress
-
-        class Task:
-            def advance(self, n: int = 1) -> None:
-                progress.advance(task_id, n)
-
-        try:
-            yield Task()
-        finally:
-            with self.lock:
-                if total is None:
-                    progress.update(task_id, total=1, completed=1)
-                self.active -= 1
-                if self.active == 0:
-                    progress.stop()
-                    self.progress = None
 
 
 def summarize(stage: str, record: dict, quiet: bool) -> None:
@@ -298,7 +176,9 @@ def summarize(stage: str, record: dict, quiet: bool) -> None:
     if quiet:
         return
     if record.get("skipped"):
-        err.print(f"[green]✔[/green] [bold]{stage}[/bold]: up to date, skipped (--force recomputes)")
+        seconds = record.get("seconds")
+        earlier = f"; reused the result an earlier command computed in {seconds:.1f} s" if seconds is not None else ""
+        err.print(f"[green]✔[/green] [bold]{stage}[/bold]: up to date, skipped{earlier} (--force recomputes)")
         return
     if record.get("resumed_at_shard"):
         err.print(f"  {stage}: resumed after {record['resumed_at_shard']} completed shard(s)")
@@ -314,6 +194,17 @@ def summarize(stage: str, record: dict, quiet: bool) -> None:
         err.print(f"  forward (model + pooling) {timing['forward']:.1f} s, host {timing['host']:.1f} s ({host})")
 
 
+def print_table(table: Table) -> None:
+    """A table on stdout: drawn with a box on a terminal; piped, plain
+    tab-separated lines (a header, then the rows), whole, for cut and awk."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    print("\t".join(str(c.header) for c in table.columns))
+    for row in zip(*(c.cells for c in table.columns)):
+        print("\t".join(Text.from_markup(str(cell)).plain for cell in row))
+
+
 def version_callback(value: bool):
     if value:
         print(f"xlembed {__version__}")
@@ -321,7 +212,7 @@ def version_callback(value: bool):
 
 
 @app.callback()
-def main(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, metavar="",
+def main(version: Annotated[bool, typer.Option("--version", "-V", callback=version_callback, is_eager=True, metavar="",
                                                help="Print the version and exit.")] = False):
     pass
 
@@ -343,6 +234,9 @@ Force = Annotated[
 ]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", metavar="", help="No progress or summaries (errors are still printed).")
+]
+JsonFlag = Annotated[
+    bool, typer.Option("--json", metavar="", help="Print the result as JSON on stdout (for scripts and CI).")
 ]
 ConfigFile = Annotated[Optional[str], typer.Option(
     "--config", "-c", metavar="FILE",

@@ -56,7 +56,8 @@ def quality_table(result: dict, out_dir: Path, dictionary: Path | None, analogie
 def evaluate(
     out_dir: OutDirArg,
     wordsim: Annotated[
-        Optional[list[Path]], typer.Option(help="Word-similarity file (word1<TAB>word2<TAB>score); repeatable.")
+        Optional[list[Path]],
+        typer.Option(metavar="<file>", help="Word-similarity file (word1<TAB>word2<TAB>score); repeatable."),
     ] = None,
     dictionary: Annotated[
         Optional[Path],

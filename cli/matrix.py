@@ -11,7 +11,7 @@ from rich.table import Table
 from xlembed.config import ExportFormat as Format
 from xlembed.config import Oov
 
-from ._util import OutDirArg, app, err, fail, out
+from ._util import JsonFlag, OutDirArg, app, err, fail, out, print_table
 
 
 def _lang(value: str) -> str:
@@ -26,8 +26,11 @@ def neighbors(
     word: Annotated[str, typer.Argument(help="A Chinese word (or an English word with --lang en).")],
     k: Annotated[int, typer.Option("-k", min=1, help="How many neighbours on each side (at least 1).")] = 10,
     lang: Annotated[str, typer.Option(help="zh: WORD is Chinese; en: WORD is English.")] = "zh",
+    json_out: JsonFlag = False,
 ):
-    """Nearest Chinese words and nearest English words (cosine) of a word: translations and neighbours."""
+    """Nearest Chinese words and nearest English words (cosine) of a word: translations and neighbours.
+
+    On a terminal, a table; piped, tab-separated lines; with --json, JSON."""
     from xlembed import Embeddings
 
     lang = _lang(lang)
@@ -35,7 +38,13 @@ def neighbors(
     same = e.most_similar(word, k, lang=lang)
     other = e.translate(word, k, lang=lang)
     zh, en = (same, other) if lang == "zh" else (other, same)
-    title = word + ("" if lang == "en" else " (projected)" if bool(e.projected[e.index(word)]) else " (filled row)")
+    projected = None if lang == "en" else bool(e.projected[e.index(word)])
+    if json_out:
+        print(json.dumps(dict(word=word, lang=lang, projected=projected,
+                              chinese=[dict(word=w, cos=round(c, 6)) for w, c in zh],
+                              english=[dict(word=w, cos=round(c, 6)) for w, c in en]), ensure_ascii=False, indent=2))
+        return
+    title = word + ("" if projected is None else " (projected)" if projected else " (filled row)")
     table = Table(title=escape(title))
     for column in ("Chinese", "cos", "English", "cos"):
         table.add_column(column, justify="right" if column == "cos" else "left")
@@ -48,13 +57,13 @@ def neighbors(
             escape(n[0]),
             f"{n[1]:.3f}" if n[1] is not None else "",
         )
-    out.print(table)
+    print_table(table)
 
 
 @app.command()
 def info(
     out_dir: OutDirArg,
-    json_out: Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of a table.")] = False,
+    json_out: JsonFlag = False,
 ):
     """Shape, dtype, model, settings, projected and filled rows, and the most frequent words of a matrix."""
     from xlembed.outdir import describe  # headers only: no torch
@@ -72,7 +81,8 @@ def info(
     filled_by = ", ".join(f"{n:,} {k}" for k, n in c.get("filled_by", {}).items() if n)
     table.add_row("rows", f"{c.get('projected_rows', 0):,} projected, {c.get('filled_rows', 0):,} filled"
                   + (f" ({filled_by})" if filled_by else "") + f", {c.get('special_rows', 0)} special")
-    table.add_row("model", escape(f"{result['model']} (layer {result['layer']})"))
+    sha = f"sha256 {result['model_sha256'][:12]}, " if result.get("model_sha256") else ""
+    table.add_row("model", escape(f"{result['model']} ({sha}layer {result['layer']})"))
     table.add_row(
         "method", f"{result['strategy']}, {result['symmetrization']}, oov {result['oov_fill']}, seed {result['seed']}"
     )
@@ -150,14 +160,19 @@ def extend(
 
 
 @app.command()
-def verify(out_dir: OutDirArg):
+def verify(out_dir: OutDirArg, json_out: JsonFlag = False):
     """Check an output directory against its manifest: checksums, rows, vocabulary, flags. Exit code 1 on a problem.
 
     Checks every file's checksum against manifest.json, and that rows, vocabulary lines, the `projected`
-    flags and the English matrix agree."""
+    flags and the English matrix agree. With --json: {"out", "ok", "problems"} on stdout, the same exit code."""
     from xlembed.outdir import verify as verify_output  # safetensors.numpy: no torch
 
     problems = verify_output(out_dir)
+    if json_out:
+        print(json.dumps(dict(out=str(out_dir), ok=not problems, problems=problems), ensure_ascii=False, indent=2))
+        if problems:
+            raise typer.Exit(1)
+        return
     for problem in problems:
         err.print(f"[red]✘[/red] {escape(problem)}")
     if problems:

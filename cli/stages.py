@@ -1,5 +1,6 @@
 """The stage commands and `run`: each parses its options (generated from the
 config declarations), calls the stage in xlembed and prints what it returned."""
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -8,7 +9,7 @@ import typer
 from xlembed.config import Config
 from xlembed.layout import WorkDir
 
-from ._util import Force, Out, Quiet, Reporter, Work, app, config_command, err, summarize
+from ._util import Force, JsonFlag, Out, Quiet, Reporter, Work, app, config_command, err, summarize
 
 
 def _stage(name: str, config: Config, work: Path, force: bool, quiet: bool) -> None:
@@ -78,11 +79,14 @@ RunWork = Annotated[Optional[Path], typer.Option("--work", "-w", help="Directory
 
 @app.command()
 @config_command("tokenize", "encode", "align", "project", "write", "executor")
-def run(out: Out, config: Config, work: RunWork = None, force: Force = False, quiet: Quiet = False):
+def run(out: Out, config: Config, work: RunWork = None, force: Force = False, quiet: Quiet = False,
+        json_out: JsonFlag = False):
     """Run every stage: tokenize → encode → align → project → write.
 
     With --executor ray, encode and project run together on a Ray cluster, shard by shard (only
     per-word sums travel back; vectors are not kept), after align.
+
+    With --json the manifest (OUT/manifest.json) is printed on stdout; progress and summaries stay on stderr.
 
     Example: xlembed run --tsv data/tatoeba/cmn-eng.tsv --out runs/demo"""
     from xlembed.run import default_work_dir
@@ -90,8 +94,13 @@ def run(out: Out, config: Config, work: RunWork = None, force: Force = False, qu
 
     manifest = run_all(config, WorkDir(work if work is not None else default_work_dir(out)), out, Reporter(quiet),
                        on_stage=lambda stage, record: summarize(stage, record, quiet), force=force)
+    if json_out:
+        print(json.dumps(manifest, ensure_ascii=False, indent=2))
     if not quiet:
         c = manifest["counts"]
         err.print(f"wrote {out}/embeddings.safetensors: {c['vocab_size']:,} × {c['dim']} "
                   f"({c['projected_rows']:,} projected, {c['filled_rows']:,} filled), "
                   f"english.safetensors: {c['english_vocab_size']:,} × {c['dim']}")
+        carried = sum(e["added"] for e in manifest.get("extended", []) if e.get("carried_forward"))
+        if carried:
+            err.print(f"  carried forward {carried:,} rows that `xlembed extend` had added to the previous {out}")

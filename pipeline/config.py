@@ -242,12 +242,20 @@ class Config:
     def set(self, **options) -> "Config":
         """Set options by name, whatever their stage (names are unique):
         `Config().set(tsv="pairs.tsv", layer="-1", strategy="weighted")`.
-        Values are checked by `validate`. Returns self."""
-        owners = {f.name: stage for stage, f in all_fields()}
+        Each value is checked here, by type, choice and range, as its flag
+        is (`strategy="best"` raises now, not when the run starts); what
+        depends on other options or on files is checked by `validate`.
+        Returns self."""
+        declared = {f.name: (stage, f) for stage, f in all_fields()}
         for name, value in options.items():
-            if name not in owners:
+            if name not in declared:
                 raise XlembedError(f"unknown option '{name}'")
-            setattr(getattr(self, owners[name]), name, value)
+            stage, f = declared[name]
+            flag = f"--{flag_name(f)}"  # errors name the option as the CLI and the validation do
+            if value is not None:
+                value = coerce(f, value, flag)
+            check_value(f, value, flag)
+            setattr(getattr(self, stage), name, value)
         return self
 
     def to_dict(self) -> dict:
@@ -375,12 +383,15 @@ def default_config_path() -> Path:
     return Path(str(files("xlembed.configs") / "default.toml"))
 
 
-def load_config(path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
-    """Defaults, then the TOML file at `path` (None: defaults only), then
+def load_config(path: Path | str | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Defaults, then the TOML file at `path` (None: defaults only; "default":
+    the shipped configs/default.toml, as `--config default`), then
     `overrides` ({stage: {option: value}}, e.g. command-line flags; values
     already of the field's type). Unknown tables or keys, and values of the
     wrong type, are errors naming the file and the key. Not yet validated."""
     config = Config()
+    if path == "default":
+        path = default_config_path()
     if path is not None:
         path = Path(path)
         try:

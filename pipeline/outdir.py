@@ -13,6 +13,7 @@ from pathlib import Path
 from .config import PAD, UNK
 from .errors import XlembedError
 from .layout import OutDir
+from .models import model_name
 
 
 def _words(text: str) -> list[str]:
@@ -89,12 +90,13 @@ def info_of(
         shape=shape,
         dtype=dtype,
         english_shape=english_shape,
-        model=m.get("model"),
+        model=model_name(m["model"]) if "/" in m.get("model", "") else m.get("model"),  # before 0.5: a path
+        model_sha256=m.get("model_sha256", manifest.get("model_sha256")),
         layer=m.get("layer"),
         strategy=m.get("strategy"),
         symmetrization=m.get("symmetrization"),
         oov_fill=m.get("oov_fill"),
-        seed=m.get("seed"),
+        seed=int(m["seed"]) if str(m.get("seed", "")).lstrip("-").isdigit() else m.get("seed"),
         counts=manifest.get("counts", {}),
         xlembed_version=m.get("xlembed_version"),
         top_words=[w for w in words if w not in (PAD, UNK)][:top],

@@ -8,7 +8,9 @@ from __future__ import annotations
 import html
 import re
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from .config import PAD, UNK
@@ -17,13 +19,51 @@ from .errors import XlembedError
 from .io import write_text_atomic
 
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+CJK_ONLY = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 FONTS = "'Noto Sans CJK SC', 'Source Han Sans SC', 'PingFang SC', 'Microsoft YaHei', 'WenQuanYi Micro Hei', sans-serif"
 ZH_COLOUR, EN_COLOUR = "#1f5fa8", "#c8541b"
 
 
+# jieba's part-of-speech tags of content words: nouns, names, places, verbs, adjectives, times, idioms
+CONTENT_TAGS = {"n", "nr", "ns", "nt", "nz", "ng", "nrt", "vn", "v", "a", "an", "ad", "t", "s", "i", "l"}
+# English function words: a Chinese word aligned to one of them is not a content word (是 → is, 能 → can)
+EN_FUNCTION_WORDS = set("""a an the and or but if of to in on at by for with from as into about than then so not no
+t s don doesn didn isn aren wasn can could will would shall should must may might
+do does did done be is are was were been
+being am have has had get got go going i you he she it we they me him her us them my your his its our their this that
+these those what who whom which where when why how there here all any some very too also just only more most much many
+one lot thing things yes okay ok please""".split())
+MIN_P = 0.3  # p(aligned English word | Chinese word) of a confident translation
+
+
+def content_words(e: Embeddings) -> list[str]:
+    """Projected Chinese content words whose translation is confident, most
+    frequent first: written in Chinese characters only (no punctuation), a
+    noun, verb, adjective or name by jieba's dictionary, aligned with
+    p(en|zh) >= MIN_P to an English word that is not a function word."""
+    import logging
+
+    import jieba
+    import jieba.posseg
+
+    jieba.setLogLevel(logging.WARNING)
+    chosen = []
+    for row, projected in zip(e.rows, e.projected.tolist()):
+        if not projected or row.p < MIN_P or not CJK_ONLY.fullmatch(row.word):
+            continue
+        if not row.aligned_en.isalpha() or row.aligned_en.lower() in EN_FUNCTION_WORDS:
+            continue
+        tags = [pair.flag for pair in jieba.posseg.lcut(row.word, HMM=False)]
+        if len(tags) == 1 and tags[0] in CONTENT_TAGS:
+            chosen.append(row.word)
+    return chosen
+
+
 def choose_words(e: Embeddings, words: list[str] | None, top: int) -> list[str]:
     """The Chinese words to show: `words` as given (each must have a row), or
-    the `top` most frequent projected words written with Chinese characters."""
+    the `top` most frequent content words with a confident translation
+    (see content_words), or, for a matrix without provenance rows, the most
+    frequent projected words written with Chinese characters."""
     if words is not None:
         missing = [w for w in words if w not in e]
         if missing:
@@ -31,6 +71,8 @@ def choose_words(e: Embeddings, words: list[str] | None, top: int) -> list[str]:
                 f"not in the vocabulary: {', '.join(missing[:10])}" + (" …" if len(missing) > 10 else "")
             )
         return words
+    if e.rows:
+        return content_words(e)[:top]
     chosen = [w for w, p in zip(e.words, e.projected.tolist()) if p and w not in (PAD, UNK) and CJK.search(w)]
     return chosen[:top]
 
@@ -62,16 +104,78 @@ def layout(
     return [(w, lang, float(x), float(y)) for (w, lang), (x, y) in zip(points, xy.tolist())], lines
 
 
-def svg(points, lines, title: str, width: int = 1100, height: int = 760) -> str:
-    margin = 60
+class Label(NamedTuple):
+    """A label's box in picture coordinates (x, y: its top-left corner)."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+def label_size(word: str, font_size: float) -> tuple[float, float]:
+    """Approximate box of a label: a CJK character is about one em wide, a Latin one about 0.6 em."""
+    return sum(font_size if CJK.match(ch) else 0.6 * font_size for ch in word) + 6, font_size * 1.3
+
+
+def overlapping_pairs(labels: list[Label]) -> int:
+    """How many pairs of labels overlap."""
+    if len(labels) < 2:
+        return 0
+    return int(np.triu(_overlaps(np.array(labels, dtype=np.float64))[0], 1).sum())
+
+
+def _overlaps(box: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Pairwise overlap of boxes [N, 4]: (mask [N, N], ox, oy, dx, dy) with
+    ox, oy the overlap along each axis and dx, dy the centre offsets."""
+    cx, cy = box[:, 0] + box[:, 2] / 2, box[:, 1] + box[:, 3] / 2  # [N]
+    dx, dy = cx[:, None] - cx[None, :], cy[:, None] - cy[None, :]  # [N, N]
+    ox = (box[:, 2][:, None] + box[:, 2][None, :]) / 2 - np.abs(dx)
+    oy = (box[:, 3][:, None] + box[:, 3][None, :]) / 2 - np.abs(dy)
+    mask = (ox > 0) & (oy > 0) & ~np.eye(len(box), dtype=bool)
+    return mask, ox, oy, dx, dy
+
+
+def repel(labels: list[Label], width: float, height: float, margin: float, steps: int = 2000) -> list[Label]:
+    """Push overlapping labels apart (each pair along the axis where they
+    overlap least, half the overlap each) until none overlap or `steps` run
+    out, keeping every label inside the picture's margins."""
+    if len(labels) < 2:
+        return labels
+    box = np.array(labels, dtype=np.float64)  # [N, 4]
+    order = np.arange(len(box), dtype=np.float64)
+    tie = np.sign(order[:, None] - order[None, :])  # who moves which way when two centres coincide
+    for _ in range(steps):
+        mask, ox, oy, dx, dy = _overlaps(box)
+        if not mask.any():
+            break
+        sx = np.where(dx != 0, np.sign(dx), tie)
+        sy = np.where(dy != 0, np.sign(dy), tie)
+        box[:, 0] += ((mask & (ox <= oy)) * sx * (ox / 2 + 0.5)).sum(1)
+        box[:, 1] += ((mask & (ox > oy)) * sy * (oy / 2 + 0.5)).sum(1)
+        box[:, 0] = np.minimum(np.maximum(box[:, 0], margin / 2), width - margin / 2 - box[:, 2])
+        box[:, 1] = np.minimum(np.maximum(box[:, 1], margin), height - margin / 4 - box[:, 3])
+    return [Label(*row) for row in box.tolist()]
+
+
+def place(points, width: int, height: int, margin: int) -> tuple[list[tuple[float, float]], list[Label]]:
+    """Each point's position in the picture, and its label's box: beside the
+    point (Chinese above right, English below left), then repelled."""
     xs, ys = [p[2] for p in points], [p[3] for p in points]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     sx = (width - 2 * margin) / ((x1 - x0) or 1.0)
     sy = (height - 2 * margin) / ((y1 - y0) or 1.0)
+    anchors = [(margin + (x - x0) * sx, height - margin - (y - y0) * sy) for _, _, x, y in points]
+    labels = []
+    for (word, lang, _, _), (px, py) in zip(points, anchors):
+        w, h = label_size(word, 15 if lang == "zh" else 13)
+        labels.append(Label(px + 4, py - h - 1, w, h) if lang == "zh" else Label(px - w - 4, py + 2, w, h))
+    return anchors, repel(labels, width, height, margin)
 
-    def at(x, y):
-        return margin + (x - x0) * sx, height - margin - (y - y0) * sy
 
+def svg(points, lines, title: str, width: int = 1100, height: int = 760) -> str:
+    margin = 60
+    anchors, labels = place(points, width, height, margin)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
            f'font-family="{FONTS}">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
@@ -79,22 +183,21 @@ def svg(points, lines, title: str, width: int = 1100, height: int = 760) -> str:
            f'<text x="{width - margin}" y="32" font-size="15" text-anchor="end">'
            f'<tspan fill="{ZH_COLOUR}">● Chinese</tspan>  <tspan fill="{EN_COLOUR}">● English (aligned)</tspan></text>']
     for i, j in lines:
-        (ax, ay), (bx, by) = at(*points[i][2:]), at(*points[j][2:])
-        out.append(f'<line x1="{ax:.1f}" y1="{ay:.1f}" x2="{bx:.1f}" y2="{by:.1f}" stroke="#bbb" stroke-width="0.8"/>')
-    for word, lang, x, y in points:
-        px, py = at(x, y)
+        (ax, ay), (bx, by) = anchors[i], anchors[j]
+        out.append(f'<line x1="{ax:.1f}" y1="{ay:.1f}" x2="{bx:.1f}" y2="{by:.1f}" stroke="#ccc" stroke-width="0.8"/>')
+    for (word, lang, _, _), (px, py), box in zip(points, anchors, labels):
         colour = ZH_COLOUR if lang == "zh" else EN_COLOUR
         label = html.escape(word)
-        out.append(
-            f"<g><title>{label} ({'Chinese' if lang == 'zh' else 'English'})</title>"
-            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>'
-            + (
-                f'<text x="{px + 5:.1f}" y="{py - 4:.1f}" font-size="15" fill="{colour}">{label}</text></g>'
-                if lang == "zh"
-                else f'<text x="{px - 5:.1f}" y="{py + 14:.1f}" font-size="13" fill="{colour}" '
-                f'text-anchor="end">{label}</text></g>'
-            )
-        )
+        # a label pushed away from its point gets a thin leader to it
+        near_x = min(max(px, box.x), box.x + box.width)
+        near_y = min(max(py, box.y), box.y + box.height)
+        leader = (f'<line x1="{px:.1f}" y1="{py:.1f}" x2="{near_x:.1f}" y2="{near_y:.1f}" stroke="{colour}" '
+                  f'stroke-width="0.5" opacity="0.6"/>') if abs(near_x - px) + abs(near_y - py) > 12 else ""
+        out.append(f'<g><title>{label} ({"Chinese" if lang == "zh" else "English"})</title>{leader}'
+                   f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>'
+                   f'<text x="{box.x + 1:.1f}" y="{box.y + box.height * 0.8:.1f}" '
+                   f'font-size="{15 if lang == "zh" else 13}" '
+                   f'fill="{colour}">{label}</text></g>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

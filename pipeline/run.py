@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -88,7 +89,8 @@ def prepared(config: Config, stages: tuple[str, ...], work: WorkDir, out: Path |
     """Validate every option of `stages` (the model too, when a stage needs
     it), check that --out may be replaced and that the work directory and
     --out's parent take files, then hold the work directory's lock: all
-    before any stage touches anything."""
+    before any stage touches anything. A work directory this command
+    created is removed again if it fails before writing anything into it."""
     config.validate(stages)
     if "encode" in stages:
         check_model(config.encode.model, config.encode.layer, config.encode.max_length)
@@ -103,10 +105,19 @@ def prepared(config: Config, stages: tuple[str, ...], work: WorkDir, out: Path |
         check_out_path(out, work.root)
         check_output_dir(out)
         check_writable(Path(out).parent)
+    created = not work.root.exists()
     check_writable(work.root)
-    with WorkLock(work.lock, command):
-        remove_stale_temporaries(work.root)  # of killed earlier commands; ours alone hold the lock now
-        yield
+    try:
+        with WorkLock(work.lock, command) as lock:
+            remove_stale_temporaries(work.root)  # of killed earlier commands; ours alone hold the lock now
+            try:
+                yield
+            finally:
+                if created and [p.name for p in work.root.iterdir()] == [work.lock.name]:
+                    lock.path.unlink()  # a command that failed before writing anything leaves no folder of one .lock
+    finally:
+        if created and work.root.is_dir() and not any(work.root.iterdir()):
+            work.root.rmdir()
 
 
 StageFunction = Callable[[Config, WorkDir, "Path | None", Reporter, bool, "Runs"], dict]
@@ -140,18 +151,28 @@ def run_one(stage: str, config: Config, work: WorkDir | Path, out: Path | None =
         return STAGES[stage](config, work, out, reporter, force, executor)
 
 
-def run(config: Config, work: WorkDir | Path, out: Path, reporter: Reporter = SilentReporter(),
-        on_stage: Callable[[str, dict], None] = lambda stage, record: None, force: bool = False) -> dict:
+def run(config: Config, work: WorkDir | Path, out: Path, reporter: Reporter | None = None,
+        on_stage: Callable[[str, dict], None] = lambda stage, record: None, force: bool = False,
+        progress: bool | Callable[[str, int, int | None, str], None] = False) -> dict:
     """Run every stage in order, skipping those whose record shows they are
     up to date (unless `force`); `on_stage(name, record)` is called after
     each. Where encode, align and project run is decided here, once: the
-    executor. Returns the manifest."""
+    executor. Returns the manifest (its `reused` lists the stages skipped).
+    `progress=True` shows the CLI's bars (a terminal) or lines (a log) on
+    stderr; a function gets `(description, done, total, unit)` as work is
+    done (`reporter`, the CLI's, takes precedence)."""
+    from .progress import reporter_for
+
+    reporter = reporter if reporter is not None else reporter_for(progress) if progress else SilentReporter()
     work = work if isinstance(work, WorkDir) else WorkDir(Path(work))
+    computed: list[str] = []
     with prepared(config, ("tokenize", "encode", "align", "project", "write", "executor"), work, out, "xlembed run"), \
             open_executor(config) as executor:
-        on_stage("tokenize", stage("tokenize")(config, work, reporter, force))
-        for name, record in executor.stages(config, work, reporter, force):
+        tokenized = [("tokenize", stage("tokenize")(config, work, reporter, force))]
+        for name, record in chain(tokenized, executor.stages(config, work, reporter, force)):
+            if not record.get("skipped"):
+                computed.append(name)
             on_stage(name, record)
-        manifest = stage("write")(config, work, out)
+        manifest = stage("write")(config, work, out, computed=tuple(computed))
         on_stage("write", manifest)
     return manifest

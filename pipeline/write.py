@@ -4,6 +4,7 @@ write the output contract (see README) into a directory that replaces
 from __future__ import annotations
 
 import time
+from itertools import groupby
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from .embeddings import Embeddings, VocabRow
 from .errors import XlembedError
 from .io import check_output_dir, read_json, read_word_list, release_freed_memory, require
 from .layout import WorkDir
+from .models import model_name
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
 from .records import check_chain
@@ -109,9 +111,11 @@ def require_finite(work: WorkDir, **matrices: torch.Tensor) -> None:
                                "run `xlembed project --force`")
 
 
-def write(config: Config, work: WorkDir, out: Path) -> dict:
+def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = ()) -> dict:
     """Write embeddings.safetensors, vocab.txt, vocab.tsv, english.safetensors,
-    english_vocab.txt and manifest.json into `out`; return the manifest."""
+    english_vocab.txt and manifest.json into `out`; return the manifest.
+    `computed`: the upstream stages this command computed; the others are
+    listed as reused (their seconds are those of the command that ran them)."""
     start = time.perf_counter()
     opts = config.write
     check_output_dir(out)
@@ -136,7 +140,6 @@ def write(config: Config, work: WorkDir, out: Path) -> dict:
         opts.shrink,
     )
     require_finite(work, vectors=vectors, english=english)
-    tokenized = records["tokenize"]["counts"]
     encode_options = records["encode"]["options"]
     embeddings = Embeddings(
         words=vocab,
@@ -145,26 +148,63 @@ def write(config: Config, work: WorkDir, out: Path) -> dict:
         english_words=english_words,
         english_vectors=english,
         rows=provenance,
-        metadata=dict(model=encode_options["model"], layer=str(encode_options["layer"]),
+        metadata=dict(model=model_name(encode_options["model"]), model_sha256=records["encode"]["model_sha256"],
+                      layer=str(encode_options["layer"]),
                       strategy=records["project"]["options"]["strategy"],
                       symmetrization=records["align"]["options"]["symmetrization"],
                       seed=str(opts.seed), oov_fill=opts.oov.value, xlembed_version=__version__),
     )
+    embeddings.manifest = build_manifest(records, opts, computed, round(time.perf_counter() - start, 3))
+    embeddings = carry_forward(embeddings, out)
+    embeddings.save(out)
+    return embeddings.manifest
+
+
+def build_manifest(records: dict[str, dict], opts, computed: tuple[str, ...], write_seconds: float) -> dict:
+    """The manifest from the upstream stages' records: parameters, inputs,
+    the model by name and hash, counts, seconds, and the stages reused."""
+    tokenized = records["tokenize"]["counts"]
     counts = dict(
         pairs_read=tokenized["pairs_read"],
         pairs_dropped=tokenized["pairs_dropped"],
         pairs_kept=tokenized["pairs_kept"],
         words_truncated=records["encode"]["counts"]["words_truncated"],
     )
-    seconds = {stage: records[stage]["seconds"] for stage in UPSTREAM}
-    seconds["write"] = round(time.perf_counter() - start, 3)
-    embeddings.manifest = dict(
+    seconds = {stage: records[stage]["seconds"] for stage in UPSTREAM} | {"write": write_seconds}
+    return dict(
         xlembed_version=__version__,
         parameters={stage: records[stage]["options"] for stage in UPSTREAM} | {"write": section_dict(opts)},
         inputs=records["tokenize"]["inputs"],
+        model=dict(name=model_name(records["encode"]["options"]["model"]), sha256=records["encode"]["model_sha256"]),
         model_sha256=records["encode"]["model_sha256"],
         counts=counts,
         stage_counts={stage: records[stage]["counts"] for stage in UPSTREAM},
         seconds=seconds,
+        reused=[stage for stage in UPSTREAM if stage not in computed],
     )
-    return embeddings.save(out)
+
+
+def extended_words(out: Path) -> list[tuple[str, str]]:
+    """The words `xlembed extend` added to the output at `out`, in order,
+    each with the fill it got ([] when there is no readable output)."""
+    try:
+        previous = Embeddings.load(out)
+    except (XlembedError, OSError, ValueError):
+        return []
+    entries = previous.manifest.get("extended") or []
+    tail = previous.words[len(previous.words) - sum(e.get("added", 0) for e in entries):]
+    words: list[tuple[str, str]] = []
+    for entry in entries:
+        words += [(w, entry["oov"]) for w in tail[len(words):len(words) + entry.get("added", 0)]]
+    return words
+
+
+def carry_forward(embeddings: Embeddings, out: Path) -> Embeddings:
+    """Rows that `extend` added to the output being replaced are added to the
+    new build too (filled again, the same way, from its rows), so a rebuild
+    never drops them silently; the manifest's `extended` says so."""
+    for oov, group in groupby(extended_words(out), key=lambda pair: pair[1]):
+        words = [w for w, _ in group]
+        embeddings, added = embeddings.extend(words, oov)
+        embeddings.manifest["extended"][-1].update(carried_forward=True, words=len(words))
+    return embeddings

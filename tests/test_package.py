@@ -1,5 +1,6 @@
 """xlembed as a Python package: one import name, a public surface, one object
 for a built matrix, and a picture of the space."""
+import os
 import re
 import subprocess
 import sys
@@ -54,6 +55,35 @@ def test_a_users_pipeline_py_and_cli_py_do_not_shadow_xlembed(tmp_path, built):
     assert re.match(r"\[\('\w+', -?\d\.\d+\)", proc.stdout), proc.stdout
 
 
+def test_a_folder_named_xlembed_in_the_current_directory_does_not_hide_the_package(tmp_path):
+    """As when Python runs from the parent of a clone named `xlembed`: the installed package still wins."""
+    (tmp_path / "xlembed").mkdir()
+    code = "import xlembed; print(xlembed.load.__module__, xlembed.__file__)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("xlembed.embeddings ") and str(tmp_path) not in proc.stdout
+
+
+def test_the_built_wheel_installs_and_runs_from_elsewhere(tmp_path):
+    """The README's `pip install` of a wheel: the wheel, installed without its (already present)
+    dependencies into a fresh target, gives `import xlembed` and the command."""
+    wheel_command = ["pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)]
+    subprocess.run([sys.executable, "-m", *wheel_command], check=True, capture_output=True)
+    [wheel] = tmp_path.glob("xlembed-*.whl")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    (tmp_path / "xlembed").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = ("import xlembed, xlembed.cli.main; print(xlembed.__file__); "
+            "print(xlembed.load_config('default').to_dict() == xlembed.Config().to_dict())")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(target / "xlembed" / "__init__.py"), "True"]
+    proc = subprocess.run([str(target / "bin" / "xlembed"), "--version"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.split() == ["xlembed", xlembed.__version__], proc.stderr
+
+
 def test_the_public_surface():
     for name in ("load", "run", "load_config", "Embeddings", "XlembedError", "Config", "EncodeConfig", "__version__"):
         assert name in xlembed.__all__ and hasattr(xlembed, name)
@@ -71,6 +101,7 @@ def test_the_shipped_default_config_is_found_without_a_path_and_equals_the_defau
     assert default_config_path().is_file()
     assert xlembed.load_config(default_config_path()).to_dict() == xlembed.Config().to_dict()
     assert (REPO / "configs" / "default.toml").read_text() == default_config_path().read_text()
+    assert xlembed.load_config("default").to_dict() == xlembed.Config().to_dict()  # as `--config default`
 
 
 def test_every_option_is_declared_once_and_the_cli_follows_the_declarations():
@@ -89,9 +120,7 @@ def test_every_option_is_declared_once_and_the_cli_follows_the_declarations():
         assert (default.value if hasattr(default, "value") else default) == (
             f.default.value if hasattr(f.default, "value") else f.default
         )
-    assert set(params) - {f.name for _, f in declared} == {"ctx", "out", "work", "force", "quiet", "config_file"} - {
-        "ctx"
-    }
+    assert set(params) - {f.name for _, f in declared} == {"out", "work", "force", "quiet", "config_file", "json_out"}
 
 
 def test_config_in_python_takes_strings_for_paths_and_choices(tmp_path):
