@@ -70,13 +70,16 @@ def stamps(work: WorkDir, paths: list[Path]) -> dict[str, list[int]]:
     return result
 
 
-def changed_output(work: WorkDir, record: dict) -> Path | None:
-    """The first file the record says its stage wrote that is gone or changed since; None if all are intact."""
+def changed_output(work: WorkDir, record: dict, missing_ok: bool = False) -> Path | None:
+    """The first file the record says its stage wrote that is gone (unless
+    `missing_ok`) or changed since; None if all are intact."""
     for name, (size, mtime_ns) in (record.get("wrote") or {}).items():
         path = work.root / name
         try:
             st = path.stat()
         except OSError:
+            if missing_ok:
+                continue
             return path
         if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
             return path
@@ -92,17 +95,19 @@ def read_record(work: WorkDir, stage: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def check_chain(work: WorkDir, stage: str) -> dict:
+def check_chain(work: WorkDir, stage: str, outputs: bool = True) -> dict:
     """The record of `stage`, checked with every record it was computed from:
-    each exists, its outputs are as it wrote them, and it was computed from
-    the current output of the stages it read. Otherwise one line naming the
-    file and the command to run."""
+    each exists and was computed from the current output of the stages it
+    read, and the outputs of each are as it wrote them; `stage`'s own must all
+    be there, those of the stages before it only where they still are
+    (`xlembed work clean --vectors-only` removes the vectors once projected).
+    Otherwise one line naming the file and the command to run."""
     record = read_record(work, stage)
     if record is None:
         path = work.record(stage)
         reason = "missing" if not path.exists() else "not a valid record"
         raise XlembedError(f"{path}: {reason}; run `xlembed {stage}` (or `xlembed run`)")
-    changed = changed_output(work, record)
+    changed = changed_output(work, record, missing_ok=not outputs)
     if changed is not None:
         raise XlembedError(f"{changed}: {'missing' if not changed.exists() else 'changed'} since `xlembed {stage}` "
                            f"wrote it; run `xlembed {stage}` again (or `xlembed run`)")
@@ -111,7 +116,7 @@ def check_chain(work: WorkDir, stage: str) -> dict:
         if current is None or current.get("key") != key:
             raise XlembedError(f"{work.record(stage)}: computed from an earlier `xlembed {upstream}` output; "
                                f"run `xlembed {stage}` again (or `xlembed run`)")
-        check_chain(work, upstream)
+        check_chain(work, upstream, outputs=False)
     return record
 
 
