@@ -30,7 +30,15 @@ import numpy as np
 import torch
 
 from .config import PAD, UNK, Oov, Strategy, WorkDir
-from .io import Reporter, SilentReporter, XlembedError, read_json, require, staged_dir, write_json_atomic
+from .io import (
+    Reporter,
+    SilentReporter,
+    XlembedError,
+    read_json,
+    require,
+    staged_dir,
+    write_json_atomic,
+)
 from .project import ProjectedWord, link_plan
 
 CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
@@ -95,6 +103,7 @@ def chinese_sums(links: LinkCounts, en_vectors: torch.Tensor, en_has: torch.Tens
 
 class TransplantRows(NamedTuple):
     tokens: list[str]  # [V] the tokenizer's vocabulary: SPECIALS, then the build's words
+    freqs: list[int]  # [V] corpus frequencies (0 for specials): the tokenizer's word probabilities
     rows: torch.Tensor  # [V, d] float32 input embedding rows
     sources: list[str]  # [V] special / projected / random / chars / pinyin / matrix
 
@@ -134,6 +143,7 @@ def transplant_rows(out: Path, work: WorkDir, model_dir: Path, row_source: str =
     english_tokenizer = load_tokenizer(model_dir)
     embedding = load_encoder(model_dir).get_input_embeddings().weight.detach()  # [W, d]
     words = [w for w in built.words if w not in SPECIALS]
+    freq = {r.word: r.freq for r in built.rows}
     if row_source == "matrix":
         if built.vectors.shape[1] != embedding.shape[1]:
             raise XlembedError(f"{out}: its rows have {built.vectors.shape[1]} dimensions, the model's input {embedding.shape[1]}")
@@ -143,7 +153,8 @@ def transplant_rows(out: Path, work: WorkDir, model_dir: Path, row_source: str =
         check_same_corpus(out, built.manifest, work)
         rows, sources = static_rows(work, words, built.manifest, english_tokenizer, embedding)
     all_rows = torch.cat([special_rows(english_tokenizer, embedding).float(), rows.float()])  # [V, d]
-    return TransplantRows(list(SPECIALS) + words, all_rows, ["special"] * len(SPECIALS) + sources)
+    return TransplantRows(list(SPECIALS) + words, [0] * len(SPECIALS) + [freq.get(w, 0) for w in words], all_rows,
+                          ["special"] * len(SPECIALS) + sources)
 
 
 def check_same_corpus(out: Path, manifest: dict, work: WorkDir) -> None:
@@ -152,14 +163,16 @@ def check_same_corpus(out: Path, manifest: dict, work: WorkDir) -> None:
         raise XlembedError(f"{work.root}: not the work directory of {out} (another corpus); pass the build's own with --work")
 
 
-def chinese_tokenizer(tokens: list[str], model_max_length: int):
-    """A transformers fast tokenizer over `tokens` (SPECIALS first) that adds [CLS] … [SEP]."""
+def chinese_tokenizer(tokens: list[str], freqs: list[int], model_max_length: int):
+    """A transformers fast tokenizer over `tokens` (SPECIALS first) that
+    segments as jieba would (the most probable segmentation by corpus
+    frequency) and adds [CLS] … [SEP]."""
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
 
     from .hf_tokenizer import vocabulary_tokenizer
 
-    backend = vocabulary_tokenizer(tokens, unk_token=UNK)
+    backend = vocabulary_tokenizer(tokens, unk_token=UNK, freqs=freqs)
     ids = {t: i for i, t in enumerate(tokens)}
     backend.post_processor = TemplateProcessing(single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
                                                 special_tokens=[(CLS, ids[CLS]), (SEP, ids[SEP])])
@@ -198,7 +211,7 @@ def save_model(dest: Path, model_dir: Path, chinese: TransplantRows) -> dict:
     model.save_pretrained(str(dest), safe_serialization=True)
     english_tokenizer = load_tokenizer(model_dir)
     max_length = min(english_tokenizer.model_max_length, model.config.max_position_embeddings)
-    chinese_tokenizer(chinese.tokens, max_length).save_pretrained(str(dest))
+    chinese_tokenizer(chinese.tokens, chinese.freqs, max_length).save_pretrained(str(dest))
     portable_tokenizer_config(dest / "tokenizer_config.json")
     umask = os.umask(0)
     os.umask(umask)

@@ -184,3 +184,14 @@ def test_refuses_and_replaces(built, tmp_path):  # noqa: F811
     assert result.exit_code == 2 and "tokenize.json: missing" in result.output
     assert not (tmp_path / "other").exists()
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_most_probable_segmentation():
+    """With frequencies the tokenizer cuts as jieba does (研究 / 生命), where longest match takes 研究生 / 命."""
+    from xlembed.hf_tokenizer import vocabulary_tokenizer
+
+    words = ["[PAD]", "[UNK]", "研究", "研究生", "生命", "命", "的", "起源", "研", "究", "生"]
+    freqs = [0, 0, 500, 20, 300, 5, 5000, 50, 1, 1, 10]
+    assert vocabulary_tokenizer(words).encode("研究生命的起源").tokens == ["研究生", "命", "的", "起源"]
+    assert vocabulary_tokenizer(words, freqs=freqs).encode("研究生命的起源").tokens == ["研究", "生命", "的", "起源"]
+    assert vocabulary_tokenizer(words, freqs=freqs).encode("研究生X").ids == [3, 1]  # an unknown character: [UNK]
