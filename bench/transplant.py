@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval_core import english_sentence_vectors, precision_at_1, read_heldout
-from tasks import DEV_TASKS, dev_task, labelled_subset, split_task
+from tasks import DEV_TASKS, DOWNSTREAM, labelled_subset, read_task, split_task
 from xlembed.config import WorkDir
 from xlembed.embeddings import ChineseTokenizer, Embeddings
 from xlembed.models import default_model_dir, load_encoder, load_tokenizer
@@ -149,15 +149,17 @@ def retrieval(args) -> dict:
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"{args.name} {name}: zh→en {results[name]['zh_to_en']:.3f}  en→zh {results[name]['en_to_zh']:.3f}", flush=True)
 
-    english = english_sentence_vectors(model_dir, en)
-    chinese = rows_for(args.out, args.work, model_dir)
-    static_dir = saved(f"{args.name}-static", chinese, model_dir)
-    random_dir = saved(f"{args.name}-random", with_random_rows(chinese, model_dir), model_dir)
+    transplants = ("transplant", "transplant, jieba", "transplant, random rows", "static input rows")
+    if not args.variants or set(args.variants) & set(transplants):
+        english = english_sentence_vectors(model_dir, en)
+        chinese = rows_for(args.out, args.work, model_dir)
+        static_dir = saved(f"{args.name}-static", chinese, model_dir)
+        random_dir = saved(f"{args.name}-random", with_random_rows(chinese, model_dir), model_dir)
     measure("transplant", lambda: transplant_vectors(static_dir, zh))
     measure("transplant, jieba", lambda: transplant_vectors(static_dir, zh, jieba=True))
     measure("transplant, random rows", lambda: transplant_vectors(random_dir, zh))
     measure("static input rows", lambda: static_vectors(chinese.tokens, chinese.rows, zh))
-    if args.out is not None:
+    if args.out is not None and (not args.variants or "static matrix rows" in args.variants):
         built = Embeddings.load(args.out)
         measure("static matrix rows", lambda: static_vectors(built.words, built.vectors, zh))
     if args.matrix_out is not None:
@@ -227,7 +229,8 @@ def summarize(scores: list[float]) -> dict:
 def finetune(args) -> dict:
     """Seed by seed (every cell gets its first seed first), each run printed and saved as it ends."""
     torch.set_num_threads(args.threads)
-    splits = {name: split_task(dev_task(name), seed=0) for name in args.tasks}
+    splits = {name: split_task(read_task(args.downstream / DEV_TASKS[name][0].name, *DEV_TASKS[name][1:], name), seed=0)
+              for name in args.tasks}
     tests = {name: split.test[:args.test_size] if args.test_size else split.test for name, split in splits.items()}
     scores: dict = {}
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("func", "json")}
@@ -265,6 +268,7 @@ def main() -> None:
     f.add_argument("--model-dir", type=Path, required=True)
     f.add_argument("--random-dir", type=Path, required=True)
     f.add_argument("--tasks", nargs="+", default=list(DEV_TASKS))
+    f.add_argument("--downstream", type=Path, default=DOWNSTREAM, help="the folder of the dev tasks' CSV files")
     f.add_argument("--sizes", nargs="+", type=lambda s: None if s == "all" else int(s), default=[100, 1000])
     f.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     f.add_argument("--test-size", type=int, default=0, help="the first N of the test set (0: all)")

@@ -257,7 +257,10 @@ def transplant(out: Path, dest: Path, model: Path | None = None, work: Path | No
         raise XlembedError(f"--rows must be one of {', '.join(ROW_SOURCES)}, got '{row_source}'")
     check_transplant_dir(dest)
     manifest = read_json(require(out / "manifest.json", "write"))
-    model_dir = resolve_model_dir(model if model is not None else manifest["parameters"]["encode"]["model"])
+    recorded = manifest.get("parameters", {}).get("encode", {}).get("model")
+    if model is None and recorded and not Path(recorded).is_dir():
+        raise XlembedError(f"{recorded}: the model {out} was encoded with is not here; pass --model DIR")
+    model_dir = resolve_model_dir(model if model is not None else recorded)
     work_dir = WorkDir(Path(work) if work is not None else default_work_dir(out))
     with reporter.task("transplant rows", None, "steps"):
         chinese = transplant_rows(out, work_dir, model_dir, row_source)
