@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval_core import english_sentence_vectors, precision_at_1, read_heldout
 from tasks import DEV_TASKS, DOWNSTREAM, labelled_subset, read_task, split_task
 
-from xlembed.config import WorkDir
 from xlembed.embeddings import ChineseTokenizer, Embeddings
+from xlembed.layout import WorkDir
 from xlembed.models import default_model_dir, load_encoder, load_tokenizer
 from xlembed.oov import random_rows
 from xlembed.transplant import (

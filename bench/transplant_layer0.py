@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import transplant as tb  # noqa: E402
 from retrieval_core import english_sentence_vectors, precision_at_1, read_heldout  # noqa: E402
 
-from xlembed.config import Oov, Strategy, WorkDir  # noqa: E402
+from xlembed.config import Oov, Strategy  # noqa: E402
 from xlembed.io import read_lines  # noqa: E402
+from xlembed.layout import WorkDir  # noqa: E402
 from xlembed.models import default_model_dir, load_encoder, load_tokenizer  # noqa: E402
 from xlembed.project import ProjectedWord, link_plan  # noqa: E402
 from xlembed.transplant import SPECIALS, LinkRule, TransplantRows, special_rows  # noqa: E402

@@ -30,16 +30,17 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .config import PAD, UNK, Oov, Strategy, WorkDir
+from .config import PAD, UNK, Oov, Strategy
+from .errors import XlembedError
 from .io import (
     Reporter,
     SilentReporter,
-    XlembedError,
     read_json,
     require,
     staged_dir,
     write_json_atomic,
 )
+from .layout import WorkDir
 from .project import ProjectedWord, link_plan
 
 CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
