@@ -4,6 +4,7 @@ options generated from the config declarations in xlembed.config."""
 import errno
 import inspect
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.text import Text
 from typer import _click as click  # Typer's own copy of click: its exceptions and parameter sources
 from typer.core import TyperGroup
 
-from xlembed.config import base_type, default_config_path, flag_name, load_config, select_fields
+from xlembed.config import Layer, all_fields, base_type, default_config_path, flag_name, load_config, select_fields
 from xlembed.errors import XlembedError
 from xlembed.progress import LogTask, Reporter, err  # noqa: F401  (the progress display lives in xlembed.progress)
 from xlembed.version import __version__
@@ -29,6 +30,16 @@ def fail(message: str, code: int = 2):
     """One line `error: …` on stderr, then exit."""
     err.print(f"[red]error:[/red] {escape(message)}")
     raise SystemExit(code)
+
+
+OPTION_NAME = re.compile(r"(?<![\w.-])[a-z]+\.[a-z0-9_]+\b")  # declared ones only: `encode.json` stays
+
+
+def flags_for_options(message: str) -> str:
+    """A library error names an option as `table.option` (`encode.layer`,
+    as in the TOML file and in Python); on the command line it is the flag."""
+    flags = {f"{stage}.{f.name}": f"--{flag_name(f)}" for stage, f in all_fields()}
+    return OPTION_NAME.sub(lambda m: flags.get(m.group(0), m.group(0)), message)
 
 
 def _os_error_message(e: OSError) -> str:
@@ -144,7 +155,7 @@ class OneLineErrors(TyperGroup):
         except (typer.Abort, Interrupted):
             fail("interrupted", 130)
         except XlembedError as e:
-            fail(str(e))
+            fail(flags_for_options(str(e)))
         except OSError as e:
             try:
                 sys.stdout.flush()  # what is left of a failed write fails again, here, not at exit
@@ -247,6 +258,8 @@ ConfigFile = Annotated[Optional[str], typer.Option(
 def _typer_option(stage: str, f) -> Any:
     """The Typer option of one config field, from its declaration."""
     kind = base_type(f)
+    if kind is Layer:  # given as its text; parsed with the other options (config.coerce)
+        kind = str
     annotation = Optional[kind] if "None" in f.type else kind
     flag = flag_name(f)
     decls = [f"--{flag}/--no-{flag}"] if kind is bool else [f"--{flag}"]
@@ -289,7 +302,10 @@ def config_command(*selectors: str) -> Callable:
         ]
         generated = [
             inspect.Parameter(
-                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=_typer_option(stage, f)
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=str(f.default) if isinstance(f.default, Layer) else f.default,
+                annotation=_typer_option(stage, f),
             )
             for stage, f in chosen
         ]

@@ -91,7 +91,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise XlembedError("--executor ray needs the `ray` package: pip install 'xlembed[ray]'")
+        raise XlembedError("executor.executor ray needs the `ray` package: pip install 'xlembed[ray]'")
     return ray
 
 
@@ -112,7 +112,7 @@ def ray_cluster(opts: ExecutorConfig) -> Iterator:
             ray.init(num_cpus=os.cpu_count(), **options)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise XlembedError(
-            f"--ray-address {opts.ray_address or '(local)'}: cannot start or join Ray: {str(e).splitlines()[0]}"
+            f"executor.ray_address {opts.ray_address or '(local)'}: cannot start or join Ray: {str(e).splitlines()[0]}"
         )
     try:
         yield ray
@@ -135,8 +135,8 @@ def plan_encoders(ray, opts: ExecutorConfig) -> Encoders:
         return Encoders(gpus, 1, 1)
     largest = max((node.get("Resources", {}).get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
     if largest < opts.worker_cpus:  # Ray would wait forever for a node that big, without a word
-        raise XlembedError(f"--worker-cpus {opts.worker_cpus}: no node of the Ray cluster has that many CPUs "
-                           f"(the largest has {int(largest)}); use --worker-cpus {max(1, int(largest))} or less")
+        raise XlembedError(f"executor.worker_cpus {opts.worker_cpus}: no node of the Ray cluster has that many CPUs "
+                           f"(the largest has {int(largest)}); use executor.worker_cpus {max(1, int(largest))} or less")
     return Encoders(max(1, int(resources.get("CPU", 1)) // opts.worker_cpus), 0, opts.worker_cpus)
 
 

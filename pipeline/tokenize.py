@@ -222,11 +222,11 @@ def tokenize(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(
     def compute() -> dict:
         if opts.tsv is not None:
             pairs = _pairs_from_tsv(Path(opts.tsv), opts.en_column, opts.zh_column)
-            sides = (f"{opts.tsv}: column {opts.en_column} (--en-column)",
-                     f"{opts.tsv}: column {opts.zh_column} (--zh-column)")
+            sides = (f"{opts.tsv}: column {opts.en_column} (tokenize.en_column)",
+                     f"{opts.tsv}: column {opts.zh_column} (tokenize.zh_column)")
         else:
             pairs = _pairs_from_files(Path(opts.en), Path(opts.zh))
-            sides = (f"{opts.en} (--en)", f"{opts.zh} (--zh)")
+            sides = (f"{opts.en} (tokenize.en)", f"{opts.zh} (tokenize.zh)")
         if opts.check_languages:
             pairs = checked_languages(pairs, *sides)
         split_en = english_splitter(model_dir)

@@ -57,7 +57,9 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
     oov = Oov(oov)
     projected_ids = [k for k, w in enumerate(zh_words) if zh_count[k] >= min_count and w.word not in (PAD, UNK)]
     if not projected_ids:
-        raise XlembedError("no Chinese word got a projected vector: the corpus is too small, or --min-count too high")
+        raise XlembedError(
+            "no Chinese word got a projected vector: the corpus is too small, or project.min_count too high"
+        )
     means = torch.empty((len(projected_ids), zh_sum.shape[1]), dtype=torch.float32)  # [P, d]
     for start in range(0, len(projected_ids), 8192):  # averaged in float64, kept in float32 (the output's dtype)
         ids = projected_ids[start:start + 8192]

@@ -15,14 +15,27 @@ from .test_cli import xlembed as cli
 def test_config_set_validates_each_value_at_once():
     with pytest.raises(xlembed.XlembedError, match="expected one of argmax, argmax-occurrence, weighted, got 'best'"):
         xlembed.Config().set(strategy="best")
-    with pytest.raises(xlembed.XlembedError, match="--batch-size must be at least 1, got 0"):
+    with pytest.raises(xlembed.XlembedError, match="encode.batch_size must be at least 1, got 0"):
         xlembed.Config().set(batch_size=0)
     with pytest.raises(xlembed.XlembedError, match="expected an integer"):
         xlembed.Config().set(samplers="six")
     config = xlembed.Config().set(
         strategy="weighted", layer="-1", tsv="not/yet/there.tsv"
     )  # files are checked by validate
-    assert config.project.strategy is xlembed.Strategy.weighted and config.encode.layer == "-1"
+    assert config.project.strategy is xlembed.Strategy.weighted and str(config.encode.layer) == "-1"
+
+
+def test_library_errors_name_the_option_by_its_table_the_cli_by_its_flag(tmp_path, corpus):
+    with pytest.raises(xlembed.XlembedError, match="^encode.layer must be an integer or 'mean-last4', got 'last'$"):
+        xlembed.Config().set(layer="last")
+    with pytest.raises(xlembed.XlembedError, match="^align.samplers must be at least 1"):
+        xlembed.Config().set(samplers=0)
+    config = xlembed.Config().set(tsv=corpus, layer=-1)  # TOML's layer = -1 is an integer
+    assert config.encode.layer == xlembed.Config().set(layer="-1").encode.layer
+    result = cli("encode", "--work", tmp_path / "work", "--layer", "last")
+    assert result.exit_code == 2
+    assert "--layer must be an integer or 'mean-last4', got 'last'" in result.output
+    assert "encode.layer" not in result.output
 
 
 def test_run_reports_progress_to_a_callback_or_as_the_cli_does(tmp_path, corpus, tiny_bert, monkeypatch, capsys):

@@ -718,7 +718,8 @@ def test_an_encoder_no_node_can_hold_is_a_one_line_error():
             return [{"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": True, "Resources": {"CPU": 4.0}}]
 
     with pytest.raises(
-        XlembedError, match=r"--worker-cpus 6: no node of the Ray cluster has that many CPUs \(the largest has 4\)"
+        XlembedError,
+        match=r"executor.worker_cpus 6: no node of the Ray cluster has that many CPUs \(the largest has 4\)",
     ):
         plan_encoders(TwoSmallNodes(), ExecutorConfig(worker_cpus=6))
     assert plan_encoders(TwoSmallNodes(), ExecutorConfig(worker_cpus=4)).count == 2

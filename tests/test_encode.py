@@ -3,11 +3,10 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from xlembed.config import Config, Precision
+from xlembed.config import Config, EncodeConfig, Layer, Precision
 from xlembed.encode import VectorStore, encode, piece_plan, windows
 from xlembed.errors import XlembedError
 from xlembed.layout import WorkDir
-from xlembed.models import layer_indices
 
 SENTENCES = ["i like playing", "the cats are playing with the dog", "i like playing", "hello world !", "we read books"]
 
@@ -188,13 +187,18 @@ def test_shards_bound_the_rows_held_at_once(tmp_path, tiny_bert):
     assert all(len(store.shard(k)) <= 7 for k in range(store.n_shards))  # a shard closes once it reaches 4 rows
 
 
-def test_layer_indices():
-    assert layer_indices("-1", 6) == [6]
-    assert layer_indices("0", 6) == [0]
-    assert layer_indices("mean-last4", 6) == [3, 4, 5, 6]
-    for bad in ("7", "-8", "last"):
-        with pytest.raises(XlembedError, match="--layer"):
-            layer_indices(bad, 6)
+def test_layer_is_parsed_once_and_gives_its_indices():
+    assert Layer.parse("-1").indices(6) == [6]
+    assert Layer.parse(0).indices(6) == [0]  # TOML's layer = 0 is an integer
+    assert Layer.parse("mean-last4").indices(6) == [3, 4, 5, 6]
+    assert str(Layer.parse("-1")) == "-1" and str(EncodeConfig().layer) == "mean-last4"  # cache keys keep the text
+    for bad in ("7", "-8"):
+        with pytest.raises(XlembedError, match="encode.layer .* is out of range"):
+            Layer.parse(bad).indices(6)
+    with pytest.raises(XlembedError, match="needs at least 4 layers"):
+        Layer.parse("mean-last4").indices(3)
+    with pytest.raises(XlembedError, match="encode.layer must be an integer or 'mean-last4', got 'last'"):
+        Layer.parse("last")
 
 
 def test_batches_are_bounded_in_items_and_in_padded_pieces():

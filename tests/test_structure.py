@@ -95,7 +95,7 @@ def test_a_single_stage_from_python_gets_the_checks_of_the_cli(tmp_path):
     with pytest.raises(XlembedError, match="executor.executor = ray: project runs on Ray only together"):
         run_one("project", config, tmp_path / "work")
     assert not (tmp_path / "work").exists()  # refused before the work directory was touched
-    with pytest.raises(XlembedError, match="min-count must be at least 1"):
+    with pytest.raises(XlembedError, match="project.min_count must be at least 1"):
         run_one("project", Config().set(min_count=0), tmp_path / "work")
     with WorkLock(WorkDir(tmp_path / "work").lock, "another xlembed"):
         with pytest.raises(XlembedError, match="in use by pid .*another xlembed"):
