@@ -144,8 +144,8 @@ def run_one(stage: str, config: Config, work: WorkDir | Path, out: Path | None =
     if stage not in STAGES:
         raise XlembedError(f"unknown stage '{stage}'; expected one of {', '.join(STAGES)}")
     if stage in ON_RAY_ONLY_IN_RUN and config.executor.executor == Executor.ray:
-        raise XlembedError(f"executor.executor = ray: {stage} runs on Ray only together with encode and project, in "
-                           f"`xlembed run`; set executor = \"local\" to run it alone")
+        raise XlembedError(f"executor.executor ray: {stage} runs on Ray only together with encode and project, in "
+                           f"`xlembed run`; set executor.executor to local to run it alone")
     work = work if isinstance(work, WorkDir) else WorkDir(Path(work))
     tables = ("write",) if stage == "write" else (stage, "executor")
     with prepared(config, tables, work, out, f"xlembed {stage}"), open_executor(config) as executor:

@@ -92,7 +92,7 @@ def test_a_single_stage_from_python_gets_the_checks_of_the_cli(tmp_path):
 
     config = Config()
     config.executor.executor = "ray"
-    with pytest.raises(XlembedError, match="executor.executor = ray: project runs on Ray only together"):
+    with pytest.raises(XlembedError, match="executor.executor ray: project runs on Ray only together"):
         run_one("project", config, tmp_path / "work")
     assert not (tmp_path / "work").exists()  # refused before the work directory was touched
     with pytest.raises(XlembedError, match="project.min_count must be at least 1"):
