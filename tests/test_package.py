@@ -108,7 +108,7 @@ def test_every_option_is_declared_once_and_the_cli_follows_the_declarations():
     """Each config field is a flag of `run` with the declared default; no flag of run is undeclared."""
     from typer.main import get_command
 
-    from xlembed.config import all_fields, flag_name
+    from xlembed.config import all_fields, flag_name, plain
 
     run = get_command(app).commands["run"]
     params = {p.name: p for p in run.params}
@@ -116,10 +116,7 @@ def test_every_option_is_declared_once_and_the_cli_follows_the_declarations():
     assert len({f.name for _, f in declared}) == len(declared)
     for stage, f in declared:
         assert params[f.name].opts[0] == f"--{flag_name(f)}"
-        default = params[f.name].default
-        assert (default.value if hasattr(default, "value") else default) == (
-            f.default.value if hasattr(f.default, "value") else f.default
-        )
+        assert plain(params[f.name].default) == plain(f.default)  # enums by value, a Layer by its text
     assert set(params) - {f.name for _, f in declared} == {"out", "work", "force", "quiet", "config_file", "json_out"}
 
 
