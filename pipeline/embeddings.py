@@ -30,7 +30,7 @@ from .errors import XlembedError
 from .io import XLEMBED_OUTPUT, save_tensors, sha256_file, staged_dir, write_json_atomic
 from .layout import OutDir
 from .oov import Filler, fill_rows, pinyin_of
-from .outdir import _safetensors_metadata, _words, info_of, read_build, verify  # noqa: F401  (xlembed.embeddings.verify)
+from .outdir import _safetensors_metadata, _words, info_of, read_build, read_complete_build, verify  # noqa: F401
 from .version import __version__
 
 VOCAB_TSV_HEADER = "word\tfreq\tsource\taligned_en\tp_en_given_zh\tpinyin"
@@ -110,11 +110,7 @@ class Embeddings:
         """Load an output directory of `xlembed run` or `xlembed write` (one complete build)."""
         from safetensors.torch import load as load_tensors
 
-        o = OutDir(Path(out))
-        files = read_build(o.root)
-        for path in (o.embeddings, o.vocab, o.english, o.english_vocab):
-            if path.name not in files:
-                raise XlembedError(f"{path}: missing; not a complete xlembed output (run `xlembed write`)")
+        o, files = read_complete_build(out)
         try:
             tensors = load_tensors(files[o.embeddings.name])
             english = load_tensors(files[o.english.name])["embeddings"]

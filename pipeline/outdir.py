@@ -22,8 +22,7 @@ def _words(text: str) -> list[str]:
 
 
 def _safetensors_metadata(blob: bytes) -> dict[str, str]:
-    (n,) = struct.unpack("<Q", blob[:8])
-    return json.loads(blob[8 : 8 + n]).get("__metadata__", {}) or {}
+    return _safetensors_header(blob).get("__metadata__", {}) or {}
 
 
 def read_build(out: Path, attempts: int = 100) -> dict[str, bytes]:
@@ -103,13 +102,19 @@ def info_of(
     )
 
 
-def describe(out: Path | str, top: int = 10) -> dict:
-    """`Embeddings.load(out).info(top)`, from the files' headers, without loading the matrices."""
+def read_complete_build(out: Path | str) -> tuple[OutDir, dict[str, bytes]]:
+    """The files of one build (read_build), with the four that every reader needs present."""
     o = OutDir(Path(out))
     files = read_build(o.root)
     for path in (o.embeddings, o.vocab, o.english, o.english_vocab):
         if path.name not in files:
             raise XlembedError(f"{path}: missing; not a complete xlembed output (run `xlembed write`)")
+    return o, files
+
+
+def describe(out: Path | str, top: int = 10) -> dict:
+    """`Embeddings.load(out).info(top)`, from the files' headers, without loading the matrices."""
+    o, files = read_complete_build(out)
     try:
         header, english = _safetensors_header(files[o.embeddings.name]), _safetensors_header(files[o.english.name])
         manifest = json.loads(files[o.manifest.name]) if o.manifest.name in files else {}
