@@ -1,6 +1,6 @@
 """`xlembed run` on a corpus against the bare forward-pass floor, in one run.
 
-    python bench/speed.py [--tsv data/tatoeba/cmn-eng.tsv] [--json FILE]
+    python bench/speed.py [--tsv data/tatoeba/cmn-eng.tsv] [--json FILE] [--keep DIR] [--precisions fp32 bf16]
 
 The floor is MiniLM's forward pass alone over the unique English sentences
 (length-sorted batches of 128 padded to their longest, inference mode),
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -56,16 +57,24 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tsv", type=Path, default=REPO / "data/tatoeba/cmn-eng.tsv")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", type=Path,
+                        help="build into DIR/work and DIR/out and keep them (default: a temp folder)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="which bare floors to measure (the goal uses the faster one)")
+    parser.add_argument("--run-option", action="append", default=[], metavar="OPTION",
+                        help="an option for the run, e.g. --run-option=--precision=bf16 (repeatable)")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp())
+    tmp = args.keep or Path(tempfile.mkdtemp())
     xlembed = str(Path(sys.executable).with_name("xlembed"))
 
     start = time.perf_counter()
     subprocess.run(
-        [xlembed, "run", "--tsv", str(args.tsv), "--out", str(tmp / "out"), "--work", str(tmp / "work"), "-q"],
+        [xlembed, "run", "--tsv", str(args.tsv), "--out", str(tmp / "out"), "--work", str(tmp / "work"), "-q",
+         *args.run_option],
         check=True,
     )
     run_wall = time.perf_counter() - start
+    run_peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child: the run
     manifest = json.loads((tmp / "out" / "manifest.json").read_text())
     encode_record = json.loads((tmp / "work" / "encode.json").read_text())
 
@@ -75,11 +84,12 @@ def main() -> None:
     unique = [s.split(" ") for s in dict.fromkeys(" ".join(s) for s in sentences)]
     batch_size = EncodeConfig().batch_size
     floors = {name: round(forward_seconds(load_encoder(model_dir).to(dtype), tokenizer, unique, batch_size), 2)
-              for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+              for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)) if name in args.precisions}
     stages = manifest["seconds"]
     floor = floors[encode_record["precision_used"]] if encode_record["precision_used"] in floors else floors["fp32"]
     result = dict(
         corpus=str(args.tsv),
+        run_options=args.run_option,
         sentences=len(sentences),
         unique_sentences=len(unique),
         batch_size=batch_size,
@@ -90,10 +100,10 @@ def main() -> None:
         run_wall_seconds=round(run_wall, 2),
         stage_seconds=stages,
         outside_stages_seconds=round(run_wall - sum(stages.values()), 2),
-        floor_fp32_seconds=floors["fp32"],
-        floor_bf16_seconds=floors["bf16"],
-        run_over_floor_fp32=round(run_wall / floors["fp32"], 3),
-        run_over_floor_bf16=round(run_wall / floors["bf16"], 3),
+        run_peak_rss_mib=round(run_peak_rss_mib, 1),
+        load_average=os.getloadavg(),
+        **{f"floor_{name}_seconds": seconds for name, seconds in floors.items()},
+        **{f"run_over_floor_{name}": round(run_wall / seconds, 3) for name, seconds in floors.items()},
         run_over_better_floor=round(run_wall / min(floors.values()), 3),
         encode_over_its_floor=round(stages["encode"] / floor, 3),
     )
