@@ -14,6 +14,7 @@ so memory stays bounded by one shard, whatever the corpus size.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import threading
 import time
@@ -58,29 +59,79 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device(Device(device).value)
 
 
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU has bfloat16 matrix units (AMX-BF16 tiles), read from
-    the kernel's CPU flags (/proc/cpuinfo, or the text given); False where
-    they cannot be read. AVX512-BF16 alone is not enough: measured on such a
-    CPU (Xeon, AVX512-BF16 without AMX), oneDNN's bf16 matmul ran at 140
-    GFLOP/s against float32's 208, and MiniLM slower than in float32."""
+BF16_MARGIN = 1.2  # auto picks bf16 on an AVX512-BF16 CPU only when its matmul is at least this much faster
+
+
+class PrecisionChoice(NamedTuple):
+    """The precision the encoder runs in, and what decided it (in the encode record)."""
+
+    precision: Precision
+    decided_by: str  # "asked", "cuda", "amx_bf16", "no avx512_bf16", "matmul speed-up"
+    bf16_speedup: float | None = None  # fp32 seconds / bf16 seconds of the FFN matmul, where measured
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The kernel's CPU flags (/proc/cpuinfo, or the text given); empty where they cannot be read."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
         except OSError:
-            return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return "amx_bf16" in flags
+            return set()
+    return set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bfloat16 matrix units (AMX-BF16 tiles)."""
+    return "amx_bf16" in cpu_flags(cpuinfo)
+
+
+def choose_cpu_precision(flags: set[str], bf16_speedup: Callable[[], float]) -> PrecisionChoice:
+    """`auto` on a CPU. AMX-BF16 tiles: bf16. Neither those nor AVX512-BF16:
+    fp32 (bf16 would be emulated). AVX512-BF16 alone: the flags cannot
+    tell, so `bf16_speedup()` (fp32 seconds / bf16 seconds) decides, bf16
+    only at BF16_MARGIN or more. Measured: a Xeon with AVX512-BF16 ran
+    oneDNN's bf16 matmul at 140 GFLOP/s against float32's 208; an AMD EPYC
+    with AVX512-BF16 ran MiniLM 1.6x faster in bf16."""
+    if "amx_bf16" in flags:
+        return PrecisionChoice(Precision.bf16, "amx_bf16")
+    if "avx512_bf16" not in flags:
+        return PrecisionChoice(Precision.fp32, "no avx512_bf16")
+    speedup = round(float(bf16_speedup()), 3)
+    return PrecisionChoice(Precision.bf16 if speedup >= BF16_MARGIN else Precision.fp32, "matmul speed-up", speedup)
+
+
+@functools.cache
+def bf16_matmul_speedup(rows: int = 2048, reps: int = 3) -> float:
+    """fp32 seconds / bf16 seconds of one FFN matmul of MiniLM's shape
+    ([rows, 384] by [384, 1536]), on this process's threads: the best of
+    `reps` each, interleaved, after a warm-up (about 0.25 s on 2 cores).
+    Measured once per process."""
+    generator = torch.Generator().manual_seed(0)
+    x, w = torch.randn(rows, 384, generator=generator), torch.randn(1536, 384, generator=generator)
+    operands = {torch.float32: (x, w), torch.bfloat16: (x.bfloat16(), w.bfloat16())}
+    best = dict.fromkeys(operands, float("inf"))
+    with torch.inference_mode():
+        for rep in range(reps + 1):
+            for dtype, (a, b) in operands.items():
+                start = time.perf_counter()
+                torch.nn.functional.linear(a, b)
+                if rep:  # the first is the warm-up
+                    best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+def precision_choice(precision: Precision, device: torch.device) -> PrecisionChoice:
+    """`auto`: fp16 on CUDA; on a CPU, see choose_cpu_precision. Anything else: as asked."""
+    precision = Precision(precision)
+    if precision != Precision.auto:
+        return PrecisionChoice(precision, "asked")
+    if device.type == "cuda":
+        return PrecisionChoice(Precision.fp16, "cuda")
+    return choose_cpu_precision(cpu_flags(), bf16_matmul_speedup)
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> Precision:
-    """`auto`: fp16 on CUDA, bf16 on a CPU with native bf16 units, else fp32."""
-    precision = Precision(precision)
-    if precision != Precision.auto:
-        return precision
-    if device.type == "cuda":
-        return Precision.fp16
-    return Precision.bf16 if cpu_has_native_bf16() else Precision.fp32
+    return precision_choice(precision, device).precision
 
 
 DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
@@ -750,6 +801,7 @@ class EncodeSetup(NamedTuple):
     device: torch.device
     precision: Precision
     key: str
+    precision_choice: PrecisionChoice
 
 
 def resolve_device_precision(opts: EncodeConfig) -> tuple[torch.device, Precision]:
@@ -761,7 +813,9 @@ def resolve_device_precision(opts: EncodeConfig) -> tuple[torch.device, Precisio
 
 def encode_setup(config: Config, work: WorkDir) -> EncodeSetup:
     opts = config.encode
-    device, precision = resolve_device_precision(opts)
+    device = resolve_device(opts.device)
+    choice = precision_choice(opts.precision, device)
+    precision = choice.precision
     corpus_en = require(work.corpus_en, "tokenize")
     model_dir = resolve_model_dir(opts.model)
     key = stage_key(
@@ -771,7 +825,7 @@ def encode_setup(config: Config, work: WorkDir) -> EncodeSetup:
         precision_used=precision.value,
         corpus_en=file_hash(corpus_en),
     )
-    return EncodeSetup(model_dir, device, precision, key)
+    return EncodeSetup(model_dir, device, precision, key, choice)
 
 
 def encode_record(config: Config, work: WorkDir, setup: EncodeSetup, max_length: int, dim: int, counts: dict) -> dict:
@@ -779,6 +833,9 @@ def encode_record(config: Config, work: WorkDir, setup: EncodeSetup, max_length:
     return dict(
         options=dict(section_dict(config.encode), model=str(setup.model_dir), device=str(setup.device)),
         precision_used=setup.precision.value,
+        precision_decided_by=dict(
+            by=setup.precision_choice.decided_by, bf16_speedup=setup.precision_choice.bf16_speedup
+        ),
         max_length_used=max_length,
         inputs={str(work.corpus_en): file_hash(work.corpus_en)},
         model_sha256=model_hash(setup.model_dir),
