@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import itertools
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +46,7 @@ from .io import (
     write_json_atomic,
 )
 from .layout import WorkDir
-from .models import load_encoder, load_tokenizer, resolve_model_dir, special_tokens
+from .models import load_encoder, load_model_config, load_tokenizer, resolve_model_dir, special_tokens
 from .records import file_hash, fingerprint, model_hash, run_stage, stage_key
 
 TOKENIZE_CHUNK = 4096  # sentences per call of the Rust tokenizer
@@ -155,7 +157,8 @@ def piece_plan(tokenizer, sentences: list[list[str]]) -> PiecePlan:
     backend.no_padding()
     for start in range(0, len(sentences), TOKENIZE_CHUNK):
         chunk = sentences[start : start + TOKENIZE_CHUNK]
-        encodings = backend.encode_batch(chunk, is_pretokenized=True, add_special_tokens=False)
+        with tokenizer_threads():
+            encodings = backend.encode_batch(chunk, is_pretokenized=True, add_special_tokens=False)
         # each sentence's lists joined into flat arrays, then split again (views): few numpy calls per chunk
         ids, words = [e.ids for e in encodings], [e.word_ids for e in encodings]
         n_pieces = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))  # [S] pieces per sentence
@@ -171,6 +174,23 @@ def piece_plan(tokenizer, sentences: list[list[str]]) -> PiecePlan:
         plan.words.extend(split(flat_words, n_pieces))
         plan.n_pieces.extend(split(pieces_per_word, n_words))
     return plan
+
+
+@contextlib.contextmanager
+def tokenizer_threads() -> Iterator[None]:
+    """The Rust tokenizer's own threads for a batch encode. It reads
+    TOKENIZERS_PARALLELISM at each call; models.py sets it to false for
+    the forks of the tokenize stage, and it is set back after the call, so
+    a later fork is told parallelism is configured (no warning) and off."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
@@ -476,6 +496,21 @@ def pool(hidden: torch.Tensor, batch: Batch, out: torch.Tensor) -> None:
 
 
 @contextlib.contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector paused: the plan makes a list, a tuple or an
+    array per sentence, none of them in a cycle, and every few thousand
+    of them would start a collection that walks the objects torch and
+    transformers keep (hundreds of thousands)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@contextlib.contextmanager
 def one_thread() -> Iterator[None]:
     """torch ops on one CPU thread: for small ops (pooling a batch takes well
     under a millisecond), whose parallel region costs a scheduler time slice
@@ -691,19 +726,39 @@ class Encoder:
         self.opts, self.device, self.precision = opts, device, Precision(precision)
         self.timing = EncodeTiming()
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = load_model(model_dir, device, precision)
-        self.dim = self.model.config.hidden_size
-        self.layers = opts.layer.indices(self.model.config.num_hidden_layers)
-        self.max_length = max_length_used(opts, self.model.config)
+        config = load_model_config(model_dir)
+        # the model loads on a thread of its own while the plan is made (tokenizing releases the GIL);
+        # transformers' modules are imported above, on this thread, before it starts
+        self._model, loader = None, ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlembed-model")
+        self._model_loading = loader.submit(load_model, model_dir, device, self.precision)
+        loader.shutdown(wait=False)
+        self.dim = config.hidden_size
+        self.layers = opts.layer.indices(config.num_hidden_layers)
+        self.max_length = max_length_used(opts, config)
         self.prefix, self.suffix = special_tokens(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.window = self.max_length - len(self.prefix) - len(self.suffix)  # word pieces per forward row
         self.timing.load += time.perf_counter() - start
 
+    @property
+    def model(self):
+        """The model, once loaded (the time waited for it counts as `load`)."""
+        if self._model is None:
+            start = time.perf_counter()
+            self._model = self._model_loading.result()  # an error loading it is raised here
+            self.timing.load += time.perf_counter() - start
+        return self._model
+
     def plan(self, lines: Iterable[str]) -> EncodePlan:
         """Deduplicate (sentence s is unique sentence unique_of[s]), split into
         word pieces, and place every word's vector in a row."""
         start = time.perf_counter()
+        with no_cycle_collection():
+            plan = self._plan(lines)
+        self.timing.plan += time.perf_counter() - start
+        return plan
+
+    def _plan(self, lines: Iterable[str]) -> EncodePlan:
         unique_index: dict[str, int] = {}
         unique_of = np.fromiter((unique_index.setdefault(line, len(unique_index)) for line in lines), dtype=np.int64)
         n_words = np.fromiter(
@@ -711,9 +766,7 @@ class Encoder:
         )  # [n_unique]
         pieces = piece_plan(self.tokenizer, [line.split(" ") for line in unique_index])
         del unique_index
-        plan = EncodePlan(unique_of, n_words, pieces, row_plan(unique_of, n_words, pieces, self.window))
-        self.timing.plan += time.perf_counter() - start
-        return plan
+        return EncodePlan(unique_of, n_words, pieces, row_plan(unique_of, n_words, pieces, self.window))
 
     def run(
         self,
@@ -738,6 +791,7 @@ class Encoder:
             )
             return batch.pin_memory() if pin else batch
 
+        model = self.model  # loaded by now (a wait for it counts as load, not forward)
         batches = prefetched(make, [b for b in bounds[:-1] if b >= next_item])
         with torch.inference_mode():
             for n_batches in itertools.count(1):
@@ -747,7 +801,7 @@ class Encoder:
                 self.timing.waiting += ready - start
                 if batch is None:
                     return
-                pool(forward(self.model, batch, self.layers, self.device), batch, rows_for(batch.n_rows))
+                pool(forward(model, batch, self.layers, self.device), batch, rows_for(batch.n_rows))
                 self.timing.forward += time.perf_counter() - ready
                 done(batch, b + len(batch.input_ids))
                 if n_batches % TRIM_EVERY == 0:
@@ -775,11 +829,12 @@ class Encoder:
         """What the encode record counts (all sums over sentences: additive)."""
         n_total = int(plan.rows.sent_offsets[-1])
         n_vec_words = int((plan.rows.word_rows >= 0).sum())
-        per_unique = np.array([(int((n == 0).sum()), int((n > self.window).sum())) for n in plan.pieces.n_pieces],
-                              dtype=np.int64).reshape(-1, 2)[plan.unique_of].sum(0)
-        without_pieces = int(per_unique[0])
+        pieces = np.concatenate(plan.pieces.n_pieces) if plan.pieces.n_pieces else np.zeros(0, dtype=np.int64)  # [W]
+        sentence_of_word = np.repeat(np.arange(len(plan.n_words)), plan.n_words)  # [W] each word's unique sentence
+        times = np.bincount(plan.unique_of, minlength=len(plan.n_words))[sentence_of_word]  # [W] its occurrences
+        without_pieces = int(times[pieces == 0].sum())
         # a word longer than the window gets its vector from its first pieces: truncated, as is one without a vector
-        truncated = n_total - n_vec_words - without_pieces + int(per_unique[1])
+        truncated = n_total - n_vec_words - without_pieces + int(times[pieces > self.window].sum())
         counts = (
             len(plan.unique_of),
             len(plan.n_words),
@@ -787,7 +842,7 @@ class Encoder:
             n_vec_words,
             truncated,
             without_pieces,
-            sum(len(ids) > self.window for ids in plan.pieces.ids),
+            int((np.fromiter(map(len, plan.pieces.ids), dtype=np.int64) > self.window).sum()),
             len(plan.rows.items),
             plan.rows.n_rows,
         )

@@ -43,6 +43,52 @@ def test_word_pieces_map_to_their_words(tiny_bert):
     assert n_pieces[1].tolist() == [1, 2]
 
 
+def test_the_plan_leaves_tokenizer_parallelism_and_the_cycle_collector_as_it_found_them(tiny_bert, monkeypatch):
+    import gc
+    import os
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    for setting in ("false", None):  # models.py's setting for the tokenize stage's forks; or none
+        if setting is None:
+            monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+        else:
+            monkeypatch.setenv("TOKENIZERS_PARALLELISM", setting)
+        piece_plan(tokenizer, [["i", "like", "playing"]] * 5)
+        assert os.environ.get("TOKENIZERS_PARALLELISM") == setting
+    from xlembed.encode import no_cycle_collection
+
+    assert gc.isenabled()
+    with no_cycle_collection():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with no_cycle_collection():
+            pass
+        assert not gc.isenabled()  # left off, as it was
+    finally:
+        gc.enable()
+
+
+def test_the_model_loads_beside_the_plan_and_a_broken_one_still_fails_in_one_line(tmp_path, tiny_bert):
+    import shutil
+
+    from xlembed.encode import Encoder
+
+    opts = Config().set(device="cpu", precision="fp32").validate(("encode",)).encode
+    encoder = Encoder(tiny_bert, opts, torch.device("cpu"), Precision.fp32)
+    plan = encoder.plan(["a b", "a b", "c"])
+    assert encoder.counts(plan)["unique_sentences"] == 2 and encoder.model.config.hidden_size == encoder.dim
+    assert encoder.timing.load > 0
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bert, broken)
+    weights = next(p for p in broken.iterdir() if p.name.startswith(("model.", "pytorch_model")))
+    weights.write_bytes(b"not weights")
+    encoder = Encoder(broken, opts, torch.device("cpu"), Precision.fp32)
+    with pytest.raises(XlembedError, match="cannot load the model"):
+        encoder.model  # noqa: B018 - the error is raised where the model is first needed
+
+
 def test_truncation_and_padding_in_tokenizer_json_are_ignored(tiny_bert, tmp_path):
     """MiniLM's tokenizer.json pads to 128 and truncates at 128: --max-length decides, not that."""
     import json
