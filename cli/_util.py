@@ -202,7 +202,18 @@ def summarize(stage: str, record: dict, quiet: bool) -> None:
     timing = record.get("timing")
     if timing:
         host = ", ".join(f"{k} {v:.1f}" for k, v in timing.items() if k not in ("forward", "host"))
-        err.print(f"  forward (model + pooling) {timing['forward']:.1f} s, host {timing['host']:.1f} s ({host})")
+        err.print(f"  forward (model + pooling) {timing['forward']:.1f} s, host {timing['host']:.1f} s ({host})"
+                  f"{precision_note(record)}")
+
+
+def precision_note(record: dict) -> str:
+    """'; bf16: matmul speed-up 2.31x': the encoder's precision and what chose it, where the record says."""
+    if "precision_used" not in record:
+        return ""
+    decided = record.get("precision_decided_by") or {}
+    speedup = f" {decided['bf16_speedup']:.2f}x" if decided.get("bf16_speedup") is not None else ""
+    why = f": {decided['by']}{speedup}" if decided.get("by") else ""
+    return f"; {record['precision_used']}{why}"
 
 
 def print_table(table: Table) -> None:

@@ -408,6 +408,8 @@ def run_blocks(ray, config: Config, work: WorkDir, key: str, setup: EncodeSetup,
 
 def ran_on_record(record: dict, ran_on: set[str]) -> dict:
     """The encode record with the device and precision the workers resolved (not the driver's)."""
+    if ran_on:  # each worker chose its own precision; what decided the driver's does not apply
+        record = {k: v for k, v in record.items() if k != "precision_decided_by"}
     if len(ran_on) == 1:
         device, precision = next(iter(ran_on)).split(" ")
         return dict(record, options=dict(record["options"], device=device), precision_used=precision)

@@ -14,7 +14,10 @@ so memory stays bounded by one shard, whatever the corpus size.
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import itertools
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +46,7 @@ from .io import (
     write_json_atomic,
 )
 from .layout import WorkDir
-from .models import load_encoder, load_tokenizer, resolve_model_dir, special_tokens
+from .models import load_encoder, load_model_config, load_tokenizer, resolve_model_dir, special_tokens
 from .records import file_hash, fingerprint, model_hash, run_stage, stage_key
 
 TOKENIZE_CHUNK = 4096  # sentences per call of the Rust tokenizer
@@ -58,29 +61,79 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device(Device(device).value)
 
 
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU has bfloat16 matrix units (AMX-BF16 tiles), read from
-    the kernel's CPU flags (/proc/cpuinfo, or the text given); False where
-    they cannot be read. AVX512-BF16 alone is not enough: measured on such a
-    CPU (Xeon, AVX512-BF16 without AMX), oneDNN's bf16 matmul ran at 140
-    GFLOP/s against float32's 208, and MiniLM slower than in float32."""
+BF16_MARGIN = 1.2  # auto picks bf16 on an AVX512-BF16 CPU only when its matmul is at least this much faster
+
+
+class PrecisionChoice(NamedTuple):
+    """The precision the encoder runs in, and what decided it (in the encode record)."""
+
+    precision: Precision
+    decided_by: str  # "asked", "cuda", "amx_bf16", "no avx512_bf16", "matmul speed-up"
+    bf16_speedup: float | None = None  # fp32 seconds / bf16 seconds of the FFN matmul, where measured
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The kernel's CPU flags (/proc/cpuinfo, or the text given); empty where they cannot be read."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
         except OSError:
-            return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return "amx_bf16" in flags
+            return set()
+    return set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bfloat16 matrix units (AMX-BF16 tiles)."""
+    return "amx_bf16" in cpu_flags(cpuinfo)
+
+
+def choose_cpu_precision(flags: set[str], bf16_speedup: Callable[[], float]) -> PrecisionChoice:
+    """`auto` on a CPU. AMX-BF16 tiles: bf16. Neither those nor AVX512-BF16:
+    fp32 (bf16 would be emulated). AVX512-BF16 alone: the flags cannot
+    tell, so `bf16_speedup()` (fp32 seconds / bf16 seconds) decides, bf16
+    only at BF16_MARGIN or more. Measured: a Xeon with AVX512-BF16 ran
+    oneDNN's bf16 matmul at 140 GFLOP/s against float32's 208; an AMD EPYC
+    with AVX512-BF16 ran MiniLM 1.6x faster in bf16."""
+    if "amx_bf16" in flags:
+        return PrecisionChoice(Precision.bf16, "amx_bf16")
+    if "avx512_bf16" not in flags:
+        return PrecisionChoice(Precision.fp32, "no avx512_bf16")
+    speedup = round(float(bf16_speedup()), 3)
+    return PrecisionChoice(Precision.bf16 if speedup >= BF16_MARGIN else Precision.fp32, "matmul speed-up", speedup)
+
+
+@functools.cache
+def bf16_matmul_speedup(rows: int = 2048, reps: int = 3) -> float:
+    """fp32 seconds / bf16 seconds of one FFN matmul of MiniLM's shape
+    ([rows, 384] by [384, 1536]), on this process's threads: the best of
+    `reps` each, interleaved, after a warm-up (about 0.25 s on 2 cores).
+    Measured once per process."""
+    generator = torch.Generator().manual_seed(0)
+    x, w = torch.randn(rows, 384, generator=generator), torch.randn(1536, 384, generator=generator)
+    operands = {torch.float32: (x, w), torch.bfloat16: (x.bfloat16(), w.bfloat16())}
+    best = dict.fromkeys(operands, float("inf"))
+    with torch.inference_mode():
+        for rep in range(reps + 1):
+            for dtype, (a, b) in operands.items():
+                start = time.perf_counter()
+                torch.nn.functional.linear(a, b)
+                if rep:  # the first is the warm-up
+                    best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+def precision_choice(precision: Precision, device: torch.device) -> PrecisionChoice:
+    """`auto`: fp16 on CUDA; on a CPU, see choose_cpu_precision. Anything else: as asked."""
+    precision = Precision(precision)
+    if precision != Precision.auto:
+        return PrecisionChoice(precision, "asked")
+    if device.type == "cuda":
+        return PrecisionChoice(Precision.fp16, "cuda")
+    return choose_cpu_precision(cpu_flags(), bf16_matmul_speedup)
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> Precision:
-    """`auto`: fp16 on CUDA, bf16 on a CPU with native bf16 units, else fp32."""
-    precision = Precision(precision)
-    if precision != Precision.auto:
-        return precision
-    if device.type == "cuda":
-        return Precision.fp16
-    return Precision.bf16 if cpu_has_native_bf16() else Precision.fp32
+    return precision_choice(precision, device).precision
 
 
 DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
@@ -104,7 +157,8 @@ def piece_plan(tokenizer, sentences: list[list[str]]) -> PiecePlan:
     backend.no_padding()
     for start in range(0, len(sentences), TOKENIZE_CHUNK):
         chunk = sentences[start : start + TOKENIZE_CHUNK]
-        encodings = backend.encode_batch(chunk, is_pretokenized=True, add_special_tokens=False)
+        with tokenizer_threads():
+            encodings = backend.encode_batch(chunk, is_pretokenized=True, add_special_tokens=False)
         # each sentence's lists joined into flat arrays, then split again (views): few numpy calls per chunk
         ids, words = [e.ids for e in encodings], [e.word_ids for e in encodings]
         n_pieces = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))  # [S] pieces per sentence
@@ -120,6 +174,23 @@ def piece_plan(tokenizer, sentences: list[list[str]]) -> PiecePlan:
         plan.words.extend(split(flat_words, n_pieces))
         plan.n_pieces.extend(split(pieces_per_word, n_words))
     return plan
+
+
+@contextlib.contextmanager
+def tokenizer_threads() -> Iterator[None]:
+    """The Rust tokenizer's own threads for a batch encode. It reads
+    TOKENIZERS_PARALLELISM at each call; models.py sets it to false for
+    the forks of the tokenize stage, and it is set back after the call, so
+    a later fork is told parallelism is configured (no warning) and off."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
@@ -425,6 +496,21 @@ def pool(hidden: torch.Tensor, batch: Batch, out: torch.Tensor) -> None:
 
 
 @contextlib.contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector paused: the plan makes a list, a tuple or an
+    array per sentence, none of them in a cycle, and every few thousand
+    of them would start a collection that walks the objects torch and
+    transformers keep (hundreds of thousands)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@contextlib.contextmanager
 def one_thread() -> Iterator[None]:
     """torch ops on one CPU thread: for small ops (pooling a batch takes well
     under a millisecond), whose parallel region costs a scheduler time slice
@@ -640,19 +726,39 @@ class Encoder:
         self.opts, self.device, self.precision = opts, device, Precision(precision)
         self.timing = EncodeTiming()
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = load_model(model_dir, device, precision)
-        self.dim = self.model.config.hidden_size
-        self.layers = opts.layer.indices(self.model.config.num_hidden_layers)
-        self.max_length = max_length_used(opts, self.model.config)
+        config = load_model_config(model_dir)
+        # the model loads on a thread of its own while the plan is made (tokenizing releases the GIL);
+        # transformers' modules are imported above, on this thread, before it starts
+        self._model, loader = None, ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlembed-model")
+        self._model_loading = loader.submit(load_model, model_dir, device, self.precision)
+        loader.shutdown(wait=False)
+        self.dim = config.hidden_size
+        self.layers = opts.layer.indices(config.num_hidden_layers)
+        self.max_length = max_length_used(opts, config)
         self.prefix, self.suffix = special_tokens(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.window = self.max_length - len(self.prefix) - len(self.suffix)  # word pieces per forward row
         self.timing.load += time.perf_counter() - start
 
+    @property
+    def model(self):
+        """The model, once loaded (the time waited for it counts as `load`)."""
+        if self._model is None:
+            start = time.perf_counter()
+            self._model = self._model_loading.result()  # an error loading it is raised here
+            self.timing.load += time.perf_counter() - start
+        return self._model
+
     def plan(self, lines: Iterable[str]) -> EncodePlan:
         """Deduplicate (sentence s is unique sentence unique_of[s]), split into
         word pieces, and place every word's vector in a row."""
         start = time.perf_counter()
+        with no_cycle_collection():
+            plan = self._plan(lines)
+        self.timing.plan += time.perf_counter() - start
+        return plan
+
+    def _plan(self, lines: Iterable[str]) -> EncodePlan:
         unique_index: dict[str, int] = {}
         unique_of = np.fromiter((unique_index.setdefault(line, len(unique_index)) for line in lines), dtype=np.int64)
         n_words = np.fromiter(
@@ -660,9 +766,7 @@ class Encoder:
         )  # [n_unique]
         pieces = piece_plan(self.tokenizer, [line.split(" ") for line in unique_index])
         del unique_index
-        plan = EncodePlan(unique_of, n_words, pieces, row_plan(unique_of, n_words, pieces, self.window))
-        self.timing.plan += time.perf_counter() - start
-        return plan
+        return EncodePlan(unique_of, n_words, pieces, row_plan(unique_of, n_words, pieces, self.window))
 
     def run(
         self,
@@ -687,6 +791,7 @@ class Encoder:
             )
             return batch.pin_memory() if pin else batch
 
+        model = self.model  # loaded by now (a wait for it counts as load, not forward)
         batches = prefetched(make, [b for b in bounds[:-1] if b >= next_item])
         with torch.inference_mode():
             for n_batches in itertools.count(1):
@@ -696,7 +801,7 @@ class Encoder:
                 self.timing.waiting += ready - start
                 if batch is None:
                     return
-                pool(forward(self.model, batch, self.layers, self.device), batch, rows_for(batch.n_rows))
+                pool(forward(model, batch, self.layers, self.device), batch, rows_for(batch.n_rows))
                 self.timing.forward += time.perf_counter() - ready
                 done(batch, b + len(batch.input_ids))
                 if n_batches % TRIM_EVERY == 0:
@@ -724,11 +829,12 @@ class Encoder:
         """What the encode record counts (all sums over sentences: additive)."""
         n_total = int(plan.rows.sent_offsets[-1])
         n_vec_words = int((plan.rows.word_rows >= 0).sum())
-        per_unique = np.array([(int((n == 0).sum()), int((n > self.window).sum())) for n in plan.pieces.n_pieces],
-                              dtype=np.int64).reshape(-1, 2)[plan.unique_of].sum(0)
-        without_pieces = int(per_unique[0])
+        pieces = np.concatenate(plan.pieces.n_pieces) if plan.pieces.n_pieces else np.zeros(0, dtype=np.int64)  # [W]
+        sentence_of_word = np.repeat(np.arange(len(plan.n_words)), plan.n_words)  # [W] each word's unique sentence
+        times = np.bincount(plan.unique_of, minlength=len(plan.n_words))[sentence_of_word]  # [W] its occurrences
+        without_pieces = int(times[pieces == 0].sum())
         # a word longer than the window gets its vector from its first pieces: truncated, as is one without a vector
-        truncated = n_total - n_vec_words - without_pieces + int(per_unique[1])
+        truncated = n_total - n_vec_words - without_pieces + int(times[pieces > self.window].sum())
         counts = (
             len(plan.unique_of),
             len(plan.n_words),
@@ -736,7 +842,7 @@ class Encoder:
             n_vec_words,
             truncated,
             without_pieces,
-            sum(len(ids) > self.window for ids in plan.pieces.ids),
+            int((np.fromiter(map(len, plan.pieces.ids), dtype=np.int64) > self.window).sum()),
             len(plan.rows.items),
             plan.rows.n_rows,
         )
@@ -750,6 +856,7 @@ class EncodeSetup(NamedTuple):
     device: torch.device
     precision: Precision
     key: str
+    precision_choice: PrecisionChoice
 
 
 def resolve_device_precision(opts: EncodeConfig) -> tuple[torch.device, Precision]:
@@ -761,7 +868,9 @@ def resolve_device_precision(opts: EncodeConfig) -> tuple[torch.device, Precisio
 
 def encode_setup(config: Config, work: WorkDir) -> EncodeSetup:
     opts = config.encode
-    device, precision = resolve_device_precision(opts)
+    device = resolve_device(opts.device)
+    choice = precision_choice(opts.precision, device)
+    precision = choice.precision
     corpus_en = require(work.corpus_en, "tokenize")
     model_dir = resolve_model_dir(opts.model)
     key = stage_key(
@@ -771,7 +880,7 @@ def encode_setup(config: Config, work: WorkDir) -> EncodeSetup:
         precision_used=precision.value,
         corpus_en=file_hash(corpus_en),
     )
-    return EncodeSetup(model_dir, device, precision, key)
+    return EncodeSetup(model_dir, device, precision, key, choice)
 
 
 def encode_record(config: Config, work: WorkDir, setup: EncodeSetup, max_length: int, dim: int, counts: dict) -> dict:
@@ -779,6 +888,9 @@ def encode_record(config: Config, work: WorkDir, setup: EncodeSetup, max_length:
     return dict(
         options=dict(section_dict(config.encode), model=str(setup.model_dir), device=str(setup.device)),
         precision_used=setup.precision.value,
+        precision_decided_by=dict(
+            by=setup.precision_choice.decided_by, bf16_speedup=setup.precision_choice.bf16_speedup
+        ),
         max_length_used=max_length,
         inputs={str(work.corpus_en): file_hash(work.corpus_en)},
         model_sha256=model_hash(setup.model_dir),

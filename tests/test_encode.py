@@ -43,6 +43,52 @@ def test_word_pieces_map_to_their_words(tiny_bert):
     assert n_pieces[1].tolist() == [1, 2]
 
 
+def test_the_plan_leaves_tokenizer_parallelism_and_the_cycle_collector_as_it_found_them(tiny_bert, monkeypatch):
+    import gc
+    import os
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    for setting in ("false", None):  # models.py's setting for the tokenize stage's forks; or none
+        if setting is None:
+            monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+        else:
+            monkeypatch.setenv("TOKENIZERS_PARALLELISM", setting)
+        piece_plan(tokenizer, [["i", "like", "playing"]] * 5)
+        assert os.environ.get("TOKENIZERS_PARALLELISM") == setting
+    from xlembed.encode import no_cycle_collection
+
+    assert gc.isenabled()
+    with no_cycle_collection():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with no_cycle_collection():
+            pass
+        assert not gc.isenabled()  # left off, as it was
+    finally:
+        gc.enable()
+
+
+def test_the_model_loads_beside_the_plan_and_a_broken_one_still_fails_in_one_line(tmp_path, tiny_bert):
+    import shutil
+
+    from xlembed.encode import Encoder
+
+    opts = Config().set(device="cpu", precision="fp32").validate(("encode",)).encode
+    encoder = Encoder(tiny_bert, opts, torch.device("cpu"), Precision.fp32)
+    plan = encoder.plan(["a b", "a b", "c"])
+    assert encoder.counts(plan)["unique_sentences"] == 2 and encoder.model.config.hidden_size == encoder.dim
+    assert encoder.timing.load > 0
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bert, broken)
+    weights = next(p for p in broken.iterdir() if p.name.startswith(("model.", "pytorch_model")))
+    weights.write_bytes(b"not weights")
+    encoder = Encoder(broken, opts, torch.device("cpu"), Precision.fp32)
+    with pytest.raises(XlembedError, match="cannot load the model"):
+        encoder.model  # noqa: B018 - the error is raised where the model is first needed
+
+
 def test_truncation_and_padding_in_tokenizer_json_are_ignored(tiny_bert, tmp_path):
     """MiniLM's tokenizer.json pads to 128 and truncates at 128: --max-length decides, not that."""
     import json
@@ -155,28 +201,52 @@ def test_a_short_sentence_gets_exactly_the_vectors_it_got_without_long_ones(tmp_
 # --- precision ------------------------------------------------------------------------------------------
 
 
-def test_precision_auto_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch):
+def test_precision_auto_reads_the_cpu_flags_and_measures_only_where_they_cannot_tell(monkeypatch):
     import xlembed.encode as enc
 
-    assert enc.cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
-    assert not enc.cpu_has_native_bf16(
-        "flags\t\t: fpu avx512f avx512_bf16 avx512_fp16\n"
-    )  # bf16 dot products, no matrix units
-    assert not enc.cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f\n")
-    assert not enc.cpu_has_native_bf16("")
+    amx = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    assert enc.cpu_has_native_bf16(amx) and enc.cpu_flags(amx) >= {"avx512_bf16", "amx_bf16"}
+    assert not enc.cpu_has_native_bf16("flags\t\t: fpu avx512f avx512_bf16 avx512_fp16\n")  # no matrix units
+    assert enc.cpu_flags("") == set()
+
+    def never() -> float:
+        raise AssertionError("measured although the flags decide")
+
+    choose = enc.choose_cpu_precision
+    assert choose(enc.cpu_flags(amx), never) == (Precision.bf16, "amx_bf16", None)
+    assert choose({"avx2", "avx512f"}, never) == (Precision.fp32, "no avx512_bf16", None)
+    assert choose(set(), never).precision == Precision.fp32  # flags unreadable: the safe choice
+    # AVX512-BF16 without AMX: the measured speed-up decides, with a margin against noise
+    assert choose({"avx512f", "avx512_bf16"}, lambda: 1.6) == (Precision.bf16, "matmul speed-up", 1.6)
+    assert choose({"avx512f", "avx512_bf16"}, lambda: enc.BF16_MARGIN).precision == Precision.bf16
+    assert choose({"avx512f", "avx512_bf16"}, lambda: 1.1) == (Precision.fp32, "matmul speed-up", 1.1)
+    assert choose({"avx512f", "avx512_bf16"}, lambda: 140 / 208).precision == Precision.fp32  # a Xeon's, measured
+
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(enc, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(enc, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(enc, "bf16_matmul_speedup", lambda: 2.0)
+    assert enc.precision_choice(Precision.auto, cpu) == (Precision.bf16, "matmul speed-up", 2.0)
     assert enc.resolve_precision(Precision.auto, cpu) == Precision.bf16
-    monkeypatch.setattr(enc, "cpu_has_native_bf16", lambda: False)
-    assert enc.resolve_precision(Precision.auto, cpu) == Precision.fp32  # the fallback
-    assert enc.resolve_precision(Precision.auto, cuda) == Precision.fp16
-    assert enc.resolve_precision(Precision.bf16, cpu) == Precision.bf16  # asked for: given
+    monkeypatch.setattr(enc, "bf16_matmul_speedup", lambda: 0.7)
+    assert enc.resolve_precision(Precision.auto, cpu) == Precision.fp32
+    monkeypatch.setattr(enc, "bf16_matmul_speedup", never)
+    assert enc.precision_choice(Precision.auto, cuda) == (Precision.fp16, "cuda", None)
+    assert enc.precision_choice(Precision.bf16, cpu) == (Precision.bf16, "asked", None)  # asked for: given
+    assert enc.resolve_precision(Precision.fp32, cpu) == Precision.fp32
+
+
+def test_the_bf16_speedup_is_a_positive_ratio_measured_once():
+    import xlembed.encode as enc
+
+    ratio = enc.bf16_matmul_speedup(rows=64, reps=1)
+    assert ratio > 0 and enc.bf16_matmul_speedup(rows=64, reps=1) == ratio  # cached: one measurement a process
 
 
 def test_bf16_vectors_agree_with_fp32_and_the_record_says_which_was_used(tmp_path, tiny_bert):
     fp32_record, store, fp32 = encoded(tmp_path / "a", tiny_bert, precision="fp32")
     bf16_record, _, bf16 = encoded(tmp_path / "b", tiny_bert, precision="bf16")
     assert fp32_record["precision_used"] == "fp32" and bf16_record["precision_used"] == "bf16"
+    assert bf16_record["precision_decided_by"] == {"by": "asked", "bf16_speedup": None}
     assert not torch.equal(fp32, bf16)
     assert torch.nn.functional.cosine_similarity(fp32, bf16).min() > 0.99
 
@@ -274,3 +344,7 @@ def test_the_encode_record_splits_its_seconds_into_forward_and_host(tmp_path, ti
     assert (
         f"forward (model + pooling) {timing['forward']:.1f} s, host {timing['host']:.1f} s" in line and "plan" in line
     )
+    assert line.endswith("; fp32: asked")  # the precision, and what chose it
+    summarize("encode", dict(record, precision_used="bf16",
+                             precision_decided_by={"by": "matmul speed-up", "bf16_speedup": 1.61}), quiet=False)
+    assert capsys.readouterr().err.splitlines()[-1].endswith("; bf16: matmul speed-up 1.61x")
