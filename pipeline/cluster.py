@@ -37,6 +37,7 @@ import math
 import os
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -105,6 +106,7 @@ def ray_cluster(opts: ExecutorConfig) -> Iterator:
         yield ray
         return
     options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if opts.ray_address:
             ray.init(address=opts.ray_address, **options)
@@ -114,6 +116,9 @@ def ray_cluster(opts: ExecutorConfig) -> Iterator:
         raise XlembedError(
             f"executor.ray_address {opts.ray_address or '(local)'}: cannot start or join Ray: {str(e).splitlines()[0]}"
         )
+    finally:  # ray.init puts its own SIGTERM handler (exit at once, untidily) over the caller's: the caller's again
+        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield ray
     finally:
@@ -447,6 +452,7 @@ def encode_and_project(config: Config, work: WorkDir, executor: "RayExecutor", r
             vectors_kept=False,
             executor=job.executor,
             read=read_keys(work, STAGE_READS["encode"]),
+            wrote={},  # no vectors kept
             seconds=round(time.perf_counter() - start, 3),
         )
         write_json_atomic(work.record("encode"), records["encode"])

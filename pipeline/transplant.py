@@ -42,6 +42,7 @@ from .io import (
 )
 from .layout import WorkDir
 from .project import ProjectedWord, link_plan
+from .records import valid_record
 
 CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
 SPECIALS = (PAD, UNK, CLS, SEP, MASK)  # the first ids of a transplant's vocabulary, in this order
@@ -189,7 +190,7 @@ def transplant_rows(out: Path, work: WorkDir, model_dir: Path, row_source: str =
 
 
 def check_same_corpus(out: Path, manifest: dict, work: WorkDir) -> None:
-    tokenized = read_json(require(work.record("tokenize"), "tokenize"))
+    tokenized = valid_record(work, "tokenize")
     if manifest.get("inputs") and tokenized.get("inputs") != manifest["inputs"]:
         raise XlembedError(
             f"{work.root}: not the work directory of {out} (another corpus); pass the build's own with --work"

@@ -628,9 +628,54 @@ def test_links_outside_their_pair_and_a_bad_lexicon_line_are_one_line_errors(tmp
 def test_a_truncated_record_is_named(work_copy):
     work, out = work_copy
     (work / "project.json").write_text('{"stage": "proj')
-    assert "project.json: not a valid record; run `xlembed project`" in one_line_error(
+    assert "project.json: not a valid record (not valid JSON); run `xlembed project`" in one_line_error(
         cli("write", "--work", work, "--out", out, "-q")
     )
+
+
+def edit_record(path: Path, change) -> None:
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps(change(record)))
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (lambda r: {k: v for k, v in r.items() if k != "counts"}, "no `counts`"),
+        (lambda r: dict(r, counts=[]), "`counts` is a list"),
+        (lambda r: dict(r, counts={}), "no `counts.words_truncated`"),
+        (lambda r: dict(r, counts=dict(r["counts"], words_truncated="0")), "`counts.words_truncated` is a str"),
+        (lambda r: dict(r, model_sha256=None), "no `model_sha256`"),
+        (lambda r: dict(r, wrote={"vectors/index.safetensors": 3}), "`wrote` of vectors/index.safetensors is not"),
+        (lambda r: [], "not a JSON object but list"),
+    ],
+)
+def test_a_hand_edited_encode_record_is_one_line_naming_it(work_copy, change, problem):
+    """An encode.json without counts (or with a field of the wrong type): write reads every record through
+    one validating reader, so one line naming the file, exit 2, and the previous output as it was."""
+    work, out = work_copy
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    edit_record(work / "encode.json", change)
+    message = one_line_error(cli("write", "--work", work, "--out", out, "-q"))
+    assert f"encode.json: not a valid record ({problem}" in message and "run `xlembed encode`" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert "encode.json: not a valid record" in one_line_error(cli("project", "--work", work, "-q"))
+
+
+def test_records_from_xlembed_0_4_are_refused_by_write_and_recomputed_by_run(work_copy, corpus, tiny_bert):
+    """Records without `read` and `wrote` (xlembed 0.4 wrote none) cannot be checked: a later stage refuses
+    them in one line naming the file; `run` recomputes them (0.4's keys do not match anyway)."""
+    work, out = work_copy
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for stage in ("tokenize", "encode", "align", "project"):
+        edit_record(work / f"{stage}.json", lambda r: {k: v for k, v in r.items() if k not in ("read", "wrote")})
+    message = one_line_error(cli("write", "--work", work, "--out", out, "-q"))
+    assert "not a valid record (no `read` (written by xlembed 0.4 or earlier))" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    result = cli("run", "--tsv", corpus, "--model", tiny_bert, "--work", work, "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert all("wrote" in json.loads((work / f"{s}.json").read_text()) for s in ("tokenize", "encode", "project"))
+    assert cli("verify", out).exit_code == 0
 
 
 def test_a_work_directory_tokenized_from_another_corpus_is_stale_not_mixed(work_copy, tiny_bert, tmp_path):
@@ -703,6 +748,38 @@ def test_ray_options_that_cannot_work_are_refused_before_any_stage(tmp_path, cor
     result = cli(*run_args(corpus, tiny_bert, tmp_path, "--executor", "ray", *extra))
     assert message in one_line_error(result)
     assert not (tmp_path / "work").exists()
+
+
+def test_ray_address_auto_is_bounded_like_any_address(tmp_path, corpus, tiny_bert, monkeypatch):
+    """`--ray-address auto` resolved (RAY_ADDRESS, else the last `ray start`) to a cluster that is not
+    there: one line naming the option, exit 2, before any stage (Ray itself retries for minutes)."""
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    result = cli(*run_args(corpus, tiny_bert, tmp_path, "--executor", "ray", "--ray-address", "auto"))
+    assert "--ray-address auto: cannot reach the cluster at 127.0.0.1:1" in one_line_error(result)
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("address", ["auto", "HOST:PORT"])
+def test_a_ray_address_that_accepts_but_never_answers_is_refused_in_bounded_time(tmp_path, corpus, tiny_bert,
+                                                                                  monkeypatch, address):
+    """A port that takes the connection and then says nothing (Ray's client would wait and retry for
+    minutes): joining is bounded (RAY_JOIN_SECONDS, made short here), then one line naming the option."""
+    import importlib
+    import socket
+
+    pytest.importorskip("ray")
+    silent = socket.create_server(("", 0), backlog=16)  # listens; never accepts, never answers
+    try:
+        where = f"127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("RAY_ADDRESS", where)
+        monkeypatch.setattr(importlib.import_module("xlembed.run"), "RAY_JOIN_SECONDS", 1.0)
+        given = where if address == "HOST:PORT" else "auto"
+        result = cli(*run_args(corpus, tiny_bert, tmp_path, "--executor", "ray", "--ray-address", given))
+        assert f"--ray-address {given}: no answer from a Ray cluster within 1 s" in one_line_error(result)
+        assert not (tmp_path / "work").exists()
+    finally:
+        silent.close()
 
 
 def test_an_encoder_no_node_can_hold_is_a_one_line_error():
