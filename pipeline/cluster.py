@@ -46,7 +46,6 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import AutoConfig
 
 from .align import AlignedPart, AlignPart, align, align_part
 from .config import Config, ExecutorConfig, section_dict
@@ -63,6 +62,7 @@ from .encode import (
 from .errors import XlembedError
 from .io import Reporter, SilentReporter, read_lines, require, require_same_counts, save_tensors, write_json_atomic
 from .layout import WorkDir
+from .models import load_config
 from .project import (
     PartSums,
     ProjectionSums,
@@ -439,7 +439,7 @@ def encode_and_project(config: Config, work: WorkDir, executor: "RayExecutor", r
         n_pairs = sum(1 for _ in read_lines(require(work.links, "align")))
         require_same_counts(work.root, "line counts", {"corpus.en": sum(1 for _ in read_lines(work.corpus_en)),
                                                        "align.links": n_pairs}, "align")
-        model_config = AutoConfig.from_pretrained(setup.model_dir)
+        model_config = load_config(setup.model_dir)
         dim = model_config.hidden_size
         job = run_blocks(executor.ray, config, work, key, setup, tables, n_pairs, dim, reporter)
         remove_vectors(work)  # any from an earlier local encode are not these

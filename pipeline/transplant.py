@@ -243,17 +243,18 @@ def copy_sentence_transformers_files(model_dir: Path, dest: Path) -> list[str]:
 def save_model(dest: Path, model_dir: Path, chinese: TransplantRows) -> dict:
     """The English model with its input embeddings replaced, the tokenizer,
     and sentence-transformers' files, into the (empty) directory `dest`."""
-    from .models import load_encoder, load_tokenizer
+    from .models import load_encoder, load_tokenizer, quiet_library
 
     model = load_encoder(model_dir)
-    model.resize_token_embeddings(len(chinese.tokens))
-    with torch.no_grad():
-        model.get_input_embeddings().weight.copy_(chinese.rows)  # [V, d]
-    model.config.vocab_size, model.config.pad_token_id = len(chinese.tokens), chinese.tokens.index(PAD)
-    model.save_pretrained(str(dest), safe_serialization=True)
-    english_tokenizer = load_tokenizer(model_dir)
-    max_length = min(english_tokenizer.model_max_length, model.config.max_position_embeddings)
-    chinese_tokenizer(chinese.tokens, chinese.freqs, max_length).save_pretrained(str(dest))
+    with quiet_library():  # a special token id beyond the new vocabulary: transformers warns at resize and save
+        model.resize_token_embeddings(len(chinese.tokens))
+        with torch.no_grad():
+            model.get_input_embeddings().weight.copy_(chinese.rows)  # [V, d]
+        model.config.vocab_size, model.config.pad_token_id = len(chinese.tokens), chinese.tokens.index(PAD)
+        model.save_pretrained(str(dest), safe_serialization=True)
+        english_tokenizer = load_tokenizer(model_dir)
+        max_length = min(english_tokenizer.model_max_length, model.config.max_position_embeddings)
+        chinese_tokenizer(chinese.tokens, chinese.freqs, max_length).save_pretrained(str(dest))
     portable_tokenizer_config(dest / "tokenizer_config.json")
     umask = os.umask(0)
     os.umask(umask)

@@ -800,3 +800,94 @@ def test_an_encoder_no_node_can_hold_is_a_one_line_error():
     ):
         plan_encoders(TwoSmallNodes(), ExecutorConfig(worker_cpus=6))
     assert plan_encoders(TwoSmallNodes(), ExecutorConfig(worker_cpus=4)).count == 2
+
+
+def test_an_out_that_is_a_mount_point_is_refused_before_any_stage(tmp_path, corpus, tiny_bert, monkeypatch):
+    """--out on a mount point cannot be swapped for a new build: one line, before tokenize (no work directory)."""
+    import os.path
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == out or real(p))
+    message = one_line_error(cli(*run_args(corpus, tiny_bert, tmp_path)))
+    assert f"{out}: --out is a mount point, which cannot be replaced" in message
+    assert not (tmp_path / "work").exists() and list(out.iterdir()) == []
+
+
+def test_sigterm_during_a_local_run_is_one_line_and_keeps_the_previous_output(work_copy, corpus, tiny_bert):
+    """SIGTERM (a batch system's time limit) mid-run, here after align: `error: terminated`, exit 143, no
+    traceback, the previous output as it was. Event-driven: the command stops itself after align."""
+    import signal
+    import subprocess
+
+    from tests.conftest import start_paused, wait_for_exit
+
+    work, out = work_copy
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    args = ["run", "--tsv", corpus, "--model", tiny_bert, "--work", work, "--out", out, "--force", "-q"]
+    proc, said = start_paused(args, "xlembed.align:align", "lambda result, *a, **k: 'aligned'", stderr=subprocess.PIPE)
+    assert said == "aligned", proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    assert wait_for_exit(proc.pid), "still running after SIGTERM"  # a guard against a hang only
+    stderr = proc.stderr.read()
+    assert proc.wait() == 143 and stderr.strip().splitlines() == ["error: terminated"], stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.fixture(scope="module")
+def warning_bert(tmp_path_factory) -> Path:
+    """A tiny BERT that makes transformers warn through both its channels: a config whose special token ids
+    lie outside the vocabulary ("bos_token_id must be `None` or an integer within the vocabulary", logging),
+    and a checkpoint without the pooler's weights (a load report of missing weights)."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import make_tiny_bert
+
+    model = make_tiny_bert(tmp_path_factory.mktemp("warning-bert"), layers=4)
+    weights = {k: v for k, v in load_file(str(model / "model.safetensors")).items() if "pooler" not in k}
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(dict(config, bos_token_id=100_000, pad_token_id=-1)))
+    return model
+
+
+def test_transformers_warnings_never_reach_stderr(warning_bert, corpus, tmp_path):
+    """With transformers made as talkative as it gets (TRANSFORMERS_VERBOSITY=info, every Python warning
+    shown), a run that succeeds prints nothing, one that fails prints only its one line, and a transplant
+    (which resizes the vocabulary below the special token ids) only its summary."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="info", PYTHONWARNINGS="always")
+
+    def xlembed(*args):
+        return subprocess.run([sys.executable, "-m", "xlembed.cli", *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=600)
+
+    args = ["run", "--tsv", corpus, "--model", warning_bert, "--work", tmp_path / "w", "-q"]
+    done = xlembed(*args, "--out", tmp_path / "o")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    failed = xlembed(*args, "--out", tmp_path / "o2", "--layer", "99")
+    assert failed.returncode == 2 and failed.stderr.splitlines() == [
+        "error: --layer 99 is out of range: the model has 4 layers (0 = embeddings, -1 = last)"
+    ], failed.stderr
+    transplanted = xlembed("transplant", tmp_path / "o", "-o", tmp_path / "zh-model", "--work", tmp_path / "w")
+    lines = transplanted.stderr.splitlines()
+    assert transplanted.returncode == 0 and len(lines) == 1 and lines[0].startswith("✔ wrote "), transplanted.stderr
+
+
+def test_loading_a_model_leaves_the_callers_transformers_verbosity_as_it_was(warning_bert):
+    """xlembed silences transformers only while it loads: a program that set its own verbosity keeps it."""
+    from transformers.utils import logging as hf_logging
+
+    from xlembed.models import check_model
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    try:
+        check_model(warning_bert)
+        assert hf_logging.get_verbosity() == hf_logging.WARNING
+    finally:
+        hf_logging.set_verbosity(before)
