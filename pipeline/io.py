@@ -166,6 +166,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
         raise XlembedError(f"{path}: is a directory, expected a file path")
+    if path.is_symlink() or path.exists() and not path.is_file():  # the rename would put a file in its place
+        kind = "a symbolic link" if path.is_symlink() else "a device, pipe or socket"
+        raise XlembedError(f"{path}: is {kind}, not a regular file; xlembed replaces the files it writes whole, "
+                           "so give the path of a regular file (export: -o - for standard output)")
     tmp = _temp_name(path, ".tmp")
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:

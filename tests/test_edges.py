@@ -891,3 +891,18 @@ def test_loading_a_model_leaves_the_callers_transformers_verbosity_as_it_was(war
         assert hf_logging.get_verbosity() == hf_logging.WARNING
     finally:
         hf_logging.set_verbosity(before)
+
+
+def test_export_never_renames_over_a_device_pipe_or_link(built, tmp_path):
+    """`export -o /dev/full` used to say "wrote 300 rows" and put a regular file in the device's place (the
+    atomic rename): a path that is not a regular file is refused in one line and left as it was. Tested with
+    a named pipe and a symbolic link (never a real device: a regression would replace it)."""
+    import os
+
+    fifo, real, link = tmp_path / "fifo", tmp_path / "real.txt", tmp_path / "link.txt"
+    os.mkfifo(fifo)
+    real.write_text("mine\n")
+    link.symlink_to(real)
+    for target, kind in ((fifo, "a device, pipe or socket"), (link, "a symbolic link")):
+        assert f"{target}: is {kind}, not a regular file" in one_line_error(cli("export", built, "-o", target))
+    assert fifo.is_fifo() and link.is_symlink() and real.read_text() == "mine\n"
