@@ -63,8 +63,13 @@ def export_rows(e, lang: str = "zh", special: bool = False) -> Rows:
 
 
 def check_target(target: Path) -> None:
-    """Refuse a target inside an xlembed output directory (or one itself)."""
+    """Refuse a target inside an xlembed output or work directory (or one itself)."""
+    from .workspace import is_work_dir
+
     for directory in (target, target.parent):
+        if is_work_dir(directory):  # `-o WORK/corpus.en` would replace a stage's file
+            raise XlembedError(f"{target}: inside the xlembed work directory {directory}; export writes beside "
+                               "the output, never among the files of the stages")
         try:
             manifest = read_json(directory / "manifest.json")
         except (OSError, ValueError):
@@ -169,6 +174,8 @@ def _model_card(e, sif: float | None) -> str:
 
 
 def _check_replaceable(target: Path) -> None:
+    if target.is_symlink():  # the swap would put a directory in the link's place
+        raise XlembedError(f"{target}: is a symbolic link; --format model2vec writes a directory, give its own path")
     if target.exists() and not target.is_dir():
         raise XlembedError(f"{target}: is a file; --format model2vec writes a directory")
     if target.is_dir() and any(target.iterdir()):

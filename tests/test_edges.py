@@ -906,3 +906,18 @@ def test_export_never_renames_over_a_device_pipe_or_link(built, tmp_path):
     for target, kind in ((fifo, "a device, pipe or socket"), (link, "a symbolic link")):
         assert f"{target}: is {kind}, not a regular file" in one_line_error(cli("export", built, "-o", target))
     assert fifo.is_fifo() and link.is_symlink() and real.read_text() == "mine\n"
+
+
+def test_export_never_writes_among_a_work_directorys_files_nor_through_a_directory_link(work_copy, tmp_path):
+    """`export -o WORK/corpus.en` replaced a stage's file (exit 0); a model2vec export to a link to a
+    directory put a directory in the link's place and then failed on `rmtree`. Both: one line, nothing changed."""
+    work, out = work_copy
+    corpus = (work / "corpus.en").read_bytes()
+    message = one_line_error(cli("export", out, "-o", work / "corpus.en"))
+    assert f"{work / 'corpus.en'}: inside the xlembed work directory {work}" in message
+    assert (work / "corpus.en").read_bytes() == corpus
+    (tmp_path / "models").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "models")
+    message = one_line_error(cli("export", out, "--format", "model2vec", "-o", tmp_path / "link"))
+    assert f"{tmp_path / 'link'}: is a symbolic link" in message
+    assert (tmp_path / "link").is_symlink() and list((tmp_path / "models").iterdir()) == []
