@@ -62,13 +62,13 @@ def export_rows(e, lang: str = "zh", special: bool = False) -> Rows:
     return Rows([words[i] for i in keep], vectors[keep].float().numpy())
 
 
-def check_target(target: Path) -> None:
+def check_target(target: Path, command: str = "export") -> None:
     """Refuse a target inside an xlembed output or work directory (or one itself)."""
     from .workspace import is_work_dir
 
     for directory in (target, target.parent):
         if is_work_dir(directory):  # `-o WORK/corpus.en` would replace a stage's file
-            raise XlembedError(f"{target}: inside the xlembed work directory {directory}; export writes beside "
+            raise XlembedError(f"{target}: inside the xlembed work directory {directory}; {command} writes beside "
                                "the output, never among the files of the stages")
         try:
             manifest = read_json(directory / "manifest.json")
@@ -76,7 +76,7 @@ def check_target(target: Path) -> None:
             continue
         if isinstance(manifest, dict) and manifest.get("kind") == XLEMBED_OUTPUT:
             raise XlembedError(f"{target}: inside the xlembed output directory {directory}; "
-                               "export writes beside it (a rebuild replaces that directory whole)")
+                               f"{command} writes beside it (a rebuild replaces that directory whole)")
 
 
 def write_word2vec(rows: Rows, target: Path, binary: bool = False) -> None:

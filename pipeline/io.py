@@ -362,6 +362,8 @@ def staged_dir(out: Path, check: Callable[[Path], None] | None = None) -> Iterat
     writes, never a live one. `check` refuses an `out` that is not ours to
     replace (check_output_dir: an earlier xlembed output)."""
     out = Path(out)
+    if out.is_symlink():  # the swap would put a directory in the link's place, and the link's target stays
+        raise XlembedError(f"{out}: is a symbolic link; give the directory's own path")
     out.parent.mkdir(parents=True, exist_ok=True)  # -o models/zh: its parent made, as mkdir -p would
     with out_lock(out):
         (check or check_output_dir)(out)

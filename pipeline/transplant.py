@@ -32,6 +32,7 @@ import torch
 
 from .config import PAD, UNK, Oov, Strategy
 from .errors import XlembedError
+from .export import check_target
 from .io import (
     Reporter,
     SilentReporter,
@@ -275,6 +276,8 @@ def portable_tokenizer_config(path: Path) -> None:
 def check_transplant_dir(dest: Path) -> None:
     """Refuse a file, or a non-empty directory that is not an earlier transplant."""
     dest = Path(dest)
+    if dest.is_symlink():  # checked up front too (staged_dir refuses it), before the rows are computed
+        raise XlembedError(f"{dest}: is a symbolic link; give the directory's own path")
     if dest.exists() and not dest.is_dir():
         raise XlembedError(f"{dest}: output path is a file, expected a directory")
     if dest.is_dir() and any(dest.iterdir()):
@@ -306,6 +309,7 @@ def transplant(
     out, dest = Path(out), Path(dest)
     if row_source not in ROW_SOURCES:
         raise XlembedError(f"--rows must be one of {', '.join(ROW_SOURCES)}, got '{row_source}'")
+    check_target(dest, "transplant")  # never inside an output (a rebuild would fail on it) or a work directory
     check_transplant_dir(dest)
     manifest = read_json(require(out / "manifest.json", "write"))
     recorded = manifest.get("parameters", {}).get("encode", {}).get("model")

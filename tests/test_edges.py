@@ -921,3 +921,24 @@ def test_export_never_writes_among_a_work_directorys_files_nor_through_a_directo
     message = one_line_error(cli("export", out, "--format", "model2vec", "-o", tmp_path / "link"))
     assert f"{tmp_path / 'link'}: is a symbolic link" in message
     assert (tmp_path / "link").is_symlink() and list((tmp_path / "models").iterdir()) == []
+
+
+def test_transplant_never_writes_inside_an_output_or_work_directory_nor_over_a_link(work_copy, tmp_path):
+    """`transplant -o OUT/zh` wrote into the build (exit 0), and every later `write`/`run` to OUT failed on
+    the foreign folder; a link to a directory was replaced by one (then `rmtree` failed). Now one line each,
+    nothing written; staged_dir itself refuses a link for every directory xlembed replaces."""
+    from xlembed.io import XlembedError, staged_dir
+
+    work, out = work_copy
+    before = sorted(p.name for p in out.iterdir())
+    for dest, message in ((out / "zh", f"{out / 'zh'}: inside the xlembed output directory {out}; transplant"),
+                          (work / "zh", f"{work / 'zh'}: inside the xlembed work directory {work}; transplant")):
+        assert message in one_line_error(cli("transplant", out, "-o", dest, "--work", work))
+        assert not dest.exists()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "models")
+    assert "link: is a symbolic link" in one_line_error(cli("transplant", out, "-o", tmp_path / "link", "--work", work))
+    with pytest.raises(XlembedError, match="link: is a symbolic link"), staged_dir(tmp_path / "link"):
+        pass
+    assert (tmp_path / "link").is_symlink() and list((tmp_path / "models").iterdir()) == []
+    assert sorted(p.name for p in out.iterdir()) == before
