@@ -67,7 +67,8 @@ def check_target(target: Path, command: str = "export") -> None:
     from .workspace import is_work_dir
 
     for directory in (target, target.parent):
-        if is_work_dir(directory):  # `-o WORK/corpus.en` would replace a stage's file
+        if is_work_dir(directory) and not (directory != target and target.is_dir()):  # `-o WORK/corpus.en`
+            # would replace a stage's file; an existing directory below one is refused on its own terms
             raise XlembedError(f"{target}: inside the xlembed work directory {directory}; {command} writes beside "
                                "the output, never among the files of the stages")
         try:
