@@ -5,7 +5,9 @@ import errno
 import inspect
 import os
 import re
+import signal
 import sys
+import threading
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -84,6 +86,24 @@ class Interrupted(Exception):
     """Ctrl-C, carried past Typer, which turns a KeyboardInterrupt into a silent exit 130."""
 
 
+class Terminated(BaseException):
+    """SIGTERM (`kill`, a batch system's time limit), raised in the main thread as Ctrl-C raises
+    KeyboardInterrupt: the same unwinding (temporaries removed, previous outputs kept, a Ray session
+    left), then one line and exit 143. A BaseException, so no `except Exception` swallows it."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
+def handle_sigterm() -> None:
+    """SIGTERM raises Terminated, unless someone (an embedding program) set a handler of its own."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+        signal.SIG_DFL, _terminated
+    ):
+        signal.signal(signal.SIGTERM, _terminated)
+
+
 def _value_name(param) -> str | None:
     """A metavar that wraps at spaces in a narrow help column: choices as
     `<a | b | c>` (not cut mid-word at 80 columns), ranges by their type
@@ -141,6 +161,7 @@ class OneLineErrors(TyperGroup):
         if not isinstance(sys.stdout, NamedStdout):
             sys.stdout = NamedStdout(sys.stdout)
         _tidy_help(self)  # here: Typer adds its completion options after __init__
+        handle_sigterm()
         try:
             code = super().main(
                 args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
@@ -154,6 +175,8 @@ class OneLineErrors(TyperGroup):
             fail(f"{message} (see `{command} --help`)", e.exit_code)
         except (typer.Abort, Interrupted):
             fail("interrupted", 130)
+        except Terminated:
+            fail("terminated", 128 + signal.SIGTERM)
         except XlembedError as e:
             fail(flags_for_options(str(e)))
         except OSError as e:

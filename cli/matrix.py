@@ -154,9 +154,10 @@ def extend(
     sources = {r.source: 0 for r in added}
     for r in added:
         sources[r.source] += 1
-    err.print(f"[green]✔[/green] added {len(added):,} rows ({extended.manifest['extended'][-1]['oov']}: "
-              + ", ".join(f"{n} {src}" for src, n in sorted(sources.items()))
-              + f"), {len(listed) - len(added):,} already present; {len(extended):,} rows now")
+    how = f" ({extended.manifest['extended'][-1]['oov']}: " + ", ".join(
+        f"{n} {src}" for src, n in sorted(sources.items())) + ")" if added else ""  # none added: no empty "()"
+    err.print(f"[green]✔[/green] added {len(added):,} rows{how}, {len(listed) - len(added):,} already present; "
+              f"{len(extended):,} rows now")
 
 
 @app.command()

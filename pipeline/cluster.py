@@ -37,6 +37,7 @@ import math
 import os
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -45,7 +46,6 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import AutoConfig
 
 from .align import AlignedPart, AlignPart, align, align_part
 from .config import Config, ExecutorConfig, section_dict
@@ -62,6 +62,7 @@ from .encode import (
 from .errors import XlembedError
 from .io import Reporter, SilentReporter, read_lines, require, require_same_counts, save_tensors, write_json_atomic
 from .layout import WorkDir
+from .models import load_config
 from .project import (
     PartSums,
     ProjectionSums,
@@ -105,6 +106,7 @@ def ray_cluster(opts: ExecutorConfig) -> Iterator:
         yield ray
         return
     options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if opts.ray_address:
             ray.init(address=opts.ray_address, **options)
@@ -114,6 +116,9 @@ def ray_cluster(opts: ExecutorConfig) -> Iterator:
         raise XlembedError(
             f"executor.ray_address {opts.ray_address or '(local)'}: cannot start or join Ray: {str(e).splitlines()[0]}"
         )
+    finally:  # ray.init puts its own SIGTERM handler (exit at once, untidily) over the caller's: the caller's again
+        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield ray
     finally:
@@ -436,7 +441,7 @@ def encode_and_project(config: Config, work: WorkDir, executor: "RayExecutor", r
         n_pairs = sum(1 for _ in read_lines(require(work.links, "align")))
         require_same_counts(work.root, "line counts", {"corpus.en": sum(1 for _ in read_lines(work.corpus_en)),
                                                        "align.links": n_pairs}, "align")
-        model_config = AutoConfig.from_pretrained(setup.model_dir)
+        model_config = load_config(setup.model_dir)
         dim = model_config.hidden_size
         job = run_blocks(executor.ray, config, work, key, setup, tables, n_pairs, dim, reporter)
         remove_vectors(work)  # any from an earlier local encode are not these
@@ -449,6 +454,7 @@ def encode_and_project(config: Config, work: WorkDir, executor: "RayExecutor", r
             vectors_kept=False,
             executor=job.executor,
             read=read_keys(work, STAGE_READS["encode"]),
+            wrote={},  # no vectors kept
             seconds=round(time.perf_counter() - start, 3),
         )
         write_json_atomic(work.record("encode"), records["encode"])

@@ -62,16 +62,22 @@ def export_rows(e, lang: str = "zh", special: bool = False) -> Rows:
     return Rows([words[i] for i in keep], vectors[keep].float().numpy())
 
 
-def check_target(target: Path) -> None:
-    """Refuse a target inside an xlembed output directory (or one itself)."""
+def check_target(target: Path, command: str = "export") -> None:
+    """Refuse a target inside an xlembed output or work directory (or one itself)."""
+    from .workspace import is_work_dir
+
     for directory in (target, target.parent):
+        if is_work_dir(directory) and not (directory != target and target.is_dir()):  # `-o WORK/corpus.en`
+            # would replace a stage's file; an existing directory below one is refused on its own terms
+            raise XlembedError(f"{target}: inside the xlembed work directory {directory}; {command} writes beside "
+                               "the output, never among the files of the stages")
         try:
             manifest = read_json(directory / "manifest.json")
         except (OSError, ValueError):
             continue
         if isinstance(manifest, dict) and manifest.get("kind") == XLEMBED_OUTPUT:
             raise XlembedError(f"{target}: inside the xlembed output directory {directory}; "
-                               "export writes beside it (a rebuild replaces that directory whole)")
+                               f"{command} writes beside it (a rebuild replaces that directory whole)")
 
 
 def write_word2vec(rows: Rows, target: Path, binary: bool = False) -> None:
@@ -169,6 +175,8 @@ def _model_card(e, sif: float | None) -> str:
 
 
 def _check_replaceable(target: Path) -> None:
+    if target.is_symlink():  # the swap would put a directory in the link's place
+        raise XlembedError(f"{target}: is a symbolic link; --format model2vec writes a directory, give its own path")
     if target.exists() and not target.is_dir():
         raise XlembedError(f"{target}: is a file; --format model2vec writes a directory")
     if target.is_dir() and any(target.iterdir()):

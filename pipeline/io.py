@@ -166,6 +166,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
         raise XlembedError(f"{path}: is a directory, expected a file path")
+    if path.is_symlink() or path.exists() and not path.is_file():  # the rename would put a file in its place
+        kind = "a symbolic link" if path.is_symlink() else "a device, pipe or socket"
+        raise XlembedError(f"{path}: is {kind}, not a regular file; xlembed replaces the files it writes whole, "
+                           "so give the path of a regular file (export: -o - for standard output)")
     tmp = _temp_name(path, ".tmp")
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
@@ -358,6 +362,8 @@ def staged_dir(out: Path, check: Callable[[Path], None] | None = None) -> Iterat
     writes, never a live one. `check` refuses an `out` that is not ours to
     replace (check_output_dir: an earlier xlembed output)."""
     out = Path(out)
+    if out.is_symlink():  # the swap would put a directory in the link's place, and the link's target stays
+        raise XlembedError(f"{out}: is a symbolic link; give the directory's own path")
     out.parent.mkdir(parents=True, exist_ok=True)  # -o models/zh: its parent made, as mkdir -p would
     with out_lock(out):
         (check or check_output_dir)(out)

@@ -33,14 +33,33 @@ WEIGHT_FILES = (
 
 @contextlib.contextmanager
 def quiet_library() -> Iterator[None]:
-    """transformers' warnings and log lines silenced: what matters reaches the
-    user as our one-line error, not after a screen of library advice."""
-    import transformers
+    """transformers' warnings (Python's `warnings`) and log lines (its logging:
+    a load report of missing weights, "bos_token_id must be None or an integer
+    within the vocabulary", progress bars) silenced while xlembed loads a model,
+    its config or its tokenizer: what matters reaches the user as our one-line
+    error, not after a screen of library advice. The one place xlembed loads
+    them; the caller's verbosity and progress bars are put back after."""
+    from transformers.utils import logging as hf_logging
 
-    transformers.logging.set_verbosity_error()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_config(model_dir: Path):
+    """A model directory's transformers config, quietly."""
+    from transformers import AutoConfig
+
+    with quiet_library():
+        return AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
 
 
 def default_model_dir() -> Path:
@@ -68,7 +87,6 @@ def resolve_model_dir(model: Path | str | None) -> Path:
     """The model directory, checked: it exists, its config is a bidirectional
     (masked-language-model) encoder that gives hidden states, and it has
     weights. Decoders such as GPT-2 and encoder-decoders are refused."""
-    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     path = default_model_dir() if model is None else Path(model)
@@ -77,8 +95,7 @@ def resolve_model_dir(model: Path | str | None) -> Path:
     if not (path / "config.json").exists():
         raise XlembedError(f"{path}: not a model directory (no config.json)")
     try:
-        with quiet_library():
-            config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        config = load_config(path)
     except Exception as e:  # transformers raises many kinds here
         raise XlembedError(f"{path}/config.json: not a transformers model config: {str(e).splitlines()[0]}")
     bidirectional = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -106,8 +123,6 @@ def check_model(model: Path | None, layer: Layer | None = None, max_length: int 
     ids, `layer` within its layers and `max_length` above its special tokens.
     Loads the config and the tokenizer, not the weights. Returns the
     resolved directory."""
-    from transformers import AutoConfig
-
     model_dir = resolve_model_dir(model)
     tokenizer = load_tokenizer(model_dir)
     try:
@@ -116,7 +131,7 @@ def check_model(model: Path | None, layer: Layer | None = None, max_length: int 
         word_ids = None
     if not word_ids or 1 not in word_ids:
         raise XlembedError(f"{model_dir}: its tokenizer does not map word pieces to words (word ids)")
-    n_layers = AutoConfig.from_pretrained(str(model_dir), local_files_only=True).num_hidden_layers
+    n_layers = load_config(model_dir).num_hidden_layers
     if layer is not None:
         layer.indices(n_layers)
     if max_length is not None:
@@ -168,11 +183,8 @@ def load_model_config(model_dir: Path):
 
 def load_encoder(model_dir: Path):
     """Load the encoder of a directory checked by `resolve_model_dir`, in eval mode."""
-    import transformers
     from transformers import AutoModel
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
     try:
         with quiet_library():
             return AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()

@@ -39,7 +39,6 @@ from .io import (
     Reporter,
     SilentReporter,
     atomic_path,
-    read_json,
     read_lines,
     release_freed_memory,
     require,
@@ -47,7 +46,7 @@ from .io import (
     save_tensors,
 )
 from .layout import WorkDir
-from .records import file_hash, fingerprint, run_stage, stage_key
+from .records import file_hash, fingerprint, run_stage, stage_key, valid_record
 from .strategies import Lexicon, rule_for
 
 
@@ -305,7 +304,7 @@ def save_projection(
 def project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), force: bool = False) -> dict:
     """Write per-word vector sums and counts for Chinese (projected) and
     English words; return the record (counts; `skipped` when up to date)."""
-    encode_record = read_json(require(work.record("encode"), "encode"))
+    encode_record = valid_record(work, "encode")
     key, inputs = project_key(config, work, encode_record.get("key"))
 
     def compute() -> dict:

@@ -86,37 +86,86 @@ def changed_output(work: WorkDir, record: dict, missing_ok: bool = False) -> Pat
     return None
 
 
-def read_record(work: WorkDir, stage: str) -> dict | None:
-    """A stage's record, or None when it is missing or not a readable JSON object."""
+# what every reader of a record relies on, per stage: "a.b" is key b of the object at key a. A record
+# without one of these, or with one of another type (hand-edited, truncated, or from xlembed 0.4, whose
+# records had no "read" and "wrote"), is not a valid record: its stage is recomputed by its own command,
+# and a later stage refuses it in one line naming the file
+RECORD_FIELDS = dict(stage=str, key=str, options=dict, counts=dict, read=dict, wrote=dict, seconds=(int, float))
+STAGE_RECORD_FIELDS = {
+    "tokenize": dict(RECORD_FIELDS, inputs=dict),
+    "encode": dict(RECORD_FIELDS, model_sha256=str, dim=int, **{"options.model": str,
+                                                                 "counts.words_truncated": int}),
+    "align": dict(RECORD_FIELDS, **{"options.symmetrization": str}),
+    "project": dict(RECORD_FIELDS, **{"options.strategy": str}),
+}
+
+
+def record_problem(record, stage: str) -> str | None:
+    """Why `record` is not a valid record of `stage` (its first missing or
+    wrong-typed field), or None."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__}"
+    for path, kind in STAGE_RECORD_FIELDS.get(stage, RECORD_FIELDS).items():
+        value = record
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            return f"no `{path}`" + (" (written by xlembed 0.4 or earlier)" if path in ("read", "wrote") else "")
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+            return f"`{path}` is a {type(value).__name__}"
+    for name, stamp in record["wrote"].items():
+        if not (isinstance(stamp, list) and len(stamp) == 2 and all(type(n) is int for n in stamp)):
+            return f"`wrote` of {name} is not [size, mtime]"
+    return None
+
+
+def load_record(work: WorkDir, stage: str) -> tuple[dict | None, str | None]:
+    """A stage's record and None, or None and why it cannot be used
+    (missing, not JSON, or not a valid record of that stage)."""
+    path = work.record(stage)
     try:
-        record = read_json(work.record(stage))
+        record = read_json(path)
+    except FileNotFoundError:
+        return None, "missing"
     except (ValueError, OSError, XlembedError):
-        return None
-    return record if isinstance(record, dict) else None
+        return None, "not a valid record (not valid JSON)"
+    problem = record_problem(record, stage)
+    return (None, f"not a valid record ({problem})") if problem else (record, None)
+
+
+def read_record(work: WorkDir, stage: str) -> dict | None:
+    """A stage's record, or None when it is missing or not a valid record (see RECORD_FIELDS)."""
+    return load_record(work, stage)[0]
+
+
+def valid_record(work: WorkDir, stage: str) -> dict:
+    """A stage's record, valid (see RECORD_FIELDS), else one line naming it and the command to run."""
+    record, problem = load_record(work, stage)
+    if record is None:
+        raise XlembedError(f"{work.record(stage)}: {problem}; run `xlembed {stage}` (or `xlembed run`)")
+    return record
 
 
 def check_chain(work: WorkDir, stage: str, outputs: bool = True) -> dict:
     """The record of `stage`, checked with every record it was computed from:
-    each exists and was computed from the current output of the stages it
-    read, and the outputs of each are as it wrote them; `stage`'s own must all
-    be there, those of the stages before it only where they still are
-    (`xlembed work clean --vectors-only` removes the vectors once projected).
-    Otherwise one line naming the file and the command to run."""
-    record = read_record(work, stage)
-    if record is None:
-        path = work.record(stage)
-        reason = "missing" if not path.exists() else "not a valid record"
-        raise XlembedError(f"{path}: {reason}; run `xlembed {stage}` (or `xlembed run`)")
+    each exists and is valid, was computed from the current output of the
+    stages it read, and the outputs of each are as it wrote them; `stage`'s
+    own must all be there, those of the stages before it only where they
+    still are (`xlembed work clean --vectors-only` removes the vectors once
+    projected). Otherwise one line naming the file and the command to run."""
+    record = valid_record(work, stage)
     changed = changed_output(work, record, missing_ok=not outputs)
     if changed is not None:
         raise XlembedError(f"{changed}: {'missing' if not changed.exists() else 'changed'} since `xlembed {stage}` "
                            f"wrote it; run `xlembed {stage}` again (or `xlembed run`)")
-    for upstream, key in (record.get("read") or {}).items():
-        current = read_record(work, upstream)
-        if current is None or current.get("key") != key:
+    for upstream, key in record["read"].items():
+        if upstream not in STAGE_READS.get(stage, ()):
+            raise XlembedError(f"{work.record(stage)}: not a valid record (it names `{upstream}` in `read`); "
+                               f"run `xlembed {stage}` (or `xlembed run`)")
+        current = check_chain(work, upstream, outputs=False)
+        if current.get("key") != key:
             raise XlembedError(f"{work.record(stage)}: computed from an earlier `xlembed {upstream}` output; "
                                f"run `xlembed {stage}` again (or `xlembed run`)")
-        check_chain(work, upstream, outputs=False)
     return record
 
 

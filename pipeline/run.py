@@ -45,16 +45,79 @@ def check_ray_installed() -> None:
         raise XlembedError("executor.executor ray needs the `ray` package: pip install 'xlembed[ray]'")
 
 
-RAY_CONNECT_SECONDS = 10.0  # how long an explicit --ray-address may take to answer before the job is refused
+RAY_CONNECT_SECONDS = 10.0  # how long a cluster's address may take to accept a connection
+RAY_JOIN_SECONDS = 60.0  # ... and joining it (Ray's own client, in a child process) may take, all told
+
+# run in a child process (so that a Ray client that retries for minutes can be killed): join the
+# cluster at argv[1] ("auto": RAY_ADDRESS, else the last `ray start` on this machine), print what it has
+RAY_PROBE = """
+import json, logging, socket, sys
+def say(**what):
+    print("xlembed-probe " + json.dumps(what), flush=True)
+    sys.exit(0)
+import ray
+from ray._private.services import get_ray_address_from_environment
+address = sys.argv[1]
+try:
+    if address == "auto":
+        address = get_ray_address_from_environment("auto", None)
+except Exception as e:
+    say(error=f"no running Ray cluster found ({str(e).strip().splitlines()[0]})")
+host, _, port = address.removeprefix("ray://").rpartition(":")
+try:
+    socket.create_connection((host, int(port)), timeout=float(sys.argv[2])).close()
+except (OSError, ValueError) as e:
+    reason = f"no answer within {float(sys.argv[2]):.0f} s" if isinstance(e, TimeoutError) else (
+        getattr(e, "strerror", None) or str(e)).lower()
+    say(error=f"cannot reach the cluster at {address} ({reason}); is it started (`ray start --head`)?")
+try:
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+except Exception as e:
+    e = e.__cause__ or e  # ray.init's ConnectionError says only that it failed; its cause says why
+    say(error=f"cannot join Ray at {address}: {(str(e).strip() or type(e).__name__).splitlines()[0]}")
+say(address=address, gpus=ray.cluster_resources().get("GPU", 0),
+    node_cpus=[n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")])
+"""
+
+
+def probe_ray_cluster(address: str) -> dict:
+    """Join the Ray cluster at `address` in a child process, bounded by
+    RAY_JOIN_SECONDS (Ray's client itself retries silently for minutes);
+    returns {address, gpus, node_cpus}, or raises one line naming the option."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    name = f"executor.ray_address {address}"
+    child = subprocess.Popen([sys.executable, "-c", RAY_PROBE, address, str(RAY_CONNECT_SECONDS)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                             text=True, start_new_session=True)
+    try:
+        out, _ = child.communicate(timeout=RAY_JOIN_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise XlembedError(f"{name}: no answer from a Ray cluster within {RAY_JOIN_SECONDS:.0f} s; is it started "
+                           f"(`ray start --head`) and reachable from here?")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)  # the probe and anything its Ray client started
+        child.wait()
+    said = [line for line in out.splitlines() if line.startswith("xlembed-probe ")]
+    if not said:
+        raise XlembedError(f"{name}: cannot join Ray (its client ended with status {child.returncode})")
+    found = json.loads(said[-1].removeprefix("xlembed-probe "))
+    if "error" in found:
+        raise XlembedError(f"{name}: {found['error']}")
+    return found
 
 
 def check_ray_options(opts) -> None:
     """What can be known of Ray before any stage runs: an encoder's
-    --worker-cpus fits this machine when Ray is started here, and an
-    explicit HOST:PORT address answers within RAY_CONNECT_SECONDS (Ray
-    itself would retry for minutes, silently)."""
+    --worker-cpus fits this machine when Ray is started here; an address
+    (auto or HOST:PORT) is joined within RAY_JOIN_SECONDS, and some node of
+    that cluster can hold an encoder (a GPU, or --worker-cpus CPUs)."""
     import os
-    import socket
 
     if not opts.ray_address:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -64,17 +127,18 @@ def check_ray_options(opts) -> None:
                 f"scheduled; use executor.worker_cpus {cpus} or less, or executor.ray_address of a bigger cluster"
             )
         return
-    if opts.ray_address == "auto":
-        return
-    host, _, port = opts.ray_address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise XlembedError(f"executor.ray_address {opts.ray_address}: expected auto, HOST:PORT or ray://HOST:PORT")
-    try:
-        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_SECONDS).close()
-    except OSError as e:
-        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise XlembedError(f"executor.ray_address {opts.ray_address}: cannot reach the cluster ({reason} within "
-                           f"{RAY_CONNECT_SECONDS:.0f} s); is it started (`ray start --head`)?")
+    if opts.ray_address != "auto":
+        host, _, port = opts.ray_address.removeprefix("ray://").rpartition(":")
+        if not host or not port.isdigit():
+            raise XlembedError(f"executor.ray_address {opts.ray_address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    cluster = probe_ray_cluster(opts.ray_address)
+    largest = int(max(cluster["node_cpus"], default=0))
+    if not cluster["gpus"] and largest < opts.worker_cpus:
+        raise XlembedError(
+            f"executor.worker_cpus {opts.worker_cpus}: no node of the Ray cluster at {cluster['address']} has that "
+            f"many CPUs (the largest of its {len(cluster['node_cpus'])} nodes has {largest}, and none a GPU), so no "
+            f"encoder could be scheduled; use executor.worker_cpus {max(1, largest)} or less"
+        )
 
 
 def default_work_dir(out: Path) -> Path:

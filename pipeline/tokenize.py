@@ -165,8 +165,10 @@ def _split_chunk(chunk: list[tuple[str, str]]) -> list[tuple[list[str], list[str
 
 def _ignore_interrupts() -> None:
     """In a worker: Ctrl-C reaches the whole process group; the main process
-    alone handles it (one line, no traceback per worker) and ends the pool."""
+    alone handles it (one line, no traceback per worker) and ends the pool,
+    whose SIGTERM then ends a worker plainly (not through the CLI's handler, inherited)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _chunks(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:

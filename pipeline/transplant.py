@@ -32,6 +32,7 @@ import torch
 
 from .config import PAD, UNK, Oov, Strategy
 from .errors import XlembedError
+from .export import check_target
 from .io import (
     Reporter,
     SilentReporter,
@@ -42,6 +43,7 @@ from .io import (
 )
 from .layout import WorkDir
 from .project import ProjectedWord, link_plan
+from .records import valid_record
 
 CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
 SPECIALS = (PAD, UNK, CLS, SEP, MASK)  # the first ids of a transplant's vocabulary, in this order
@@ -189,7 +191,7 @@ def transplant_rows(out: Path, work: WorkDir, model_dir: Path, row_source: str =
 
 
 def check_same_corpus(out: Path, manifest: dict, work: WorkDir) -> None:
-    tokenized = read_json(require(work.record("tokenize"), "tokenize"))
+    tokenized = valid_record(work, "tokenize")
     if manifest.get("inputs") and tokenized.get("inputs") != manifest["inputs"]:
         raise XlembedError(
             f"{work.root}: not the work directory of {out} (another corpus); pass the build's own with --work"
@@ -242,17 +244,18 @@ def copy_sentence_transformers_files(model_dir: Path, dest: Path) -> list[str]:
 def save_model(dest: Path, model_dir: Path, chinese: TransplantRows) -> dict:
     """The English model with its input embeddings replaced, the tokenizer,
     and sentence-transformers' files, into the (empty) directory `dest`."""
-    from .models import load_encoder, load_tokenizer
+    from .models import load_encoder, load_tokenizer, quiet_library
 
     model = load_encoder(model_dir)
-    model.resize_token_embeddings(len(chinese.tokens))
-    with torch.no_grad():
-        model.get_input_embeddings().weight.copy_(chinese.rows)  # [V, d]
-    model.config.vocab_size, model.config.pad_token_id = len(chinese.tokens), chinese.tokens.index(PAD)
-    model.save_pretrained(str(dest), safe_serialization=True)
-    english_tokenizer = load_tokenizer(model_dir)
-    max_length = min(english_tokenizer.model_max_length, model.config.max_position_embeddings)
-    chinese_tokenizer(chinese.tokens, chinese.freqs, max_length).save_pretrained(str(dest))
+    with quiet_library():  # a special token id beyond the new vocabulary: transformers warns at resize and save
+        model.resize_token_embeddings(len(chinese.tokens))
+        with torch.no_grad():
+            model.get_input_embeddings().weight.copy_(chinese.rows)  # [V, d]
+        model.config.vocab_size, model.config.pad_token_id = len(chinese.tokens), chinese.tokens.index(PAD)
+        model.save_pretrained(str(dest), safe_serialization=True)
+        english_tokenizer = load_tokenizer(model_dir)
+        max_length = min(english_tokenizer.model_max_length, model.config.max_position_embeddings)
+        chinese_tokenizer(chinese.tokens, chinese.freqs, max_length).save_pretrained(str(dest))
     portable_tokenizer_config(dest / "tokenizer_config.json")
     umask = os.umask(0)
     os.umask(umask)
@@ -273,6 +276,8 @@ def portable_tokenizer_config(path: Path) -> None:
 def check_transplant_dir(dest: Path) -> None:
     """Refuse a file, or a non-empty directory that is not an earlier transplant."""
     dest = Path(dest)
+    if dest.is_symlink():  # checked up front too (staged_dir refuses it), before the rows are computed
+        raise XlembedError(f"{dest}: is a symbolic link; give the directory's own path")
     if dest.exists() and not dest.is_dir():
         raise XlembedError(f"{dest}: output path is a file, expected a directory")
     if dest.is_dir() and any(dest.iterdir()):
@@ -304,6 +309,7 @@ def transplant(
     out, dest = Path(out), Path(dest)
     if row_source not in ROW_SOURCES:
         raise XlembedError(f"--rows must be one of {', '.join(ROW_SOURCES)}, got '{row_source}'")
+    check_target(dest, "transplant")  # never inside an output (a rebuild would fail on it) or a work directory
     check_transplant_dir(dest)
     manifest = read_json(require(out / "manifest.json", "write"))
     recorded = manifest.get("parameters", {}).get("encode", {}).get("model")

@@ -12,12 +12,12 @@ import torch
 from .config import PAD, STAGES, UNK, Config, Oov, section_dict
 from .embeddings import Embeddings, VocabRow
 from .errors import XlembedError
-from .io import check_output_dir, read_json, read_word_list, release_freed_memory, require
+from .io import check_output_dir, read_word_list, release_freed_memory
 from .layout import WorkDir
 from .models import model_name
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
-from .records import check_chain
+from .records import check_chain, valid_record
 from .version import __version__
 
 UPSTREAM = STAGES[:-1]  # the stages whose records write reads
@@ -122,7 +122,7 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
     opts = config.write
     check_output_dir(out)
     check_chain(work, "project")  # and through it every record the matrix comes from: current, outputs intact
-    records = {stage: read_json(require(work.record(stage), stage)) for stage in UPSTREAM}
+    records = {stage: valid_record(work, stage) for stage in UPSTREAM}  # each with what build_manifest reads
     projection = load_projection(work)
     user_vocab = read_word_list(opts.vocab) if opts.vocab is not None else None
     # the sums (vocabulary x dimension, float64) are handed over and dropped as soon as they are averaged

@@ -67,7 +67,9 @@ def write_fake_encoding(
         save_file({"vectors": matrix[starts[k]:starts[k + 1]].contiguous()}, str(work.vectors_shard(k)))
     save_file({"sent_offsets": torch.from_numpy(sent_offsets), "word_rows": torch.tensor(word_rows, dtype=torch.int64),
                "shard_starts": torch.tensor(starts, dtype=torch.int64)}, str(work.vectors_index))
-    write_json_atomic(work.record("encode"), {"dim": dim, "counts": {}, "options": {}, "seconds": 0})
+    write_json_atomic(work.record("encode"), {"stage": "encode", "key": "fake", "dim": dim, "model_sha256": "fake",
+                                              "counts": {"words_truncated": 0}, "options": {"model": "fake"},
+                                              "read": {}, "wrote": {}, "seconds": 0})
 
 
 # --- event-driven kills: a command that stops itself at a chosen point ----------------------------

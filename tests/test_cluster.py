@@ -273,3 +273,42 @@ def test_the_drivers_totals_fold_returned_shards_into_a_checkpoint_and_read_back
         assert t.sums.zh_count.tolist() == [1, 2, 1, 3, 2, 0] and t.sums.en_count.tolist() == [9, 0, 1, 0, 1, 1]
         assert t.sums.links_without_vector == 5 and t.counts["words"] == 35
         assert t.ran_on == {"cpu fp32"}
+
+
+def test_sigterm_during_a_ray_run_is_one_line_and_keeps_the_previous_output(local_run, tiny_bert, tmp_path):
+    """SIGTERM while the driver gathers shards from the local Ray it started: `error: terminated`,
+    exit 143, the Ray session left (not Ray's own untidy exit), the previous output as it was.
+    Event-driven: the driver stops itself after its first returned shard; the timeout only guards a hang."""
+    from tests.conftest import start_paused, wait_for_exit
+
+    work = copy_without_records(local_run, tmp_path / "work")
+    out = tmp_path / "out"
+    shutil.copytree(local_run / "out", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    args = ["run", "--tsv", local_run / "c.tsv", "--model", tiny_bert, "--out", out, "--work", work,
+            "--max-length", "24", "--executor", "ray", "--shards", "4", "--worker-cpus", "1", "-q"]
+    proc, said = start_paused(args, "xlembed.cluster:Totals.add", "lambda result, *a, **k: 'added'",
+                              stderr=subprocess.PIPE)
+    assert said == "added", proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    assert wait_for_exit(proc.pid, limit=300), "still running after SIGTERM"  # a guard against a hang only
+    stderr = proc.stderr.read()
+    assert proc.wait() == 143, stderr
+    assert stderr.strip().splitlines() == ["error: terminated"], stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert len(list(work.glob("ray/*/shard-*.safetensors"))) >= 1  # the returned shard, kept for the next run
+
+
+def test_a_worker_size_no_node_of_a_joined_cluster_has_is_refused_before_any_stage(local_ray, local_run, tiny_bert,
+                                                                                    tmp_path):
+    """--ray-address of a 2-CPU cluster with --worker-cpus 64: one line naming --worker-cpus and what the
+    cluster has, exit 2, before tokenize (not when encode starts, after align)."""
+    result = CliRunner().invoke(app, [
+        "run", "--tsv", str(local_run / "c.tsv"), "--model", str(tiny_bert), "--out", str(tmp_path / "out"),
+        "--work", str(tmp_path / "work"), "--executor", "ray", "--ray-address",
+        ray.get_runtime_context().gcs_address, "--worker-cpus", "64", "-q"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: --worker-cpus 64: no node of the Ray cluster at ")
+    assert "the largest of its 1 nodes has 2, and none a GPU" in lines[0] and "use --worker-cpus 2 or less" in lines[0]
+    assert not (tmp_path / "work").exists()

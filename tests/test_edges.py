@@ -628,9 +628,54 @@ def test_links_outside_their_pair_and_a_bad_lexicon_line_are_one_line_errors(tmp
 def test_a_truncated_record_is_named(work_copy):
     work, out = work_copy
     (work / "project.json").write_text('{"stage": "proj')
-    assert "project.json: not a valid record; run `xlembed project`" in one_line_error(
+    assert "project.json: not a valid record (not valid JSON); run `xlembed project`" in one_line_error(
         cli("write", "--work", work, "--out", out, "-q")
     )
+
+
+def edit_record(path: Path, change) -> None:
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps(change(record)))
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (lambda r: {k: v for k, v in r.items() if k != "counts"}, "no `counts`"),
+        (lambda r: dict(r, counts=[]), "`counts` is a list"),
+        (lambda r: dict(r, counts={}), "no `counts.words_truncated`"),
+        (lambda r: dict(r, counts=dict(r["counts"], words_truncated="0")), "`counts.words_truncated` is a str"),
+        (lambda r: dict(r, model_sha256=None), "no `model_sha256`"),
+        (lambda r: dict(r, wrote={"vectors/index.safetensors": 3}), "`wrote` of vectors/index.safetensors is not"),
+        (lambda r: [], "not a JSON object but list"),
+    ],
+)
+def test_a_hand_edited_encode_record_is_one_line_naming_it(work_copy, change, problem):
+    """An encode.json without counts (or with a field of the wrong type): write reads every record through
+    one validating reader, so one line naming the file, exit 2, and the previous output as it was."""
+    work, out = work_copy
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    edit_record(work / "encode.json", change)
+    message = one_line_error(cli("write", "--work", work, "--out", out, "-q"))
+    assert f"encode.json: not a valid record ({problem}" in message and "run `xlembed encode`" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert "encode.json: not a valid record" in one_line_error(cli("project", "--work", work, "-q"))
+
+
+def test_records_from_xlembed_0_4_are_refused_by_write_and_recomputed_by_run(work_copy, corpus, tiny_bert):
+    """Records without `read` and `wrote` (xlembed 0.4 wrote none) cannot be checked: a later stage refuses
+    them in one line naming the file; `run` recomputes them (0.4's keys do not match anyway)."""
+    work, out = work_copy
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for stage in ("tokenize", "encode", "align", "project"):
+        edit_record(work / f"{stage}.json", lambda r: {k: v for k, v in r.items() if k not in ("read", "wrote")})
+    message = one_line_error(cli("write", "--work", work, "--out", out, "-q"))
+    assert "not a valid record (no `read` (written by xlembed 0.4 or earlier))" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    result = cli("run", "--tsv", corpus, "--model", tiny_bert, "--work", work, "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert all("wrote" in json.loads((work / f"{s}.json").read_text()) for s in ("tokenize", "encode", "project"))
+    assert cli("verify", out).exit_code == 0
 
 
 def test_a_work_directory_tokenized_from_another_corpus_is_stale_not_mixed(work_copy, tiny_bert, tmp_path):
@@ -705,6 +750,38 @@ def test_ray_options_that_cannot_work_are_refused_before_any_stage(tmp_path, cor
     assert not (tmp_path / "work").exists()
 
 
+def test_ray_address_auto_is_bounded_like_any_address(tmp_path, corpus, tiny_bert, monkeypatch):
+    """`--ray-address auto` resolved (RAY_ADDRESS, else the last `ray start`) to a cluster that is not
+    there: one line naming the option, exit 2, before any stage (Ray itself retries for minutes)."""
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    result = cli(*run_args(corpus, tiny_bert, tmp_path, "--executor", "ray", "--ray-address", "auto"))
+    assert "--ray-address auto: cannot reach the cluster at 127.0.0.1:1" in one_line_error(result)
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("address", ["auto", "HOST:PORT"])
+def test_a_ray_address_that_accepts_but_never_answers_is_refused_in_bounded_time(tmp_path, corpus, tiny_bert,
+                                                                                  monkeypatch, address):
+    """A port that takes the connection and then says nothing (Ray's client would wait and retry for
+    minutes): joining is bounded (RAY_JOIN_SECONDS, made short here), then one line naming the option."""
+    import importlib
+    import socket
+
+    pytest.importorskip("ray")
+    silent = socket.create_server(("", 0), backlog=16)  # listens; never accepts, never answers
+    try:
+        where = f"127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("RAY_ADDRESS", where)
+        monkeypatch.setattr(importlib.import_module("xlembed.run"), "RAY_JOIN_SECONDS", 1.0)
+        given = where if address == "HOST:PORT" else "auto"
+        result = cli(*run_args(corpus, tiny_bert, tmp_path, "--executor", "ray", "--ray-address", given))
+        assert f"--ray-address {given}: no answer from a Ray cluster within 1 s" in one_line_error(result)
+        assert not (tmp_path / "work").exists()
+    finally:
+        silent.close()
+
+
 def test_an_encoder_no_node_can_hold_is_a_one_line_error():
     from xlembed.cluster import plan_encoders
     from xlembed.config import ExecutorConfig
@@ -723,3 +800,145 @@ def test_an_encoder_no_node_can_hold_is_a_one_line_error():
     ):
         plan_encoders(TwoSmallNodes(), ExecutorConfig(worker_cpus=6))
     assert plan_encoders(TwoSmallNodes(), ExecutorConfig(worker_cpus=4)).count == 2
+
+
+def test_an_out_that_is_a_mount_point_is_refused_before_any_stage(tmp_path, corpus, tiny_bert, monkeypatch):
+    """--out on a mount point cannot be swapped for a new build: one line, before tokenize (no work directory)."""
+    import os.path
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == out or real(p))
+    message = one_line_error(cli(*run_args(corpus, tiny_bert, tmp_path)))
+    assert f"{out}: --out is a mount point, which cannot be replaced" in message
+    assert not (tmp_path / "work").exists() and list(out.iterdir()) == []
+
+
+def test_sigterm_during_a_local_run_is_one_line_and_keeps_the_previous_output(work_copy, corpus, tiny_bert):
+    """SIGTERM (a batch system's time limit) mid-run, here after align: `error: terminated`, exit 143, no
+    traceback, the previous output as it was. Event-driven: the command stops itself after align."""
+    import signal
+    import subprocess
+
+    from tests.conftest import start_paused, wait_for_exit
+
+    work, out = work_copy
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    args = ["run", "--tsv", corpus, "--model", tiny_bert, "--work", work, "--out", out, "--force", "-q"]
+    proc, said = start_paused(args, "xlembed.align:align", "lambda result, *a, **k: 'aligned'", stderr=subprocess.PIPE)
+    assert said == "aligned", proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    assert wait_for_exit(proc.pid), "still running after SIGTERM"  # a guard against a hang only
+    stderr = proc.stderr.read()
+    assert proc.wait() == 143 and stderr.strip().splitlines() == ["error: terminated"], stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.fixture(scope="module")
+def warning_bert(tmp_path_factory) -> Path:
+    """A tiny BERT that makes transformers warn through both its channels: a config whose special token ids
+    lie outside the vocabulary ("bos_token_id must be `None` or an integer within the vocabulary", logging),
+    and a checkpoint without the pooler's weights (a load report of missing weights)."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import make_tiny_bert
+
+    model = make_tiny_bert(tmp_path_factory.mktemp("warning-bert"), layers=4)
+    weights = {k: v for k, v in load_file(str(model / "model.safetensors")).items() if "pooler" not in k}
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(dict(config, bos_token_id=100_000, pad_token_id=-1)))
+    return model
+
+
+def test_transformers_warnings_never_reach_stderr(warning_bert, corpus, tmp_path):
+    """With transformers made as talkative as it gets (TRANSFORMERS_VERBOSITY=info, every Python warning
+    shown), a run that succeeds prints nothing, one that fails prints only its one line, and a transplant
+    (which resizes the vocabulary below the special token ids) only its summary."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="info", PYTHONWARNINGS="always")
+
+    def xlembed(*args):
+        return subprocess.run([sys.executable, "-m", "xlembed.cli", *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=600)
+
+    args = ["run", "--tsv", corpus, "--model", warning_bert, "--work", tmp_path / "w", "-q"]
+    done = xlembed(*args, "--out", tmp_path / "o")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    failed = xlembed(*args, "--out", tmp_path / "o2", "--layer", "99")
+    assert failed.returncode == 2 and failed.stderr.splitlines() == [
+        "error: --layer 99 is out of range: the model has 4 layers (0 = embeddings, -1 = last)"
+    ], failed.stderr
+    transplanted = xlembed("transplant", tmp_path / "o", "-o", tmp_path / "zh-model", "--work", tmp_path / "w")
+    lines = transplanted.stderr.splitlines()
+    assert transplanted.returncode == 0 and len(lines) == 1 and lines[0].startswith("✔ wrote "), transplanted.stderr
+
+
+def test_loading_a_model_leaves_the_callers_transformers_verbosity_as_it_was(warning_bert):
+    """xlembed silences transformers only while it loads: a program that set its own verbosity keeps it."""
+    from transformers.utils import logging as hf_logging
+
+    from xlembed.models import check_model
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    try:
+        check_model(warning_bert)
+        assert hf_logging.get_verbosity() == hf_logging.WARNING
+    finally:
+        hf_logging.set_verbosity(before)
+
+
+def test_export_never_renames_over_a_device_pipe_or_link(built, tmp_path):
+    """`export -o /dev/full` used to say "wrote 300 rows" and put a regular file in the device's place (the
+    atomic rename): a path that is not a regular file is refused in one line and left as it was. Tested with
+    a named pipe and a symbolic link (never a real device: a regression would replace it)."""
+    import os
+
+    fifo, real, link = tmp_path / "fifo", tmp_path / "real.txt", tmp_path / "link.txt"
+    os.mkfifo(fifo)
+    real.write_text("mine\n")
+    link.symlink_to(real)
+    for target, kind in ((fifo, "a device, pipe or socket"), (link, "a symbolic link")):
+        assert f"{target}: is {kind}, not a regular file" in one_line_error(cli("export", built, "-o", target))
+    assert fifo.is_fifo() and link.is_symlink() and real.read_text() == "mine\n"
+
+
+def test_export_never_writes_among_a_work_directorys_files_nor_through_a_directory_link(work_copy, tmp_path):
+    """`export -o WORK/corpus.en` replaced a stage's file (exit 0); a model2vec export to a link to a
+    directory put a directory in the link's place and then failed on `rmtree`. Both: one line, nothing changed."""
+    work, out = work_copy
+    corpus = (work / "corpus.en").read_bytes()
+    message = one_line_error(cli("export", out, "-o", work / "corpus.en"))
+    assert f"{work / 'corpus.en'}: inside the xlembed work directory {work}" in message
+    assert (work / "corpus.en").read_bytes() == corpus
+    (tmp_path / "models").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "models")
+    message = one_line_error(cli("export", out, "--format", "model2vec", "-o", tmp_path / "link"))
+    assert f"{tmp_path / 'link'}: is a symbolic link" in message
+    assert (tmp_path / "link").is_symlink() and list((tmp_path / "models").iterdir()) == []
+
+
+def test_transplant_never_writes_inside_an_output_or_work_directory_nor_over_a_link(work_copy, tmp_path):
+    """`transplant -o OUT/zh` wrote into the build (exit 0), and every later `write`/`run` to OUT failed on
+    the foreign folder; a link to a directory was replaced by one (then `rmtree` failed). Now one line each,
+    nothing written; staged_dir itself refuses a link for every directory xlembed replaces."""
+    from xlembed.io import XlembedError, staged_dir
+
+    work, out = work_copy
+    before = sorted(p.name for p in out.iterdir())
+    for dest, message in ((out / "zh", f"{out / 'zh'}: inside the xlembed output directory {out}; transplant"),
+                          (work / "zh", f"{work / 'zh'}: inside the xlembed work directory {work}; transplant")):
+        assert message in one_line_error(cli("transplant", out, "-o", dest, "--work", work))
+        assert not dest.exists()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "models")
+    assert "link: is a symbolic link" in one_line_error(cli("transplant", out, "-o", tmp_path / "link", "--work", work))
+    with pytest.raises(XlembedError, match="link: is a symbolic link"), staged_dir(tmp_path / "link"):
+        pass
+    assert (tmp_path / "link").is_symlink() and list((tmp_path / "models").iterdir()) == []
+    assert sorted(p.name for p in out.iterdir()) == before
