@@ -171,11 +171,10 @@ def load_tokenizer(model_dir: Path):
 def load_model_config(model_dir: Path):
     """The model's config, and its model class imported (on the calling
     thread: the weights may then load on another without importing)."""
-    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+    config = load_config(model_dir)
     with quiet_library():
-        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
         if type(config) in MODEL_MAPPING:
             MODEL_MAPPING[type(config)]  # noqa: B018 - the import is what is wanted
     return config
