@@ -96,7 +96,9 @@ def prepare(task, max_length: int) -> Data:
     cut = segmenter()
     train_tokens = [cut(e.text) for e in split.train]
     freq = Counter(w for words in train_tokens for w in words)
-    vocab = [PAD, UNK] + [w for w, _ in sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))]
+    # a word xlembed's --vocab refuses (a private-use character, e.g. an emoji glyph: not printable) is [UNK]
+    usable = {w: n for w, n in freq.items() if w.isprintable() and len(w.split()) == 1}
+    vocab = [PAD, UNK] + [w for w, _ in sorted(usable.items(), key=lambda kv: (-kv[1], kv[0]))]
     index = {w: i for i, w in enumerate(vocab)}
 
     def ids(words: list[str]) -> list[int]:
@@ -348,6 +350,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--max-length", type=int, default=Settings().max_length)
     p.add_argument("--epochs", type=int, default=Settings().epochs)
+    p.add_argument("--min-steps", type=int, default=Settings().min_steps)
+    p.add_argument("--lr", type=float, default=Settings().lr)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a busy machine more only spin)")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", action="store_true", help="print the table to stdout")
@@ -390,7 +394,7 @@ def main() -> None:
         print(markdown(summarise(cells), sorted({c.n for c in cells}, key=lambda n: math.inf if n is None else n)))
         return
     torch.set_num_threads(args.threads)
-    s = Settings(max_length=args.max_length, epochs=args.epochs)
+    s = Settings(max_length=args.max_length, epochs=args.epochs, min_steps=args.min_steps, lr=args.lr)
     datasets = [prepare(t, s.max_length) for t in load_tasks(args)]
     if args.write_vocab:
         args.write_vocab.mkdir(parents=True, exist_ok=True)

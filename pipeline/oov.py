@@ -126,15 +126,31 @@ class Filler:
     def fill(self, word: str, strategy: str) -> tuple[torch.Tensor | None, str]:
         """(row, source) for a word without a projected row; (None, "random")
         when the strategy cannot reach it."""
+        rows, sources = self.fill_many([word], strategy)
+        return (None if sources[0] == "random" else rows[0].to(self.rows.dtype)), sources[0]
+
+    def fill_many(self, words: list[str], strategy: str) -> tuple[torch.Tensor, list[str]]:
+        """Rows [N, d] (float64; zeros where unreached) and sources for words
+        without a projected row, as `fill` gives each: `pinyin` first tries
+        a same-sound variant, then every word still unreached is composed
+        from its characters in one `compose` call (per word it cost a call
+        of a few tensor operations each, which dominated the stage)."""
+        rows = torch.zeros((len(words), self.rows.shape[1]), dtype=torch.float64)
+        sources = ["random"] * len(words)
+        pending = list(range(len(words))) if strategy in ("chars", "pinyin") else []
         if strategy == "pinyin":
-            row = self.pinyin(word)
-            if row is not None:
-                return row, "pinyin"
-        if strategy in ("chars", "pinyin"):
-            row = self.chars(word)
-            if row is not None:
-                return row, "chars"
-        return None, "random"
+            for i, word in enumerate(words):
+                row = self.pinyin(word)
+                if row is not None:
+                    rows[i], sources[i] = row, "pinyin"
+            pending = [i for i in pending if sources[i] == "random"]
+        if pending:
+            composed, has = self.compose([words[i] for i in pending])
+            reached = torch.tensor(pending, dtype=torch.int64)[has]
+            rows[reached] = composed[has].to(torch.float64)
+            for i in reached.tolist():
+                sources[i] = "chars"
+        return rows, sources
 
 
 def fill_rows(words: list[str], strategy: str, filler: Filler | None, mean: torch.Tensor, std: torch.Tensor,
@@ -142,14 +158,10 @@ def fill_rows(words: list[str], strategy: str, filler: Filler | None, mean: torc
     """Rows (float64) and sources for words without a projected row: the
     strategy's rows, and random rows (drawn in the words' order with `seed`)
     where it cannot reach. `filler` may be None for `random`."""
-    rows = torch.zeros((len(words), mean.numel()), dtype=torch.float64)
-    sources, need_random = [], []
-    for i, word in enumerate(words):
-        row, source = filler.fill(word, strategy) if filler is not None else (None, "random")
-        if row is None:
-            need_random.append(i)
-        else:
-            rows[i] = row
-        sources.append(source)
+    if filler is None:
+        rows, sources = torch.zeros((len(words), mean.numel()), dtype=torch.float64), ["random"] * len(words)
+    else:
+        rows, sources = filler.fill_many(words, strategy)
+    need_random = [i for i, source in enumerate(sources) if source == "random"]
     rows[need_random] = random_rows(len(need_random), mean, std, seed)
     return rows, sources

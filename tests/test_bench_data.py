@@ -44,3 +44,15 @@ def test_no_test_example_is_trained_on(tmp_path):
     train_words = {w for words in data.train_tokens for w in words}
     assert set(data.vocab[2:]) == train_words and data.vocab[:2] == ["[PAD]", "[UNK]"]
     assert len(data.test_ids) == len(split.test)
+
+
+def test_words_xlembed_refuses_in_a_vocabulary_are_unknown(tmp_path):
+    # a private-use character (an emoji glyph in shopping reviews) is not printable: `xlembed write --vocab`
+    # refuses it, so the task vocabulary leaves it out and the texts holding it read it as [UNK]
+    csv = tmp_path / "task.csv"
+    rows = [(f"好吃\ue411{i}", str(i % 2)) for i in range(40)]
+    csv.write_text("label,review\n" + "".join(f"{lab},{text}\n" for text, lab in rows), encoding="utf-8")
+    data = downstream.prepare(tasks.read_task(csv, text="review", label="label"), max_length=8)
+    assert "\ue411" in {w for words in data.train_tokens for w in words}
+    assert all(w.isprintable() and len(w.split()) == 1 for w in data.vocab)
+    assert "\ue411" not in data.vocab and all(1 in ids for ids in data.train_ids)

@@ -7,7 +7,7 @@ from xlembed.config import PAD, UNK
 from xlembed.embeddings import format_vocab_tsv
 from xlembed.errors import XlembedError
 from xlembed.io import read_word_list
-from xlembed.oov import Filler, pinyin_of
+from xlembed.oov import Filler, fill_rows, pinyin_of, random_rows
 from xlembed.project import ProjectedWord
 from xlembed.write import build_matrix
 
@@ -102,3 +102,41 @@ def test_bad_oov_strategy_and_vocabulary_files(tmp_path):
     (tmp_path / "v.txt").write_text("猫\n\n狗\n", encoding="utf-8")
     with pytest.raises(XlembedError, match=r"v.txt:2: expected one word per line"):
         read_word_list(tmp_path / "v.txt")
+
+
+MANY = ["猫咪", "🐱🐶", "帐号", "小狗", "猫", "号码", "浩", "🐶"]
+
+
+@pytest.mark.parametrize("strategy", ["chars", "pinyin", "random"])
+def test_filling_many_words_at_once_gives_each_word_its_own_row_bit_for_bit(strategy):
+    # one batched compose over every word must equal composing each word alone (the former per-word path)
+    f, _ = filler()
+    f32 = Filler(WORDS, f.rows.float(), FREQ)  # write's rows are float32
+    for fl in (f, f32):
+        rows, sources = fl.fill_many(MANY, strategy)
+        assert rows.dtype == torch.float64 and rows.shape == (len(MANY), 2)
+        for i, word in enumerate(MANY):
+            alone = fl.pinyin(word) if strategy == "pinyin" else None
+            source = "pinyin" if alone is not None else "random"
+            if alone is None and strategy != "random":
+                alone = fl.chars(word)
+                source = "chars" if alone is not None else "random"
+            assert sources[i] == source, word
+            if alone is None:
+                assert rows[i].tolist() == [0.0, 0.0]
+            else:
+                assert torch.equal(rows[i], alone.double()), word
+    assert f.fill_many(MANY, "pinyin")[1] == ["chars", "random", "pinyin", "chars", "chars", "chars", "chars", "random"]
+
+
+def test_fill_rows_draws_random_rows_in_order_for_the_unreached_words_only():
+    f, _ = filler()
+    mean, std = torch.tensor([1.0, -1.0], dtype=torch.float64), torch.tensor([0.5, 2.0], dtype=torch.float64)
+    rows, sources = fill_rows(MANY, "chars", f, mean, std, seed=7)
+    unreached = [i for i, s in enumerate(sources) if s == "random"]
+    assert unreached == [1, 7]
+    assert torch.equal(rows[unreached], random_rows(2, mean, std, 7))
+    composed, has = f.compose([MANY[i] for i in range(len(MANY)) if i not in unreached])
+    assert bool(has.all()) and torch.equal(rows[[i for i in range(len(MANY)) if i not in unreached]], composed)
+    all_random, all_sources = fill_rows(MANY, "random", None, mean, std, seed=7)
+    assert all_sources == ["random"] * len(MANY) and torch.equal(all_random, random_rows(len(MANY), mean, std, 7))
