@@ -75,7 +75,10 @@ def write_fake_encoding(
 # --- event-driven kills: a command that stops itself at a chosen point ----------------------------
 
 PAUSE_AT = """
-import functools, importlib, sys, threading
+import functools, importlib, signal, sys, threading
+# Ctrl-C as at a terminal: a shell that starts a job in the background (`make test &`, nohup)
+# hands it SIGINT ignored, and Python then keeps it ignored in every child
+signal.signal(signal.SIGINT, signal.default_int_handler)
 module, name, condition = importlib.import_module(sys.argv[1]), sys.argv[2], eval(sys.argv[3])
 *path, name = name.split(".")  # a function, or Class.method
 owner = functools.reduce(getattr, path, module)
