@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -121,8 +122,28 @@ def ray_cluster(opts: ExecutorConfig) -> Iterator:
             signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield ray
+    except BaseException:  # an error, Ctrl-C or SIGTERM: the caller prints its one line after this
+        with stderr_descriptor_silenced():
+            ray.shutdown()
+        raise
+    ray.shutdown()
+
+
+@contextlib.contextmanager
+def stderr_descriptor_silenced() -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null for the block. Leaving Ray after an
+    error or a signal, its C++ core writes log lines of its own (`task_manager.cc:
+    Failed to push error to driver …`) straight to the descriptor, past Python's
+    sys.stderr, before xlembed's one-line error."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
     finally:
-        ray.shutdown()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class Encoders(NamedTuple):
