@@ -35,7 +35,7 @@ import torch
 from .config import PAD, UNK
 from .config import ExportFormat as Format
 from .errors import XlembedError
-from .io import XLEMBED_OUTPUT, _temp_name, atomic_path, read_json
+from .io import XLEMBED_OUTPUT, _temp_name, atomic_path, read_json, refuse_link
 
 DEFAULT_SUFFIX = {Format.word2vec: ".word2vec.txt", Format.word2vec_bin: ".word2vec.bin", Format.gensim: ".kv",
                   Format.model2vec: ".model2vec"}
@@ -175,8 +175,7 @@ def _model_card(e, sif: float | None) -> str:
 
 
 def _check_replaceable(target: Path) -> None:
-    if target.is_symlink():  # the swap would put a directory in the link's place
-        raise XlembedError(f"{target}: is a symbolic link; --format model2vec writes a directory, give its own path")
+    refuse_link(target)
     if target.exists() and not target.is_dir():
         raise XlembedError(f"{target}: is a file; --format model2vec writes a directory")
     if target.is_dir() and any(target.iterdir()):

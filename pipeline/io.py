@@ -353,6 +353,13 @@ def out_lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def refuse_link(directory: Path) -> None:
+    """A directory xlembed replaces whole is never a symbolic link: the swap
+    would put a directory in the link's place, and the link's target would stay."""
+    if Path(directory).is_symlink():
+        raise XlembedError(f"{directory}: is a symbolic link; give the directory's own path")
+
+
 @contextlib.contextmanager
 def staged_dir(out: Path, check: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield an empty staging directory beside `out`; on success it replaces
@@ -362,8 +369,7 @@ def staged_dir(out: Path, check: Callable[[Path], None] | None = None) -> Iterat
     writes, never a live one. `check` refuses an `out` that is not ours to
     replace (check_output_dir: an earlier xlembed output)."""
     out = Path(out)
-    if out.is_symlink():  # the swap would put a directory in the link's place, and the link's target stays
-        raise XlembedError(f"{out}: is a symbolic link; give the directory's own path")
+    refuse_link(out)
     out.parent.mkdir(parents=True, exist_ok=True)  # -o models/zh: its parent made, as mkdir -p would
     with out_lock(out):
         (check or check_output_dir)(out)

@@ -37,6 +37,7 @@ from .io import (
     Reporter,
     SilentReporter,
     read_json,
+    refuse_link,
     require,
     staged_dir,
     write_json_atomic,
@@ -276,8 +277,7 @@ def portable_tokenizer_config(path: Path) -> None:
 def check_transplant_dir(dest: Path) -> None:
     """Refuse a file, or a non-empty directory that is not an earlier transplant."""
     dest = Path(dest)
-    if dest.is_symlink():  # checked up front too (staged_dir refuses it), before the rows are computed
-        raise XlembedError(f"{dest}: is a symbolic link; give the directory's own path")
+    refuse_link(dest)  # up front, before the rows are computed (staged_dir checks it again)
     if dest.exists() and not dest.is_dir():
         raise XlembedError(f"{dest}: output path is a file, expected a directory")
     if dest.is_dir() and any(dest.iterdir()):
