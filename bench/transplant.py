@@ -55,6 +55,7 @@ from xlembed.transplant import (
     save_model,
     static_rows,
     transplant_rows,
+    transplanted_model,
 )
 
 MODELS = Path("/work/xl-bench/transplant/models")
@@ -101,7 +102,7 @@ def saved(name: str, chinese: TransplantRows, model_dir: Path) -> Path:
 
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    save_model(dest, model_dir, chinese)
+    save_model(dest, model_dir, transplanted_model(model_dir, chinese))
     return dest
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 from xlembed.config import ExportFormat as Format
 from xlembed.config import Oov
 
-from ._util import JsonFlag, OutDirArg, app, err, fail, out, print_table
+from ._util import JsonFlag, OutDirArg, Quiet, Reporter, app, err, fail, out, print_table
 
 
 def _lang(value: str) -> str:
@@ -249,6 +249,16 @@ def transplant(
             "aligned to (by the build's rule); matrix: the build's own rows (e.g. built with --layer 0)."
         ),
     ] = "static",
+    distill: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            metavar="EPOCHS",
+            help="Then train the Chinese rows for this many passes over the build corpus (fractions allowed) so each "
+            "Chinese sentence's embedding matches the English model's of its translation (layers kept). 0: none.",
+        ),
+    ] = 0.0,
+    quiet: Quiet = False,
 ):
     """A Chinese model from the English one: its layers, Chinese input rows and a Chinese tokenizer.
 
@@ -256,9 +266,19 @@ def transplant(
     and SentenceTransformer(DIR) where the English model is a sentence-transformers model.
 
     Example: xlembed transplant runs/demo -o runs/demo-zh-model"""
+    from xlembed.distill import DistillOptions
     from xlembed.transplant import transplant as transplant_model
 
-    record = transplant_model(out_dir, output, model, work, rows)
+    record = transplant_model(out_dir, output, model, work, rows, Reporter(quiet), DistillOptions(epochs=distill))
+    if not quiet:
+        err.print(f"[green]✔[/green] wrote {escape(str(output))}: {transplant_summary(record)}")
+
+
+def transplant_summary(record: dict) -> str:
     sources = ", ".join(f"{n:,} {source}" for source, n in record["row_sources"].items())
-    shape = f"{record['vocab_size']:,} × {record['dim']}"
-    err.print(f"[green]✔[/green] wrote {escape(str(output))}: {shape} input rows ({sources})")
+    summary = f"{record['vocab_size']:,} × {record['dim']} input rows ({sources})"
+    trained = record.get("distill")
+    if trained:
+        summary += (f"; rows distilled over {trained['pairs']:,} sentence pairs, {trained['steps']:,} steps, "
+                    f"loss {trained['loss_first']:.4g} → {trained['loss_last']:.4g}")
+    return summary

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .config import PAD, UNK, Oov, Strategy
+from .distill import DistillOptions, corpus_pairs, distill_rows, sentence_pooling
 from .errors import XlembedError
 from .export import check_target
 from .io import (
@@ -242,9 +243,14 @@ def copy_sentence_transformers_files(model_dir: Path, dest: Path) -> list[str]:
     return copied
 
 
-def save_model(dest: Path, model_dir: Path, chinese: TransplantRows) -> dict:
-    """The English model with its input embeddings replaced, the tokenizer,
-    and sentence-transformers' files, into the (empty) directory `dest`."""
+class TransplantedModel(NamedTuple):
+    model: object  # the English model with the Chinese input rows (transformers' PreTrainedModel)
+    tokenizer: object  # the Chinese tokenizer (transformers' PreTrainedTokenizerFast)
+
+
+def transplanted_model(model_dir: Path, chinese: TransplantRows) -> TransplantedModel:
+    """The English model with its input embeddings replaced by `chinese`'s
+    rows and `vocab_size` updated, and the Chinese tokenizer, in memory."""
     from .models import load_encoder, load_tokenizer, quiet_library
 
     model = load_encoder(model_dir)
@@ -253,10 +259,19 @@ def save_model(dest: Path, model_dir: Path, chinese: TransplantRows) -> dict:
         with torch.no_grad():
             model.get_input_embeddings().weight.copy_(chinese.rows)  # [V, d]
         model.config.vocab_size, model.config.pad_token_id = len(chinese.tokens), chinese.tokens.index(PAD)
-        model.save_pretrained(str(dest), safe_serialization=True)
         english_tokenizer = load_tokenizer(model_dir)
-        max_length = min(english_tokenizer.model_max_length, model.config.max_position_embeddings)
-        chinese_tokenizer(chinese.tokens, chinese.freqs, max_length).save_pretrained(str(dest))
+    max_length = min(english_tokenizer.model_max_length, model.config.max_position_embeddings)
+    return TransplantedModel(model, chinese_tokenizer(chinese.tokens, chinese.freqs, max_length))
+
+
+def save_model(dest: Path, model_dir: Path, transplanted: TransplantedModel) -> dict:
+    """The transplanted model, its tokenizer, and sentence-transformers'
+    files of `model_dir`, into the (empty) directory `dest`."""
+    from .models import quiet_library
+
+    with quiet_library():
+        transplanted.model.save_pretrained(str(dest), safe_serialization=True)
+        transplanted.tokenizer.save_pretrained(str(dest))
     portable_tokenizer_config(dest / "tokenizer_config.json")
     umask = os.umask(0)
     os.umask(umask)
@@ -298,17 +313,21 @@ def transplant(
     work: Path | None = None,
     row_source: str = "static",
     reporter: Reporter = SilentReporter(),
+    distill: DistillOptions = DistillOptions(epochs=0),
 ) -> dict:
     """Write the transplanted model of the build in `out` to `dest`
     (replaced as a whole, or not at all). `model`: the build's encode model
-    by default; `work`: OUT.work beside OUT by default. Returns the record
-    written to dest/xlembed_transplant.json."""
+    by default; `work`: OUT.work beside OUT by default; `distill.epochs` > 0:
+    then train the Chinese rows on the build corpus (distill.py). Returns
+    the record written to dest/xlembed_transplant.json."""
     from .models import resolve_model_dir
     from .run import default_work_dir
 
     out, dest = Path(out), Path(dest)
     if row_source not in ROW_SOURCES:
         raise XlembedError(f"--rows must be one of {', '.join(ROW_SOURCES)}, got '{row_source}'")
+    if not distill.epochs >= 0:
+        raise XlembedError(f"--distill must be 0 or more epochs, got {distill.epochs}")
     check_target(dest, "transplant")  # never inside an output (a rebuild would fail on it) or a work directory
     check_transplant_dir(dest)
     manifest = read_json(require(out / "manifest.json", "write"))
@@ -319,7 +338,7 @@ def transplant(
     work_dir = WorkDir(Path(work) if work is not None else default_work_dir(out))
     with reporter.task("transplant rows", None, "steps"):
         chinese = transplant_rows(out, work_dir, model_dir, row_source)
-    sources = {s: chinese.sources.count(s) for s in dict.fromkeys(chinese.sources)}
+    transplanted = transplanted_model(model_dir, chinese)
     record = dict(
         kind=TRANSPLANT,
         build=str(out.resolve()),
@@ -327,9 +346,23 @@ def transplant(
         rows=row_source,
         vocab_size=len(chinese.tokens),
         dim=int(chinese.rows.shape[1]),
-        row_sources=sources,
+        row_sources={s: chinese.sources.count(s) for s in dict.fromkeys(chinese.sources)},
     )
+    if distill.epochs > 0:
+        record["distill"] = distilled(transplanted, model_dir, work_dir, distill, reporter)
     with staged_dir(dest, check=check_transplant_dir) as stage:
-        record |= save_model(stage, model_dir, chinese)
+        record |= save_model(stage, model_dir, transplanted)
         write_json_atomic(stage / MARKER, record)
     return record
+
+
+def distilled(transplanted: TransplantedModel, model_dir: Path, work: WorkDir, options: DistillOptions,
+              reporter: Reporter) -> dict:
+    """Train the transplant's Chinese rows on the build corpus (in place); what was done, for the record."""
+    from .models import load_encoder, load_tokenizer
+
+    pairs = corpus_pairs(work)
+    result = distill_rows(transplanted.model, transplanted.tokenizer, load_encoder(model_dir),
+                          load_tokenizer(model_dir), pairs, options, sentence_pooling(model_dir), reporter)
+    return dict(options._asdict(), pooling=sentence_pooling(model_dir), pairs=result.pairs, steps=result.steps,
+                loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))

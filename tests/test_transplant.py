@@ -212,3 +212,66 @@ def test_most_probable_segmentation():
     assert vocabulary_tokenizer(words).encode("研究生命的起源").tokens == ["研究生", "命", "的", "起源"]
     assert vocabulary_tokenizer(words, freqs=freqs).encode("研究生命的起源").tokens == ["研究", "生命", "的", "起源"]
     assert vocabulary_tokenizer(words, freqs=freqs).encode("研究生X").ids == [3, 1]  # an unknown character: [UNK]
+
+
+def test_chinese_text_and_corpus_pairs(tmp_path):
+    """Tokenized lines back to text: CJK words joined, Latin/digit words kept apart; pairs distinct."""
+    from xlembed.distill import SentencePair, chinese_text, corpus_pairs
+    from xlembed.layout import WorkDir
+
+    assert chinese_text(["我们", "喜欢", "iPhone", "6", "和", "猫", "。"]) == "我们喜欢iPhone 6和猫。"
+    work = WorkDir(tmp_path)
+    work.corpus_en.write_text("i like cats .\ni like cats .\nhi\n\n", encoding="utf-8")
+    work.corpus_zh.write_text("我 喜欢 猫 。\n我 喜欢 猫 。\n你好\n好\n", encoding="utf-8")
+    assert corpus_pairs(work) == [SentencePair("i like cats .", "我喜欢猫。"), SentencePair("hi", "你好")]
+
+
+def test_sentence_pooling(tiny_bert, tiny_sentence_transformer, tmp_path):
+    from xlembed.distill import sentence_pooling
+
+    assert sentence_pooling(tiny_bert) == "mean" and sentence_pooling(tiny_sentence_transformer) == "mean"
+    (tiny_sentence_transformer / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": True}), encoding="utf-8"
+    )
+    assert sentence_pooling(tiny_sentence_transformer) == "cls"
+
+
+def distillation_error(directory: Path, model_dir: Path, work: Path) -> float:
+    """Mean squared error between the transplant's embeddings of the corpus's
+    Chinese sentences and the English model's of their translations (eval mode)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from xlembed.distill import corpus_pairs, padded, pool
+    from xlembed.layout import WorkDir
+
+    pairs = corpus_pairs(WorkDir(work))
+    encoded = []
+    for where, texts in ((directory, [p.zh for p in pairs]), (model_dir, [p.en for p in pairs])):
+        tokenizer, model = AutoTokenizer.from_pretrained(str(where)), AutoModel.from_pretrained(str(where)).eval()
+        with torch.no_grad():
+            encoded.append(pool(model, *padded(tokenizer(texts)["input_ids"], tokenizer.pad_token_id), "mean"))
+    return torch.nn.functional.mse_loss(*encoded).item()
+
+
+def test_distill_trains_only_the_rows_towards_the_english_embeddings(built, tiny_bert, tmp_path):  # noqa: F811
+    work = built.with_name("out.work")
+    plain, trained, again = tmp_path / "plain", tmp_path / "trained", tmp_path / "again"
+    assert xlembed("transplant", built, "-o", plain, "-q").exit_code == 0
+    for dest in (trained, again):
+        result = xlembed("transplant", built, "-o", dest, "--distill", "30")
+        assert result.exit_code == 0, result.output
+    record = json.loads((trained / "xlembed_transplant.json").read_text("utf-8"))["distill"]
+    assert record["pairs"] == 72 and record["steps"] == 30 * 2 and record["epochs"] == 30  # 72 pairs, batches of 64
+    assert "rows distilled over 72 sentence pairs, 60 steps" in " ".join(result.output.split())
+    before, after = distillation_error(plain, tiny_bert, work), distillation_error(trained, tiny_bert, work)
+    assert after < 0.5 * before
+    weights = {d: load_file(str(d / "model.safetensors")) for d in (plain, trained, again)}
+    english = load_file(str(tiny_bert / "model.safetensors"))
+    rows = "embeddings.word_embeddings.weight"
+    assert not torch.equal(weights[plain][rows], weights[trained][rows])
+    assert torch.equal(weights[trained][rows], weights[again][rows])  # seeded: the same rows twice
+    for name, tensor in weights[trained].items():  # every other parameter is the English model's
+        if name != rows and name in english:
+            assert torch.equal(tensor, english[name]), name
+    result = xlembed("transplant", built, "-o", tmp_path / "no", "--distill", "-1")
+    assert result.exit_code == 2 and not (tmp_path / "no").exists()

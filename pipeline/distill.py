@@ -1,0 +1,183 @@
+"""Distillation for a transplant: its Chinese input rows trained so that
+the model's embedding of each Chinese sentence of the build corpus matches
+the English model's own embedding of the English sentence it was aligned
+with. The teacher is the English model itself, pooled as it pools for
+sentence-transformers; the student is the same model with the Chinese rows
+(its layers frozen: only the input rows move, so the transplant keeps the
+English model's layers as they are). Reimers and Gurevych (2020) make a
+sentence encoder multilingual this way, training the whole student; here
+the student starts from the transplant's aligned rows.
+
+    rows = distill_rows(student, chinese_tokenizer, teacher, english_tokenizer,
+                        corpus_pairs(work), DistillOptions(epochs=1), pooling="mean")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from .errors import XlembedError
+from .io import Reporter, SilentReporter, read_lines
+from .layout import WorkDir
+
+
+class DistillOptions(NamedTuple):
+    epochs: float  # passes over the corpus's sentence pairs (a fraction runs that share of the steps)
+    lr: float = 2e-3  # AdamW's, with a linear warm-up over the first 5 % of steps, then linear decay to 0
+    batch_size: int = 64  # sentence pairs per step
+    max_length: int = 128  # tokens per sentence, both models
+    seed: int = 0
+
+
+class SentencePair(NamedTuple):
+    en: str
+    zh: str
+
+
+class Distilled(NamedTuple):
+    rows: torch.Tensor  # [V, d] float32 the trained input rows
+    pairs: int  # distinct sentence pairs trained on
+    steps: int
+    loss_first: float  # mean squared error of the first and the last 5 % of steps
+    loss_last: float
+
+
+def chinese_text(words: list[str]) -> str:
+    """A tokenized Chinese line as text: the words joined without spaces,
+    except between two that would otherwise run together (Latin letters or
+    digits on both sides)."""
+    text = ""
+    for word in words:
+        if text and text[-1].isascii() and text[-1].isalnum() and word[:1].isascii() and word[:1].isalnum():
+            text += " "
+        text += word
+    return text
+
+
+def corpus_pairs(work: WorkDir) -> list[SentencePair]:
+    """The build corpus's distinct sentence pairs (tokenize's corpus.en and corpus.zh)."""
+    pairs = zip(read_lines(work.corpus_en), read_lines(work.corpus_zh))
+    distinct = dict.fromkeys(SentencePair(en, chinese_text(zh.split(" "))) for en, zh in pairs if en and zh)
+    return list(distinct)
+
+
+def sentence_pooling(model_dir: Path) -> str:
+    """How the model pools a sentence for sentence-transformers: "cls" where
+    its Pooling module says so, else "mean" (also for a plain transformers model)."""
+    modules = model_dir / "modules.json"
+    if not modules.exists():
+        return "mean"
+    for module in json.loads(modules.read_text(encoding="utf-8")):
+        config = model_dir / module.get("path", "") / "config.json"
+        if module.get("type", "").endswith("Pooling") and config.exists():
+            pooling = json.loads(config.read_text(encoding="utf-8"))
+            return "cls" if pooling.get("pooling_mode_cls_token") else "mean"
+    return "mean"
+
+
+def pool(model, ids: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Sentence embeddings [B, d] of a batch ids [B, T], mask [B, T]."""
+    hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, d]
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def padded(id_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [B, T] padded with pad_id, and mask [B, T]."""
+    width = max(len(ids) for ids in id_lists)
+    ids = torch.full((len(id_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(id_lists), width), dtype=torch.long)
+    for i, row in enumerate(id_lists):
+        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row, dtype=torch.long), 1
+    return ids, mask
+
+
+def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+
+@torch.no_grad()
+def teacher_embeddings(teacher, id_lists: list[list[int]], pad_id: int, pooling: str, batch_size: int,
+                       reporter: Reporter) -> torch.Tensor:
+    """The English model's sentence embeddings [n, d] float32, in the order
+    given (batches of similar length, for less padding)."""
+    order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))
+    out = torch.zeros((len(id_lists), teacher.config.hidden_size))
+    with reporter.task("distil: English sentence embeddings", len(id_lists), "sentences") as task:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            out[chunk] = pool(teacher, *padded([id_lists[i] for i in chunk], pad_id), pooling).float()
+            task.advance(len(chunk))
+    return out
+
+
+def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch's batches: a seeded shuffle, each run of 8 batches sorted by
+    length (less padding), then the batches in a seeded random order."""
+    shuffled = torch.randperm(len(lengths), generator=generator).tolist()
+    run = batch_size * 8
+    batches = []
+    for start in range(0, len(shuffled), run):
+        ordered = sorted(shuffled[start : start + run], key=lambda i: lengths[i])
+        batches += [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def schedule(steps: int):
+    """Linear warm-up over the first 5 % of steps, then linear decay to 0."""
+    warmup = max(1, round(0.05 * steps))
+    return lambda step: min(1.0, (step + 1) / warmup) * max(0.0, 1.0 - step / steps)
+
+
+def distill_rows(student, student_tokenizer, teacher, teacher_tokenizer, pairs: list[SentencePair],
+                 options: DistillOptions, pooling: str = "mean", reporter: Reporter = SilentReporter()) -> Distilled:
+    """Train `student`'s input rows (in place, and returned) towards the
+    teacher's sentence embeddings of `pairs`; every other parameter frozen."""
+    if not pairs:
+        raise XlembedError("distillation needs sentence pairs, and the build corpus has none")
+    torch.manual_seed(options.seed)
+    generator = torch.Generator().manual_seed(options.seed)
+    zh_ids = token_ids(student_tokenizer, [p.zh for p in pairs], options.max_length)
+    en_ids = token_ids(teacher_tokenizer, [p.en for p in pairs], options.max_length)
+    teacher.eval()
+    targets = teacher_embeddings(teacher, en_ids, teacher_tokenizer.pad_token_id or 0, pooling,
+                                 options.batch_size * 2, reporter)  # [n, d]
+    rows = student.get_input_embeddings().weight  # [V, d]
+    for parameter in student.parameters():
+        parameter.requires_grad_(parameter is rows)
+    steps_per_epoch = -(-len(pairs) // options.batch_size)
+    steps = max(1, round(options.epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW([rows], lr=options.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(steps))
+    losses = train_steps(student, zh_ids, targets, steps, optimizer, scheduler, generator, options, pooling, reporter)
+    student.eval()
+    window = max(1, len(losses) // 20)
+    return Distilled(rows.detach().float().clone(), len(pairs), steps,
+                     sum(losses[:window]) / window, sum(losses[-window:]) / window)
+
+
+def train_steps(student, zh_ids, targets, steps, optimizer, scheduler, generator, options: DistillOptions,
+                pooling: str, reporter: Reporter) -> list[float]:
+    """`steps` optimizer steps over the pairs, epoch after epoch; the loss of each."""
+    student.train()
+    losses: list[float] = []
+    pad_id = student.config.pad_token_id or 0
+    lengths = [len(ids) for ids in zh_ids]
+    with reporter.task("distil: Chinese rows", steps, "steps") as task:
+        while len(losses) < steps:
+            for batch in batch_order(lengths, options.batch_size, generator)[: steps - len(losses)]:
+                predicted = pool(student, *padded([zh_ids[i] for i in batch], pad_id), pooling)  # [b, d]
+                loss = torch.nn.functional.mse_loss(predicted, targets[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                losses.append(loss.item())
+                task.advance()
+    return losses
