@@ -6,10 +6,13 @@ give the lexical table p(en | zh) = links(zh, en) / links(zh, *).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import functools
 import io
+import math
+import re
 import signal
 import subprocess
 import sys
@@ -101,57 +104,160 @@ def _die_with_parent() -> None:
 
 class _ChildrenDieWithUs:
     """`subprocess` as eflomal's binding sees it, with every child started so
-    that it dies with this process."""
+    that it dies with this process. Given `on_stderr`, the binding's binary
+    (which it starts with `run`) runs without -q and its stderr lines go to
+    `on_stderr`, never to the user."""
 
     def __getattr__(self, name):
         return getattr(subprocess, name)
 
-    def __init__(self):
+    def __init__(self, on_stderr: Callable[[str], None] | None = None):
         def wrap(function):
             def call(*args, **kwargs):
                 kwargs.setdefault("preexec_fn", _die_with_parent)
                 return function(*args, **kwargs)
             return call
 
-        for name in ("Popen", "call", "check_call", "run", "check_output"):
+        for name in ("Popen", "call", "check_call", "check_output"):
             setattr(self, name, wrap(getattr(subprocess, name)))
+        self.on_stderr = on_stderr
+
+    def run(self, args, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
+        kwargs.setdefault("preexec_fn", _die_with_parent)
+        if self.on_stderr is None:
+            return subprocess.run(args, check=check, **kwargs)
+        code = _call_reading_stderr([arg for arg in args if arg != "-q"], self.on_stderr, **kwargs)
+        if check and code:
+            raise subprocess.CalledProcessError(code, args)
+        return subprocess.CompletedProcess(args, code)
+
+
+def _call_reading_stderr(args: list[str], on_line: Callable[[str], None], **kwargs) -> int:
+    """`subprocess.call` with the child's stderr read through a pipe, line by
+    line, in this thread (which waits for the child anyway); the child is
+    killed if anything goes wrong here (a signal, a failing `on_line`)."""
+    with subprocess.Popen(args, stderr=subprocess.PIPE, text=True, errors="replace", **kwargs) as child:
+        try:
+            for line in child.stderr:
+                on_line(line.rstrip("\n"))
+            return child.wait()
+        except BaseException:
+            child.kill()
+            raise
+
+
+class EflomalIterations(NamedTuple):
+    """Sampling iterations of each model stage of one eflomal direction (a
+    stage of 0 is skipped; each iteration runs every sampler once)."""
+
+    ibm1: int
+    hmm: int
+    fertility: int
+
+
+def eflomal_iterations(n_sentences: int, opts: AlignConfig) -> EflomalIterations:
+    """eflomal's own rule (its binding's `align` given no counts) for
+    `rel_iterations` and the corpus size; passed to it explicitly, so that
+    the progress total is what runs. tests/test_align.py checks the rule
+    against what eflomal itself prints."""
+    iters = max(2, int(round(opts.iterations * 5000 / math.sqrt(max(1, n_sentences)))))
+    quarter = max(1, iters // 4)
+    if opts.align_model == 1:
+        return EflomalIterations(iters, 0, 0)
+    if opts.align_model == 2:
+        return EflomalIterations(max(2, quarter), iters, 0)
+    return EflomalIterations(max(2, quarter), quarter, iters)
+
+
+def eflomal_progress_total(iterations: EflomalIterations) -> int:
+    """Iterations of one run: both directions, every stage."""
+    return 2 * sum(iterations)
+
+
+_STAGE_START = re.compile(r"Aligning with model (\d+) ")
+_EFLOMAL_INFO = ("Read texts", "Vocabulary sizes", "Created alignment", "Randomized alignment", "Done:",
+                 "Final argmax", "Writing alignment", "Computing scores")
+
+
+class _EflomalStages:
+    """Progress from eflomal's stderr: it prints a line when a direction starts
+    a model stage and after its final argmax iteration, none per iteration.
+    The two directions run at once and their lines interleave without
+    saying which is which, so a stage's iterations count as done when a
+    direction starts the next stage (whose number says which stage ended) or
+    prints its final argmax (the last stage ended). Other lines are kept for
+    an error message."""
+
+    def __init__(self, iterations: EflomalIterations, task):
+        self.iterations = dict(enumerate(iterations, start=1))  # model -> its iterations
+        self.stages = [model for model, n in self.iterations.items() if n]
+        self.task = task
+        self.unexpected: collections.deque[str] = collections.deque(maxlen=10)
+
+    def line(self, text: str) -> None:
+        started = _STAGE_START.match(text)
+        if started and int(started.group(1)) in self.stages[1:]:
+            ended = self.stages[self.stages.index(int(started.group(1))) - 1]
+            self.task.advance(self.iterations[ended])
+        elif text.startswith("Final argmax") and self.stages:
+            self.task.advance(self.iterations[self.stages[-1]])
+        elif text.strip() and not text.startswith(_EFLOMAL_INFO):
+            self.unexpected.append(text)
 
 
 _EFLOMAL_LOCK = threading.Lock()  # eflomal's module globals are patched for the length of one call
 
 
+@contextlib.contextmanager
+def _eflomal_patched(eflomal, scratch: Path, children: _ChildrenDieWithUs) -> Iterator[None]:
+    """eflomal's temporary files in `scratch`, its binary run by `children`."""
+    temp_file = functools.partial(tempfile.NamedTemporaryFile, dir=scratch)
+    with _EFLOMAL_LOCK:
+        saved = eflomal.NamedTemporaryFile, eflomal.cython.NamedTemporaryFile, eflomal.cython.subprocess
+        eflomal.NamedTemporaryFile = eflomal.cython.NamedTemporaryFile = temp_file
+        eflomal.cython.subprocess = children
+        try:
+            yield
+        finally:
+            eflomal.NamedTemporaryFile, eflomal.cython.NamedTemporaryFile, eflomal.cython.subprocess = saved
+
+
 def run_eflomal(
-    zh_lines, en_lines, forward: Path, reverse: Path, opts: AlignConfig, scratch: Path, priors: Path | None = None
+    zh_lines, en_lines, forward: Path, reverse: Path, opts: AlignConfig, scratch: Path, priors: Path | None = None,
+    task=None,
 ) -> None:
     """Align with the eflomal package (Chinese = source): both directions in
     one call, links written as zhIndex-enIndex, starting from `priors` (an
     eflomal priors file) if given. Its temporary files go to a directory of
     this process under `scratch` (nothing else there is touched), its binary
-    dies with this process."""
+    dies with this process. `task` (if given) advances by the iterations
+    done, to eflomal_progress_total in all."""
     import eflomal
     import eflomal.cython
 
     with own_temp_dir(scratch, "eflomal-") as own:
-        _run_eflomal(eflomal, zh_lines, en_lines, forward, reverse, opts, own, priors)
+        _run_eflomal(eflomal, zh_lines, en_lines, forward, reverse, opts, own, priors, task)
     with contextlib.suppress(OSError):
         scratch.rmdir()  # only if empty: a user's file there stays, and so does the directory
 
 
 def _run_eflomal(eflomal, zh_lines, en_lines, forward: Path, reverse: Path, opts: AlignConfig, scratch: Path,
-                 priors: Path | None) -> None:
-    temp_file = functools.partial(tempfile.NamedTemporaryFile, dir=scratch)
-    aligner = eflomal.Aligner(model=opts.align_model, n_samplers=opts.samplers,
+                 priors: Path | None, task) -> None:
+    iterations = eflomal_iterations(len(zh_lines), opts)
+    stages = _EflomalStages(iterations, task) if task is not None else None
+    children = _ChildrenDieWithUs(stages.line if stages else None)
+    aligner = eflomal.Aligner(model=opts.align_model, n_samplers=opts.samplers, n_iterations=tuple(iterations),
                               rel_iterations=opts.iterations, null_prior=opts.null_prior)
-    with _EFLOMAL_LOCK, atomic_path(forward) as fwd_tmp, atomic_path(reverse) as rev_tmp:
-        saved = eflomal.NamedTemporaryFile, eflomal.cython.NamedTemporaryFile, eflomal.cython.subprocess
-        eflomal.NamedTemporaryFile = eflomal.cython.NamedTemporaryFile = temp_file
-        eflomal.cython.subprocess = _ChildrenDieWithUs()
+    with atomic_path(forward) as fwd_tmp, atomic_path(reverse) as rev_tmp, \
+            _eflomal_patched(eflomal, scratch, children), \
+            open(priors, encoding="utf-8") if priors else contextlib.nullcontext() as priors_file:
         try:
-            with open(priors, encoding="utf-8") if priors else contextlib.nullcontext() as priors_file:
-                aligner.align(zh_lines, en_lines, links_filename_fwd=str(fwd_tmp), links_filename_rev=str(rev_tmp),
-                              priors_input=priors_file, quiet=True)
-        finally:
-            eflomal.NamedTemporaryFile, eflomal.cython.NamedTemporaryFile, eflomal.cython.subprocess = saved
+            aligner.align(zh_lines, en_lines, links_filename_fwd=str(fwd_tmp), links_filename_rev=str(rev_tmp),
+                          priors_input=priors_file, quiet=True)  # its -q: dropped by `children` for `stages`
+        except subprocess.CalledProcessError as e:  # the links files are incomplete: they replace nothing
+            how = f"killed by signal {-e.returncode}" if e.returncode < 0 else f"exit status {e.returncode}"
+            said = ("; ".join(stages.unexpected) or "no message") if stages else "see its messages above"
+            raise XlembedError(f"eflomal failed ({how}): {said}") from e
 
 
 class AlignPart(NamedTuple):
@@ -205,15 +311,32 @@ def estimate_priors(zh: list[str], en: list[str], opts: AlignConfig, scratch: Pa
     return text.getvalue()
 
 
+class AlignProgress(NamedTuple):
+    """What align_lines' `task` counts to."""
+
+    total: int
+    unit: str
+
+
+def align_progress(n_pairs: int, opts: AlignConfig) -> AlignProgress:
+    """One eflomal run: its sampling iterations (both directions, every model
+    stage); in parts: the parts."""
+    n_parts = min(opts.align_shards, max(1, n_pairs))
+    if n_parts == 1:
+        return AlignProgress(eflomal_progress_total(eflomal_iterations(n_pairs, opts)), "iterations")
+    return AlignProgress(n_parts, "parts")
+
+
 def align_lines(zh: list[str], en: list[str], forward: Path, reverse: Path, opts: AlignConfig, scratch: Path,
                 parts_runner: PartsRunner = in_this_process, task=None) -> int:
     """Align `zh` with `en` into `forward` and `reverse`: the whole corpus in
     one eflomal run, or (--align-shards > 1) in contiguous parts that all
     start from priors estimated on a sample, each part aligned by
-    `parts_runner` (in this process, or as Ray tasks). Returns the parts."""
+    `parts_runner` (in this process, or as Ray tasks). `task` advances to
+    align_progress's total. Returns the parts."""
     n_parts = min(opts.align_shards, max(1, len(zh)))
     if n_parts == 1:
-        run_eflomal(zh, en, forward, reverse, opts, scratch)
+        run_eflomal(zh, en, forward, reverse, opts, scratch, task=task)
         return 1
     priors = estimate_priors(zh, en, opts, scratch)
     bounds = np.linspace(0, len(zh), n_parts + 1).astype(np.int64).tolist()
@@ -303,14 +426,13 @@ def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), 
         require_same_counts(work.root, "line counts", {"corpus.zh": len(zh), "corpus.en": len(en)}, "tokenize")
         parts = min(opts.align_shards, max(1, len(zh)))
         too_long = count_too_long(zh, en)
+        progress = align_progress(len(zh), opts)
         with reporter.task(
             "align (eflomal, both directions)" if parts == 1 else f"align ({parts} parts, priors from a sample)",
-            None if parts == 1 else parts,
-            "" if parts == 1 else "parts",
+            progress.total,
+            progress.unit,
         ) as task:
             align_lines(zh, en, work.links_forward, work.links_reverse, opts, work.scratch, parts_runner, task)
-            if parts == 1:
-                task.advance()
         eflomal_seconds = time.perf_counter() - start
         n_pairs, n_links, pair_counts = symmetrize_and_count(work, opts.symmetrization)
         return dict(

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .align import LinkSet, align_lines, parse_links, symmetrize
+from .align import LinkSet, align_lines, align_progress, parse_links, symmetrize
 from .config import AlignConfig, Symmetrization
 from .embeddings import Embeddings
 from .errors import XlembedError
@@ -76,9 +76,9 @@ def evaluate_alignment(gold_dir: Path, work: WorkDir, opts: AlignConfig, reporte
     n = len(gold_zh)
     with tempfile.TemporaryDirectory(dir=work.root) as tmp:
         forward, reverse = Path(tmp) / "fwd", Path(tmp) / "rev"
-        with reporter.task("align gold + corpus (eflomal)", None, "") as task:
-            align_lines(zh, en, forward, reverse, opts, work.scratch)  # in parts too, with --align-shards
-            task.advance()
+        progress = align_progress(len(zh), opts)
+        with reporter.task("align gold + corpus (eflomal)", progress.total, progress.unit) as task:
+            align_lines(zh, en, forward, reverse, opts, work.scratch, task=task)  # in parts too, with --align-shards
         fwd = [parse_links(line) for _, line in zip(range(n), read_lines(forward))]
         rev = [parse_links(line) for _, line in zip(range(n), read_lines(reverse))]
     scores = {method.value: alignment_scores([symmetrize(f, r, method) for f, r in zip(fwd, rev)], sure, possible)
