@@ -854,9 +854,12 @@ class EncodeSetup(NamedTuple):
 
     model_dir: Path
     device: torch.device
-    precision: Precision
     key: str
     precision_choice: PrecisionChoice
+
+    @property
+    def precision(self) -> Precision:
+        return self.precision_choice.precision
 
 
 def resolve_device_precision(opts: EncodeConfig) -> tuple[torch.device, Precision]:
@@ -870,17 +873,16 @@ def encode_setup(config: Config, work: WorkDir) -> EncodeSetup:
     opts = config.encode
     device = resolve_device(opts.device)
     choice = precision_choice(opts.precision, device)
-    precision = choice.precision
     corpus_en = require(work.corpus_en, "tokenize")
     model_dir = resolve_model_dir(opts.model)
     key = stage_key(
         "encode",
         config=fingerprint(opts),
         device=str(device),
-        precision_used=precision.value,
+        precision_used=choice.precision.value,
         corpus_en=file_hash(corpus_en),
     )
-    return EncodeSetup(model_dir, device, precision, key, choice)
+    return EncodeSetup(model_dir, device, key, choice)
 
 
 def encode_record(config: Config, work: WorkDir, setup: EncodeSetup, max_length: int, dim: int, counts: dict) -> dict:
