@@ -311,6 +311,11 @@ def estimate_priors(zh: list[str], en: list[str], opts: AlignConfig, scratch: Pa
     return text.getvalue()
 
 
+def n_align_parts(n_pairs: int, opts: AlignConfig) -> int:
+    """How many parts the corpus is aligned in: --align-shards, at most one per pair."""
+    return min(opts.align_shards, max(1, n_pairs))
+
+
 class AlignProgress(NamedTuple):
     """What align_lines' `task` counts to."""
 
@@ -321,7 +326,7 @@ class AlignProgress(NamedTuple):
 def align_progress(n_pairs: int, opts: AlignConfig) -> AlignProgress:
     """One eflomal run: its sampling iterations (both directions, every model
     stage); in parts: the parts."""
-    n_parts = min(opts.align_shards, max(1, n_pairs))
+    n_parts = n_align_parts(n_pairs, opts)
     if n_parts == 1:
         return AlignProgress(eflomal_progress_total(eflomal_iterations(n_pairs, opts)), "iterations")
     return AlignProgress(n_parts, "parts")
@@ -334,7 +339,7 @@ def align_lines(zh: list[str], en: list[str], forward: Path, reverse: Path, opts
     start from priors estimated on a sample, each part aligned by
     `parts_runner` (in this process, or as Ray tasks). `task` advances to
     align_progress's total. Returns the parts."""
-    n_parts = min(opts.align_shards, max(1, len(zh)))
+    n_parts = n_align_parts(len(zh), opts)
     if n_parts == 1:
         run_eflomal(zh, en, forward, reverse, opts, scratch, task=task)
         return 1
@@ -424,7 +429,7 @@ def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), 
         start = time.perf_counter()
         zh, en = list(read_lines(work.corpus_zh)), list(read_lines(work.corpus_en))
         require_same_counts(work.root, "line counts", {"corpus.zh": len(zh), "corpus.en": len(en)}, "tokenize")
-        parts = min(opts.align_shards, max(1, len(zh)))
+        parts = n_align_parts(len(zh), opts)
         too_long = count_too_long(zh, en)
         progress = align_progress(len(zh), opts)
         with reporter.task(
