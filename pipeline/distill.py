@@ -8,8 +8,8 @@ English model's layers as they are). Reimers and Gurevych (2020) make a
 sentence encoder multilingual this way, training the whole student; here
 the student starts from the transplant's aligned rows.
 
-    rows = distill_rows(student, chinese_tokenizer, teacher, english_tokenizer,
-                        corpus_pairs(work), DistillOptions(epochs=1), pooling="mean")
+    done = distill_rows(student, chinese_tokenizer, teacher, english_tokenizer,
+                        corpus_pairs(work), DistillOptions(epochs=1), pooling="mean")  # student's rows trained
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class SentencePair(NamedTuple):
 
 
 class Distilled(NamedTuple):
-    rows: torch.Tensor  # [V, d] float32 the trained input rows
+    """What distill_rows did (the rows are trained in place, in the student)."""
+
     pairs: int  # distinct sentence pairs trained on
     steps: int
     loss_first: float  # mean squared error of the first and the last 5 % of steps
@@ -137,7 +138,7 @@ def schedule(steps: int):
 
 def distill_rows(student, student_tokenizer, teacher, teacher_tokenizer, pairs: list[SentencePair],
                  options: DistillOptions, pooling: str = "mean", reporter: Reporter = SilentReporter()) -> Distilled:
-    """Train `student`'s input rows (in place, and returned) towards the
+    """Train `student`'s input rows (in place) towards the
     teacher's sentence embeddings of `pairs`; every other parameter frozen."""
     if not pairs:
         raise XlembedError("distillation needs sentence pairs, and the build corpus has none")
@@ -158,8 +159,7 @@ def distill_rows(student, student_tokenizer, teacher, teacher_tokenizer, pairs: 
     losses = train_steps(student, zh_ids, targets, steps, optimizer, scheduler, generator, options, pooling, reporter)
     student.eval()
     window = max(1, len(losses) // 20)
-    return Distilled(rows.detach().float().clone(), len(pairs), steps,
-                     sum(losses[:window]) / window, sum(losses[-window:]) / window)
+    return Distilled(len(pairs), steps, sum(losses[:window]) / window, sum(losses[-window:]) / window)
 
 
 def train_steps(student, zh_ids, targets, steps, optimizer, scheduler, generator, options: DistillOptions,

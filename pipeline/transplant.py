@@ -22,6 +22,7 @@ model's own rows.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -326,8 +327,8 @@ def transplant(
     out, dest = Path(out), Path(dest)
     if row_source not in ROW_SOURCES:
         raise XlembedError(f"--rows must be one of {', '.join(ROW_SOURCES)}, got '{row_source}'")
-    if not distill.epochs >= 0:
-        raise XlembedError(f"--distill must be 0 or more epochs, got {distill.epochs}")
+    if not 0 <= distill.epochs < math.inf:
+        raise XlembedError(f"--distill must be a finite number of epochs, 0 or more, got {distill.epochs}")
     check_target(dest, "transplant")  # never inside an output (a rebuild would fail on it) or a work directory
     check_transplant_dir(dest)
     manifest = read_json(require(out / "manifest.json", "write"))
@@ -336,6 +337,8 @@ def transplant(
         raise XlembedError(f"{recorded}: the model {out} was encoded with is not here; pass --model DIR")
     model_dir = resolve_model_dir(model if model is not None else recorded)
     work_dir = WorkDir(Path(work) if work is not None else default_work_dir(out))
+    if distill.epochs > 0:
+        check_same_corpus(out, manifest, work_dir)  # up front: the pairs distilled on are the build's own
     with reporter.task("transplant rows", None, "steps"):
         chinese = transplant_rows(out, work_dir, model_dir, row_source)
     transplanted = transplanted_model(model_dir, chinese)
@@ -361,8 +364,8 @@ def distilled(transplanted: TransplantedModel, model_dir: Path, work: WorkDir, o
     """Train the transplant's Chinese rows on the build corpus (in place); what was done, for the record."""
     from .models import load_encoder, load_tokenizer
 
-    pairs = corpus_pairs(work)
+    pooling = sentence_pooling(model_dir)
     result = distill_rows(transplanted.model, transplanted.tokenizer, load_encoder(model_dir),
-                          load_tokenizer(model_dir), pairs, options, sentence_pooling(model_dir), reporter)
-    return dict(options._asdict(), pooling=sentence_pooling(model_dir), pairs=result.pairs, steps=result.steps,
+                          load_tokenizer(model_dir), corpus_pairs(work), options, pooling, reporter)
+    return dict(options._asdict(), pooling=pooling, pairs=result.pairs, steps=result.steps,
                 loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))

@@ -273,5 +273,9 @@ def test_distill_trains_only_the_rows_towards_the_english_embeddings(built, tiny
     for name, tensor in weights[trained].items():  # every other parameter is the English model's
         if name != rows and name in english:
             assert torch.equal(tensor, english[name]), name
-    result = xlembed("transplant", built, "-o", tmp_path / "no", "--distill", "-1")
-    assert result.exit_code == 2 and not (tmp_path / "no").exists()
+    for bad in ("-1", "inf", "nan"):
+        result = xlembed("transplant", built, "-o", tmp_path / "no", "--distill", bad)
+        assert result.exit_code == 2 and not (tmp_path / "no").exists(), (bad, result.output)
+    result = xlembed("transplant", built, "-o", tmp_path / "no", "--rows", "matrix", "--distill", "1",
+                     "--work", tmp_path / "nowhere")  # the corpus to distill on: checked before anything is done
+    assert result.exit_code == 2 and "tokenize.json: missing" in result.output and not (tmp_path / "no").exists()
