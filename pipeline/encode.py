@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
@@ -975,6 +976,12 @@ def read_progress(work: WorkDir, key: str) -> dict | None:
     return progress
 
 
+def all_finite(vectors: torch.Tensor, rows: int = 8192) -> bool:
+    """No NaN or infinity in `vectors` [n, d], checked a block of rows at a
+    time (a mask of the whole shard would be a transient copy of it)."""
+    return all(bool(torch.isfinite(vectors[i : i + rows]).all()) for i in range(0, len(vectors), rows))
+
+
 class VectorStore:
     """Read access to the encode stage's shards and index."""
 
@@ -994,11 +1001,12 @@ class VectorStore:
         finite (a damaged shard never reaches a matrix)."""
         path = require(self.work.vectors_shard(k), "encode")
         try:
-            vectors = load_file(str(path))["vectors"]
+            with safe_open(str(path), "pt") as f:  # the tensor alone, not the file's bytes and then a copy
+                vectors = f.get_tensor("vectors")
         except Exception as e:  # safetensors' own error types: truncated or garbled file
             raise XlembedError(f"{path}: not a readable vector shard ({str(e).splitlines()[0]}); "
                                "run `xlembed encode --force`")
-        if not bool(torch.isfinite(vectors).all()):
+        if not all_finite(vectors):
             raise XlembedError(f"{path}: holds non-finite values (NaN or infinity); run `xlembed encode --force`")
         return vectors
 

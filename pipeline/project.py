@@ -86,24 +86,39 @@ def add_part(sums: torch.Tensor, counts: torch.Tensor, part: PartSums) -> None:
     counts.index_add_(0, ids, part.count)
 
 
-def accumulate(store: VectorStore, word_ids: np.ndarray, rows: np.ndarray, n_words: int, dim: int,
-               task) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per word id: the sum (float64) and count of the vectors at `rows`,
-    streaming over the shards one at a time, each added into the sums of
-    the words present in it only: memory beyond the sums themselves is one
-    shard, however large the vocabulary or the corpus."""
-    order = np.argsort(rows, kind="stable")
-    word_ids, rows = word_ids[order], rows[order]
-    sums = torch.zeros((n_words, dim), dtype=torch.float64)  # [n_words, d]
-    counts = torch.zeros(n_words, dtype=torch.int64)  # [n_words]
-    bounds = np.searchsorted(rows, store.shard_starts)
+class WordRows(NamedTuple):
+    """One side's vector rows by word, sorted by row: what accumulate sums."""
+
+    ids: np.ndarray  # [n] word id of each occurrence that has a vector
+    rows: np.ndarray  # [n] ... the row of that vector in the vector store (ascending)
+    n_words: int  # the side's vocabulary size
+
+
+BLOCK_ROWS = 16384  # vector rows summed at once: the float32 copy of a block is 24 MiB at d = 384
+
+
+def accumulate(store: VectorStore, sides: list[WordRows], dim: int, task) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per word id of each side: the sum (float64) and count of the vectors
+    at its rows, in one pass over the shards, a block of rows at a time, each
+    added into the sums of the words present in it only: memory beyond the
+    sums themselves is one shard and one block, however large the vocabulary
+    or the corpus. Returns (sums [n_words, d], counts [n_words]) per side."""
+    totals = [(torch.zeros((side.n_words, dim), dtype=torch.float64), torch.zeros(side.n_words, dtype=torch.int64))
+              for side in sides]
     for k in range(store.n_shards):
-        lo, hi = bounds[k], bounds[k + 1]
-        if hi > lo:
-            add_part(sums, counts, sums_by_id(store.shard(k), word_ids[lo:hi], rows[lo:hi] - store.shard_starts[k]))
-            release_freed_memory()  # each shard's temporaries differ in size: see encode
+        first, vectors = store.shard_starts[k], None
+        for lo in range(first, store.shard_starts[k + 1], BLOCK_ROWS):
+            hi = min(lo + BLOCK_ROWS, store.shard_starts[k + 1])
+            for side, (sums, counts) in zip(sides, totals):
+                a, b = np.searchsorted(side.rows, (lo, hi))
+                if b > a:
+                    vectors = store.shard(k) if vectors is None else vectors  # [shard rows, d]
+                    block = vectors[lo - first : hi - first]  # [hi - lo, d]
+                    add_part(sums, counts, sums_by_id(block, side.ids[a:b], side.rows[a:b] - lo))
+        del vectors
+        release_freed_memory()  # each shard's temporaries differ in size: see encode
         task.advance()
-    return sums, counts
+    return totals
 
 
 def read_link_lexicon(work: WorkDir, opts) -> Lexicon:
@@ -208,21 +223,26 @@ def choose_links(zh_lines: Iterable[str], en_lines: Iterable[str], links_lines: 
 
 
 class LinkRows(NamedTuple):
-    """A block's vector rows by word: what the sums add up."""
+    """A block's vector rows by word: what the sums add up (each side sorted by row)."""
 
     zh_ids: np.ndarray  # [n] Chinese word id of each chosen link whose English word has a vector
-    zh_rows: np.ndarray  # [n] ... the row of that vector
+    zh_rows: np.ndarray  # [n] ... the row of that vector (ascending)
     en_ids: np.ndarray  # [m] English word id of each occurrence with a vector
-    en_rows: np.ndarray  # [m] ... its row
+    en_rows: np.ndarray  # [m] ... its row (ascending)
     links_without_vector: int
+
+
+def by_row(ids: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(rows, kind="stable")
+    return ids[order], rows[order]
 
 
 def link_rows(links: ChosenLinks, word_rows: np.ndarray) -> LinkRows:
     """`word_rows` [n_en_words]: each English occurrence's vector row (-1: none)."""
     rows = word_rows[links.link_positions]  # [n_links]
     has_vector = word_rows >= 0
-    return LinkRows(links.link_words[rows >= 0], rows[rows >= 0], links.en_words[has_vector], word_rows[has_vector],
-                    int((rows < 0).sum()))
+    return LinkRows(*by_row(links.link_words[rows >= 0], rows[rows >= 0]),
+                    *by_row(links.en_words[has_vector], word_rows[has_vector]), int((rows < 0).sum()))
 
 
 class LinkPlan(NamedTuple):
@@ -314,12 +334,14 @@ def project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter()
         require_same_counts(work.root, "sentence counts", sentences, "encode")
         words = {"corpus.en": len(plan.links.en_words), "vectors": len(store.word_rows)}
         require_same_counts(work.root, "English word counts", words, "encode")
-        rows, dim = link_rows(plan.links, store.word_rows), encode_record["dim"]
-        with reporter.task("project", 2 * store.n_shards, "shards") as task:
-            zh_sum, zh_count = accumulate(store, rows.zh_ids, rows.zh_rows, len(plan.vocab.zh_vocab), dim, task)
-            en_sum, en_count = accumulate(store, rows.en_ids, rows.en_rows, len(plan.vocab.en_vocab), dim, task)
+        rows, dim, tables = link_rows(plan.links, store.word_rows), encode_record["dim"], plan.tables
+        del plan  # the links, once their rows are known (tens of MB on a large corpus)
+        sides = [WordRows(rows.zh_ids, rows.zh_rows, len(tables.vocab.zh_vocab)),
+                 WordRows(rows.en_ids, rows.en_rows, len(tables.vocab.en_vocab))]
+        with reporter.task("project", store.n_shards, "shards") as task:
+            (zh_sum, zh_count), (en_sum, en_count) = accumulate(store, sides, dim, task)
         sums = ProjectionSums(zh_sum, zh_count, en_sum, en_count, links_without_vector=rows.links_without_vector)
-        return save_projection(work, config, plan.vocab, plan.lexicon, sums, dim, inputs)
+        return save_projection(work, config, tables.vocab, tables.lexicon, sums, dim, inputs)
 
     return run_stage(work, "project", key, force, compute)
 
