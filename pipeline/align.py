@@ -30,6 +30,8 @@ from .errors import XlembedError
 from .io import (
     Reporter,
     SilentReporter,
+    SilentTask,
+    Task,
     atomic_path,
     own_temp_dir,
     read_lines,
@@ -41,6 +43,7 @@ from .layout import WorkDir
 from .records import file_hash, fingerprint, run_stage, stage_key
 
 LinkSet = set[tuple[int, int]]  # one sentence's links (zh position, en position)
+PROGRESS_EVERY = 4096  # sentence pairs between two progress updates of the symmetrize step
 NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
 
 
@@ -358,9 +361,11 @@ def align_lines(zh: list[str], en: list[str], forward: Path, reverse: Path, opts
     return n_parts
 
 
-def symmetrize_and_count(work: WorkDir, method: Symmetrization) -> tuple[int, int, dict[str, Counter]]:
+def symmetrize_and_count(work: WorkDir, method: Symmetrization,
+                         task: Task = SilentTask()) -> tuple[int, int, dict[str, Counter]]:
     """From the two directions' link files, write the symmetrised links and
-    the lexical table, line by line (memory stays flat in the corpus size).
+    the lexical table, line by line (memory stays flat in the corpus size),
+    advancing `task` by the sentence pairs read.
     Returns (pairs, links, links per (zh word, en word))."""
     pair_counts: dict[str, Counter] = {}
     n_pairs = n_links = 0
@@ -374,6 +379,9 @@ def symmetrize_and_count(work: WorkDir, method: Symmetrization) -> tuple[int, in
                 pair_counts.setdefault(zh[i], Counter())[en[j]] += 1
             n_pairs += 1
             n_links += len(links)
+            if n_pairs % PROGRESS_EVERY == 0:
+                task.advance(PROGRESS_EVERY)
+    task.advance(n_pairs % PROGRESS_EVERY)
     with atomic_path(work.lexicon) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("zh\ten\tcount\tp_en_given_zh\n")
         for zh in sorted(pair_counts):
@@ -439,7 +447,8 @@ def align(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(), 
         ) as task:
             align_lines(zh, en, work.links_forward, work.links_reverse, opts, work.scratch, parts_runner, task)
         eflomal_seconds = time.perf_counter() - start
-        n_pairs, n_links, pair_counts = symmetrize_and_count(work, opts.symmetrization)
+        with reporter.task("align: symmetrize links, lexicon", len(zh), "pairs") as task:
+            n_pairs, n_links, pair_counts = symmetrize_and_count(work, opts.symmetrization, task)
         return dict(
             options=section_dict(opts),
             inputs=inputs,

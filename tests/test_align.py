@@ -59,8 +59,16 @@ def test_symmetrized_links_and_lexicon_from_both_directions(tmp_path):
     work.corpus_en.write_text("cats drink water\nthe cat is good\n", encoding="utf-8")
     work.links_forward.write_text("0-0 1-1 2-2\n0-0 0-1 1-3\n", encoding="utf-8")
     work.links_reverse.write_text("0-0 1-1 2-2\n0-1 1-3\n", encoding="utf-8")
-    pairs, links, _ = symmetrize_and_count(work, "union")
-    assert (pairs, links) == (2, 6)
+
+    class Counted:
+        done = 0
+
+        def advance(self, n: int = 1) -> None:
+            self.done += n
+
+    counted = Counted()
+    pairs, links, _ = symmetrize_and_count(work, "union", counted)
+    assert (pairs, links) == (2, 6) and counted.done == 2  # progress: every pair read, once
     assert work.links.read_text().splitlines() == ["0-0 1-1 2-2", "0-0 0-1 1-3"]
     lexicon = read_lexicon(work.lexicon)
     # 猫: cats 1, the 1, cat 1 -> p = 1/3 each, ties by word
@@ -158,7 +166,8 @@ def test_align_progress_counts_eflomals_iterations_to_their_total(tmp_path):
     config = Config().set(samplers=1, iterations=0.2).validate(("align",))
     reporter = Recorder()
     align(config, work, reporter)
-    (task,) = reporter.tasks
+    task, symmetrized = reporter.tasks  # eflomal's iterations, then the symmetrize step's pairs
+    assert (symmetrized.total, symmetrized.unit, sum(symmetrized.steps)) == (72, "pairs", 72)
     iterations = eflomal_iterations(72, config.align)  # 5000 x 0.2 / sqrt(72) = 117.9: (29, 29, 118)
     assert iterations == (29, 29, 118)
     assert (task.total, task.unit) == (2 * (29 + 29 + 118), "iterations") == align_progress(72, config.align)
@@ -223,5 +232,8 @@ def test_a_log_shows_aligns_iterations_with_rate_and_eta_and_none_of_eflomals_li
     assert len(lines) == 6 and all(shape.fullmatch(line[len(prefix):]) for line in lines), proc.stderr
     assert lines[-1].startswith(f"{prefix}{total:,}/{total:,} iterations (100%), ")
     assert not any(said in proc.stderr for said in ("Aligning with model", "Final argmax", "Done:", "eflomal -m"))
+    step = "align: symmetrize links, lexicon: "  # the step after eflomal has its own progress
+    symmetrized = [line for line in proc.stderr.splitlines() if line.startswith(step)]
+    assert symmetrized and symmetrized[-1].startswith(f"{step}{pairs:,}/{pairs:,} pairs (100%), "), proc.stderr
     quiet = xlembed("align", "--work", work, "--samplers", "1", "--iterations", "0.2", "--force", "-q")
     assert quiet.returncode == 0 and quiet.stderr == ""
