@@ -86,7 +86,7 @@ def main() -> None:
     floors = {name: round(forward_seconds(load_encoder(model_dir).to(dtype), tokenizer, unique, batch_size), 2)
               for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)) if name in args.precisions}
     stages = manifest["seconds"]
-    floor = floors[encode_record["precision_used"]] if encode_record["precision_used"] in floors else floors["fp32"]
+    floor = floors.get(encode_record["precision_used"], min(floors.values()))  # its own, else the better one
     result = dict(
         corpus=str(args.tsv),
         run_options=args.run_option,
