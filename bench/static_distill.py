@@ -8,7 +8,7 @@ first 1,000 of a seeded shuffle, never trained on); held-out pairs
 (bench/splits.py) are scored once, at the end.
 
     python bench/static_distill.py --out TATOEBA_OUT --build BUILD.tsv --heldout HELDOUT.tsv \
-        [--epochs 3] [--lr 1e-2] [--anchor 1] [--save DIR]
+        [--epochs 3] [--lr 1e-2] [--anchor 1] [--loss mse|nce|mse+nce] [--cache FILE] [--save DIR]
     xlembed evaluate DIR --wordsim ... --dictionary ...     # the intrinsic dev suite on the saved copy
 
 --save writes a copy of OUT with the trained rows (manifest unchanged), for `xlembed evaluate`.
@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distill_probe import cached, loss_of
 from retrieval_core import english_sentence_vectors, precision_at_1, read_heldout
 
 from xlembed.embeddings import Embeddings
@@ -56,7 +57,7 @@ def train(rows0: torch.Tensor, ids: list[list[int]], targets: torch.Tensor, args
         order = torch.randperm(len(ids)).tolist()
         for start in range(0, len(order), args.batch_size):
             batch = order[start : start + args.batch_size]
-            loss = torch.nn.functional.mse_loss(bag(rows, [ids[i] for i in batch]), targets[batch])
+            loss = loss_of(bag(rows, [ids[i] for i in batch]), targets[batch], args.loss, args.nce_weight, args.tau)
             if args.anchor:
                 used = torch.tensor(sorted({j for i in batch for j in ids[i]}))
                 loss = loss + args.anchor * ((rows[used] - rows0[used]) ** 2).mean()
@@ -85,6 +86,15 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--anchor", type=float, default=0.0)
+    parser.add_argument(
+        "--loss",
+        default="mse",
+        choices=["mse", "nce", "mse+nce"],
+        help="as bench/distill_probe.py's (nce: InfoNCE over the batch, both directions)",
+    )
+    parser.add_argument("--nce-weight", type=float, default=0.1)
+    parser.add_argument("--tau", type=float, default=0.05)
+    parser.add_argument("--cache", type=Path, help="a file for the build pairs' English embeddings")
     parser.add_argument("--save", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -93,7 +103,7 @@ def main() -> None:
     model_dir = default_model_dir()
     pairs = read_heldout(args.build)
     random.Random(0).shuffle(pairs)
-    teacher = english_sentence_vectors(model_dir, [p.en for p in pairs])  # [n, d]
+    teacher = cached(args.cache, lambda: english_sentence_vectors(model_dir, [p.en for p in pairs]))  # [n, d]
     built = Embeddings.load(args.out)
     skip = {built.tokenizer.pad_id, built.tokenizer.unk_id}
     ids = [[j for j in built.tokenizer.encode(p.zh) if j not in skip] for p in pairs]
@@ -106,7 +116,15 @@ def main() -> None:
     heldout_ids = [[j for j in built.tokenizer.encode(p.zh) if j not in skip] for p in heldout]
     english = english_sentence_vectors(model_dir, [p.en for p in heldout])
     result = dict(
-        settings=dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, anchor=args.anchor),
+        settings=dict(
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            anchor=args.anchor,
+            loss=args.loss,
+            nce_weight=args.nce_weight,
+            tau=args.tau,
+        ),
         validation_before=before,
         validation_after=scored(rows, [ids[i] for i in validation], teacher[validation]),
         heldout_before=scored(rows0, heldout_ids, english),
