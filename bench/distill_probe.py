@@ -3,11 +3,12 @@ rows, measured on validation pairs drawn from the build corpus (never
 trained on here) and, once at the end, on the held-out pairs.
 
     python bench/distill_probe.py --out OUT --work WORK --heldout HELDOUT.tsv \
-        [--loss mse|nce|mse+nce] [--nce-weight 0.1] [--tau 0.05] [--chars] [--char-dropout 0.1] \
+        [--loss mse|cos|nce|mse+nce] [--nce-weight 0.1] [--tau 0.05] [--chars] [--char-dropout 0.1] \
         [--epochs 1] [--lr 2e-3] [--cache DIR] [--json FILE]
 
 - mse: the command's loss, the mean squared error to the English model's
   sentence embedding of the translation.
+- cos: one minus the cosine to that embedding (retrieval ranks by cosine).
 - nce: InfoNCE over the batch (the Chinese sentence against the English
   embeddings of the batch's pairs, cosine / tau), both directions.
 - --chars: every character that occurs inside the build's words but is not a
@@ -66,6 +67,8 @@ def loss_of(predicted, target, loss: str, nce_weight: float, tau: float) -> torc
     total = predicted.new_zeros(())
     if "mse" in loss:
         total = total + F.mse_loss(predicted, target)
+    if loss == "cos":
+        total = total + (1 - F.cosine_similarity(predicted, target, dim=1)).mean()
     if "nce" in loss:
         logits = F.normalize(predicted, dim=1) @ F.normalize(target, dim=1).T / tau  # [b, b]
         gold = torch.arange(len(logits))
@@ -98,7 +101,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--heldout", type=Path, required=True)
-    parser.add_argument("--loss", default="mse", choices=["mse", "nce", "mse+nce"])
+    parser.add_argument("--loss", default="mse", choices=["mse", "cos", "nce", "mse+nce"])
     parser.add_argument("--nce-weight", type=float, default=0.1)
     parser.add_argument("--tau", type=float, default=0.05)
     parser.add_argument("--chars", action="store_true")

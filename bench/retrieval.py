@@ -7,12 +7,14 @@ english<TAB>chinese file).
 
     python bench/retrieval.py --heldout /work/xl-bench/tatoeba/heldout.tsv \\
         --build default=/work/xl-bench/tatoeba/out --build layer-1=OUT2 \\
-        [--sif 0.001 --sif 0.0001] [--random] [--segmenter jieba --segmenter wordpiece] [--json FILE]
+        [--sif 0.001 --sif 0.0001] [--random] [--segmenter jieba --segmenter export] [--json FILE]
 
 Each build is scored with every --sif weighting (and none), with each
 segmenter: `jieba` is xlembed's own tokenizer (as the build segmented),
-`wordpiece` the greedy-longest-match tokenizer the model2vec export ships
-(xlembed.hf_tokenizer). --random adds each build's rows replaced by random
+`export` the tokenizer the model2vec export ships (the most probable
+segmentation by corpus frequency, xlembed.export.export_tokenizer), and
+`wordpiece` greedy longest match over the vocabulary (what the export
+shipped before 2026-12-03). --random adds each build's rows replaced by random
 rows scaled as xlembed's random fill (per-dimension mean and sd of the
 projected rows), a floor. The English model is the build's own (its
 manifest), unless --model says otherwise.
@@ -39,7 +41,7 @@ from xlembed.embeddings import Embeddings  # noqa: E402
 class Score(NamedTuple):
     build: str
     rows: str  # matrix | random
-    segmenter: str  # jieba | wordpiece
+    segmenter: str  # jieba | export | wordpiece
     sif: float | None
     zh_to_en: float
     en_to_zh: float
@@ -65,11 +67,16 @@ def random_rows(e: Embeddings, seed: int = 0) -> Embeddings:
     )
 
 
-def wordpiece_encode(e: Embeddings, sentences: list[str], sif: float | None) -> torch.Tensor:
-    """As Embeddings.encode, with the export's tokenizer in place of jieba."""
+def segmenter_tokenizer(e: Embeddings, segmenter: str):
+    """The `tokenizers` tokenizer a segmenter other than jieba stands for."""
+    from xlembed.export import export_tokenizer
     from xlembed.hf_tokenizer import vocabulary_tokenizer
 
-    tokenizer = vocabulary_tokenizer(e.words)
+    return export_tokenizer(e, e.words) if segmenter == "export" else vocabulary_tokenizer(e.words)
+
+
+def tokenizer_encode(e: Embeddings, tokenizer, sentences: list[str], sif: float | None) -> torch.Tensor:
+    """As Embeddings.encode, with `tokenizer` in place of jieba."""
     weights = e._word_weights(sif)
     skip = {e.word_index.get(PAD), e.word_index.get(UNK)}
     out = torch.zeros((len(sentences), e.vectors.shape[1]))
@@ -88,15 +95,12 @@ class Centering(NamedTuple):
     english_mean: torch.Tensor  # [d]
 
 
-def segmentation_agreement(e: Embeddings, sentences: list[str]) -> dict:
-    """How often the export's tokenizer segments as jieba does, over the words
+def segmentation_agreement(e: Embeddings, tokenizer, sentences: list[str]) -> dict:
+    """How often `tokenizer` segments as jieba does, over the words
     each finds in the vocabulary: sentences whose known-word sequences are the
     same, and the share of jieba's known words (as a multiset) that it finds."""
     from collections import Counter
 
-    from xlembed.hf_tokenizer import vocabulary_tokenizer
-
-    tokenizer = vocabulary_tokenizer(e.words)
     same = found = total = 0
     for text, enc in zip(sentences, tokenizer.encode_batch(sentences, add_special_tokens=False)):
         ours = [w for w in e.tokenizer.tokenize(text) if w in e.word_index and w not in (PAD, UNK)]
@@ -121,9 +125,11 @@ def score_build(
     scores = []
     for segmenter in segmenters:
         for sif in sifs:
-            encode = (
-                (lambda t: e.encode(t, sif=sif)) if segmenter == "jieba" else (lambda t: wordpiece_encode(e, t, sif))
-            )
+            if segmenter == "jieba":
+                encode = lambda t: e.encode(t, sif=sif)  # noqa: E731
+            else:
+                tokenizer = segmenter_tokenizer(e, segmenter)
+                encode = lambda t: tokenizer_encode(e, tokenizer, t, sif)  # noqa: E731
             zh = encode(zh_texts)
             label = rows
             if centering is not None:
@@ -187,7 +193,7 @@ def main() -> None:
         default=[],
         help="SIF weighting a (repeatable); no weighting is always scored",
     )
-    parser.add_argument("--segmenter", action="append", choices=["jieba", "wordpiece"], help="default: jieba")
+    parser.add_argument("--segmenter", action="append", choices=["jieba", "export", "wordpiece"], help="default: jieba")
     parser.add_argument("--random", action="store_true", help="also score random rows of each build's shape")
     parser.add_argument(
         "--center-on",
@@ -212,9 +218,10 @@ def main() -> None:
             english_cache[model] = cached_english(model, pairs, args.heldout, args.cache)
         english = english_cache[model]
         scores += score_build(name, e, pairs, english, sifs, args.segmenter or ["jieba"], "matrix")
-        if "wordpiece" in (args.segmenter or []):
-            agreement[name] = segmentation_agreement(e, [p.zh for p in pairs])
-            print(f"{name:>12} wordpiece vs jieba: {agreement[name]}", file=sys.stderr)
+        for segmenter in set(args.segmenter or []) - {"jieba"}:
+            tokenizer = segmenter_tokenizer(e, segmenter)
+            agreement[f"{name}/{segmenter}"] = segmentation_agreement(e, tokenizer, [p.zh for p in pairs])
+            print(f"{name:>12} {segmenter} vs jieba: {agreement[f'{name}/{segmenter}']}", file=sys.stderr)
         if args.center_on:
             import random as _random
 

@@ -120,14 +120,25 @@ def write_keyed_vectors(rows: Rows, target: Path) -> None:
         kv.save(f, separately=[])
 
 
+def export_tokenizer(e, words: list[str]):
+    """The model2vec export's tokenizer over `words`: the most probable
+    segmentation by the build's corpus frequencies (how jieba cuts; the
+    transplant's tokenizer is the same), longest match where the output has
+    no vocabulary rows."""
+    from .hf_tokenizer import vocabulary_tokenizer
+
+    if not e.rows:
+        return vocabulary_tokenizer(words)
+    freq = {r.word: r.freq for r in e.rows}
+    return vocabulary_tokenizer(words, freqs=[freq.get(w, 0) for w in words])
+
+
 def write_model2vec(e, target: Path, sif: float | None = None) -> int:
     """A model2vec / sentence-transformers directory, replacing `target` as a
     whole only when it is an earlier export of ours. Rows are multiplied by
     their SIF weight with `sif` (a mean of weighted rows points where
     Embeddings.encode(sif=…)'s weighted mean points). Returns the rows."""
     from safetensors.numpy import save_file
-
-    from .hf_tokenizer import vocabulary_tokenizer
 
     check_target(target)
     _check_replaceable(target)
@@ -142,8 +153,7 @@ def write_model2vec(e, target: Path, sif: float | None = None) -> int:
     stage.mkdir(parents=True)
     try:
         save_file({"embeddings": vectors.numpy()}, str(stage / "model.safetensors"))
-        tokenizer = vocabulary_tokenizer(words)
-        tokenizer.save(str(stage / "tokenizer.json"))
+        export_tokenizer(e, words).save(str(stage / "tokenizer.json"))
         config = dict(model_type="model2vec", architectures=["StaticModel"], tokenizer_name=None, apply_pca=None,
                       apply_zipf=None, sif_coefficient=sif, hidden_dim=int(vectors.shape[1]), seq_length=1000000,
                       normalize=False, embedding_dtype="float32", xlembed_export=_provenance(e))

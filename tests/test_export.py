@@ -104,7 +104,8 @@ sentences = json.loads(sys.argv[2])
 m = StaticModel.from_pretrained(sys.argv[1])
 st = SentenceTransformer(sys.argv[1], device="cpu")
 print(json.dumps(dict(model2vec=m.encode(sentences).tolist(), st=st.encode(sentences).tolist(),
-                      tokens=[m.tokenizer.encode(s, add_special_tokens=False).tokens for s in sentences])))
+                      tokens=[[m.tokenizer.id_to_token(i) for i in m.tokenizer.encode(s, add_special_tokens=False).ids]
+                              for s in sentences])))
 """
 
 
@@ -135,3 +136,20 @@ def test_model2vec_export_loads_without_xlembed(hand_made, tmp_path):
     result = xlembed("export", hand_made, "--format", "model2vec", "-o", tmp_path / "mine")
     assert result.exit_code == 2 and "refusing to replace it" in result.output
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_the_model2vec_export_segments_by_corpus_frequency():
+    """The export's tokenizer cuts as jieba would (研究 / 生命, the most probable cut by the build's
+    frequencies), where longest match takes 研究生 / 命; an output without vocabulary rows: longest match."""
+    from types import SimpleNamespace
+
+    from xlembed.embeddings import VocabRow
+    from xlembed.export import export_tokenizer
+
+    words = ["[PAD]", "[UNK]", "研究", "研究生", "生命", "命", "的", "起源"]
+    freqs = [0, 0, 500, 20, 300, 5, 5000, 50]
+    built = SimpleNamespace(rows=[VocabRow.new(w, f, "projected") for w, f in zip(words, freqs)])
+    assert export_tokenizer(built, words).encode("研究生命的起源").tokens == ["研究", "生命", "的", "起源"]
+    assert export_tokenizer(built, words + ["新"]).encode("新的").tokens == ["新", "的"]  # a word with no row
+    no_rows = SimpleNamespace(rows=[])
+    assert export_tokenizer(no_rows, words).encode("研究生命的起源").tokens == ["研究生", "命", "的", "起源"]
