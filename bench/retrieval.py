@@ -124,11 +124,11 @@ def score_build(
     zh_texts = [p.zh for p in pairs]
     scores = []
     for segmenter in segmenters:
+        tokenizer = None if segmenter == "jieba" else segmenter_tokenizer(e, segmenter)
         for sif in sifs:
-            if segmenter == "jieba":
+            if tokenizer is None:
                 encode = lambda t: e.encode(t, sif=sif)  # noqa: E731
             else:
-                tokenizer = segmenter_tokenizer(e, segmenter)
                 encode = lambda t: tokenizer_encode(e, tokenizer, t, sif)  # noqa: E731
             zh = encode(zh_texts)
             label = rows
@@ -218,7 +218,7 @@ def main() -> None:
             english_cache[model] = cached_english(model, pairs, args.heldout, args.cache)
         english = english_cache[model]
         scores += score_build(name, e, pairs, english, sifs, args.segmenter or ["jieba"], "matrix")
-        for segmenter in set(args.segmenter or []) - {"jieba"}:
+        for segmenter in [s for s in dict.fromkeys(args.segmenter or []) if s != "jieba"]:
             tokenizer = segmenter_tokenizer(e, segmenter)
             agreement[f"{name}/{segmenter}"] = segmentation_agreement(e, tokenizer, [p.zh for p in pairs])
             print(f"{name:>12} {segmenter} vs jieba: {agreement[f'{name}/{segmenter}']}", file=sys.stderr)
