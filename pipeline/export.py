@@ -9,8 +9,9 @@ xlembed to read:
                 and sentence_transformers.SentenceTransformer(DIR) (a
                 StaticEmbedding module) load: Chinese sentences encode in
                 the English model's sentence space. jieba cannot travel
-                inside a tokenizer.json, so its tokenizer segments by
-                greedy longest match over the vocabulary (hf_tokenizer).
+                inside a tokenizer.json, so its tokenizer takes the most
+                probable segmentation over the vocabulary by the build's
+                corpus frequencies (export_tokenizer, hf_tokenizer).
 
 The word formats leave out [PAD] and [UNK] unless `special` is set (gensim
 warns about [PAD]'s zero vector, and [UNK], the mean row, is everybody's
@@ -177,8 +178,9 @@ def _provenance(e) -> dict:
 def _model_card(e, sif: float | None) -> str:
     return ("---\nlibrary_name: model2vec\nlanguage: zh\n---\n\n"
             f"# Chinese static embeddings in {e.metadata.get('model', 'an English model')}'s space\n\n"
-            "Exported by xlembed from a matrix built on an English–Chinese parallel corpus. Chinese is segmented by\n"
-            "greedy longest match over the vocabulary; a sentence is the mean of its words' rows"
+            "Exported by xlembed from a matrix built on an English–Chinese parallel corpus. Chinese is cut into the\n"
+            "vocabulary's words, the most probable cut by the build's corpus frequencies; a sentence is the mean of\n"
+            "its words' rows"
             + (f" (rows weighted by SIF, a = {sif})" if sif else "") + ".\n\n"
             "```python\nfrom model2vec import StaticModel\nmodel = StaticModel.from_pretrained(\"THIS_DIR\")\n"
             "vectors = model.encode([\"我喜欢猫。\"])\n```\n")
