@@ -123,27 +123,36 @@ def ray_cluster(opts: ExecutorConfig) -> Iterator:
     try:
         yield ray
     except BaseException:  # an error, Ctrl-C or SIGTERM: the caller prints its one line after this
-        with stderr_descriptor_silenced():
-            ray.shutdown()
+        silence_stderr_descriptor()
+        ray.shutdown()
         raise
     ray.shutdown()
 
 
-@contextlib.contextmanager
-def stderr_descriptor_silenced() -> Iterator[None]:
-    """File descriptor 2 sent to /dev/null for the block. Leaving Ray after an
-    error or a signal, its C++ core writes log lines of its own (`task_manager.cc:
-    Failed to push error to driver …`) straight to the descriptor, past Python's
-    sys.stderr, before xlembed's one-line error."""
+def silence_stderr_descriptor() -> None:
+    """File descriptor 2 sent to /dev/null for the rest of the process, and
+    Python's sys.stderr (when it wrote to that descriptor) moved to a copy of
+    the descriptor as it was. Leaving Ray after an error or a signal, the
+    threads of its C++ core write log lines of their own (`task_manager.cc:
+    Failed to push error to driver …`) straight to the descriptor, past
+    sys.stderr, and they may still do so after ray.shutdown() returns: so the
+    descriptor is not given back. The CLI is about to print its one line and
+    exit; a program that embeds xlembed keeps its sys.stderr, and loses only
+    what native code writes to descriptor 2 after a failed Ray session."""
     sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    if stream_descriptor(sys.stderr) == 2:
+        sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding, errors=sys.stderr.errors)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def stream_descriptor(stream) -> int | None:
+    """The file descriptor a text stream writes to; None for one without (a test runner's buffer)."""
     try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 class Encoders(NamedTuple):
