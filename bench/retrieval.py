@@ -10,9 +10,11 @@ english<TAB>chinese file).
         [--sif 0.001 --sif 0.0001] [--random] [--segmenter jieba --segmenter export] [--json FILE]
 
 Each build is scored with every --sif weighting (and none), with each
-segmenter: `jieba` is xlembed's own tokenizer (as the build segmented),
-`export` the tokenizer the model2vec export ships (the most probable
-segmentation by corpus frequency, xlembed.export.export_tokenizer), and
+segmenter: `jieba` is xlembed's own tokenizer (as the build segmented:
+`Embeddings.encode(segmentation="jieba")`), `export` the tokenizer the
+model2vec export ships and `Embeddings.encode` uses by default since
+2026-12-04 (the most probable segmentation by corpus frequency,
+Embeddings.sentence_tokenizer), and
 `wordpiece` greedy longest match over the vocabulary (what the export
 shipped before 2026-12-03). --random adds each build's rows replaced by random
 rows scaled as xlembed's random fill (per-dimension mean and sd of the
@@ -69,14 +71,13 @@ def random_rows(e: Embeddings, seed: int = 0) -> Embeddings:
 
 def segmenter_tokenizer(e: Embeddings, segmenter: str):
     """The `tokenizers` tokenizer a segmenter other than jieba stands for."""
-    from xlembed.export import export_tokenizer
     from xlembed.hf_tokenizer import vocabulary_tokenizer
 
-    return export_tokenizer(e, e.words) if segmenter == "export" else vocabulary_tokenizer(e.words)
+    return e.sentence_tokenizer if segmenter == "export" else vocabulary_tokenizer(e.words)
 
 
 def tokenizer_encode(e: Embeddings, tokenizer, sentences: list[str], sif: float | None) -> torch.Tensor:
-    """As Embeddings.encode, with `tokenizer` in place of jieba."""
+    """As Embeddings.encode, with `tokenizer` (longest match) in place of its segmentations."""
     weights = e._word_weights(sif)
     skip = {e.word_index.get(PAD), e.word_index.get(UNK)}
     out = torch.zeros((len(sentences), e.vectors.shape[1]))
@@ -124,10 +125,11 @@ def score_build(
     zh_texts = [p.zh for p in pairs]
     scores = []
     for segmenter in segmenters:
-        tokenizer = None if segmenter == "jieba" else segmenter_tokenizer(e, segmenter)
+        tokenizer = segmenter_tokenizer(e, segmenter) if segmenter == "wordpiece" else None
         for sif in sifs:
             if tokenizer is None:
-                encode = lambda t: e.encode(t, sif=sif)  # noqa: E731
+                segmentation = "jieba" if segmenter == "jieba" else "frequency"
+                encode = lambda t: e.encode(t, sif=sif, segmentation=segmentation)  # noqa: E731
             else:
                 encode = lambda t: tokenizer_encode(e, tokenizer, t, sif)  # noqa: E731
             zh = encode(zh_texts)

@@ -147,14 +147,13 @@ def write_model2vec(e, target: Path, sif: float | None = None) -> int:
     for special in (PAD, UNK):
         if special in e.word_index:
             vectors[e.word_index[special]] = 0
-    words = e.words if UNK in e.word_index else e.words + [UNK]
-    if len(words) > len(e.words):
+    if UNK not in e.word_index:  # the tokenizer's [UNK] is one past the last row
         vectors = torch.cat([vectors, torch.zeros(1, vectors.shape[1])])
     stage = _temp_name(target, ".partial")
     stage.mkdir(parents=True)
     try:
         save_file({"embeddings": vectors.numpy()}, str(stage / "model.safetensors"))
-        export_tokenizer(e, words).save(str(stage / "tokenizer.json"))
+        e.sentence_tokenizer.save(str(stage / "tokenizer.json"))
         config = dict(model_type="model2vec", architectures=["StaticModel"], tokenizer_name=None, apply_pca=None,
                       apply_zipf=None, sif_coefficient=sif, hidden_dim=int(vectors.shape[1]), seq_length=1000000,
                       normalize=False, embedding_dtype="float32", xlembed_export=_provenance(e))
@@ -166,7 +165,7 @@ def write_model2vec(e, target: Path, sif: float | None = None) -> int:
     finally:
         if stage.exists():
             shutil.rmtree(stage)
-    return len(words)
+    return len(vectors)
 
 
 def _provenance(e) -> dict:

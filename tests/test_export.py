@@ -153,3 +153,22 @@ def test_the_model2vec_export_segments_by_corpus_frequency():
     assert export_tokenizer(built, words + ["新"]).encode("新的").tokens == ["新", "的"]  # a word with no row
     no_rows = SimpleNamespace(rows=[])
     assert export_tokenizer(no_rows, words).encode("研究生命的起源").tokens == ["研究生", "命", "的", "起源"]
+
+
+def test_encode_cuts_as_the_model2vec_export_does_unless_asked_for_jieba():
+    """A word the build never saw (图书馆) is cut into words it did (图书 / 馆) by the corpus-frequency
+    cut that encode shares with the model2vec export; jieba keeps it whole, and it is left out."""
+    from xlembed.embeddings import Embeddings, VocabRow
+
+    words = ["[PAD]", "[UNK]", "图书", "馆", "研究", "生命"]
+    vectors = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 2.0]])
+    e = Embeddings(words=words, vectors=vectors, projected=torch.tensor([False, False, True, True, True, True]),
+                   english_words=[], english_vectors=torch.zeros(0, 2),
+                   rows=[VocabRow.new(w, f, "projected") for w, f in zip(words, [0, 0, 40, 3, 50, 50])],
+                   manifest={"parameters": {"tokenize": {"user_dict": None, "hmm": True}}}, metadata={})
+    assert e.sentence_tokenizer.encode("图书馆", add_special_tokens=False).tokens == ["图书", "馆"]
+    assert e.encode("图书馆").tolist() == [0.5, 0.5]
+    assert e.encode("图书馆", segmentation="jieba").tolist() == [0.0, 0.0]  # jieba: one word, with no row
+    assert e.encode("研究生命", segmentation="jieba").tolist() == e.encode("研究生命").tolist() == [1.0, 1.0]
+    with pytest.raises(Exception, match="segmentation must be 'frequency' or 'jieba'"):
+        e.encode("猫", segmentation="longest")
