@@ -209,7 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     pairs = read_heldout(args.heldout)
     builds = dict(b.split("=", 1) for b in args.build)
-    sifs = [None, *args.sif]
+    sifs = [0.0, *args.sif]  # 0: no weighting
     english_cache: dict[Path, torch.Tensor] = {}
     scores: list[Score] = []
     agreement: dict[str, dict] = {}

@@ -114,7 +114,8 @@ def export(
     ] = False,
     sif: Annotated[
         Optional[float],
-        typer.Option(help="model2vec: weight rows by SIF (a > 0), a / (a + p(word)).", show_default="no weighting"),
+        typer.Option(help="model2vec: weight rows by SIF, a / (a + p(word)), as Embeddings.encode does; 0 = no "
+                     "weighting.", show_default="0.03"),
     ] = None,
 ):
     """Export a matrix for gensim (word2vec text or binary, KeyedVectors), model2vec and sentence-transformers.

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .config import PAD, UNK
+from .config import PAD, SENTENCE_SIF, UNK
 from .config import ExportFormat as Format
 from .errors import XlembedError
 from .io import XLEMBED_OUTPUT, _temp_name, atomic_path, read_json, refuse_link
@@ -137,8 +137,10 @@ def export_tokenizer(e, words: list[str]):
 def write_model2vec(e, target: Path, sif: float | None = None) -> int:
     """A model2vec / sentence-transformers directory, replacing `target` as a
     whole only when it is an earlier export of ours. Rows are multiplied by
-    their SIF weight with `sif` (a mean of weighted rows points where
-    Embeddings.encode(sif=…)'s weighted mean points). Returns the rows."""
+    their SIF weight a / (a + p(word)), a = `sif` (None: SENTENCE_SIF; 0: not
+    weighted), so a mean of the rows points where Embeddings.encode(sif=…)'s
+    weighted mean points. Returns the rows."""
+    sif = SENTENCE_SIF if sif is None else sif
     from safetensors.numpy import save_file
 
     check_target(target)
@@ -155,8 +157,8 @@ def write_model2vec(e, target: Path, sif: float | None = None) -> int:
         save_file({"embeddings": vectors.numpy()}, str(stage / "model.safetensors"))
         e.sentence_tokenizer.save(str(stage / "tokenizer.json"))
         config = dict(model_type="model2vec", architectures=["StaticModel"], tokenizer_name=None, apply_pca=None,
-                      apply_zipf=None, sif_coefficient=sif, hidden_dim=int(vectors.shape[1]), seq_length=1000000,
-                      normalize=False, embedding_dtype="float32", xlembed_export=_provenance(e))
+                      apply_zipf=None, sif_coefficient=sif or None, hidden_dim=int(vectors.shape[1]),
+                      seq_length=1000000, normalize=False, embedding_dtype="float32", xlembed_export=_provenance(e))
         (stage / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         modules = [{"idx": 0, "name": "0", "path": ".", "type": "sentence_transformers.models.StaticEmbedding"}]
         (stage / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
@@ -216,8 +218,8 @@ def export(e, format: Format | str, target: Path, lang: str = "zh", special: boo
     in `format`; returns the number of rows written."""
     format = Format(format)
     target = Path(target)
-    if sif is not None and (format != Format.model2vec or sif <= 0):
-        raise XlembedError(f"--sif {sif}: only with --format model2vec, and above 0")
+    if sif is not None and (format != Format.model2vec or sif < 0):
+        raise XlembedError(f"--sif {sif}: only with --format model2vec, and 0 (no weighting) or above")
     if target == STDOUT and format != Format.word2vec:
         raise XlembedError(f"-o -: standard output takes the text format only (word2vec), not {format.value}")
     if format == Format.model2vec:

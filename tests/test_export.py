@@ -40,9 +40,12 @@ def test_encode_weights_frequent_words_less_with_sif(hand_made):
     (w_cat, w_dog) = (0.01 / (0.01 + 98 / total), 0.01 / (0.01 + 1 / total))
     expected = (torch.tensor([1.0, 0.1]) * w_cat + torch.tensor([0.9, 0.3]) * w_dog) / (w_cat + w_dog)
     assert e.encode("猫狗", sif=0.01).tolist() == pytest.approx(expected.tolist(), rel=1e-5)
-    assert e.encode("猫狗").tolist() == pytest.approx([0.95, 0.2])  # unweighted
-    with pytest.raises(Exception, match="sif must be above 0"):
-        e.encode("猫", sif=0)
+    assert e.encode("猫狗", sif=0).tolist() == pytest.approx([0.95, 0.2])  # unweighted
+    (w_cat, w_dog) = (0.03 / (0.03 + 98 / total), 0.03 / (0.03 + 1 / total))  # the default: a = 0.03
+    expected = (torch.tensor([1.0, 0.1]) * w_cat + torch.tensor([0.9, 0.3]) * w_dog) / (w_cat + w_dog)
+    assert e.encode("猫狗").tolist() == pytest.approx(expected.tolist(), rel=1e-5)
+    with pytest.raises(Exception, match="sif must be 0 .no weighting. or above"):
+        e.encode("猫", sif=-0.01)
 
 
 def test_word2vec_formats_leave_out_special_rows_unless_asked(hand_made, tmp_path):
@@ -167,7 +170,7 @@ def test_encode_cuts_as_the_model2vec_export_does_unless_asked_for_jieba():
                    rows=[VocabRow.new(w, f, "projected") for w, f in zip(words, [0, 0, 40, 3, 50, 50])],
                    manifest={"parameters": {"tokenize": {"user_dict": None, "hmm": True}}}, metadata={})
     assert e.sentence_tokenizer.encode("图书馆", add_special_tokens=False).tokens == ["图书", "馆"]
-    assert e.encode("图书馆").tolist() == [0.5, 0.5]
+    assert e.encode("图书馆", sif=0).tolist() == [0.5, 0.5]
     assert e.encode("图书馆", segmentation="jieba").tolist() == [0.0, 0.0]  # jieba: one word, with no row
     assert e.encode("研究生命", segmentation="jieba").tolist() == e.encode("研究生命").tolist() == [1.0, 1.0]
     with pytest.raises(Exception, match="segmentation must be 'frequency' or 'jieba'"):
