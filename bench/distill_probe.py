@@ -38,13 +38,13 @@ from transplant_chars import with_character_rows  # noqa: E402
 
 from xlembed.distill import (  # noqa: E402
     DistillOptions,
-    batch_order,
     corpus_pairs,
     padded,
     pool,
     schedule,
     teacher_embeddings,
     token_ids,
+    train_steps,
 )
 from xlembed.layout import WorkDir  # noqa: E402
 from xlembed.models import default_model_dir, load_encoder, load_tokenizer  # noqa: E402
@@ -161,21 +161,11 @@ def main() -> None:
     steps = max(1, round(options.epochs * -(-len(train) // options.batch_size)))
     optimizer = torch.optim.AdamW([rows], lr=options.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(steps))
-    lengths = [len(i) for i in zh_ids]
-    losses: list[float] = []
-    student.train()
-    with reporter.task("probe: Chinese rows", steps, "steps") as task:
-        while len(losses) < steps:
-            for batch in batch_order(lengths, options.batch_size, generator)[: steps - len(losses)]:
-                ids = [char_split(zh_ids[i], pieces, args.char_dropout, rng) if pieces else zh_ids[i] for i in batch]
-                predicted = pool(student, *padded(ids, tokenizer.pad_token_id), "mean")  # [b, d]
-                loss = loss_of(predicted, targets[batch], args.loss, args.nce_weight, args.tau)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                losses.append(loss.item())
-                task.advance()
+    losses = train_steps(
+        student, zh_ids, targets, steps, optimizer, scheduler, generator, options, "mean", reporter,
+        loss_of=lambda predicted, target: loss_of(predicted, target, args.loss, args.nce_weight, args.tau),
+        ids_of=(lambda ids: char_split(ids, pieces, args.char_dropout, rng)) if pieces else None,
+    )
     after = precision_at_1(student_vectors(student, tokenizer, [p.zh for p in validation]), val_en)
     held = precision_at_1(student_vectors(student, tokenizer, [p.zh for p in heldout]), held_en)
     result = dict(

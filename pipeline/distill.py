@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -163,8 +163,12 @@ def distill_rows(student, student_tokenizer, teacher, teacher_tokenizer, pairs: 
 
 
 def train_steps(student, zh_ids, targets, steps, optimizer, scheduler, generator, options: DistillOptions,
-                pooling: str, reporter: Reporter) -> list[float]:
-    """`steps` optimizer steps over the pairs, epoch after epoch; the loss of each."""
+                pooling: str, reporter: Reporter, loss_of: Callable = torch.nn.functional.mse_loss,
+                ids_of: Callable[[list[int]], list[int]] | None = None) -> list[float]:
+    """`steps` optimizer steps over the pairs, epoch after epoch; the loss
+    of each. loss_of(predicted [b, d], targets [b, d]) -> a scalar; ids_of:
+    each sentence's ids as trained this step (bench/distill_probe.py's
+    character dropout), the ids as they are without it."""
     student.train()
     losses: list[float] = []
     pad_id = student.config.pad_token_id or 0
@@ -172,8 +176,9 @@ def train_steps(student, zh_ids, targets, steps, optimizer, scheduler, generator
     with reporter.task("distil: Chinese rows", steps, "steps") as task:
         while len(losses) < steps:
             for batch in batch_order(lengths, options.batch_size, generator)[: steps - len(losses)]:
-                predicted = pool(student, *padded([zh_ids[i] for i in batch], pad_id), pooling)  # [b, d]
-                loss = torch.nn.functional.mse_loss(predicted, targets[batch])
+                ids = [ids_of(zh_ids[i]) if ids_of else zh_ids[i] for i in batch]
+                predicted = pool(student, *padded(ids, pad_id), pooling)  # [b, d]
+                loss = loss_of(predicted, targets[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
