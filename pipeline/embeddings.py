@@ -322,6 +322,9 @@ class Embeddings:
         normalize: scale each sentence vector to length 1 (zero rows stay 0)."""
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
+        not_text = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if not_text is not None:
+            raise XlembedError(f"sentences must be strings; item {not_text} is {type(texts[not_text]).__name__}")
         weights = self._word_weights(sif)  # [V]
         skip = {self.word_index.get(PAD), self.word_index.get(UNK), len(self.words)}
         out = torch.zeros((len(texts), self.vectors.shape[1]), dtype=torch.float32)  # [n, d]
@@ -345,8 +348,8 @@ class Embeddings:
     def _word_weights(self, sif: float | None) -> torch.Tensor:
         """[V] SIF's a / (a + p(word)), a = sif (None: SENTENCE_SIF); 1 for every word with sif 0."""
         sif = SENTENCE_SIF if sif is None else sif
-        if sif < 0:
-            raise XlembedError(f"sif must be 0 (no weighting) or above, got {sif}")
+        if not 0 <= sif < float("inf"):  # NaN fails too
+            raise XlembedError(f"sif must be 0 (no weighting) or a finite number above, got {sif}")
         if sif == 0:
             return torch.ones(len(self.words))
         freq = torch.tensor([float(r.freq) for r in self.rows] if self.rows else [0.0] * len(self.words))  # [V]

@@ -44,8 +44,11 @@ def test_encode_weights_frequent_words_less_with_sif(hand_made):
     (w_cat, w_dog) = (0.03 / (0.03 + 98 / total), 0.03 / (0.03 + 1 / total))  # the default: a = 0.03
     expected = (torch.tensor([1.0, 0.1]) * w_cat + torch.tensor([0.9, 0.3]) * w_dog) / (w_cat + w_dog)
     assert e.encode("猫狗").tolist() == pytest.approx(expected.tolist(), rel=1e-5)
-    with pytest.raises(Exception, match="sif must be 0 .no weighting. or above"):
-        e.encode("猫", sif=-0.01)
+    for bad in (-0.01, float("nan"), float("inf")):
+        with pytest.raises(Exception, match="sif must be 0 .no weighting. or a finite number above"):
+            e.encode("猫", sif=bad)
+    with pytest.raises(Exception, match="sentences must be strings; item 1 is NoneType"):
+        e.encode(["猫", None])
 
 
 def test_word2vec_formats_leave_out_special_rows_unless_asked(hand_made, tmp_path):
