@@ -219,7 +219,7 @@ def export(e, format: Format | str, target: Path, lang: str = "zh", special: boo
     format = Format(format)
     target = Path(target)
     if sif is not None and (format != Format.model2vec or not 0 <= sif < float("inf")):
-        raise XlembedError(f"--sif {sif}: only with --format model2vec, and 0 (no weighting) or above")
+        raise XlembedError(f"--sif {sif}: only with --format model2vec, and 0 (no weighting) or a finite number above")
     if target == STDOUT and format != Format.word2vec:
         raise XlembedError(f"-o -: standard output takes the text format only (word2vec), not {format.value}")
     if format == Format.model2vec:
