@@ -139,9 +139,11 @@ def silence_stderr_descriptor() -> None:
     descriptor is not given back. The CLI is about to print its one line and
     exit; a program that embeds xlembed keeps its sys.stderr, and loses only
     what native code writes to descriptor 2 after a failed Ray session."""
-    sys.stderr.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
     if stream_descriptor(sys.stderr) == 2:
-        sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding, errors=sys.stderr.errors)
+        sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                               errors=getattr(sys.stderr, "errors", None) or "backslashreplace")
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
@@ -531,7 +533,7 @@ class RayExecutor:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._session.close()
+        self._session.__exit__(*exc)  # the exception, if any, reaches ray_cluster (close() would hide it)
 
     @property
     def ray(self):
