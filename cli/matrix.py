@@ -8,8 +8,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from xlembed.config import SENTENCE_SIF, Oov
 from xlembed.config import ExportFormat as Format
-from xlembed.config import Oov
 
 from ._util import JsonFlag, OutDirArg, Quiet, Reporter, app, err, fail, out, print_table
 
@@ -115,7 +115,7 @@ def export(
     sif: Annotated[
         Optional[float],
         typer.Option(help="model2vec: weight rows by SIF, a / (a + p(word)), as Embeddings.encode does; 0 = no "
-                     "weighting.", show_default="0.03"),
+                     "weighting.", show_default=str(SENTENCE_SIF)),
     ] = None,
 ):
     """Export a matrix for gensim (word2vec text or binary, KeyedVectors), model2vec and sentence-transformers.

@@ -140,8 +140,9 @@ def write_model2vec(e, target: Path, sif: float | None = None) -> int:
     their SIF weight a / (a + p(word)), a = `sif` (None: SENTENCE_SIF; 0: not
     weighted), so a mean of the rows points where Embeddings.encode(sif=…)'s
     weighted mean points. Returns the rows."""
-    sif = SENTENCE_SIF if sif is None else sif
     from safetensors.numpy import save_file
+
+    sif = SENTENCE_SIF if sif is None else sif
 
     check_target(target)
     _check_replaceable(target)
