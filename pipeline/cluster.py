@@ -65,6 +65,7 @@ from .io import Reporter, SilentReporter, read_lines, require, require_same_coun
 from .layout import WorkDir
 from .models import load_config
 from .project import (
+    SUM_DTYPE,
     PartSums,
     ProjectionSums,
     ProjectionTables,
@@ -282,9 +283,9 @@ class Totals:
     def __init__(self, parts_dir: Path, n_zh: int, n_en: int, dim: int):
         self.dir = parts_dir
         self.sums = ProjectionSums(
-            torch.zeros((n_zh, dim), dtype=torch.float64),
+            torch.zeros((n_zh, dim), dtype=SUM_DTYPE),
             torch.zeros(n_zh, dtype=torch.int64),  # [Z, d], [Z]
-            torch.zeros((n_en, dim), dtype=torch.float64),
+            torch.zeros((n_en, dim), dtype=SUM_DTYPE),
             torch.zeros(n_en, dtype=torch.int64),
             0,
         )  # [E, d], [E]

@@ -54,16 +54,21 @@ def read_stopwords(path) -> set[str]:
     return {w for line in read_lines(path) for w in line.split()}
 
 
+SUM_DTYPE = torch.float32  # the per-word sums: 4 bytes a value (float64 was 461 MB on the mixed corpus,
+# the whole run's peak); each block is summed in float32 already, and ~200 block sums per word in float32
+# cost ~1e-6 relative, against the shards' float16 (~1e-3)
+
+
 class PartSums(NamedTuple):
     """Sums and counts of the word ids present in a part (a vector shard, a Ray shard)."""
 
     ids: np.ndarray  # [u]
-    sum: torch.Tensor  # [u, d]
+    sum: torch.Tensor  # [u, d] SUM_DTYPE
     count: torch.Tensor  # [u] int64
 
 
 def sums_by_id(vectors: torch.Tensor, ids: np.ndarray, rows: np.ndarray) -> PartSums:
-    """For each id present in `ids`: the sum (float64) and count of the
+    """For each id present in `ids`: the sum (SUM_DTYPE) and count of the
     vectors at `rows`. A sparse (id x row) count matrix times `vectors`
     [n, d]: memory beyond the vectors is the result."""
     present, local_id = np.unique(ids, return_inverse=True)  # [u], [m]
@@ -73,16 +78,16 @@ def sums_by_id(vectors: torch.Tensor, ids: np.ndarray, rows: np.ndarray) -> Part
         (len(present), len(vectors)),
         check_invariants=False,
     ).coalesce()
-    sums = torch.sparse.mm(occurrences, vectors.float()).double()  # [u, d]
+    sums = torch.sparse.mm(occurrences, vectors.float()).to(SUM_DTYPE)  # [u, d]
     return PartSums(
         present, sums, torch.from_numpy(np.bincount(local_id.reshape(-1), minlength=len(present)).astype(np.int64))
     )
 
 
 def add_part(sums: torch.Tensor, counts: torch.Tensor, part: PartSums) -> None:
-    """Add a part's sums and counts into the totals `sums` [n_words, d] float64 and `counts` [n_words]."""
+    """Add a part's sums and counts into the totals `sums` [n_words, d] and `counts` [n_words]."""
     ids = torch.tensor(part.ids)  # a copy: Ray hands over read-only arrays
-    sums.index_add_(0, ids, part.sum.double())  # [u, d] into [n_words, d]
+    sums.index_add_(0, ids, part.sum.to(sums.dtype))  # [u, d] into [n_words, d]
     counts.index_add_(0, ids, part.count)
 
 
@@ -98,12 +103,12 @@ BLOCK_ROWS = 16384  # vector rows summed at once: the float32 copy of a block is
 
 
 def accumulate(store: VectorStore, sides: list[WordRows], dim: int, task) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per word id of each side: the sum (float64) and count of the vectors
+    """Per word id of each side: the sum (SUM_DTYPE) and count of the vectors
     at its rows, in one pass over the shards, a block of rows at a time, each
     added into the sums of the words present in it only: memory beyond the
     sums themselves is one shard and one block, however large the vocabulary
     or the corpus. Returns (sums [n_words, d], counts [n_words]) per side."""
-    totals = [(torch.zeros((side.n_words, dim), dtype=torch.float64), torch.zeros(side.n_words, dtype=torch.int64))
+    totals = [(torch.zeros((side.n_words, dim), dtype=SUM_DTYPE), torch.zeros(side.n_words, dtype=torch.int64))
               for side in sides]
     for k in range(store.n_shards):
         first, vectors = store.shard_starts[k], None
@@ -270,9 +275,9 @@ class ProjectionSums(NamedTuple):
     """What project accumulates: sums and counts per word id (additive: the
     sums of corpus parts add up to the whole corpus's)."""
 
-    zh_sum: torch.Tensor  # [Z, d] float64
+    zh_sum: torch.Tensor  # [Z, d] SUM_DTYPE
     zh_count: torch.Tensor  # [Z] int64
-    en_sum: torch.Tensor  # [E, d] float64
+    en_sum: torch.Tensor  # [E, d] SUM_DTYPE
     en_count: torch.Tensor  # [E] int64
     links_without_vector: int
 
@@ -374,7 +379,8 @@ def read_projected_words(path: Path) -> list[ProjectedWord]:
 class Projection:
     """What project wrote: per-word sums and counts, and the two vocabularies."""
 
-    tensors: dict[str, torch.Tensor]  # zh_sum [Z, d] f64, zh_count [Z], zh_freq [Z], en_sum [E, d] f64, en_count [E]
+    tensors: dict[str, torch.Tensor]  # zh_sum [Z, d], zh_count [Z], zh_freq [Z], en_sum [E, d], en_count [E]
+    # (the sums float32; float64 in a projection written before 0.5)
     zh_words: list[ProjectedWord]
     en_words: list[str]
     min_count: int
@@ -384,7 +390,7 @@ def load_projection(work: WorkDir) -> Projection:
     with safe_open(str(require(work.projection, "project")), "pt") as f:
         min_count = int(f.metadata()["min_count"])
         # each tensor a copy of its own: views into the file's one mapping would keep all of
-        # it (the float64 sums) in memory for as long as any of them, e.g. a count, lives
+        # it (the sums) in memory for as long as any of them, e.g. a count, lives
         tensors = {name: f.get_tensor(name).clone() for name in f.keys()}
     en_words = [line.split("\t")[0] for lineno, line in enumerate(read_lines(work.projection_en_vocab)) if lineno]
     return Projection(tensors, read_projected_words(work.projection_zh_vocab), en_words, min_count)

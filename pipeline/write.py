@@ -102,7 +102,7 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
 
 def english_matrix(en_words: list[str], en_sum: torch.Tensor, en_count: torch.Tensor) -> tuple[list[str], torch.Tensor]:
     keep = (en_count > 0).nonzero().squeeze(1)
-    return [en_words[k] for k in keep.tolist()], (en_sum[keep] / en_count[keep].unsqueeze(1).double()).float()
+    return [en_words[k] for k in keep.tolist()], (en_sum[keep] / en_count[keep].unsqueeze(1).to(en_sum.dtype)).float()
 
 
 def require_finite(work: WorkDir, **matrices: torch.Tensor) -> None:
@@ -125,7 +125,7 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
     records = {stage: valid_record(work, stage) for stage in UPSTREAM}  # each with what build_manifest reads
     projection = load_projection(work)
     user_vocab = read_word_list(opts.vocab) if opts.vocab is not None else None
-    # the sums (vocabulary x dimension, float64) are handed over and dropped as soon as they are averaged
+    # the sums (vocabulary x dimension) are handed over and dropped as soon as they are averaged
     english_words, english = english_matrix(
         projection.en_words, projection.tensors.pop("en_sum"), projection.tensors["en_count"]
     )

@@ -263,9 +263,9 @@ def test_the_drivers_totals_fold_returned_shards_into_a_checkpoint_and_read_back
         totals.add(s)
     # shards 2 and 0 folded into the checkpoint (their files gone); shard 3 as a file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00003.safetensors", "totals.safetensors"]
-    expected_zh = torch.zeros(6, 3, dtype=torch.float64)
+    expected_zh = torch.zeros(6, 3, dtype=cluster.SUM_DTYPE)  # the same additions in the same order
     for s in shards:
-        expected_zh.index_add_(0, torch.tensor(s.zh.ids), s.zh.sum.double())
+        expected_zh.index_add_(0, torch.tensor(s.zh.ids), s.zh.sum.to(cluster.SUM_DTYPE))
     resumed = cluster.Totals(tmp_path, 6, 6, 3)
     assert sorted(resumed.done) == [0, 2, 3]
     for t in (totals, resumed):

@@ -39,7 +39,7 @@ def make_work(tmp_path, shard_rows=2) -> WorkDir:
 def rows_by_word(work):
     projection = load_projection(work)
     tensors, zh_rows = projection.tensors, projection.zh_words
-    mean = tensors["zh_sum"] / tensors["zh_count"].clamp(min=1).unsqueeze(1)
+    mean = tensors["zh_sum"].double() / tensors["zh_count"].clamp(min=1).unsqueeze(1)  # as write averages
     return {w: (mean[k].tolist(), int(tensors["zh_count"][k])) for k, (w, *_rest) in enumerate(zh_rows)}
 
 
@@ -67,7 +67,7 @@ def test_english_vectors_average_every_occurrence(tmp_path):
     project(Config().set().validate(("project",)), work)
     projection = load_projection(work)
     tensors, en_vocab = projection.tensors, projection.en_words
-    en = dict(zip(en_vocab, (tensors["en_sum"] / tensors["en_count"].unsqueeze(1)).tolist()))
+    en = dict(zip(en_vocab, (tensors["en_sum"].double() / tensors["en_count"].unsqueeze(1)).tolist()))
     assert en["cat"] == [2.0, 1.0 / 3]
     assert en["water"] == [3.0, 3.0]
     assert en_vocab[:2] == ["cat", "water"]  # most frequent first
