@@ -78,15 +78,7 @@ def segmenter_tokenizer(e: Embeddings, segmenter: str):
 
 def tokenizer_encode(e: Embeddings, tokenizer, sentences: list[str], sif: float | None) -> torch.Tensor:
     """As Embeddings.encode, with `tokenizer` (longest match) in place of its segmentations."""
-    weights = e._word_weights(sif)
-    skip = {e.word_index.get(PAD), e.word_index.get(UNK)}
-    out = torch.zeros((len(sentences), e.vectors.shape[1]))
-    for i, enc in enumerate(tokenizer.encode_batch(sentences, add_special_tokens=False)):
-        ids = [j for j in enc.ids if j not in skip]
-        if ids:
-            w = weights[ids].unsqueeze(1)
-            out[i] = (e.vectors[ids] * w).sum(0) / w.sum()
-    return out
+    return e.mean_rows([enc.ids for enc in tokenizer.encode_batch(sentences, add_special_tokens=False)], sif)
 
 
 class Centering(NamedTuple):

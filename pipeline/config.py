@@ -30,6 +30,15 @@ PAD, UNK = "[PAD]", "[UNK]"
 SENTENCE_SIF = 0.03
 
 
+def sif_value(sif: Any) -> float:
+    """SIF's a as a float (None: SENTENCE_SIF); 0 (no weighting) or a finite number above, else one line."""
+    if sif is None:
+        return SENTENCE_SIF
+    if isinstance(sif, bool) or not isinstance(sif, (int, float)) or not 0 <= sif < math.inf:  # NaN fails too
+        raise XlembedError(f"sif (--sif) must be 0 (no weighting) or a finite number above, got {sif!r}")
+    return float(sif)
+
+
 class Symmetrization(str, enum.Enum):
     intersect = "intersect"
     union = "union"

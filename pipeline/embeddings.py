@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from .config import PAD, SENTENCE_SIF, UNK, Oov
+from .config import PAD, UNK, Oov, sif_value
 from .errors import XlembedError
 from .io import XLEMBED_OUTPUT, save_tensors, sha256_file, staged_dir, write_json_atomic
 from .layout import OutDir
@@ -87,6 +87,17 @@ def _word_file(path: Path, files: dict[str, bytes], rows: int) -> list[str]:
 
 def _format_words(words: list[str]) -> str:
     return "".join(w + "\n" for w in words)
+
+
+def _text_list(sentences) -> list[str]:
+    """`sentences` as a list of strings, or a one-line error naming what is not one."""
+    if isinstance(sentences, (bytes, bytearray)) or not hasattr(sentences, "__iter__"):
+        raise XlembedError(f"sentences must be a string or a list of strings, got {type(sentences).__name__}")
+    texts = list(sentences)
+    not_text = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if not_text is not None:
+        raise XlembedError(f"sentences must be strings; item {not_text} is {type(texts[not_text]).__name__}")
+    return texts
 
 
 @dataclass(eq=False)
@@ -321,18 +332,8 @@ class Embeddings:
         -> 0.765 there); 0: every word weighs 1.
         normalize: scale each sentence vector to length 1 (zero rows stay 0)."""
         single = isinstance(sentences, str)
-        texts = [sentences] if single else list(sentences)
-        not_text = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-        if not_text is not None:
-            raise XlembedError(f"sentences must be strings; item {not_text} is {type(texts[not_text]).__name__}")
-        weights = self._word_weights(sif)  # [V]
-        skip = {self.word_index.get(PAD), self.word_index.get(UNK), len(self.words)}
-        out = torch.zeros((len(texts), self.vectors.shape[1]), dtype=torch.float32)  # [n, d]
-        for i, found in enumerate(self._sentence_word_ids(texts, segmentation)):
-            ids = [j for j in found if j is not None and j not in skip]
-            if ids:
-                w = weights[ids].unsqueeze(1)  # [t, 1]
-                out[i] = (self.vectors[ids].float() * w).sum(0) / w.sum()
+        texts = [sentences] if single else _text_list(sentences)
+        out = self.mean_rows(self._sentence_word_ids(texts, segmentation), sif)  # [n, d]
         if normalize:
             out = torch.nn.functional.normalize(out, dim=1)
         return out[0] if single else out
@@ -345,14 +346,30 @@ class Embeddings:
             return [[self.word_index.get(w) for w in self.tokenizer.tokenize(text)] for text in texts]
         raise XlembedError(f"segmentation must be 'frequency' or 'jieba', got {segmentation!r}")
 
-    def _word_weights(self, sif: float | None) -> torch.Tensor:
-        """[V] SIF's a / (a + p(word)), a = sif (None: SENTENCE_SIF); 1 for every word with sif 0."""
-        sif = SENTENCE_SIF if sif is None else sif
-        if not 0 <= sif < float("inf"):  # NaN fails too
-            raise XlembedError(f"sif must be 0 (no weighting) or a finite number above, got {sif}")
+    def mean_rows(self, sentence_ids: list[list[int | None]], sif: float | None = None) -> torch.Tensor:
+        """[n, d] float32: each sentence's mean of the rows at its ids, words
+        weighted as `word_weights(sif)` says (None, [PAD], [UNK] and the
+        tokenizers' one-past-the-end [UNK] left out; no id left: zeros). What
+        `encode` does once the sentences are cut; for a cut of one's own."""
+        weights = self.word_weights(sif)  # [V] float64
+        skip = {self.word_index.get(PAD), self.word_index.get(UNK), len(self.words)}
+        out = torch.zeros((len(sentence_ids), self.vectors.shape[1]), dtype=torch.float32)  # [n, d]
+        for i, found in enumerate(sentence_ids):
+            ids = [j for j in found if j is not None and j not in skip]
+            if ids:
+                w = weights[ids].unsqueeze(1)  # [t, 1] float64
+                w = w / w.max()  # in (0, 1]: no overflow or underflow, whatever a is
+                out[i] = ((self.vectors[ids].double() * w).sum(0) / w.sum()).float()
+        return out
+
+    def word_weights(self, sif: float | None = None) -> torch.Tensor:
+        """[V] float64 SIF's a / (a + p(word)), a = sif (None: SENTENCE_SIF); 1 for every word with sif 0.
+        float64 so that any finite a gives finite weights that are not all 0."""
+        sif = sif_value(sif)
         if sif == 0:
-            return torch.ones(len(self.words))
-        freq = torch.tensor([float(r.freq) for r in self.rows] if self.rows else [0.0] * len(self.words))  # [V]
+            return torch.ones(len(self.words), dtype=torch.float64)
+        freq = torch.tensor([float(r.freq) for r in self.rows] if self.rows else [0.0] * len(self.words),
+                            dtype=torch.float64)  # [V]
         total = freq.sum().clamp(min=1.0)
         return torch.where(freq > 0, sif / (sif + freq / total), torch.ones_like(freq))
 

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .config import PAD, SENTENCE_SIF, UNK
+from .config import PAD, UNK, sif_value
 from .config import ExportFormat as Format
 from .errors import XlembedError
 from .io import XLEMBED_OUTPUT, _temp_name, atomic_path, read_json, refuse_link
@@ -139,14 +139,16 @@ def write_model2vec(e, target: Path, sif: float | None = None) -> int:
     whole only when it is an earlier export of ours. Rows are multiplied by
     their SIF weight a / (a + p(word)), a = `sif` (None: SENTENCE_SIF; 0: not
     weighted), so a mean of the rows points where Embeddings.encode(sif=…)'s
-    weighted mean points. Returns the rows."""
+    weighted mean points; config.json's max_length is null, so model2vec
+    (0.10 reads it) cuts no text at 512 tokens, as encode does not. Returns
+    the rows."""
     from safetensors.numpy import save_file
 
-    sif = SENTENCE_SIF if sif is None else sif
-
+    sif = sif_value(sif)
     check_target(target)
     _check_replaceable(target)
-    vectors = e.vectors.float() * e._word_weights(sif).unsqueeze(1)  # [V, d]
+    weights = e.word_weights(sif)  # [V] float64
+    vectors = e.vectors.float() * (weights / weights.max()).float().unsqueeze(1)  # [V, d]; scaled to <= 1: any a
     for special in (PAD, UNK):
         if special in e.word_index:
             vectors[e.word_index[special]] = 0
@@ -159,7 +161,8 @@ def write_model2vec(e, target: Path, sif: float | None = None) -> int:
         e.sentence_tokenizer.save(str(stage / "tokenizer.json"))
         config = dict(model_type="model2vec", architectures=["StaticModel"], tokenizer_name=None, apply_pca=None,
                       apply_zipf=None, sif_coefficient=sif or None, hidden_dim=int(vectors.shape[1]),
-                      seq_length=1000000, normalize=False, embedding_dtype="float32", xlembed_export=_provenance(e))
+                      seq_length=1000000, max_length=None, normalize=False, embedding_dtype="float32",
+                      xlembed_export=_provenance(e))
         (stage / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         modules = [{"idx": 0, "name": "0", "path": ".", "type": "sentence_transformers.models.StaticEmbedding"}]
         (stage / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
@@ -219,8 +222,8 @@ def export(e, format: Format | str, target: Path, lang: str = "zh", special: boo
     in `format`; returns the number of rows written."""
     format = Format(format)
     target = Path(target)
-    if sif is not None and (format != Format.model2vec or not 0 <= sif < float("inf")):
-        raise XlembedError(f"--sif {sif}: only with --format model2vec, and 0 (no weighting) or a finite number above")
+    if sif is not None and format != Format.model2vec:
+        raise XlembedError(f"--sif {sif}: only with --format model2vec")
     if target == STDOUT and format != Format.word2vec:
         raise XlembedError(f"-o -: standard output takes the text format only (word2vec), not {format.value}")
     if format == Format.model2vec:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from xlembed import load
 from xlembed.cli.main import app
+from xlembed.errors import XlembedError
 
 from .test_use import hand_made  # noqa: F401  (fixture: 猫 near cat, 狗 near dog, 书 far)
 
@@ -44,11 +45,36 @@ def test_encode_weights_frequent_words_less_with_sif(hand_made):
     (w_cat, w_dog) = (0.03 / (0.03 + 98 / total), 0.03 / (0.03 + 1 / total))  # the default: a = 0.03
     expected = (torch.tensor([1.0, 0.1]) * w_cat + torch.tensor([0.9, 0.3]) * w_dog) / (w_cat + w_dog)
     assert e.encode("猫狗").tolist() == pytest.approx(expected.tolist(), rel=1e-5)
-    for bad in (-0.01, float("nan"), float("inf")):
-        with pytest.raises(Exception, match="sif must be 0 .no weighting. or a finite number above"):
+    for bad in (-0.01, float("nan"), float("inf"), "0.1", True, torch.tensor(0.1), [0.1]):
+        with pytest.raises(XlembedError, match=r"sif \(--sif\) must be 0 .no weighting. or a finite number above"):
             e.encode("猫", sif=bad)
-    with pytest.raises(Exception, match="sentences must be strings; item 1 is NoneType"):
+    with pytest.raises(XlembedError, match="sentences must be strings; item 1 is NoneType"):
         e.encode(["猫", None])
+    for bad, name in ((None, "NoneType"), (b"\xe7\x8c\xab", "bytes"), (3, "int")):
+        with pytest.raises(XlembedError, match=f"sentences must be a string or a list of strings, got {name}"):
+            e.encode(bad)
+
+
+def test_encode_and_the_export_are_finite_for_any_finite_sif(hand_made, tmp_path):
+    """A huge a weighs every word 1; a tiny one weighs words by 1 / p(word), not by 0 or NaN."""
+    e = load(hand_made)
+    e.rows[2] = e.rows[2]._replace(freq=98)  # 猫
+    e.rows[3] = e.rows[3]._replace(freq=1)  # 狗
+    assert e.encode("猫狗", sif=1e300).tolist() == pytest.approx(e.encode("猫狗", sif=0).tolist())
+    w_cat, w_dog = 1 / 98, 1 / 1  # a / (a + p) -> a / p as a -> 0: proportional to 1 / freq
+    expected = (torch.tensor([1.0, 0.1]) * w_cat + torch.tensor([0.9, 0.3]) * w_dog) / (w_cat + w_dog)
+    assert e.encode("猫狗", sif=1e-300).tolist() == pytest.approx(expected.tolist(), rel=1e-5)
+    # the smallest float: its weights are subnormal numbers (few digits), but neither 0 nor NaN
+    assert e.encode("猫狗", sif=5e-324).tolist() == pytest.approx(expected.tolist(), rel=1e-3)
+    from safetensors.torch import load_file
+
+    for a in (1e300, 1e-300):
+        e.export(tmp_path / str(a), "model2vec", sif=a)
+        rows = load_file(str(tmp_path / str(a) / "model.safetensors"))["embeddings"]
+        assert bool(torch.isfinite(rows).all()) and rows[e.word_index["猫"]].abs().sum() > 0, a
+    result = xlembed("export", hand_made, "--format", "model2vec", "--sif", "nan", "-o", tmp_path / "nan")
+    assert result.exit_code == 2 and "sif (--sif) must be 0 (no weighting) or a finite number above" in result.output
+    assert not (tmp_path / "nan").exists()
 
 
 def test_word2vec_formats_leave_out_special_rows_unless_asked(hand_made, tmp_path):
@@ -119,7 +145,7 @@ def test_model2vec_export_loads_without_xlembed(hand_made, tmp_path):
     target = tmp_path / "m2v"
     result = xlembed("export", hand_made, "--format", "model2vec", "-o", target)
     assert result.exit_code == 0, result.output
-    sentences = ["猫和狗。", "书", "鱼"]
+    sentences = ["猫和狗。", "书", "鱼", "猫" * 600 + "狗" * 100]  # the last: 700 tokens, none cut at 512
     done = subprocess.run(
         [sys.executable, "-c", LOAD_WITHOUT_XLEMBED, str(target), json.dumps(sentences)],
         capture_output=True,
@@ -132,8 +158,8 @@ def test_model2vec_export_loads_without_xlembed(hand_made, tmp_path):
     ours = load(hand_made).encode(sentences)
     for name in ("model2vec", "st"):
         theirs = torch.tensor(loaded[name])
-        cosine = torch.nn.functional.cosine_similarity(theirs[:2], ours[:2])
-        assert cosine.tolist() == pytest.approx([1.0, 1.0], abs=1e-5), name  # the same direction as Embeddings.encode
+        cosine = torch.nn.functional.cosine_similarity(theirs[[0, 1, 3]], ours[[0, 1, 3]])
+        assert cosine.tolist() == pytest.approx([1.0] * 3, abs=1e-5), name  # the same direction as Embeddings.encode
         assert theirs[2].abs().sum() == 0  # nothing known
     # a second export replaces its own earlier one; a foreign directory is refused
     assert xlembed("export", hand_made, "--format", "model2vec", "-o", target).exit_code == 0
