@@ -133,21 +133,35 @@ def ray_cluster(opts: ExecutorConfig) -> Iterator:
 def silence_stderr_descriptor() -> None:
     """File descriptor 2 sent to /dev/null for the rest of the process, and
     Python's sys.stderr (when it wrote to that descriptor) moved to a copy of
-    the descriptor as it was. Leaving Ray after an error or a signal, the
-    threads of its C++ core write log lines of their own (`task_manager.cc:
-    Failed to push error to driver …`) straight to the descriptor, past
-    sys.stderr, and they may still do so after ray.shutdown() returns: so the
-    descriptor is not given back. The CLI is about to print its one line and
-    exit; a program that embeds xlembed keeps its sys.stderr, and loses only
-    what native code writes to descriptor 2 after a failed Ray session."""
+    the descriptor as it was, with the logging handlers that wrote to it.
+    Leaving Ray after an error or a signal, the threads of its C++ core write
+    log lines of their own (`task_manager.cc: Failed to push error to driver
+    …`) straight to the descriptor, past sys.stderr, and they may still do so
+    after ray.shutdown() returns: so the descriptor is not given back. The CLI
+    is about to print its one line and exit. A program that embeds xlembed
+    keeps sys.stderr, its logging and rich consoles made with stderr=True;
+    what still writes to descriptor 2 itself after a failed Ray session is
+    lost: native code, a stream object kept from before (a Console made with
+    file=sys.stderr), and the stderr of child processes started after."""
     with contextlib.suppress(Exception):
         sys.stderr.flush()
-    if stream_descriptor(sys.stderr) == 2:
-        sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
-                               errors=getattr(sys.stderr, "errors", None) or "backslashreplace")
+    old = sys.stderr
+    if stream_descriptor(old) == 2:
+        sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding=getattr(old, "encoding", None) or "utf-8",
+                               errors=getattr(old, "errors", None) or "backslashreplace")
+        for handler in logging_stream_handlers():
+            if handler.stream is old:
+                handler.setStream(sys.stderr)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
+
+
+def logging_stream_handlers() -> list[logging.StreamHandler]:
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    return [h for logger in loggers for h in logger.handlers if isinstance(h, logging.StreamHandler)]
 
 
 def stream_descriptor(stream) -> int | None:

@@ -953,13 +953,15 @@ def test_ray_shutdown_after_an_error_writes_nothing_to_the_stderr_descriptor():
     import subprocess
     import sys
 
-    code = ("import os, sys\n"
+    code = ("import logging, os, sys\n"
             "from xlembed.cluster import silence_stderr_descriptor\n"
+            "logging.getLogger('app').addHandler(logging.StreamHandler())  # holds sys.stderr as it is now\n"
             "print('before', file=sys.stderr)\n"
             "silence_stderr_descriptor()\n"
             "os.write(2, b'core worker line\\n')\n"
             "print('error: terminated', file=sys.stderr)\n"
+            "logging.getLogger('app').error('logged after')\n"
             "os.write(2, b'core worker line, later\\n')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stderr == "before\nerror: terminated\n"
+    assert done.stderr == "before\nerror: terminated\nlogged after\n"
