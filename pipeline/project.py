@@ -21,6 +21,7 @@ word, so projections of corpus parts can be added up.
 """
 from __future__ import annotations
 
+import gc
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -339,14 +340,19 @@ def project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter()
         require_same_counts(work.root, "sentence counts", sentences, "encode")
         words = {"corpus.en": len(plan.links.en_words), "vectors": len(store.word_rows)}
         require_same_counts(work.root, "English word counts", words, "encode")
-        rows, dim, tables = link_rows(plan.links, store.word_rows), encode_record["dim"], plan.tables
-        del plan  # the links, once their rows are known (tens of MB on a large corpus)
-        sides = [WordRows(rows.zh_ids, rows.zh_rows, len(tables.vocab.zh_vocab)),
-                 WordRows(rows.en_ids, rows.en_rows, len(tables.vocab.en_vocab))]
+        rows, dim = link_rows(plan.links, store.word_rows), encode_record["dim"]
+        # once the links' rows are known, only the vocabularies and the best translations are needed:
+        # the links, p(en|zh) and the word ids go (hundreds of MB of Python objects on a large corpus)
+        vocab, lexicon = plan.vocab, plan.lexicon._replace(p_en={})
+        del plan
+        gc.collect()
+        release_freed_memory()
+        sides = [WordRows(rows.zh_ids, rows.zh_rows, len(vocab.zh_vocab)),
+                 WordRows(rows.en_ids, rows.en_rows, len(vocab.en_vocab))]
         with reporter.task("project", store.n_shards, "shards") as task:
             (zh_sum, zh_count), (en_sum, en_count) = accumulate(store, sides, dim, task)
         sums = ProjectionSums(zh_sum, zh_count, en_sum, en_count, links_without_vector=rows.links_without_vector)
-        return save_projection(work, config, tables.vocab, tables.lexicon, sums, dim, inputs)
+        return save_projection(work, config, vocab, lexicon, sums, dim, inputs)
 
     return run_stage(work, "project", key, force, compute)
 
