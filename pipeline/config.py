@@ -60,6 +60,7 @@ class Oov(str, enum.Enum):
     random = "random"
     chars = "chars"
     pinyin = "pinyin"
+    context = "context"
 
 
 class ExportFormat(str, enum.Enum):
@@ -233,10 +234,14 @@ class WriteConfig:
     oov: Oov = option(
         Oov.random,
         "Rows for words without a projected vector: random, chars (composed from "
-        "characters) or pinyin (same-sound variants, then chars); unreachable words get random rows.",
+        "characters), pinyin (same-sound variants, then chars) or context (the projected rows around the word "
+        "in the corpus and --context, mapped to a row, averaged with chars); unreachable words get random rows.",
     )
     vocab: Path | None = option(None, "Your vocabulary (one word per line, order kept) instead of the corpus's; "
                                       "unseen words are filled by --oov.", shown="the corpus's words")
+    context: Path | None = option(None, "Chinese text for --oov context, e.g. your task's unlabelled text (a "
+                                        "sentence or document a line, .gz ok; segmented as the corpus was).",
+                                  shown="the corpus's Chinese side only")
 
 
 @dataclass
@@ -297,6 +302,10 @@ class Config:
         if "write" in (stages or STAGES) and self.write.vocab is not None:
             # a duplicate or a tab: now, not after projection
             read_word_list(require_input(self.write.vocab, "vocabulary file"))
+        if "write" in (stages or STAGES) and self.write.context is not None:
+            if self.write.oov != Oov.context:
+                raise XlembedError(f"write.context is read by --oov context only (not --oov {self.write.oov.value})")
+            check_text_file(require_input(self.write.context, "context text"))
         return self
 
     def set(self, **options) -> "Config":

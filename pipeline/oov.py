@@ -10,6 +10,12 @@
   common direction, so unscaled compositions all look alike).
 - `pinyin`: first a variant spelling: projected words that sound the same
   (pypinyin, tone marks) and share a character (帐号 → 账号); else `chars`.
+- `context`: the word's company, à la carte (Khodak et al. 2018): the mean
+  of the projected rows within CONTEXT_WINDOW words of its occurrences in
+  a text (the corpus's Chinese side and the user's --context), mapped to a
+  row by a linear map fitted on projected words (their contexts' mean to
+  their own row), scaled as compositions are, then averaged with the
+  `chars` composition where there is one. A word no text holds: `chars`.
 Words neither strategy reaches fall back to `random`. Each filled row
 records its source.
 """
@@ -17,7 +23,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from functools import lru_cache
+from typing import Iterable, NamedTuple
 
+import numpy as np
 import torch
 
 
@@ -129,15 +137,17 @@ class Filler:
         rows, sources = self.fill_many([word], strategy)
         return (None if sources[0] == "random" else rows[0].to(self.rows.dtype)), sources[0]
 
-    def fill_many(self, words: list[str], strategy: str) -> tuple[torch.Tensor, list[str]]:
+    def fill_many(self, words: list[str], strategy: str,
+                  texts: Iterable[list[str]] | None = None) -> tuple[torch.Tensor, list[str]]:
         """Rows [N, d] (float64; zeros where unreached) and sources for words
         without a projected row, as `fill` gives each: `pinyin` first tries
         a same-sound variant, then every word still unreached is composed
         from its characters in one `compose` call (per word it cost a call
-        of a few tensor operations each, which dominated the stage)."""
+        of a few tensor operations each, which dominated the stage);
+        `context` then mixes in the rows `texts` (segmented sentences) give."""
         rows = torch.zeros((len(words), self.rows.shape[1]), dtype=torch.float64)
         sources = ["random"] * len(words)
-        pending = list(range(len(words))) if strategy in ("chars", "pinyin") else []
+        pending = list(range(len(words))) if strategy in ("chars", "pinyin", "context") else []
         if strategy == "pinyin":
             for i, word in enumerate(words):
                 row = self.pinyin(word)
@@ -150,18 +160,113 @@ class Filler:
             rows[reached] = composed[has].to(torch.float64)
             for i in reached.tolist():
                 sources[i] = "chars"
+        if strategy == "context" and texts is not None:
+            self._mix_context(words, rows, sources, texts)
         return rows, sources
+
+    def _mix_context(self, words: list[str], rows: torch.Tensor, sources: list[str],
+                     texts: Iterable[list[str]]) -> None:
+        """In place: each word with contexts gets its context row, averaged with its composition where it has one."""
+        context, has = context_rows(texts, words, self)  # [N, d], [N]
+        composed = torch.tensor([source == "chars" for source in sources])  # [N]
+        both, alone = has & composed, has & ~composed
+        rows[both] = (rows[both] + context[both]) / 2
+        rows[alone] = context[alone]
+        for i in has.nonzero().squeeze(1).tolist():
+            sources[i] = "context"
+
+
+CONTEXT_WINDOW = 10  # words on each side whose projected rows make a word's context
+FIT_WORDS = 20000  # the most frequent projected words the map from contexts to rows is fitted on
+TOKENS_PER_BLOCK = 200_000  # words of text turned into (word, context word) pairs at once
+RIDGE = 1e-3  # of the fit, per fitted word
+
+
+class ContextSums(NamedTuple):
+    """Per target word: the sum of the projected rows of the words within
+    CONTEXT_WINDOW of its occurrences, how many rows that is, and how often
+    it occurs (all additive over texts)."""
+
+    sum: torch.Tensor  # [T, d] float64
+    count: torch.Tensor  # [T] float64
+    occurrences: torch.Tensor  # [T] float64
+
+
+def context_sums(texts: Iterable[list[str]], targets: list[str], filler: Filler) -> ContextSums:
+    """ContextSums of `targets` over `texts` (segmented sentences), a block of TOKENS_PER_BLOCK words at a time."""
+    target_index = {w: i for i, w in enumerate(targets)}
+    totals = ContextSums(torch.zeros((len(targets), filler.rows.shape[1]), dtype=torch.float64),
+                         torch.zeros(len(targets), dtype=torch.float64), torch.zeros(len(targets), dtype=torch.float64))
+    block: list[list[str]] = []
+    in_block = 0
+    for sentence in texts:
+        block.append(sentence)
+        in_block += len(sentence)
+        if in_block >= TOKENS_PER_BLOCK:
+            _add_block(totals, block, target_index, filler)
+            block, in_block = [], 0
+    _add_block(totals, block, target_index, filler)
+    return totals
+
+
+def _add_block(totals: ContextSums, block: list[list[str]], target_index: dict[str, int], filler: Filler) -> None:
+    words = [w for sentence in block for w in sentence]
+    if not words:
+        return
+    target = np.array([target_index.get(w, -1) for w in words])  # [n] -1: not a target
+    source = np.array([filler.index.get(w, -1) for w in words])  # [n] its projected row, -1: none
+    sentence = np.repeat(np.arange(len(block)), [len(s) for s in block])  # [n]
+    centres, contexts = [], []
+    for offset in range(1, CONTEXT_WINDOW + 1):
+        same = sentence[:-offset] == sentence[offset:]
+        for centre, context in ((target[:-offset], source[offset:]), (target[offset:], source[:-offset])):
+            keep = same & (centre >= 0) & (context >= 0)
+            centres.append(centre[keep])
+            contexts.append(context[keep])
+    centre, context = np.concatenate(centres), np.concatenate(contexts)  # [m] each
+    pairs = torch.sparse_coo_tensor(torch.from_numpy(np.stack([centre, context])), torch.ones(len(centre)),
+                                    (len(totals.sum), len(filler.rows)), check_invariants=False).coalesce()
+    totals.sum.add_(torch.sparse.mm(pairs, filler.rows.float()).double())  # [T, d]
+    totals.count.add_(torch.from_numpy(np.bincount(centre, minlength=len(totals.count))).double())
+    totals.occurrences.add_(torch.from_numpy(np.bincount(target[target >= 0], minlength=len(totals.count))).double())
+
+
+def context_rows(texts: Iterable[list[str]], words: list[str], filler: Filler) -> tuple[torch.Tensor, torch.Tensor]:
+    """À la carte rows [N, d] float64 for `words` and whether each has a context [N] bool: the mean
+    projected row of its contexts times a [d, d] map fitted (least squares, weighted by log occurrences)
+    on the FIT_WORDS most frequent projected words, scaled to the compositions' spread around the centre."""
+    fit_ids = torch.argsort(filler.weights, descending=True, stable=True)[:FIT_WORDS]  # [F]
+    targets = list(dict.fromkeys(words + [filler.words[i] for i in fit_ids.tolist()]))  # [T] each word once
+    where = {w: i for i, w in enumerate(targets)}
+    sums = context_sums(texts, targets, filler)
+    means = sums.sum / sums.count.clamp(min=1).unsqueeze(1)  # [T, d]
+    mine = torch.tensor([where[w] for w in words], dtype=torch.int64)  # [N]
+    fit = torch.tensor([where[filler.words[i]] for i in fit_ids.tolist()], dtype=torch.int64)  # [F]
+    fitted = sums.count[fit] > 0  # [F]
+    has = sums.count[mine] > 0  # [N]
+    n = len(words)
+    if int(fitted.sum()) <= filler.rows.shape[1] or not bool(has.any()):  # too few to fit a d x d map
+        return torch.zeros((n, filler.rows.shape[1]), dtype=torch.float64), torch.zeros(n, dtype=torch.bool)
+    u, v = means[fit[fitted]], filler.rows[fit_ids[fitted]].double()  # [F', d] each
+    weight = sums.occurrences[fit[fitted]].log1p().sqrt().unsqueeze(1)  # [F', 1]
+    gram = (u * weight).T @ (u * weight) + RIDGE * len(u) * torch.eye(u.shape[1], dtype=torch.float64)  # [d, d]
+    to_row = torch.linalg.solve(gram, (u * weight).T @ (v * weight))  # [d, d]: v ~ u @ to_row
+    deviation = means[mine] @ to_row - filler.centre.double()  # [N, d]
+    rows = filler.centre.double() + deviation * (filler.spread / deviation.norm(dim=1, keepdim=True).clamp(min=1e-12))
+    rows[~has] = 0
+    return rows, has
 
 
 def fill_rows(words: list[str], strategy: str, filler: Filler | None, mean: torch.Tensor, std: torch.Tensor,
-              seed: int) -> tuple[torch.Tensor, list[str]]:
+              seed: int, texts: Iterable[list[str]] | None = None) -> tuple[torch.Tensor, list[str]]:
     """Rows (float64) and sources for words without a projected row: the
     strategy's rows, and random rows (drawn in the words' order with `seed`)
-    where it cannot reach. `filler` may be None for `random`."""
+    where it cannot reach. `filler` may be None for `random`; `texts`
+    (segmented sentences) are what `context` reads (None: `context` is `chars`)."""
     if filler is None:
         rows, sources = torch.zeros((len(words), mean.numel()), dtype=torch.float64), ["random"] * len(words)
     else:
-        rows, sources = filler.fill_many(words, strategy)
+        rows, sources = filler.fill_many(words, strategy, texts)
     need_random = [i for i, source in enumerate(sources) if source == "random"]
     rows[need_random] = random_rows(len(need_random), mean, std, seed)
     return rows, sources

@@ -6,18 +6,20 @@ from __future__ import annotations
 import time
 from itertools import groupby
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 
 from .config import PAD, STAGES, UNK, Config, Oov, section_dict
 from .embeddings import Embeddings, VocabRow
 from .errors import XlembedError
-from .io import check_output_dir, read_word_list, release_freed_memory
+from .io import check_output_dir, read_lines, read_word_list, release_freed_memory
 from .layout import WorkDir
 from .models import model_name
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
 from .records import check_chain, valid_record
+from .tokenize import chinese_splitter
 from .version import __version__
 
 UPSTREAM = STAGES[:-1]  # the stages whose records write reads
@@ -44,7 +46,8 @@ def shrink_to_chars(
 
 def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: torch.Tensor, min_count: int,
                  min_freq: int, seed: int, oov: Oov = Oov.random, vocab: list[str] | None = None,
-                 shrink: float = 0.0) -> tuple[list[str], torch.Tensor, torch.Tensor, list[VocabRow]]:
+                 shrink: float = 0.0, texts: Iterable[list[str]] | None = None,
+                 ) -> tuple[list[str], torch.Tensor, torch.Tensor, list[VocabRow]]:
     """Vocabulary, rows [V, d] float32, projected [V] uint8 and where each row came from.
 
     The vocabulary is `vocab` as given, or [PAD], [UNK], then every corpus
@@ -53,7 +56,8 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
     get their projected row (pulled toward their characters by `shrink`,
     see shrink_to_chars), the others a row from the `oov` strategy (random
     rows drawn in vocabulary order with `seed`, scaled to the
-    per-dimension mean and std of the projected rows)."""
+    per-dimension mean and std of the projected rows); `texts`, segmented
+    sentences, are what `context` reads."""
     oov = Oov(oov)
     projected_ids = [k for k, w in enumerate(zh_words) if zh_count[k] >= min_count and w.word not in (PAD, UNK)]
     if not projected_ids:
@@ -90,7 +94,7 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
         else:
             sources.append(None)  # set below
             to_fill.append(i)
-    filled, filled_sources = fill_rows([vocab[i] for i in to_fill], oov.value, filler, mean, std, seed)
+    filled, filled_sources = fill_rows([vocab[i] for i in to_fill], oov.value, filler, mean, std, seed, texts)
     rows[to_fill] = filled.float()
     for i, source in zip(to_fill, filled_sources):
         sources[i] = source
@@ -98,6 +102,18 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
                   else VocabRow.new(w, 0, s) for w, s in zip(vocab, sources)]
     projected = torch.tensor([r.source == "projected" for r in provenance], dtype=torch.uint8)
     return vocab, rows, projected, provenance
+
+
+def context_texts(work: WorkDir, opts, tokenize_options: dict) -> Iterator[list[str]]:
+    """What --oov context reads: the corpus's segmented Chinese side, then
+    --context's lines segmented as the corpus was."""
+    for line in read_lines(work.corpus_zh):
+        yield line.split()
+    if opts.context is not None:
+        user_dict = tokenize_options.get("user_dict")
+        split = chinese_splitter(Path(user_dict) if user_dict else None, tokenize_options.get("hmm", True))
+        for line in read_lines(opts.context):
+            yield split(line)
 
 
 def english_matrix(en_words: list[str], en_sum: torch.Tensor, en_count: torch.Tensor) -> tuple[list[str], torch.Tensor]:
@@ -140,6 +156,7 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
         opts.oov,
         user_vocab,
         opts.shrink,
+        context_texts(work, opts, records["tokenize"]["options"]) if opts.oov == Oov.context else None,
     )
     require_finite(work, vectors=vectors, english=english)
     encode_options = records["encode"]["options"]

@@ -140,3 +140,56 @@ def test_fill_rows_draws_random_rows_in_order_for_the_unreached_words_only():
     assert bool(has.all()) and torch.equal(rows[[i for i in range(len(MANY)) if i not in unreached]], composed)
     all_random, all_sources = fill_rows(MANY, "random", None, mean, std, seed=7)
     assert all_sources == ["random"] * len(MANY) and torch.equal(all_random, random_rows(len(MANY), mean, std, 7))
+
+
+# --- context (à la carte) ----------------------------------------------------------------------------
+
+CONTEXT_WORDS = ["猫", "狗", "鱼", "鸟", "马", "牛", "羊"]  # 7 projected words in d = 4: enough to fit a 4 x 4 map
+
+
+def context_filler() -> Filler:
+    rows = torch.randn((len(CONTEXT_WORDS), 4), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return Filler(CONTEXT_WORDS, rows, [7, 6, 5, 4, 3, 2, 1])
+
+
+def test_context_sums_add_the_projected_rows_around_each_occurrence_within_its_sentence():
+    from xlembed.oov import CONTEXT_WINDOW, context_sums
+
+    f = context_filler()
+    far = ["的"] * CONTEXT_WINDOW  # not projected: they count nothing, and push 牛 out of the window
+    texts = [["甲", "猫", "狗"], ["鱼", "x", "甲"], ["甲"], ["马"], ["甲", *far, "牛"], ["乙", "乙"]]
+    sums = context_sums(texts, ["甲", "乙", "猫"], f)
+    r = dict(zip(CONTEXT_WORDS, f.rows))
+    torch.testing.assert_close(sums.sum[0], r["猫"] + r["狗"] + r["鱼"])  # 马 is another sentence, 牛 too far
+    assert sums.count.tolist() == [3, 0, 1] and sums.occurrences.tolist() == [4, 2, 1]  # 乙 beside 乙: no row
+    torch.testing.assert_close(sums.sum[2], r["狗"])  # 猫's context: 狗 (甲 has no row)
+
+
+def test_context_fill_maps_the_company_a_word_keeps_and_mixes_in_its_characters():
+    """甲 keeps 猫's company exactly, so it gets the row the fitted map gives 猫's contexts, at the
+    compositions' distance from the centre; 猫甲 also has a character composition: the two averaged;
+    丙 is in no text and has no known character: random."""
+    from xlembed.oov import context_rows
+
+    f = context_filler()
+    texts = [[a, b] for a in CONTEXT_WORDS for b in CONTEXT_WORDS if a != b]  # every projected word beside the others
+    texts += [["甲", b] for b in CONTEXT_WORDS if b != "猫"] + [["猫甲", "狗"], ["猫甲", "鱼"]]
+    rows, has = context_rows(texts, ["甲", "丙", "猫", "猫甲"], f)
+    assert has.tolist() == [True, False, True, True]
+    torch.testing.assert_close(rows[0], rows[2])  # the same company, the same row
+    assert float((rows[0] - f.centre).norm()) == pytest.approx(float(f.spread))
+    filled, sources = f.fill_many(["甲", "丙", "猫甲"], "context", texts)
+    assert sources == ["context", "random", "context"]
+    torch.testing.assert_close(filled[0], rows[0])
+    composed, _ = f.compose(["猫甲"])
+    torch.testing.assert_close(filled[2], (composed[0] + rows[3]) / 2)
+    # with no text (extend: no corpus) `context` is `chars`
+    assert f.fill_many(["甲", "丙", "猫甲"], "context")[1] == ["random", "random", "chars"]
+
+
+def test_context_fill_needs_more_fitted_words_than_dimensions():
+    from xlembed.oov import context_rows
+
+    f = Filler(CONTEXT_WORDS[:4], context_filler().rows[:4], [1, 1, 1, 1])  # 4 words in d = 4: no map
+    rows, has = context_rows([["甲", "猫", "狗"], ["猫", "鱼", "鸟"]], ["甲"], f)
+    assert has.tolist() == [False] and rows.abs().sum() == 0

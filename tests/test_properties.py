@@ -52,7 +52,7 @@ vocabularies = st.lists(st.lists(word_chars, min_size=0, max_size=3).map("".join
 @given(
     option=st.sampled_from(["--min-freq", "--seed", "--shrink"]),
     value=numbers,
-    oov=st.sampled_from([None, "random", "chars", "pinyin", "bogus"]),
+    oov=st.sampled_from([None, "random", "chars", "pinyin", "context", "bogus"]),
     vocab=st.one_of(st.none(), vocabularies),
 )
 def test_write_options_and_vocabularies(tmp_path_factory, built, option, value, oov, vocab):

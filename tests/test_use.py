@@ -53,6 +53,30 @@ def test_write_with_a_user_vocabulary(built, tmp_path):
     assert torch.equal(m["embeddings"][4], ours[vocab.index("猫")])  # the same projected row
 
 
+def test_write_with_oov_context_reads_the_corpus_and_the_users_text(built, tmp_path):
+    """The tiny build projects fewer words than its 32 dimensions, too few to fit the map from
+    contexts to rows: every word then gets what `chars` gives (tests/test_oov.py has the map)."""
+    (tmp_path / "v.txt").write_text("[PAD]\n[UNK]\n猫\n猫咪\n足球\n", encoding="utf-8")
+    (tmp_path / "reviews.txt").write_text("我喜欢猫咪。\n足球很好看\n", encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["write", "--work", built.with_name("out.work"), "--out", out, "--vocab", tmp_path / "v.txt", "-q"]
+    result = xlembed(*args, "--oov", "context", "--context", tmp_path / "reviews.txt")
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in (out / "vocab.tsv").read_text("utf-8").splitlines()[1:]]
+    assert [r[2] for r in rows] == ["special", "special", "projected", "chars", "random"]
+    assert xlembed("verify", out).exit_code == 0
+    assert json.loads((out / "manifest.json").read_text())["parameters"]["write"]["context"] == str(
+        tmp_path / "reviews.txt"
+    )
+    for extra, message in (
+        (["--oov", "chars", "--context", tmp_path / "reviews.txt"], "--context is read by --oov context only"),
+        (["--oov", "context", "--context", tmp_path / "none.txt"], "none.txt: context text does not exist"),
+    ):
+        result = xlembed(*args[:4], tmp_path / "refused", *args[5:], *extra)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "refused").exists()
+
+
 def test_extend_appends_rows_atomically(built, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(built, out)
