@@ -396,7 +396,8 @@ class Embeddings:
     def extend(self, words: list[str], oov: Oov | str | None = None) -> tuple["Embeddings", list[VocabRow]]:
         """A new Embeddings with rows appended for the `words` it lacks,
         filled by `oov` (default: the strategy it was built with) from its
-        projected rows; random rows are seeded by its seed and row count.
+        projected rows (`context` has no corpus to read here: it fills as
+        `chars`); random rows are seeded by its seed and row count.
         Returns it and the new rows' provenance."""
         oov = Oov(oov or self.metadata.get("oov_fill", "random"))
         new_words = list(dict.fromkeys(w for w in words if w not in self.word_index))
