@@ -149,9 +149,10 @@ def silence_stderr_descriptor() -> None:
     if stream_descriptor(old) == 2:
         sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding=getattr(old, "encoding", None) or "utf-8",
                                errors=getattr(old, "errors", None) or "backslashreplace")
-        for handler in logging_stream_handlers():
-            if handler.stream is old:
-                handler.setStream(sys.stderr)
+        with contextlib.suppress(Exception):  # a logger made by another thread meanwhile: keep the one line
+            for handler in logging_stream_handlers():
+                if handler.stream is old:
+                    handler.setStream(sys.stderr)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
@@ -159,7 +160,7 @@ def silence_stderr_descriptor() -> None:
 
 def logging_stream_handlers() -> list[logging.StreamHandler]:
     loggers = [logging.getLogger()] + [
-        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+        logger for logger in list(logging.Logger.manager.loggerDict.values()) if isinstance(logger, logging.Logger)
     ]
     return [h for logger in loggers for h in logger.handlers if isinstance(h, logging.StreamHandler)]
 

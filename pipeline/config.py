@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -34,7 +35,7 @@ def sif_value(sif: Any) -> float:
     """SIF's a as a float (None: SENTENCE_SIF); 0 (no weighting) or a finite number above, else one line."""
     if sif is None:
         return SENTENCE_SIF
-    if isinstance(sif, bool) or not isinstance(sif, (int, float)) or not 0 <= sif < math.inf:  # NaN fails too
+    if isinstance(sif, bool) or not isinstance(sif, numbers.Real) or not 0 <= sif < math.inf:  # NaN fails too
         raise XlembedError(f"sif (--sif) must be 0 (no weighting) or a finite number above, got {sif!r}")
     return float(sif)
 

@@ -18,6 +18,7 @@ is removed while it is being read, the read starts again on the new one.
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -351,6 +352,10 @@ class Embeddings:
         weighted as `word_weights(sif)` says (None, [PAD], [UNK] and the
         tokenizers' one-past-the-end [UNK] left out; no id left: zeros). What
         `encode` does once the sentences are cut; for a cut of one's own."""
+        bad = next((j for found in sentence_ids for j in found
+                    if j is not None and not (isinstance(j, numbers.Integral) and 0 <= j <= len(self.words))), None)
+        if bad is not None:
+            raise XlembedError(f"row id {bad!r} is not one of 0..{len(self.words)} (the last: a tokenizer's [UNK])")
         weights = self.word_weights(sif)  # [V] float64
         skip = {self.word_index.get(PAD), self.word_index.get(UNK), len(self.words)}
         out = torch.zeros((len(sentence_ids), self.vectors.shape[1]), dtype=torch.float32)  # [n, d]

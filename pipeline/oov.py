@@ -167,19 +167,22 @@ class Filler:
     def _mix_context(self, words: list[str], rows: torch.Tensor, sources: list[str],
                      texts: Iterable[list[str]]) -> None:
         """In place: each word with contexts gets its context row, averaged with its composition where it has one."""
-        context, has = context_rows(texts, words, self)  # [N, d], [N]
-        composed = torch.tensor([source == "chars" for source in sources])  # [N]
-        both, alone = has & composed, has & ~composed
-        rows[both] = (rows[both] + context[both]) / 2
-        rows[alone] = context[alone]
-        for i in has.nonzero().squeeze(1).tolist():
+        if not words:
+            return
+        has, context = context_rows(texts, words, self)  # [N] bool, [H, d] for the H words with contexts
+        composed = torch.tensor([source == "chars" for source in sources], dtype=torch.bool)[has]  # [H]
+        ids = has.nonzero().squeeze(1)  # [H]
+        rows[ids[composed]] = (rows[ids[composed]] + context[composed]) / 2
+        rows[ids[~composed]] = context[~composed]
+        for i in ids.tolist():
             sources[i] = "context"
 
 
 CONTEXT_WINDOW = 10  # words on each side whose projected rows make a word's context
 FIT_WORDS = 20000  # the most frequent projected words the map from contexts to rows is fitted on
-TOKENS_PER_BLOCK = 200_000  # words of text turned into (word, context word) pairs at once
+TOKENS_PER_BLOCK = 200_000  # words of text turned into (word, context word) pairs at once (a longer line: in pieces)
 RIDGE = 1e-3  # of the fit, per fitted word
+ROWS_AT_ONCE = 8192  # rows mapped and scaled per step
 
 
 class ContextSums(NamedTuple):
@@ -187,34 +190,39 @@ class ContextSums(NamedTuple):
     CONTEXT_WINDOW of its occurrences, how many rows that is, and how often
     it occurs (all additive over texts)."""
 
-    sum: torch.Tensor  # [T, d] float64
+    sum: torch.Tensor  # [T, d] float32
     count: torch.Tensor  # [T] float64
     occurrences: torch.Tensor  # [T] float64
 
 
 def context_sums(texts: Iterable[list[str]], targets: list[str], filler: Filler) -> ContextSums:
-    """ContextSums of `targets` over `texts` (segmented sentences), a block of TOKENS_PER_BLOCK words at a time."""
+    """ContextSums of `targets` over `texts` (segmented sentences), a block of
+    about TOKENS_PER_BLOCK words at a time; a longer sentence is cut into
+    pieces of that many words (its words near a cut lose the context across it)."""
     target_index = {w: i for i, w in enumerate(targets)}
-    totals = ContextSums(torch.zeros((len(targets), filler.rows.shape[1]), dtype=torch.float64),
+    totals = ContextSums(torch.zeros((len(targets), filler.rows.shape[1]), dtype=torch.float32),
                          torch.zeros(len(targets), dtype=torch.float64), torch.zeros(len(targets), dtype=torch.float64))
+    rows = filler.rows.float()  # [P, d]
     block: list[list[str]] = []
     in_block = 0
     for sentence in texts:
-        block.append(sentence)
-        in_block += len(sentence)
-        if in_block >= TOKENS_PER_BLOCK:
-            _add_block(totals, block, target_index, filler)
-            block, in_block = [], 0
-    _add_block(totals, block, target_index, filler)
+        for start in range(0, len(sentence), TOKENS_PER_BLOCK):
+            block.append(sentence[start:start + TOKENS_PER_BLOCK])
+            in_block += len(block[-1])
+            if in_block >= TOKENS_PER_BLOCK:
+                _add_block(totals, block, target_index, filler.index, rows)
+                block, in_block = [], 0
+    _add_block(totals, block, target_index, filler.index, rows)
     return totals
 
 
-def _add_block(totals: ContextSums, block: list[list[str]], target_index: dict[str, int], filler: Filler) -> None:
+def _add_block(totals: ContextSums, block: list[list[str]], target_index: dict[str, int],
+               row_index: dict[str, int], rows: torch.Tensor) -> None:
     words = [w for sentence in block for w in sentence]
     if not words:
         return
     target = np.array([target_index.get(w, -1) for w in words])  # [n] -1: not a target
-    source = np.array([filler.index.get(w, -1) for w in words])  # [n] its projected row, -1: none
+    source = np.array([row_index.get(w, -1) for w in words])  # [n] its projected row, -1: none
     sentence = np.repeat(np.arange(len(block)), [len(s) for s in block])  # [n]
     centres, contexts = [], []
     for offset in range(1, CONTEXT_WINDOW + 1):
@@ -224,37 +232,43 @@ def _add_block(totals: ContextSums, block: list[list[str]], target_index: dict[s
             centres.append(centre[keep])
             contexts.append(context[keep])
     centre, context = np.concatenate(centres), np.concatenate(contexts)  # [m] each
-    pairs = torch.sparse_coo_tensor(torch.from_numpy(np.stack([centre, context])), torch.ones(len(centre)),
-                                    (len(totals.sum), len(filler.rows)), check_invariants=False).coalesce()
-    totals.sum.add_(torch.sparse.mm(pairs, filler.rows.float()).double())  # [T, d]
+    present, local = np.unique(centre, return_inverse=True)  # [u], [m]: only the targets in this block
+    pairs = torch.sparse_coo_tensor(torch.from_numpy(np.stack([local.reshape(-1), context])), torch.ones(len(centre)),
+                                    (len(present), len(rows)), check_invariants=False).coalesce()
+    totals.sum.index_add_(0, torch.from_numpy(present), torch.sparse.mm(pairs, rows))  # [u, d] into [T, d]
     totals.count.add_(torch.from_numpy(np.bincount(centre, minlength=len(totals.count))).double())
     totals.occurrences.add_(torch.from_numpy(np.bincount(target[target >= 0], minlength=len(totals.count))).double())
 
 
 def context_rows(texts: Iterable[list[str]], words: list[str], filler: Filler) -> tuple[torch.Tensor, torch.Tensor]:
-    """À la carte rows [N, d] float64 for `words` and whether each has a context [N] bool: the mean
-    projected row of its contexts times a [d, d] map fitted (least squares, weighted by log occurrences)
-    on the FIT_WORDS most frequent projected words, scaled to the compositions' spread around the centre."""
+    """Which of `words` have a context [N] bool, and their à la carte rows [H, d] float64: the mean
+    projected row of a word's contexts times a [d, d] map fitted (least squares, weighted by log
+    occurrences) on the FIT_WORDS most frequent projected words, scaled to the compositions' spread
+    around the centre. No word has one when d or fewer projected words have contexts (no map)."""
+    d = filler.rows.shape[1]
     fit_ids = torch.argsort(filler.weights, descending=True, stable=True)[:FIT_WORDS]  # [F]
     targets = list(dict.fromkeys(words + [filler.words[i] for i in fit_ids.tolist()]))  # [T] each word once
     where = {w: i for i, w in enumerate(targets)}
     sums = context_sums(texts, targets, filler)
-    means = sums.sum / sums.count.clamp(min=1).unsqueeze(1)  # [T, d]
     mine = torch.tensor([where[w] for w in words], dtype=torch.int64)  # [N]
     fit = torch.tensor([where[filler.words[i]] for i in fit_ids.tolist()], dtype=torch.int64)  # [F]
     fitted = sums.count[fit] > 0  # [F]
     has = sums.count[mine] > 0  # [N]
-    n = len(words)
-    if int(fitted.sum()) <= filler.rows.shape[1] or not bool(has.any()):  # too few to fit a d x d map
-        return torch.zeros((n, filler.rows.shape[1]), dtype=torch.float64), torch.zeros(n, dtype=torch.bool)
-    u, v = means[fit[fitted]], filler.rows[fit_ids[fitted]].double()  # [F', d] each
+    if int(fitted.sum()) <= d or not bool(has.any()):  # too few to fit a d x d map
+        return torch.zeros(len(words), dtype=torch.bool), torch.zeros((0, d), dtype=torch.float64)
+    u = sums.sum[fit[fitted]].double() / sums.count[fit[fitted]].unsqueeze(1)  # [F', d]
+    v = filler.rows[fit_ids[fitted]].double()  # [F', d]
     weight = sums.occurrences[fit[fitted]].log1p().sqrt().unsqueeze(1)  # [F', 1]
-    gram = (u * weight).T @ (u * weight) + RIDGE * len(u) * torch.eye(u.shape[1], dtype=torch.float64)  # [d, d]
+    gram = (u * weight).T @ (u * weight) + RIDGE * len(u) * torch.eye(d, dtype=torch.float64)  # [d, d]
     to_row = torch.linalg.solve(gram, (u * weight).T @ (v * weight))  # [d, d]: v ~ u @ to_row
-    deviation = means[mine] @ to_row - filler.centre.double()  # [N, d]
-    rows = filler.centre.double() + deviation * (filler.spread / deviation.norm(dim=1, keepdim=True).clamp(min=1e-12))
-    rows[~has] = 0
-    return rows, has
+    centre, ids = filler.centre.double(), mine[has]  # [d], [H]
+    rows = torch.empty((len(ids), d), dtype=torch.float64)  # [H, d]
+    for start in range(0, len(ids), ROWS_AT_ONCE):
+        chunk = ids[start:start + ROWS_AT_ONCE]
+        deviation = (sums.sum[chunk].double() / sums.count[chunk].unsqueeze(1)) @ to_row - centre  # [c, d]
+        rows[start:start + len(chunk)] = centre + deviation * (filler.spread / deviation.norm(dim=1, keepdim=True)
+                                                               .clamp(min=1e-12))
+    return has, rows
 
 
 def fill_rows(words: list[str], strategy: str, filler: Filler | None, mean: torch.Tensor, std: torch.Tensor,

@@ -50,6 +50,13 @@ def test_encode_weights_frequent_words_less_with_sif(hand_made):
             e.encode("猫", sif=bad)
     with pytest.raises(XlembedError, match="sentences must be strings; item 1 is NoneType"):
         e.encode(["猫", None])
+    import numpy as np
+
+    assert e.encode("猫狗", sif=np.float32(0.03)).tolist() == pytest.approx(e.encode("猫狗").tolist())  # numpy too
+    with pytest.raises(XlembedError, match=r"row id -1 is not one of 0..5"):
+        e.mean_rows([[2, -1]])
+    with pytest.raises(XlembedError, match=r"row id 9 is not one of 0..5"):
+        e.mean_rows([[9]])
     for bad, name in ((None, "NoneType"), (b"\xe7\x8c\xab", "bytes"), (3, "int")):
         with pytest.raises(XlembedError, match=f"sentences must be a string or a list of strings, got {name}"):
             e.encode(bad)

@@ -160,9 +160,23 @@ def test_context_sums_add_the_projected_rows_around_each_occurrence_within_its_s
     texts = [["甲", "猫", "狗"], ["鱼", "x", "甲"], ["甲"], ["马"], ["甲", *far, "牛"], ["乙", "乙"]]
     sums = context_sums(texts, ["甲", "乙", "猫"], f)
     r = dict(zip(CONTEXT_WORDS, f.rows))
-    torch.testing.assert_close(sums.sum[0], r["猫"] + r["狗"] + r["鱼"])  # 马 is another sentence, 牛 too far
+    torch.testing.assert_close(sums.sum[0].double(), r["猫"] + r["狗"] + r["鱼"])  # 马: another sentence; 牛: too far
     assert sums.count.tolist() == [3, 0, 1] and sums.occurrences.tolist() == [4, 2, 1]  # 乙 beside 乙: no row
-    torch.testing.assert_close(sums.sum[2], r["狗"])  # 猫's context: 狗 (甲 has no row)
+    torch.testing.assert_close(sums.sum[2].double(), r["狗"])  # 猫's context: 狗 (甲 has no row)
+
+
+def test_context_sums_cut_a_very_long_line_into_pieces(monkeypatch):
+    """A document on one line is read a piece of TOKENS_PER_BLOCK words at a time: memory stays
+    bounded, and only the words beside a cut lose context across it."""
+    import xlembed.oov as oov
+
+    f = context_filler()
+    line = ["猫", "甲", "狗", "x", "甲", "鱼"]
+    whole = oov.context_sums([line], ["甲"], f)
+    monkeypatch.setattr(oov, "TOKENS_PER_BLOCK", 3)  # pieces 猫 甲 狗 | x 甲 鱼
+    cut = oov.context_sums([line], ["甲"], f)
+    assert whole.count.tolist() == [6] and cut.count.tolist() == [3] and cut.occurrences.tolist() == [2]
+    torch.testing.assert_close(cut.sum[0].double(), f.rows[0] + f.rows[1] + f.rows[2])
 
 
 def test_context_fill_maps_the_company_a_word_keeps_and_mixes_in_its_characters():
@@ -174,22 +188,47 @@ def test_context_fill_maps_the_company_a_word_keeps_and_mixes_in_its_characters(
     f = context_filler()
     texts = [[a, b] for a in CONTEXT_WORDS for b in CONTEXT_WORDS if a != b]  # every projected word beside the others
     texts += [["甲", b] for b in CONTEXT_WORDS if b != "猫"] + [["猫甲", "狗"], ["猫甲", "鱼"]]
-    rows, has = context_rows(texts, ["甲", "丙", "猫", "猫甲"], f)
-    assert has.tolist() == [True, False, True, True]
-    torch.testing.assert_close(rows[0], rows[2])  # the same company, the same row
+    has, rows = context_rows(texts, ["甲", "丙", "猫", "猫甲"], f)  # rows of 甲, 猫, 猫甲
+    assert has.tolist() == [True, False, True, True] and rows.shape == (3, 4)
+    torch.testing.assert_close(rows[0], rows[1])  # the same company, the same row
     assert float((rows[0] - f.centre).norm()) == pytest.approx(float(f.spread))
     filled, sources = f.fill_many(["甲", "丙", "猫甲"], "context", texts)
     assert sources == ["context", "random", "context"]
     torch.testing.assert_close(filled[0], rows[0])
     composed, _ = f.compose(["猫甲"])
-    torch.testing.assert_close(filled[2], (composed[0] + rows[3]) / 2)
-    # with no text (extend: no corpus) `context` is `chars`
+    torch.testing.assert_close(filled[2], (composed[0] + rows[2]) / 2)
+    # with no text (extend: no corpus) `context` is `chars`; nothing to fill: nothing read
     assert f.fill_many(["甲", "丙", "猫甲"], "context")[1] == ["random", "random", "chars"]
+    assert f.fill_many([], "context", iter(lambda: 1 / 0, None))[1] == []
 
 
 def test_context_fill_needs_more_fitted_words_than_dimensions():
     from xlembed.oov import context_rows
 
     f = Filler(CONTEXT_WORDS[:4], context_filler().rows[:4], [1, 1, 1, 1])  # 4 words in d = 4: no map
-    rows, has = context_rows([["甲", "猫", "狗"], ["猫", "鱼", "鸟"]], ["甲"], f)
-    assert has.tolist() == [False] and rows.abs().sum() == 0
+    has, rows = context_rows([["甲", "猫", "狗"], ["猫", "鱼", "鸟"]], ["甲"], f)
+    assert has.tolist() == [False] and rows.shape == (0, 4)
+
+
+def test_write_reads_the_corpus_then_the_users_text_for_context(tmp_path):
+    """build_matrix hands `texts` to the context fill (甲 gets a context row), and context_texts
+    yields the corpus's segmented lines, then --context's lines segmented as tokenize does (.gz too)."""
+    import gzip
+    from types import SimpleNamespace
+
+    from xlembed.layout import WorkDir
+    from xlembed.write import context_texts
+
+    f = context_filler()
+    words = [ProjectedWord(w, n, "", 0.0) for w, n in zip(CONTEXT_WORDS, [7, 6, 5, 4, 3, 2, 1])]
+    counts = torch.ones(len(CONTEXT_WORDS), dtype=torch.int64)
+    texts = [[a, b] for a in CONTEXT_WORDS for b in CONTEXT_WORDS if a != b] + [["甲", "狗"]]
+    _, _, _, info = build_matrix(words, f.rows, counts, 1, 1, 0, "context", [PAD, UNK, "甲", "乙"], 0.0, texts)
+    assert [r.source for r in info] == ["special", "special", "context", "random"]
+    work = WorkDir(tmp_path)
+    work.corpus_zh.write_text("猫 狗\n鱼\n", encoding="utf-8")
+    with gzip.open(tmp_path / "mine.txt.gz", "wt", encoding="utf-8") as out:
+        out.write("我喜欢猫\r\n")
+    opts = SimpleNamespace(context=tmp_path / "mine.txt.gz")
+    read = list(context_texts(work, opts, {"user_dict": None, "hmm": True}))
+    assert read == [["猫", "狗"], ["鱼"], ["我", "喜欢", "猫"]]
