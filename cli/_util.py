@@ -222,6 +222,9 @@ def summarize(stage: str, record: dict, quiet: bool) -> None:
     if isinstance(seconds, dict):
         seconds = seconds.get(stage, 0.0)
     err.print(f"[green]✔[/green] [bold]{stage}[/bold] ({seconds:.1f} s): {escape(text)}")
+    filled_by = {k: v for k, v in (counts.get("filled_by") or {}).items() if v}
+    if filled_by:  # what --oov gave: a fallback (context to chars, chars to random) shows here
+        err.print("  filled rows by source: " + ", ".join(f"{k} {v:,}" for k, v in filled_by.items()))
     timing = record.get("timing")
     if timing:
         host = ", ".join(f"{k} {v:.1f}" for k, v in timing.items() if k not in ("forward", "host"))

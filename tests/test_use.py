@@ -60,8 +60,9 @@ def test_write_with_oov_context_reads_the_corpus_and_the_users_text(built, tmp_p
     (tmp_path / "reviews.txt").write_text("我喜欢猫咪。\n足球很好看\n", encoding="utf-8")
     out = tmp_path / "out"
     args = ["write", "--work", built.with_name("out.work"), "--out", out, "--vocab", tmp_path / "v.txt", "-q"]
-    result = xlembed(*args, "--oov", "context", "--context", tmp_path / "reviews.txt")
+    result = xlembed(*args[:-1], "--oov", "context", "--context", tmp_path / "reviews.txt")  # not quiet
     assert result.exit_code == 0, result.output
+    assert "  filled rows by source: random 1, chars 1" in result.output.splitlines()  # the fallback shows
     rows = [line.split("\t") for line in (out / "vocab.tsv").read_text("utf-8").splitlines()[1:]]
     assert [r[2] for r in rows] == ["special", "special", "projected", "chars", "random"]
     assert xlembed("verify", out).exit_code == 0
