@@ -9,7 +9,6 @@ The local one runs everything in this process; the Ray one
 from __future__ import annotations
 
 import contextlib
-import gc
 from typing import Iterable, Iterator, Protocol
 
 from .align import AlignedPart, AlignPart, align, in_this_process
@@ -38,13 +37,11 @@ class LocalExecutor:
         # one after the other: on 2 cores eflomal beside the encoder saved
         # nothing (bench/RESULTS.md), and their memory never adds up
         encoded = encode(config, work, reporter, force)
-        gc.collect()  # the model, the piece plan and the batches are garbage now: their heap back to the
-        release_freed_memory()  # system before project's sums (mixed corpus: 802 -> 626 MiB resident)
+        release_freed_memory(collect=True)  # the model, the piece plan, the batches: back before project's sums
         yield "encode", encoded
         yield "align", align(config, work, reporter, force, self.align_parts)
         projected = project(config, work, reporter, force)
-        gc.collect()  # project's tables and links: their heap back before write loads the sums
-        release_freed_memory()
+        release_freed_memory(collect=True)  # project's tables and links: back before write loads the sums
         yield "project", projected
 
 

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import gc
 import gzip
 import hashlib
 import json
@@ -487,14 +488,18 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def release_freed_memory() -> None:
+def release_freed_memory(collect: bool = False) -> None:
     """Hand the heap's free pages back to the system (glibc's malloc_trim; a
     no-op elsewhere), for loops that allocate and free large blocks whose
     sizes keep changing (the forward pass at every batch shape, project at
     every shard): glibc keeps the freed ones, too fragmented to shrink the
     heap, and the process grew with the corpus
     (encode, measured on 1/8 of the mixed corpus: peak RSS 1.51 GiB, 0.94 GiB
-    when trimmed every 4 batches, at the same speed; every batch: 2x slower)."""
+    when trimmed every 4 batches, at the same speed; every batch: 2x slower).
+    `collect`: first free what only reference cycles keep alive (gc), as
+    between stages (mixed corpus, after encode: 802 -> 626 MiB resident)."""
+    if collect:
+        gc.collect()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)

@@ -21,7 +21,6 @@ word, so projections of corpus parts can be added up.
 """
 from __future__ import annotations
 
-import gc
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -345,8 +344,7 @@ def project(config: Config, work: WorkDir, reporter: Reporter = SilentReporter()
         # the links, p(en|zh) and the word ids go (hundreds of MB of Python objects on a large corpus)
         vocab, lexicon = plan.vocab, plan.lexicon._replace(p_en={})
         del plan
-        gc.collect()
-        release_freed_memory()
+        release_freed_memory(collect=True)
         sides = [WordRows(rows.zh_ids, rows.zh_rows, len(vocab.zh_vocab)),
                  WordRows(rows.en_ids, rows.en_rows, len(vocab.en_vocab))]
         with reporter.task("project", store.n_shards, "shards") as task:
