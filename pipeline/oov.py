@@ -108,12 +108,15 @@ class Filler:
             sums.index_add_(0, word[valid], (total[valid] / weight[valid].unsqueeze(1)).to(sums.dtype))
             parts.index_add_(0, word[valid], torch.ones(int(valid.sum()), dtype=torch.float64))
         has = parts > 0
-        deviation = sums.div_(parts.clamp(min=1).unsqueeze(1).to(sums.dtype)).sub_(
-            self.centre
-        )  # [N, d], in place: N x d is large
-        deviation.mul_(self.spread / deviation.norm(dim=1, keepdim=True).clamp(min=1e-12)).add_(self.centre)
+        deviation = self.at_spread_(sums.div_(parts.clamp(min=1).unsqueeze(1).to(sums.dtype)))  # [N, d]
         deviation[~has] = 0
         return deviation, has
+
+    def at_spread_(self, rows: torch.Tensor) -> torch.Tensor:
+        """`rows` [N, d] moved, in place (N x d is large), along their direction from the centre
+        (the mean projected row) to the median distance of the projected rows; returns them."""
+        rows.sub_(self.centre)
+        return rows.mul_(self.spread / rows.norm(dim=1, keepdim=True).clamp(min=1e-12)).add_(self.centre)
 
     def chars(self, word: str) -> torch.Tensor | None:
         rows, has = self.compose([word])
@@ -191,8 +194,8 @@ class ContextSums(NamedTuple):
     it occurs (all additive over texts)."""
 
     sum: torch.Tensor  # [T, d] float32
-    count: torch.Tensor  # [T] float64
-    occurrences: torch.Tensor  # [T] float64
+    count: torch.Tensor  # [T] int64
+    occurrences: torch.Tensor  # [T] int64
 
 
 def context_sums(texts: Iterable[list[str]], targets: list[str], filler: Filler) -> ContextSums:
@@ -201,7 +204,7 @@ def context_sums(texts: Iterable[list[str]], targets: list[str], filler: Filler)
     pieces of that many words (its words near a cut lose the context across it)."""
     target_index = {w: i for i, w in enumerate(targets)}
     totals = ContextSums(torch.zeros((len(targets), filler.rows.shape[1]), dtype=torch.float32),
-                         torch.zeros(len(targets), dtype=torch.float64), torch.zeros(len(targets), dtype=torch.float64))
+                         torch.zeros(len(targets), dtype=torch.int64), torch.zeros(len(targets), dtype=torch.int64))
     rows = filler.rows.float()  # [P, d]
     block: list[list[str]] = []
     in_block = 0
@@ -231,13 +234,10 @@ def _add_block(totals: ContextSums, block: list[list[str]], target_index: dict[s
             keep = same & (centre >= 0) & (context >= 0)
             centres.append(centre[keep])
             contexts.append(context[keep])
-    centre, context = np.concatenate(centres), np.concatenate(contexts)  # [m] each
-    present, local = np.unique(centre, return_inverse=True)  # [u], [m]: only the targets in this block
-    pairs = torch.sparse_coo_tensor(torch.from_numpy(np.stack([local.reshape(-1), context])), torch.ones(len(centre)),
-                                    (len(present), len(rows)), check_invariants=False).coalesce()
-    totals.sum.index_add_(0, torch.from_numpy(present), torch.sparse.mm(pairs, rows))  # [u, d] into [T, d]
-    totals.count.add_(torch.from_numpy(np.bincount(centre, minlength=len(totals.count))).double())
-    totals.occurrences.add_(torch.from_numpy(np.bincount(target[target >= 0], minlength=len(totals.count))).double())
+    from .project import add_part, sums_by_id  # project's sparse (id x row) sum: only the targets in this block
+
+    add_part(totals.sum, totals.count, sums_by_id(rows, np.concatenate(centres), np.concatenate(contexts)))
+    totals.occurrences.add_(torch.from_numpy(np.bincount(target[target >= 0], minlength=len(totals.count))))
 
 
 def context_rows(texts: Iterable[list[str]], words: list[str], filler: Filler) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,16 +258,15 @@ def context_rows(texts: Iterable[list[str]], words: list[str], filler: Filler) -
         return torch.zeros(len(words), dtype=torch.bool), torch.zeros((0, d), dtype=torch.float64)
     u = sums.sum[fit[fitted]].double() / sums.count[fit[fitted]].unsqueeze(1)  # [F', d]
     v = filler.rows[fit_ids[fitted]].double()  # [F', d]
-    weight = sums.occurrences[fit[fitted]].log1p().sqrt().unsqueeze(1)  # [F', 1]
+    weight = sums.occurrences[fit[fitted]].double().log1p().sqrt().unsqueeze(1)  # [F', 1]
     gram = (u * weight).T @ (u * weight) + RIDGE * len(u) * torch.eye(d, dtype=torch.float64)  # [d, d]
     to_row = torch.linalg.solve(gram, (u * weight).T @ (v * weight))  # [d, d]: v ~ u @ to_row
-    centre, ids = filler.centre.double(), mine[has]  # [d], [H]
+    ids = mine[has]  # [H]
     rows = torch.empty((len(ids), d), dtype=torch.float64)  # [H, d]
     for start in range(0, len(ids), ROWS_AT_ONCE):
         chunk = ids[start:start + ROWS_AT_ONCE]
-        deviation = (sums.sum[chunk].double() / sums.count[chunk].unsqueeze(1)) @ to_row - centre  # [c, d]
-        rows[start:start + len(chunk)] = centre + deviation * (filler.spread / deviation.norm(dim=1, keepdim=True)
-                                                               .clamp(min=1e-12))
+        mapped = (sums.sum[chunk].double() / sums.count[chunk].unsqueeze(1)) @ to_row  # [c, d]
+        rows[start:start + len(chunk)] = filler.at_spread_(mapped)
     return has, rows
 
 
