@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import numbers
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -418,7 +419,10 @@ class Embeddings:
         new_rows, sources = fill_rows(new_words, oov.value, filler, base.mean(0), base.std(0, unbiased=False), seed)
         added = [VocabRow.new(w, 0, source) for w, source in zip(new_words, sources)]
         manifest = dict(self.manifest)
-        manifest["extended"] = list(manifest.get("extended", [])) + [dict(oov=oov.value, added=len(new_words))]
+        filled_by = dict(Counter(sources))  # what the rows really are: `context` here gives `chars`
+        manifest["extended"] = list(manifest.get("extended", [])) + [
+            dict(oov=oov.value, added=len(new_words), filled_by=filled_by)
+        ]
         extended = Embeddings(
             words=self.words + new_words,
             vectors=torch.cat([self.vectors, new_rows.float()]),

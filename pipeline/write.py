@@ -18,7 +18,7 @@ from .layout import WorkDir
 from .models import model_name
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
-from .records import check_chain, valid_record
+from .records import check_chain, file_hash, valid_record
 from .tokenize import chinese_splitter
 from .version import __version__
 
@@ -194,6 +194,7 @@ def build_manifest(records: dict[str, dict], opts, computed: tuple[str, ...], wr
         xlembed_version=__version__,
         parameters={stage: records[stage]["options"] for stage in UPSTREAM} | {"write": section_dict(opts)},
         inputs=records["tokenize"]["inputs"],
+        write_inputs={str(p): file_hash(p) for p in (opts.vocab, opts.context) if p is not None},  # by content
         model=dict(name=model_name(records["encode"]["options"]["model"]), sha256=records["encode"]["model_sha256"]),
         model_sha256=records["encode"]["model_sha256"],
         counts=counts,

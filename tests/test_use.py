@@ -1,4 +1,5 @@
 """Using a built matrix: --vocab, extend, neighbors, info, export, and the Python API."""
+import hashlib
 import json
 import shutil
 
@@ -66,9 +67,12 @@ def test_write_with_oov_context_reads_the_corpus_and_the_users_text(built, tmp_p
     rows = [line.split("\t") for line in (out / "vocab.tsv").read_text("utf-8").splitlines()[1:]]
     assert [r[2] for r in rows] == ["special", "special", "projected", "chars", "random"]
     assert xlembed("verify", out).exit_code == 0
-    assert json.loads((out / "manifest.json").read_text())["parameters"]["write"]["context"] == str(
-        tmp_path / "reviews.txt"
-    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parameters"]["write"]["context"] == str(tmp_path / "reviews.txt")
+    assert manifest["write_inputs"] == {  # the user's texts by content, as the corpus is in "inputs"
+        str(tmp_path / "v.txt"): hashlib.sha256((tmp_path / "v.txt").read_bytes()).hexdigest(),
+        str(tmp_path / "reviews.txt"): hashlib.sha256((tmp_path / "reviews.txt").read_bytes()).hexdigest(),
+    }
     for extra, message in (
         (["--oov", "chars", "--context", tmp_path / "reviews.txt"], "--context is read by --oov context only"),
         (["--oov", "context", "--context", tmp_path / "none.txt"], "none.txt: context text does not exist"),
@@ -98,6 +102,7 @@ def test_extend_appends_rows_atomically(built, tmp_path):
     assert xlembed("verify", out).exit_code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["vocab_size"] == n + 2 and manifest["extended"][0]["added"] == 2
+    assert manifest["extended"][0]["filled_by"] == {"chars": 1, "random": 1}
     # the same extension of the same matrix gives the same bytes
     again = tmp_path / "again"
     shutil.copytree(built, again)
