@@ -195,7 +195,7 @@ STAGES: dict[str, StageFunction] = {
         config, work, reporter, force, executor.align_parts
     ),
     "project": lambda config, work, out, reporter, force, executor: stage("project")(config, work, reporter, force),
-    "write": lambda config, work, out, reporter, force, executor: stage("write")(config, work, out),
+    "write": lambda config, work, out, reporter, force, executor: stage("write")(config, work, out, reporter=reporter),
 }
 ON_RAY_ONLY_IN_RUN = ("encode", "project")  # on Ray these two run together, in `run`
 
@@ -238,6 +238,6 @@ def run(config: Config, work: WorkDir | Path, out: Path, reporter: Reporter | No
             if not record.get("skipped"):
                 computed.append(name)
             on_stage(name, record)
-        manifest = stage("write")(config, work, out, computed=tuple(computed))
+        manifest = stage("write")(config, work, out, computed=tuple(computed), reporter=reporter)
         on_stage("write", manifest)
     return manifest

@@ -15,7 +15,7 @@ import re
 import signal
 import unicodedata
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .config import Config, section_dict
 from .errors import XlembedError
@@ -92,7 +92,7 @@ def chinese_splitter(user_dict: Path | None = None, hmm: bool = True) -> Callabl
     return split
 
 
-def _count_lines(path: Path) -> int | None:
+def count_lines(path: Path) -> int | None:
     if path.suffix == ".gz" or not path.is_file():
         return None
     with open(path, "rb") as f:
@@ -155,12 +155,11 @@ def checked_languages(pairs: Iterator[tuple[str, str]], en_side: str, zh_side: s
 
 CHUNK = 2048  # pairs per task of a worker process
 
-_splitters: tuple[Callable, Callable] | None = None  # (English, Chinese), set before the workers fork
+_splitters: tuple[Callable, ...] | None = None  # one per column, set before the workers fork
 
 
-def _split_chunk(chunk: list[tuple[str, str]]) -> list[tuple[list[str], list[str]]]:
-    split_en, split_zh = _splitters
-    return [(split_en(en), split_zh(zh)) for en, zh in chunk]
+def _split_chunk(chunk: list[tuple[str, ...]]) -> list[tuple[list[str], ...]]:
+    return [tuple(split(text) for split, text in zip(_splitters, row)) for row in chunk]
 
 
 def _ignore_interrupts() -> None:
@@ -171,27 +170,28 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _chunks(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
-    while chunk := list(itertools.islice(pairs, size)):
+def _chunks(rows: Iterator[tuple[str, ...]], size: int) -> Iterator[list[tuple[str, ...]]]:
+    while chunk := list(itertools.islice(rows, size)):
         yield chunk
 
 
-def split_pairs(pairs: Iterator[tuple[str, str]], split_en: Callable, split_zh: Callable,
-                workers: int) -> Iterator[tuple[list[str], list[str]]]:
-    """(English words, Chinese words) of each pair, in order. With more than
-    one worker and more than one chunk of input, chunks are split by forked
-    worker processes (jieba is single-threaded), results kept in input order,
-    so the output is the same whatever the number of workers. Reading and
-    its errors (file and line) stay in this process."""
+def split_rows(rows: Iterable[tuple[str, ...]], splitters: tuple[Callable, ...],
+               workers: int) -> Iterator[tuple[list[str], ...]]:
+    """Each row's texts split into words, column i by splitters[i], in order
+    (a pair: (English words, Chinese words)). With more than one worker and
+    more than one chunk of input, chunks are split by forked worker processes
+    (jieba is single-threaded), results kept in input order, so the output is
+    the same whatever the number of workers. Reading and its errors (file and
+    line) stay in this process."""
     global _splitters
-    chunks = _chunks(iter(pairs), CHUNK)
+    chunks = _chunks(iter(rows), CHUNK)
     first = next(chunks, [])
     second = next(chunks, None)
     if workers <= 1 or second is None:
         for chunk in itertools.chain([first], [second] if second else [], chunks):
-            yield from ((split_en(en), split_zh(zh)) for en, zh in chunk)
+            yield from (tuple(split(text) for split, text in zip(splitters, row)) for row in chunk)
         return
-    _splitters = (split_en, split_zh)  # inherited by the forked workers, dictionary loaded once
+    _splitters = splitters  # inherited by the forked workers, dictionary loaded once
     context = multiprocessing.get_context("fork")
     with context.Pool(workers, initializer=_ignore_interrupts) as pool:
         for result in pool.imap(_split_chunk, itertools.chain([first, second], chunks), chunksize=1):
@@ -236,8 +236,8 @@ def tokenize(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(
         counts = dict(pairs_read=0, pairs_kept=0, dropped_empty_en=0, dropped_empty_zh=0, en_words=0, zh_words=0)
         with atomic_path(work.corpus_en) as en_tmp, atomic_path(work.corpus_zh) as zh_tmp, \
                 open(en_tmp, "w", encoding="utf-8") as en_out, open(zh_tmp, "w", encoding="utf-8") as zh_out, \
-                reporter.task("tokenize", _count_lines(inputs[0]), "pairs") as task:
-            for en_words, zh_words in split_pairs(pairs, split_en, split_zh, worker_count(opts.workers)):
+                reporter.task("tokenize", count_lines(inputs[0]), "pairs") as task:
+            for en_words, zh_words in split_rows(pairs, (split_en, split_zh), worker_count(opts.workers)):
                 counts["pairs_read"] += 1
                 task.advance()
                 if not en_words or not zh_words:

@@ -13,13 +13,13 @@ import torch
 from .config import PAD, STAGES, UNK, Config, Oov, section_dict
 from .embeddings import Embeddings, VocabRow
 from .errors import XlembedError
-from .io import check_output_dir, read_lines, read_word_list, release_freed_memory
+from .io import Reporter, SilentReporter, check_output_dir, read_lines, read_word_list, release_freed_memory
 from .layout import WorkDir
 from .models import model_name
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
 from .records import check_chain, file_hash, valid_record
-from .tokenize import chinese_splitter
+from .tokenize import chinese_splitter, count_lines, split_rows, worker_count
 from .version import __version__
 
 UPSTREAM = STAGES[:-1]  # the stages whose records write reads
@@ -104,16 +104,21 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
     return vocab, rows, projected, provenance
 
 
-def context_texts(work: WorkDir, opts, tokenize_options: dict) -> Iterator[list[str]]:
+def context_texts(work: WorkDir, opts, tokenize_options: dict,
+                  reporter: Reporter = SilentReporter()) -> Iterator[list[str]]:
     """What --oov context reads: the corpus's segmented Chinese side, then
-    --context's lines segmented as the corpus was."""
+    --context's lines segmented as the corpus was (jieba's options, and its
+    worker processes, as tokenize's), with a progress bar."""
     for line in read_lines(work.corpus_zh):
         yield line.split()
     if opts.context is not None:
         user_dict = tokenize_options.get("user_dict")
         split = chinese_splitter(Path(user_dict) if user_dict else None, tokenize_options.get("hmm", True))
-        for line in read_lines(opts.context):
-            yield split(line)
+        lines = ((line,) for line in read_lines(opts.context))
+        with reporter.task("context", count_lines(opts.context), "lines") as task:
+            for (words,) in split_rows(lines, (split,), worker_count(tokenize_options.get("workers", 0))):
+                task.advance()
+                yield words
 
 
 def english_matrix(en_words: list[str], en_sum: torch.Tensor, en_count: torch.Tensor) -> tuple[list[str], torch.Tensor]:
@@ -129,7 +134,8 @@ def require_finite(work: WorkDir, **matrices: torch.Tensor) -> None:
                                "run `xlembed project --force`")
 
 
-def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = ()) -> dict:
+def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = (),
+          reporter: Reporter = SilentReporter()) -> dict:
     """Write embeddings.safetensors, vocab.txt, vocab.tsv, english.safetensors,
     english_vocab.txt and manifest.json into `out`; return the manifest.
     `computed`: the upstream stages this command computed; the others are
@@ -156,7 +162,7 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
         opts.oov,
         user_vocab,
         opts.shrink,
-        context_texts(work, opts, records["tokenize"]["options"]) if opts.oov == Oov.context else None,
+        context_texts(work, opts, records["tokenize"]["options"], reporter) if opts.oov == Oov.context else None,
     )
     require_finite(work, vectors=vectors, english=english)
     encode_options = records["encode"]["options"]

@@ -232,3 +232,27 @@ def test_write_reads_the_corpus_then_the_users_text_for_context(tmp_path):
     opts = SimpleNamespace(context=tmp_path / "mine.txt.gz")
     read = list(context_texts(work, opts, {"user_dict": None, "hmm": True}))
     assert read == [["猫", "狗"], ["鱼"], ["我", "喜欢", "猫"]]
+
+
+def test_the_users_text_is_segmented_by_workers_in_order_with_progress(tmp_path):
+    """--context's lines go through tokenize's worker processes (more than one chunk here), in
+    input order, the same words as one process gives, and each line advances a 'context' task."""
+    from types import SimpleNamespace
+
+    from xlembed.layout import WorkDir
+    from xlembed.progress import CallbackReporter
+    from xlembed.tokenize import CHUNK
+    from xlembed.write import context_texts
+
+    work = WorkDir(tmp_path)
+    work.corpus_zh.write_text("猫 狗\n", encoding="utf-8")
+    lines = [f"我喜欢第{i}只猫" if i % 2 else f"足球{i}很好看" for i in range(2 * CHUNK + 5)]
+    (tmp_path / "mine.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    opts = SimpleNamespace(context=tmp_path / "mine.txt")
+    seen = []
+    reporter = CallbackReporter(lambda *event: seen.append(event))
+    by_two = list(context_texts(work, opts, {"user_dict": None, "hmm": True, "workers": 2}, reporter))
+    by_one = list(context_texts(work, opts, {"user_dict": None, "hmm": True, "workers": 1}))
+    assert by_two == by_one and len(by_two) == 1 + len(lines)
+    assert by_two[1][0] == "足球" and by_two[2][:2] == ["我", "喜欢"]
+    assert seen[-1] == ("context", len(lines), len(lines), "lines") and len(seen) == len(lines)
