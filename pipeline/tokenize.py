@@ -256,7 +256,10 @@ def tokenize(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(
                     f"{inputs[0]}: no sentence pair left after tokenization ({counts['pairs_read']} read)"
                 )
         counts["pairs_dropped"] = counts["pairs_read"] - counts["pairs_kept"]
-        return dict(options=dict(section_dict(opts), model=str(model_dir)),
+        options = dict(section_dict(opts), model=str(model_dir))
+        if opts.user_dict is not None:  # write (--oov context) and Embeddings.tokenizer read it later, from anywhere
+            options["user_dict"] = str(Path(opts.user_dict).resolve())
+        return dict(options=options,
                     inputs={str(p): file_hash(p) for p in inputs}, model_sha256=model_hash(model_dir), counts=counts)
 
     return run_stage(work, "tokenize", key, force, compute)

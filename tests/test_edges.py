@@ -112,6 +112,17 @@ def test_a_user_dictionary_with_invalid_utf8_names_its_line(tmp_path, corpus, ti
     assert not (tmp_path / "work").exists()
 
 
+def test_a_relative_user_dictionary_is_recorded_as_an_absolute_path(tmp_path, corpus, tiny_bert, monkeypatch):
+    """write --oov context and Embeddings.tokenizer segment with it later, from any directory."""
+    (tmp_path / "dict.txt").write_text("猫咪 3\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    result = cli("tokenize", "--tsv", corpus, "--model", tiny_bert, "--work", tmp_path / "work", "-q",
+                 "--user-dict", "dict.txt")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "work" / "tokenize.json").read_text())
+    assert record["options"]["user_dict"] == str(tmp_path.resolve() / "dict.txt")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_device_cuda_without_cuda_is_refused_before_tokenize(tmp_path, corpus, tiny_bert):
     result = cli(*run_args(corpus, tiny_bert, tmp_path, "--device", "cuda"))
