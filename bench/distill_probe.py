@@ -6,9 +6,10 @@ trained on here) and, once at the end, on the held-out pairs.
         [--loss mse|cos|nce|mse+nce] [--nce-weight 0.1] [--tau 0.05] [--chars] [--char-dropout 0.1] \
         [--epochs 1] [--lr 2e-3] [--cache DIR] [--json FILE]
 
-- mse: the command's loss, the mean squared error to the English model's
-  sentence embedding of the translation.
-- cos: one minus the cosine to that embedding (retrieval ranks by cosine).
+- mse: the mean squared error to the English model's sentence embedding of
+  the translation (the command's loss until 2026-12-04).
+- cos: one minus the cosine to that embedding (retrieval ranks by cosine);
+  the command's loss since 2026-12-04 (pipeline/distill.py cosine_distance).
 - nce: InfoNCE over the batch (the Chinese sentence against the English
   embeddings of the batch's pairs, cosine / tau), both directions.
 - --chars: every character that occurs inside the build's words but is not a

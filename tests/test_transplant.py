@@ -237,11 +237,11 @@ def test_sentence_pooling(tiny_bert, tiny_sentence_transformer, tmp_path):
 
 
 def distillation_error(directory: Path, model_dir: Path, work: Path) -> float:
-    """Mean squared error between the transplant's embeddings of the corpus's
+    """The loss (mean cosine distance) between the transplant's embeddings of the corpus's
     Chinese sentences and the English model's of their translations (eval mode)."""
     from transformers import AutoModel, AutoTokenizer
 
-    from xlembed.distill import corpus_pairs, padded, pool
+    from xlembed.distill import corpus_pairs, cosine_distance, padded, pool
     from xlembed.layout import WorkDir
 
     pairs = corpus_pairs(WorkDir(work))
@@ -250,7 +250,7 @@ def distillation_error(directory: Path, model_dir: Path, work: Path) -> float:
         tokenizer, model = AutoTokenizer.from_pretrained(str(where)), AutoModel.from_pretrained(str(where)).eval()
         with torch.no_grad():
             encoded.append(pool(model, *padded(tokenizer(texts)["input_ids"], tokenizer.pad_token_id), "mean"))
-    return torch.nn.functional.mse_loss(*encoded).item()
+    return cosine_distance(*encoded).item()
 
 
 def test_distill_trains_only_the_rows_towards_the_english_embeddings(built, tiny_bert, tmp_path):  # noqa: F811
