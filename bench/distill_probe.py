@@ -85,6 +85,17 @@ def char_split(ids: list[int], pieces: dict[int, list[int]], p: float, rng: rand
     return out
 
 
+def dropped(ids: list[int], pieces: dict[int, list[int]], args, rng: random.Random, tokenizer) -> list[int]:
+    """A training sentence's ids as trained this step: words split into characters (--char-dropout),
+    then words (never [CLS]/[SEP]) replaced by [UNK] (--unk-dropout), as unseen words are at test time."""
+    if pieces:
+        ids = char_split(ids, pieces, args.char_dropout, rng)
+    if args.unk_dropout:
+        special = set(tokenizer.all_special_ids)
+        ids = [tokenizer.unk_token_id if i not in special and rng.random() < args.unk_dropout else i for i in ids]
+    return ids
+
+
 @torch.no_grad()
 def student_vectors(model, tokenizer, texts: list[str], batch_size: int = 128) -> torch.Tensor:
     model.eval()
@@ -107,6 +118,8 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=0.05)
     parser.add_argument("--chars", action="store_true")
     parser.add_argument("--char-dropout", type=float, default=0.0)
+    parser.add_argument("--unk-dropout", type=float, default=0.0,
+                        help="each word of a training sentence becomes [UNK] with this probability")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=2)
@@ -165,7 +178,7 @@ def main() -> None:
     losses = train_steps(
         student, zh_ids, targets, steps, optimizer, scheduler, generator, options, "mean", reporter,
         loss_of=lambda predicted, target: loss_of(predicted, target, args.loss, args.nce_weight, args.tau),
-        ids_of=(lambda ids: char_split(ids, pieces, args.char_dropout, rng)) if pieces else None,
+        ids_of=(lambda ids: dropped(ids, pieces, args, rng, tokenizer)) if pieces or args.unk_dropout else None,
     )
     after = precision_at_1(student_vectors(student, tokenizer, [p.zh for p in validation]), val_en)
     held = precision_at_1(student_vectors(student, tokenizer, [p.zh for p in heldout]), held_en)
