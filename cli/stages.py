@@ -67,7 +67,7 @@ def write(work: Work, out: Out, config: Config, quiet: Quiet = False):
     english_vocab.txt and manifest.json."""
     from xlembed.run import run_one
 
-    manifest = run_one("write", config, WorkDir(work), out)
+    manifest = run_one("write", config, WorkDir(work), out, reporter=Reporter(quiet))
     summarize("write", manifest, quiet)
     if not quiet:
         err.print(f"wrote {out}/embeddings.safetensors")

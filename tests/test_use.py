@@ -54,15 +54,17 @@ def test_write_with_a_user_vocabulary(built, tmp_path):
     assert torch.equal(m["embeddings"][4], ours[vocab.index("猫")])  # the same projected row
 
 
-def test_write_with_oov_context_reads_the_corpus_and_the_users_text(built, tmp_path):
+def test_write_with_oov_context_reads_the_corpus_and_the_users_text(built, tmp_path, monkeypatch):
     """The tiny build projects fewer words than its 32 dimensions, too few to fit the map from
     contexts to rows: every word then gets what `chars` gives (tests/test_oov.py has the map)."""
     (tmp_path / "v.txt").write_text("[PAD]\n[UNK]\n猫\n猫咪\n足球\n", encoding="utf-8")
     (tmp_path / "reviews.txt").write_text("我喜欢猫咪。\n足球很好看\n", encoding="utf-8")
     out = tmp_path / "out"
     args = ["write", "--work", built.with_name("out.work"), "--out", out, "--vocab", tmp_path / "v.txt", "-q"]
+    monkeypatch.setenv("XLEMBED_PROGRESS_INTERVAL", "0")  # a log line at every step
     result = xlembed(*args[:-1], "--oov", "context", "--context", tmp_path / "reviews.txt")  # not quiet
     assert result.exit_code == 0, result.output
+    assert any(line.startswith("context: 2/2 lines") for line in result.output.splitlines()), result.output
     assert "  filled rows by source: random 1, chars 1" in result.output.splitlines()  # the fallback shows
     rows = [line.split("\t") for line in (out / "vocab.tsv").read_text("utf-8").splitlines()[1:]]
     assert [r[2] for r in rows] == ["special", "special", "projected", "chars", "random"]
