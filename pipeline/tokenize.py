@@ -84,6 +84,7 @@ def chinese_splitter(user_dict: Path | None = None, hmm: bool = True) -> Callabl
         if not Path(user_dict).is_file():
             raise XlembedError(f"{user_dict}: jieba user dictionary does not exist")
         segmenter.load_userdict(str(user_dict))
+    segmenter.initialize()  # now, not at the first cut: forked workers (split_rows) share it instead of each loading it
 
     def split(text: str) -> list[str]:
         text = without_controls(unicodedata.normalize("NFKC", text))
@@ -93,10 +94,14 @@ def chinese_splitter(user_dict: Path | None = None, hmm: bool = True) -> Callabl
 
 
 def count_lines(path: Path) -> int | None:
+    """Lines as read_lines yields them (a last line without a newline counts); None for .gz or not a file."""
     if path.suffix == ".gz" or not path.is_file():
         return None
+    lines, last = 0, b"\n"
     with open(path, "rb") as f:
-        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+        for block in iter(lambda: f.read(1 << 20), b""):
+            lines, last = lines + block.count(b"\n"), block[-1:]
+    return lines + (last != b"\n")
 
 
 def _pairs_from_tsv(path: Path, en_col: int, zh_col: int) -> Iterator[tuple[str, str]]:

@@ -200,7 +200,7 @@ def build_manifest(records: dict[str, dict], opts, computed: tuple[str, ...], wr
         xlembed_version=__version__,
         parameters={stage: records[stage]["options"] for stage in UPSTREAM} | {"write": section_dict(opts)},
         inputs=records["tokenize"]["inputs"],
-        write_inputs={str(p): file_hash(p) for p in (opts.vocab, opts.context) if p is not None},  # by content
+        write_inputs={str(Path(p).resolve()): file_hash(p) for p in (opts.vocab, opts.context) if p is not None},
         model=dict(name=model_name(records["encode"]["options"]["model"]), sha256=records["encode"]["model_sha256"]),
         model_sha256=records["encode"]["model_sha256"],
         counts=counts,

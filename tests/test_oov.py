@@ -234,15 +234,23 @@ def test_write_reads_the_corpus_then_the_users_text_for_context(tmp_path):
     assert read == [["猫", "狗"], ["鱼"], ["我", "喜欢", "猫"]]
 
 
-def test_the_users_text_is_segmented_by_workers_in_order_with_progress(tmp_path):
+def test_the_users_text_is_segmented_by_workers_in_order_with_progress(tmp_path, monkeypatch):
     """--context's lines go through tokenize's worker processes (more than one chunk here), in
     input order, the same words as one process gives, and each line advances a 'context' task."""
+    import os
     from types import SimpleNamespace
 
+    import xlembed.write
     from xlembed.layout import WorkDir
     from xlembed.progress import CallbackReporter
-    from xlembed.tokenize import CHUNK
+    from xlembed.tokenize import CHUNK, chinese_splitter
     from xlembed.write import context_texts
+
+    def tagging_splitter(*args):
+        split = chinese_splitter(*args)
+        return lambda text: split(text) + [f"pid={os.getpid()}"]
+
+    monkeypatch.setattr(xlembed.write, "chinese_splitter", tagging_splitter)
 
     work = WorkDir(tmp_path)
     work.corpus_zh.write_text("猫 狗\n", encoding="utf-8")
@@ -253,6 +261,9 @@ def test_the_users_text_is_segmented_by_workers_in_order_with_progress(tmp_path)
     reporter = CallbackReporter(lambda *event: seen.append(event))
     by_two = list(context_texts(work, opts, {"user_dict": None, "hmm": True, "workers": 2}, reporter))
     by_one = list(context_texts(work, opts, {"user_dict": None, "hmm": True, "workers": 1}))
+    splitter_pids = {words.pop() for words in by_two[1:]}
+    assert splitter_pids and f"pid={os.getpid()}" not in splitter_pids  # worker processes, not this one
+    assert {words.pop() for words in by_one[1:]} == {f"pid={os.getpid()}"}
     assert by_two == by_one and len(by_two) == 1 + len(lines)
     assert by_two[1][0] == "足球" and by_two[2][:2] == ["我", "喜欢"]
     assert seen[-1] == ("context", len(lines), len(lines), "lines") and len(seen) == len(lines)

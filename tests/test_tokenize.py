@@ -134,3 +134,12 @@ def test_parallel_tokenization_gives_identical_output_and_errors(tmp_path, tiny_
             Config().set(tsv=tmp_path / "bad.tsv", model=tiny_bert, workers=2).validate(("tokenize",)),
             WorkDir(tmp_path / "bad"),
         )
+
+
+def test_count_lines_counts_a_last_line_without_a_newline(tmp_path):
+    from xlembed.io import read_lines
+    from xlembed.tokenize import count_lines
+
+    for text in (b"", b"a\n", b"a\nb", b"a\nb\n", b"a\r\n\nb"):
+        (tmp_path / "t.txt").write_bytes(text)
+        assert count_lines(tmp_path / "t.txt") == len(list(read_lines(tmp_path / "t.txt"))), text

@@ -262,6 +262,7 @@ def test_distill_trains_only_the_rows_towards_the_english_embeddings(built, tiny
         assert result.exit_code == 0, result.output
     record = json.loads((trained / "xlembed_transplant.json").read_text("utf-8"))["distill"]
     assert record["pairs"] == 72 and record["steps"] == 30 * 2 and record["epochs"] == 30  # 72 pairs, batches of 64
+    assert record["loss"] == "cosine distance" and record["loss_first"] <= 2  # 1 - cos, not a squared error
     assert "rows distilled over 72 sentence pairs, 60 steps" in " ".join(result.output.split())
     before, after = distillation_error(plain, tiny_bert, work), distillation_error(trained, tiny_bert, work)
     assert after < 0.5 * before
