@@ -84,7 +84,6 @@ def chinese_splitter(user_dict: Path | None = None, hmm: bool = True) -> Callabl
         if not Path(user_dict).is_file():
             raise XlembedError(f"{user_dict}: jieba user dictionary does not exist")
         segmenter.load_userdict(str(user_dict))
-    segmenter.initialize()  # now, not at the first cut: forked workers (split_rows) share it instead of each loading it
 
     def split(text: str) -> list[str]:
         text = without_controls(unicodedata.normalize("NFKC", text))
@@ -196,7 +195,8 @@ def split_rows(rows: Iterable[tuple[str, ...]], splitters: tuple[Callable, ...],
         for chunk in itertools.chain([first], [second] if second else [], chunks):
             yield from (tuple(split(text) for split, text in zip(splitters, row)) for row in chunk)
         return
-    _splitters = splitters  # inherited by the forked workers, dictionary loaded once
+    _splitters = splitters  # inherited by the forked workers; each loads jieba's dictionary at its first cut
+    # (about 1 s of CPU per worker), which keeps it out of this process: `run` goes on to encode, project and write
     context = multiprocessing.get_context("fork")
     with context.Pool(workers, initializer=_ignore_interrupts) as pool:
         for result in pool.imap(_split_chunk, itertools.chain([first, second], chunks), chunksize=1):
