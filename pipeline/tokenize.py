@@ -195,8 +195,8 @@ def split_rows(rows: Iterable[tuple[str, ...]], splitters: tuple[Callable, ...],
         for chunk in itertools.chain([first], [second] if second else [], chunks):
             yield from (tuple(split(text) for split, text in zip(splitters, row)) for row in chunk)
         return
-    _splitters = splitters  # inherited by the forked workers; each loads jieba's dictionary at its first cut
-    # (about 1 s of CPU per worker), which keeps it out of this process: `run` goes on to encode, project and write
+    _splitters = splitters  # inherited by the forked workers; without a user dictionary each loads jieba's
+    # dictionary at its first cut (~1 s of CPU each), which keeps it out of this process, that goes on to encode
     context = multiprocessing.get_context("fork")
     with context.Pool(workers, initializer=_ignore_interrupts) as pool:
         for result in pool.imap(_split_chunk, itertools.chain([first, second], chunks), chunksize=1):
