@@ -14,6 +14,9 @@ import os
 import re
 import signal
 import unicodedata
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -198,10 +201,20 @@ def split_rows(rows: Iterable[tuple[str, ...]], splitters: tuple[Callable, ...],
     _splitters = splitters  # inherited by the forked workers; without a user dictionary each loads jieba's
     # dictionary at its first cut (~1 s of CPU each), which keeps it out of this process, that goes on to encode
     context = multiprocessing.get_context("fork")
-    with context.Pool(workers, initializer=_ignore_interrupts) as pool:
-        for result in pool.imap(_split_chunk, itertools.chain([first, second], chunks), chunksize=1):
-            yield from result
-    _splitters = None
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts) as pool:
+            pending: deque = deque()  # chunks in flight, in input order: a bounded read-ahead
+            for chunk in itertools.chain([first, second], chunks):
+                pending.append(pool.submit(_split_chunk, chunk))
+                if len(pending) > 2 * workers:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+    except BrokenProcessPool as e:  # a worker killed (out of memory, `kill`): an error, never a wait for its chunk
+        raise XlembedError("a word-splitting worker process died (killed, or out of memory?); nothing was "
+                           "written (tokenize.workers sets how many run)") from e
+    finally:
+        _splitters = None
 
 
 def worker_count(workers: int) -> int:

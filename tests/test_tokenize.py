@@ -143,3 +143,23 @@ def test_count_lines_counts_a_last_line_without_a_newline(tmp_path):
     for text in (b"", b"a\n", b"a\nb", b"a\nb\n", b"a\r\n\nb"):
         (tmp_path / "t.txt").write_bytes(text)
         assert count_lines(tmp_path / "t.txt") == len(list(read_lines(tmp_path / "t.txt"))), text
+
+
+def test_a_worker_process_that_dies_is_a_one_line_error_not_a_hang():
+    """split_rows' workers: one killed mid-chunk (as by the out-of-memory killer) ends the
+    split with an XlembedError (multiprocessing.Pool would wait for its chunk forever)."""
+    import os
+    import signal
+
+    from xlembed.errors import XlembedError
+    from xlembed.tokenize import CHUNK, split_rows
+
+    def split(text):
+        if text == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return text.split()
+
+    rows = [("a b",)] * (CHUNK + 5) + [("die",)] + [("c",)] * 10
+    assert list(split_rows(rows[:CHUNK + 5] + rows[-10:], (split,), 2))[-1] == (["c"],)  # no death: all rows
+    with pytest.raises(XlembedError, match="worker process died"):
+        list(split_rows(rows, (split,), 2))
