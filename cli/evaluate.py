@@ -20,7 +20,7 @@ def quality_table(result: dict, out_dir: Path, dictionary: Path | None, analogie
     """evaluate's scores as one table: set, measure, score, coverage."""
     table = Table(title=escape(f"quality of {out_dir}"))
     for column in ("set", "measure", "score", "coverage"):
-        table.add_column(column, justify="left" if column in ("set", "measure") else "right")
+        table.add_column(column, justify="left" if column in ("set", "measure") else "right", overflow="fold")
     for path, r in result["wordsim"].items():
         name = escape(Path(path).name)
         table.add_row(name, "Spearman rho", f"{r['rho']:.3f}", f"{r['covered']}/{r['pairs']}")
@@ -123,8 +123,8 @@ def evaluate_alignment(
         title=f"alignment of {result['gold_pairs']} gold pairs (aligned with {result['corpus_pairs']:,} corpus pairs)"
     )
     for column in ("links", "AER", "precision", "recall"):
-        table.add_column(column, justify="right")
-    table.add_column("symmetrization", justify="left")
+        table.add_column(column, justify="right", overflow="fold")
+    table.add_column("symmetrization", justify="left", overflow="fold")
     for method, s in result["scores"].items():
         table.add_row(f"{s['links']:,}", f"{s['aer']:.3f}", f"{s['precision']:.3f}", f"{s['recall']:.3f}", method)
     out.print(table)

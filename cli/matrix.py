@@ -47,7 +47,7 @@ def neighbors(
     title = word + ("" if projected is None else " (projected)" if projected else " (filled row)")
     table = Table(title=escape(title))
     for column in ("Chinese", "cos", "English", "cos"):
-        table.add_column(column, justify="right" if column == "cos" else "left")
+        table.add_column(column, justify="right" if column == "cos" else "left", overflow="fold")
     for i in range(max(len(zh), len(en))):
         z = zh[i] if i < len(zh) else ("", None)
         n = en[i] if i < len(en) else ("", None)
@@ -74,8 +74,8 @@ def info(
         return
     c = result["counts"]
     table = Table(title=escape(str(out_dir)), show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", overflow="fold")
+    table.add_column(overflow="fold")
     table.add_row("matrix", f"{result['shape'][0]:,} × {result['shape'][1]} {result['dtype']}")
     table.add_row("english", f"{result['english_shape'][0]:,} × {result['english_shape'][1]}")
     filled_by = ", ".join(f"{n:,} {k}" for k, n in c.get("filled_by", {}).items() if n)

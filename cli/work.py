@@ -60,7 +60,7 @@ def list_(
         return
     table = Table(box=box.SIMPLE)
     for column in ("work directory", "size", "stages", "not xlembed's (kept)"):
-        table.add_column(column, justify="right" if column == "size" else "left")
+        table.add_column(column, justify="right" if column == "size" else "left", overflow="fold")
     for u in usages:
         table.add_row(escape(str(u.root)), _mb(u.bytes), " ".join(u.stages_done) or "-", escape(" ".join(u.others)))
     print_table(table)

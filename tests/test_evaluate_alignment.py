@@ -34,7 +34,10 @@ def test_read_gold_keeps_segmentation_and_maps_ptb_brackets(tmp_path):
     assert sure[0] == {(0, 0), (1, 1), (2, 2)} and possible[0] == {(2, 3)}
 
 
-def test_evaluate_alignment_command(tmp_path, tiny_bert):
+def test_evaluate_alignment_command(tmp_path, tiny_bert, monkeypatch):
+    from xlembed.cli._util import out
+
+    monkeypatch.setattr(out, "width", 200)  # the table's content; a narrow terminal folds it (tested below)
     write_gold(tmp_path / "gold")
     pairs = [f"{e} like {o} .\t{z}喜欢{zo}。" for e, z in (("i", "我"), ("he", "他"), ("we", "我们"))
              for o, zo in (("cats", "猫"), ("books", "书"), ("tea", "茶"))] * 4
@@ -60,6 +63,10 @@ def test_evaluate_alignment_command(tmp_path, tiny_bert):
                                  "--json", str(tmp_path / "s.json"), "-q"])
     assert result.exit_code == 0, result.output
     assert "grow-diag-final-and" in result.output and "AER" in result.output
+    monkeypatch.setattr(out, "width", 30)
+    narrow = runner.invoke(app, ["evaluate-alignment", "--gold", str(tmp_path / "gold"), "--work", str(tmp_path / "w"),
+                                 "-q"])
+    assert narrow.exit_code == 0 and "…" not in narrow.output, narrow.output  # folded at 30 columns, never cut
     scores = json.loads((tmp_path / "s.json").read_text())
     assert scores["gold_pairs"] == 2 and scores["corpus_pairs"] == 36
     for s in scores["scores"].values():
