@@ -300,9 +300,7 @@ class Embeddings:
     @cached_property
     def tokenizer(self) -> "ChineseTokenizer":
         """Segments Chinese exactly as the build did and maps words to row ids."""
-        options = self.manifest.get("parameters", {}).get("tokenize", {})
-        user_dict = options.get("user_dict")
-        return ChineseTokenizer(self.words, Path(user_dict) if user_dict else None, options.get("hmm", True))
+        return ChineseTokenizer(self.words, self.manifest.get("parameters", {}).get("tokenize", {}))
 
     @cached_property
     def sentence_tokenizer(self):
@@ -465,14 +463,15 @@ class ChineseTokenizer:
     jieba with its user dictionary and HMM setting) and maps words to row ids:
     unknown words to [UNK], padding with [PAD]."""
 
-    def __init__(self, vocab: list[str], user_dict: Path | None = None, hmm: bool = True):
-        from .tokenize import chinese_splitter
+    def __init__(self, vocab: list[str], tokenize_options: dict | None = None):
+        """tokenize_options: the build's tokenize parameters (user_dict, hmm); none: jieba's defaults."""
+        from .tokenize import recorded_splitter
 
         self.vocab = vocab
         self.ids = {w: i for i, w in enumerate(vocab)}
         self.pad_id = self.ids.get(PAD)
         self.unk_id = self.ids.get(UNK)
-        self.split = chinese_splitter(user_dict, hmm)
+        self.split = recorded_splitter(tokenize_options or {})
 
     def tokenize(self, text: str) -> list[str]:
         return self.split(text)

@@ -95,6 +95,16 @@ def chinese_splitter(user_dict: Path | None = None, hmm: bool = True) -> Callabl
     return split
 
 
+def recorded_splitter(tokenize_options: dict) -> Callable[[str], list[str]]:
+    """Chinese split as a build's tokenize record (or manifest) says: its
+    user dictionary and HMM setting; a dictionary moved since is named as such."""
+    user_dict = tokenize_options.get("user_dict")
+    if user_dict and not Path(user_dict).is_file():
+        raise XlembedError(f"{user_dict}: the jieba user dictionary this build was tokenized with is no longer "
+                           "there; put it back, or tokenize again with `--force --user-dict FILE`")
+    return chinese_splitter(Path(user_dict) if user_dict else None, tokenize_options.get("hmm", True))
+
+
 def count_lines(path: Path) -> int | None:
     """Lines as read_lines yields them (a last line without a newline counts); None for .gz or not a file."""
     if path.suffix == ".gz" or not path.is_file():

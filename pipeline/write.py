@@ -19,7 +19,7 @@ from .models import model_name
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
 from .records import check_chain, file_hash, valid_record
-from .tokenize import chinese_splitter, count_lines, split_rows, worker_count
+from .tokenize import count_lines, recorded_splitter, split_rows, worker_count
 from .version import __version__
 
 UPSTREAM = STAGES[:-1]  # the stages whose records write reads
@@ -112,8 +112,7 @@ def context_texts(work: WorkDir, opts, tokenize_options: dict,
     for line in read_lines(work.corpus_zh):
         yield line.split()
     if opts.context is not None:
-        user_dict = tokenize_options.get("user_dict")
-        split = chinese_splitter(Path(user_dict) if user_dict else None, tokenize_options.get("hmm", True))
+        split = recorded_splitter(tokenize_options)
         lines = ((line,) for line in read_lines(opts.context))
         with reporter.task("context", count_lines(opts.context), "lines") as task:
             for (words,) in split_rows(lines, (split,), worker_count(tokenize_options.get("workers", 0))):

@@ -114,13 +114,20 @@ def test_a_user_dictionary_with_invalid_utf8_names_its_line(tmp_path, corpus, ti
 
 def test_a_relative_user_dictionary_is_recorded_as_an_absolute_path(tmp_path, corpus, tiny_bert, monkeypatch):
     """write --oov context and Embeddings.tokenizer segment with it later, from any directory."""
-    (tmp_path / "dict.txt").write_text("猫咪 3\n", encoding="utf-8")
+    (tmp_path / "dict.txt").write_text("猫咪控 99999\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     result = cli("tokenize", "--tsv", corpus, "--model", tiny_bert, "--work", tmp_path / "work", "-q",
                  "--user-dict", "dict.txt")
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "work" / "tokenize.json").read_text())
     assert record["options"]["user_dict"] == str(tmp_path.resolve() / "dict.txt")
+    from xlembed.errors import XlembedError
+    from xlembed.tokenize import recorded_splitter
+
+    assert recorded_splitter(record["options"])("我喜欢猫咪控") == ["我", "喜欢", "猫咪控"]  # the dictionary's word
+    (tmp_path / "dict.txt").rename(tmp_path / "moved.txt")
+    with pytest.raises(XlembedError, match="dict.txt: the jieba user dictionary this build was tokenized with"):
+        recorded_splitter(record["options"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
