@@ -243,14 +243,14 @@ def test_the_users_text_is_segmented_by_workers_in_order_with_progress(tmp_path,
     import xlembed.write
     from xlembed.layout import WorkDir
     from xlembed.progress import CallbackReporter
-    from xlembed.tokenize import CHUNK, chinese_splitter
+    from xlembed.tokenize import CHUNK, recorded_splitter
     from xlembed.write import context_texts
 
     def tagging_splitter(*args):
-        split = chinese_splitter(*args)
+        split = recorded_splitter(*args)
         return lambda text: split(text) + [f"pid={os.getpid()}"]
 
-    monkeypatch.setattr(xlembed.write, "chinese_splitter", tagging_splitter)
+    monkeypatch.setattr(xlembed.write, "recorded_splitter", tagging_splitter)
 
     work = WorkDir(tmp_path)
     work.corpus_zh.write_text("猫 狗\n", encoding="utf-8")
