@@ -175,8 +175,13 @@ CHUNK = 2048  # pairs per task of a worker process
 _splitters: tuple[Callable, ...] | None = None  # one per column, set before the workers fork
 
 
+def _split(splitters: tuple[Callable, ...], chunk: list[tuple[str, ...]]) -> list[tuple[list[str], ...]]:
+    return [tuple(split(text) for split, text in zip(splitters, row)) for row in chunk]
+
+
 def _split_chunk(chunk: list[tuple[str, ...]]) -> list[tuple[list[str], ...]]:
-    return [tuple(split(text) for split, text in zip(_splitters, row)) for row in chunk]
+    """In a worker: _split with the splitters it inherited at the fork."""
+    return _split(_splitters, chunk)
 
 
 def _ignore_interrupts() -> None:
@@ -206,7 +211,7 @@ def split_rows(rows: Iterable[tuple[str, ...]], splitters: tuple[Callable, ...],
     second = next(chunks, None)
     if workers <= 1 or second is None:
         for chunk in itertools.chain([first], [second] if second else [], chunks):
-            yield from (tuple(split(text) for split, text in zip(splitters, row)) for row in chunk)
+            yield from _split(splitters, chunk)
         return
     _splitters = splitters  # inherited by the forked workers; without a user dictionary each loads jieba's
     # dictionary at its first cut (~1 s of CPU each), which keeps it out of this process, that goes on to encode
