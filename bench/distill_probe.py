@@ -4,7 +4,7 @@ trained on here) and, once at the end, on the held-out pairs.
 
     python bench/distill_probe.py --out OUT --work WORK --heldout HELDOUT.tsv \
         [--loss mse|cos|nce|mse+nce] [--nce-weight 0.1] [--tau 0.05] [--chars] [--char-dropout 0.1] \
-        [--epochs 1] [--lr 2e-3] [--cache DIR] [--json FILE]
+        [--epochs 1] [--lr 2e-3] [--layers-lr 0] [--cache DIR] [--json FILE]
 
 - mse: the mean squared error to the English model's sentence embedding of
   the translation (the command's loss until 2026-12-04).
@@ -17,6 +17,8 @@ trained on here) and, once at the end, on the held-out pairs.
   vocabulary splits into characters instead of [UNK]; --char-dropout P then
   splits each multi-character token of a training sentence into its
   characters with probability P, so those rows are trained too.
+- --layers-lr LR: the Transformer layers train too, at LR (the rows keep
+  --lr); the command trains the rows only.
 Validation: the first 1,000 of a seeded shuffle of the build corpus's
 distinct pairs (seed 0), left out of training.
 """
@@ -122,6 +124,8 @@ def main() -> None:
                         help="each word of a training sentence becomes [UNK] with this probability")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--layers-lr", type=float, default=0.0,
+                        help="train the Transformer layers too, at this learning rate; 0: frozen")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, help="a folder for the English embeddings (shared by runs)")
     parser.add_argument("--json", type=Path)
@@ -170,10 +174,12 @@ def main() -> None:
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
     rows = student.get_input_embeddings().weight
+    layers = [p for p in student.parameters() if p is not rows]
     for parameter in student.parameters():
-        parameter.requires_grad_(parameter is rows)
+        parameter.requires_grad_(parameter is rows or args.layers_lr > 0)
     steps = max(1, round(options.epochs * -(-len(train) // options.batch_size)))
-    optimizer = torch.optim.AdamW([rows], lr=options.lr, weight_decay=0.0)
+    groups = [dict(params=[rows], lr=options.lr)] + ([dict(params=layers, lr=args.layers_lr)] if args.layers_lr else [])
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(steps))
     losses = train_steps(
         student, zh_ids, targets, steps, optimizer, scheduler, generator, options, "mean", reporter,

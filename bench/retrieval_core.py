@@ -47,14 +47,16 @@ def english_sentence_vectors(
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModel.from_pretrained(str(model_dir)).eval()
-    out = []
-    for start in range(0, len(sentences), batch_size):
-        batch = tokenizer(sentences[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))  # batches of similar length: less padding
+    out = torch.zeros((len(sentences), model.config.hidden_size))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = tokenizer([sentences[i] for i in chunk], padding=True, truncation=True, max_length=max_length,
                           return_tensors="pt")
         hidden = model(**batch).last_hidden_state  # [b, t, d]
         mask = batch["attention_mask"].unsqueeze(-1).float()  # [b, t, 1]
-        out.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
-    return torch.cat(out).float()
+        out[chunk] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float()
+    return out
 
 
 def precision_at_1(zh: torch.Tensor, en: torch.Tensor) -> Retrieval:

@@ -1,4 +1,4 @@
-"""Distillation for the static matrix (measured, not wired): the matrix's
+"""Distillation for the static matrix (wired as `xlembed write --distill`, opt-in): the matrix's
 Chinese rows trained so that the mean row of each build-corpus Chinese
 sentence (xlembed's own tokenizer) lands on the English model's own
 sentence embedding of its translation, optionally anchored to the original
@@ -11,6 +11,7 @@ first 1,000 of a seeded shuffle, never trained on); held-out pairs
         [--epochs 3] [--lr 1e-2] [--anchor 1] [--loss mse|nce|mse+nce] [--cache FILE] [--save DIR]
     xlembed evaluate DIR --wordsim ... --dictionary ...     # the intrinsic dev suite on the saved copy
 
+--loss nce trains with `xlembed write --distill`'s own code (xlembed.distill.distill_matrix);
 --save writes a copy of OUT with the trained rows (manifest unchanged), for `xlembed evaluate`.
 """
 
@@ -31,33 +32,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill_probe import cached, loss_of
 from retrieval_core import english_sentence_vectors, precision_at_1, read_heldout
 
+from xlembed.distill import MatrixDistillOptions, bag_of_rows, distill_matrix
 from xlembed.embeddings import Embeddings
 from xlembed.models import default_model_dir
-
-
-def bag(rows: torch.Tensor, id_lists: list[list[int]]) -> torch.Tensor:
-    """[n, d] the mean row of each id list (none empty)."""
-    flat = torch.tensor([j for ids in id_lists for j in ids])
-    offsets = torch.tensor([0] + [len(ids) for ids in id_lists[:-1]]).cumsum(0)
-    return torch.nn.functional.embedding_bag(flat, rows, offsets, mode="mean")
 
 
 @torch.no_grad()
 def scored(rows: torch.Tensor, id_lists: list[list[int]], english: torch.Tensor) -> dict:
     vectors = torch.zeros(len(id_lists), rows.shape[1])  # a sentence with no known word stays 0
     known = [i for i, ids in enumerate(id_lists) if ids]
-    vectors[known] = bag(rows, [id_lists[i] for i in known])
+    vectors[known] = bag_of_rows(rows, [id_lists[i] for i in known])
     return precision_at_1(vectors, english)._asdict()
 
 
 def train(rows0: torch.Tensor, ids: list[list[int]], targets: torch.Tensor, args) -> torch.Tensor:
+    if args.loss == "nce":  # the training of `xlembed write --distill` (xlembed.distill.distill_matrix)
+        rows = rows0.clone()
+        options = MatrixDistillOptions(epochs=args.epochs, anchor=args.anchor, lr=args.lr, batch_size=args.batch_size,
+                                       tau=args.tau)
+        print(distill_matrix(rows, ids, targets, options), flush=True)
+        return rows
     rows = torch.nn.Parameter(rows0.clone())
     optimizer = torch.optim.Adam([rows], lr=args.lr)
     for epoch in range(args.epochs):
         order = torch.randperm(len(ids)).tolist()
         for start in range(0, len(order), args.batch_size):
             batch = order[start : start + args.batch_size]
-            loss = loss_of(bag(rows, [ids[i] for i in batch]), targets[batch], args.loss, args.nce_weight, args.tau)
+            predicted = bag_of_rows(rows, [ids[i] for i in batch])  # [b, d]
+            loss = loss_of(predicted, targets[batch], args.loss, args.nce_weight, args.tau)
             if args.anchor:
                 used = torch.tensor(sorted({j for i in batch for j in ids[i]}))
                 loss = loss + args.anchor * ((rows[used] - rows0[used]) ** 2).mean()

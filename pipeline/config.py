@@ -243,6 +243,12 @@ class WriteConfig:
     context: Path | None = option(None, "Chinese text for --oov context, e.g. your task's unlabelled text (a "
                                         "sentence or document a line, .gz ok; segmented as the corpus was).",
                                   shown="the corpus's Chinese side only")
+    distill: float = option(0.0, "Epochs of training the rows so that each corpus sentence's mean row is nearest "
+                                 "the English model's own embedding of its translation (InfoNCE over batches of "
+                                 "64); runs the English model over the corpus once more. Chinese sentence "
+                                 "retrieval gains most (bench/RESULTS.md). 0 = off.", min=0, max=100)
+    distill_anchor: float = option(10.0, "With --distill: weight of the rows' squared change, which keeps each "
+                                         "word near its projected row (and its neighbours).", min=0)
 
 
 @dataclass

@@ -193,3 +193,104 @@ def train_steps(student, zh_ids, targets, steps, optimizer, scheduler, generator
                 losses.append(loss.item())
                 task.advance()
     return losses
+
+
+# The static matrix (`xlembed write --distill`): the same teacher, a bag of rows as the student.
+
+
+class MatrixDistillOptions(NamedTuple):
+    epochs: float  # passes over the corpus's sentence pairs
+    anchor: float = 10.0  # weight of the mean squared change of each batch's rows (keeps words' neighbours)
+    lr: float = 1e-2  # Adam's, constant
+    batch_size: int = 64  # sentence pairs per step; the other pairs of a batch are each one's negatives
+    tau: float = 0.05  # InfoNCE's temperature on cosines
+    max_length: int = 256  # English word pieces per sentence, as bench/retrieval.py encodes the English side
+    seed: int = 0
+
+
+class MatrixPairs(NamedTuple):
+    """The build corpus's distinct sentence pairs whose Chinese side has a row."""
+
+    english: list[str]  # tokenize's English words of each pair, space-separated
+    row_ids: list[list[int]]  # the rows of each pair's Chinese words ([PAD], [UNK] and words without a row left out)
+
+
+def matrix_pairs(work: WorkDir, vocab: list[str], skip: tuple[str, ...]) -> MatrixPairs:
+    index = {word: i for i, word in enumerate(vocab) if word not in skip}
+    distinct = dict.fromkeys((en, zh) for en, zh in zip(read_lines(work.corpus_en), read_lines(work.corpus_zh))
+                             if en and zh)
+    pairs = MatrixPairs([], [])
+    for en, zh in distinct:
+        ids = [index[word] for word in zh.split(" ") if word in index]
+        if ids:
+            pairs.english.append(en)
+            pairs.row_ids.append(ids)
+    return pairs
+
+
+def bag_of_rows(rows: torch.Tensor, id_lists: list[list[int]]) -> torch.Tensor:
+    """[b, d] the mean row of each id list (none empty), rows [V, d]."""
+    flat = torch.tensor([i for ids in id_lists for i in ids])
+    offsets = torch.tensor([0] + [len(ids) for ids in id_lists[:-1]]).cumsum(0)
+    return torch.nn.functional.embedding_bag(flat, rows, offsets, mode="mean")
+
+
+def info_nce(predicted: torch.Tensor, targets: torch.Tensor, tau: float) -> torch.Tensor:
+    """InfoNCE over a batch [b, d]: each sentence's cosine to its own target
+    against the batch's other targets, divided by tau, in both directions."""
+    logits = torch.nn.functional.normalize(predicted, dim=1) @ torch.nn.functional.normalize(targets, dim=1).T / tau
+    gold = torch.arange(len(logits))  # [b]
+    return (torch.nn.functional.cross_entropy(logits, gold) + torch.nn.functional.cross_entropy(logits.T, gold)) / 2
+
+
+def distill_matrix(rows: torch.Tensor, row_ids: list[list[int]], targets: torch.Tensor, options: MatrixDistillOptions,
+                   reporter: Reporter = SilentReporter()) -> Distilled:
+    """Train `rows` [V, d] (in place) so that the mean row of each sentence
+    (row_ids[i]) is nearest its own target [n, d] among the batch's:
+    InfoNCE plus anchor x the mean squared change of the batch's rows."""
+    if not row_ids:
+        raise XlembedError("distillation needs sentence pairs, and no Chinese sentence of the corpus has a row")
+    torch.manual_seed(options.seed)
+    generator = torch.Generator().manual_seed(options.seed)
+    start = rows.clone()  # [V, d] the anchor
+    trained = torch.nn.Parameter(rows)
+    optimizer = torch.optim.Adam([trained], lr=options.lr)
+    steps_per_epoch = -(-len(row_ids) // options.batch_size)
+    steps = max(1, round(options.epochs * steps_per_epoch))
+    losses: list[float] = []
+    with reporter.task("distil: Chinese rows", steps, "steps") as task:
+        while len(losses) < steps:
+            order = torch.randperm(len(row_ids), generator=generator).tolist()
+            for first in range(0, len(order), options.batch_size)[: steps - len(losses)]:
+                batch = order[first : first + options.batch_size]
+                ids = [row_ids[i] for i in batch]
+                used = torch.tensor(sorted({j for sentence in ids for j in sentence}))
+                loss = info_nce(bag_of_rows(trained, ids), targets[batch], options.tau)
+                loss = loss + options.anchor * ((trained[used] - start[used]) ** 2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                task.advance()
+    window = max(1, len(losses) // 20)
+    return Distilled(len(row_ids), steps, sum(losses[:window]) / window, sum(losses[-window:]) / window)
+
+
+def distill_vectors(vectors: torch.Tensor, vocab: list[str], work: WorkDir, model_dir: Path,
+                    options: MatrixDistillOptions, skip: tuple[str, ...],
+                    reporter: Reporter = SilentReporter()) -> dict:
+    """Train a matrix's rows [V, d] (in place) on the build corpus in `work`
+    towards `model_dir`'s own sentence embeddings of its English side; what
+    was done, for the manifest."""
+    from .models import load_encoder, load_tokenizer
+
+    pairs = matrix_pairs(work, vocab, skip)
+    if not pairs.row_ids:
+        raise XlembedError(f"{work.corpus_zh}: no Chinese sentence has a word with a row; nothing to distil on")
+    tokenizer, pooling = load_tokenizer(model_dir), sentence_pooling(model_dir)
+    limit = min(options.max_length, getattr(tokenizer, "model_max_length", options.max_length))
+    targets = teacher_embeddings(load_encoder(model_dir).eval(), token_ids(tokenizer, pairs.english, limit),
+                                 tokenizer.pad_token_id or 0, pooling, 128, reporter)  # [n, d]
+    result = distill_matrix(vectors, pairs.row_ids, targets, options, reporter)
+    return dict(options._asdict(), pooling=pooling, pairs=result.pairs, steps=result.steps, loss="InfoNCE + anchor",
+                loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))

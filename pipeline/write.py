@@ -163,8 +163,9 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
         opts.shrink,
         context_texts(work, opts, records["tokenize"]["options"], reporter) if opts.oov == Oov.context else None,
     )
-    require_finite(work, vectors=vectors, english=english)
     encode_options = records["encode"]["options"]
+    distilled = distilled_rows(vectors, vocab, work, encode_options["model"], opts, reporter) if opts.distill else None
+    require_finite(work, vectors=vectors, english=english)
     embeddings = Embeddings(
         words=vocab,
         vectors=vectors,
@@ -179,9 +180,24 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
                       seed=str(opts.seed), oov_fill=opts.oov.value, xlembed_version=__version__),
     )
     embeddings.manifest = build_manifest(records, opts, computed, round(time.perf_counter() - start, 3))
+    if distilled is not None:
+        embeddings.manifest["distill"] = distilled
     embeddings = carry_forward(embeddings, out)
     embeddings.save(out)
     return embeddings.manifest
+
+
+def distilled_rows(vectors: torch.Tensor, vocab: list[str], work: WorkDir, model: str | None, opts,
+                   reporter: Reporter) -> dict:
+    """--distill: the rows [V, d] trained in place on the build corpus
+    (distill.py), towards the model that encoded it; the manifest's record."""
+    from .distill import MatrixDistillOptions, distill_vectors
+    from .models import resolve_model_dir
+
+    if model and not Path(model).is_dir():
+        raise XlembedError(f"{model}: the model the corpus was encoded with is not here; --distill needs it")
+    options = MatrixDistillOptions(epochs=opts.distill, anchor=opts.distill_anchor, seed=opts.seed)
+    return distill_vectors(vectors, vocab, work, resolve_model_dir(model), options, (PAD, UNK), reporter)
 
 
 def build_manifest(records: dict[str, dict], opts, computed: tuple[str, ...], write_seconds: float) -> dict:

@@ -1,0 +1,83 @@
+"""`xlembed write --distill`: the matrix's rows trained so that a corpus
+sentence's mean row is nearest the English model's own embedding of its
+translation, anchored to the rows as built."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from .test_cli import built, corpus, xlembed  # noqa: F401  (fixtures: a tiny-model build of a small corpus)
+
+
+def test_distill_matrix_trains_the_rows_sentences_use_and_no_other():
+    from xlembed.distill import MatrixDistillOptions, bag_of_rows, distill_matrix
+
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(12, 8, generator=generator)  # [V, d]; row 11 is in no sentence
+    sentences = [[0, 1], [1, 2, 3], [4], [5, 6], [7, 8, 9], [10, 0]]
+    targets = torch.randn(6, 8, generator=generator)  # [n, d]
+    start = rows.clone()
+
+    def nearest() -> list[int]:
+        means = torch.nn.functional.normalize(bag_of_rows(rows, sentences), dim=1)
+        return (means @ torch.nn.functional.normalize(targets, dim=1).T).argmax(1).tolist()
+
+    assert nearest() != list(range(6))
+    done = distill_matrix(rows, sentences, targets, MatrixDistillOptions(epochs=200, anchor=0.0, batch_size=3))
+    assert nearest() == list(range(6))  # each sentence's mean row is nearest its own target
+    assert done.pairs == 6 and done.steps == 400 and done.loss_last < done.loss_first
+    assert torch.equal(rows[11], start[11]) and not torch.equal(rows[:11], start[:11])
+
+    anchored, free = start.clone(), start.clone()
+    for matrix, anchor in ((anchored, 100.0), (free, 0.0)):
+        distill_matrix(matrix, sentences, targets, MatrixDistillOptions(epochs=20, anchor=anchor, batch_size=3))
+    assert (anchored - start).norm() < 0.5 * (free - start).norm()  # the anchor holds rows near where they were
+
+
+def english_embeddings(model_dir, sentences: list[str]) -> torch.Tensor:
+    """The tiny BERT's mean-pooled last layer, as its own tokenizer splits each sentence."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer, model = AutoTokenizer.from_pretrained(str(model_dir)), AutoModel.from_pretrained(str(model_dir)).eval()
+    encoded = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**encoded).last_hidden_state  # [n, t, d]
+    mask = encoded["attention_mask"].unsqueeze(-1).float()  # [n, t, 1]
+    return (hidden * mask).sum(1) / mask.sum(1)
+
+
+def own_rank_share(out, work, tiny_bert) -> float:
+    """The share of corpus pairs whose Chinese mean row is nearest its own English embedding."""
+    vocab = (out / "vocab.txt").read_text("utf-8").splitlines()
+    rows = load_file(str(out / "embeddings.safetensors"))["embeddings"]
+    index = {w: i for i, w in enumerate(vocab)}
+    zh = (work / "corpus.zh").read_text("utf-8").splitlines()
+    en = (work / "corpus.en").read_text("utf-8").splitlines()
+    means = torch.stack([rows[[index[w] for w in line.split()]].mean(0) for line in zh])  # [n, d]
+    cosines = torch.nn.functional.normalize(means, dim=1) @ torch.nn.functional.normalize(
+        english_embeddings(tiny_bert, en), dim=1).T
+    return (cosines.argmax(1) == torch.arange(len(zh))).float().mean().item()
+
+
+def test_write_distill(built, tiny_bert, tmp_path):  # noqa: F811
+    work = built.with_name("out.work")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join((built / "vocab.txt").read_text("utf-8").splitlines() + ["从未见过"]) + "\n", "utf-8")
+    plain, trained, again = tmp_path / "plain", tmp_path / "trained", tmp_path / "again"
+    assert xlembed("write", "--work", work, "--out", plain, "--vocab", vocab, "-q").exit_code == 0
+    for out in (trained, again):
+        result = xlembed("write", "--work", work, "--out", out, "--vocab", vocab, "--distill", "30", "-q")
+        assert result.exit_code == 0, result.output
+    manifest = json.loads((trained / "manifest.json").read_text("utf-8"))
+    record = manifest["distill"]
+    assert record["pairs"] == 72 and record["steps"] == 60 and record["anchor"] == 10.0 and record["epochs"] == 30
+    assert manifest["parameters"]["write"]["distill"] == 30
+    assert own_rank_share(trained, work, tiny_bert) > own_rank_share(plain, work, tiny_bert)
+    rows = {out: load_file(str(out / "embeddings.safetensors"))["embeddings"] for out in (plain, trained, again)}
+    assert torch.equal(rows[trained], rows[again])  # seeded: the same rows twice
+    assert torch.equal(rows[trained][-1], rows[plain][-1])  # a word in no corpus sentence keeps its fill
+    assert torch.equal(rows[trained][:2], rows[plain][:2])  # [PAD] and [UNK] too
+    for bad in ("-1", "nan", "101"):
+        result = xlembed("write", "--work", work, "--out", tmp_path / "no", "--distill", bad)
+        assert result.exit_code == 2 and not (tmp_path / "no").exists(), (bad, result.output)
