@@ -115,7 +115,7 @@ def export(
     sif: Annotated[
         Optional[float],
         typer.Option(help="model2vec: weight rows by SIF, a / (a + p(word)), as Embeddings.encode does; 0 = no "
-                     "weighting.", show_default=str(SENTENCE_SIF)),
+                     "weighting.", show_default=f"{SENTENCE_SIF}; 0 for a build made with --distill"),
     ] = None,
 ):
     """Export a matrix for gensim (word2vec text or binary, KeyedVectors), model2vec and sentence-transformers.

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from .config import PAD, UNK, Oov, sif_value
+from .config import PAD, SENTENCE_SIF, UNK, Oov, sif_value
 from .errors import XlembedError
 from .io import XLEMBED_OUTPUT, save_tensors, sha256_file, staged_dir, write_json_atomic
 from .layout import OutDir
@@ -328,8 +328,7 @@ class Embeddings:
         sif: weight each word a / (a + p(word)) with a = sif and p the word's
         share of the corpus's words (vocab.tsv's freq), as SIF (Arora et al.
         2017) and Model2Vec do; words with no corpus frequency weigh 1. None:
-        a = 0.03 (config.SENTENCE_SIF, chosen on a dev split: zh->en P@1 0.719
-        -> 0.765 there); 0: every word weighs 1.
+        `default_sif()`; 0: every word weighs 1.
         normalize: scale each sentence vector to length 1 (zero rows stay 0)."""
         single = isinstance(sentences, str)
         texts = [sentences] if single else _text_list(sentences)
@@ -366,10 +365,18 @@ class Embeddings:
                 out[i] = ((self.vectors[ids].double() * w).sum(0) / w.sum()).float()
         return out
 
+    def default_sif(self) -> float:
+        """SIF's a for sentence vectors when none is given: 0 (no weighting)
+        for rows trained on sentences (`write --distill`: trained for the
+        plain mean; zh->en P@1 0.901 unweighted against 0.871 at 0.03 on a
+        dev split), else config.SENTENCE_SIF, 0.03 (chosen on the same dev
+        split for rows as projected: 0.719 -> 0.765). bench/RESULTS.md."""
+        return 0.0 if self.manifest.get("distill") else SENTENCE_SIF
+
     def word_weights(self, sif: float | None = None) -> torch.Tensor:
-        """[V] float64 SIF's a / (a + p(word)), a = sif (None: SENTENCE_SIF); 1 for every word with sif 0.
+        """[V] float64 SIF's a / (a + p(word)), a = sif (None: `default_sif()`); 1 for every word with sif 0.
         float64 so that any finite a gives finite weights that are not all 0."""
-        sif = sif_value(sif)
+        sif = self.default_sif() if sif is None else sif_value(sif)
         if sif == 0:
             return torch.ones(len(self.words), dtype=torch.float64)
         freq = torch.tensor([float(r.freq) for r in self.rows] if self.rows else [0.0] * len(self.words),

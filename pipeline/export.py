@@ -137,14 +137,14 @@ def export_tokenizer(e, words: list[str]):
 def write_model2vec(e, target: Path, sif: float | None = None) -> int:
     """A model2vec / sentence-transformers directory, replacing `target` as a
     whole only when it is an earlier export of ours. Rows are multiplied by
-    their SIF weight a / (a + p(word)), a = `sif` (None: SENTENCE_SIF; 0: not
+    their SIF weight a / (a + p(word)), a = `sif` (None: e.default_sif(); 0: not
     weighted), so a mean of the rows points where Embeddings.encode(sif=…)'s
     weighted mean points; config.json's max_length is null, so model2vec
     (0.10 reads it) cuts no text at 512 tokens, as encode does not. Returns
     the rows."""
     from safetensors.numpy import save_file
 
-    sif = sif_value(sif)
+    sif = e.default_sif() if sif is None else sif_value(sif)
     check_target(target)
     _check_replaceable(target)
     weights = e.word_weights(sif)  # [V] float64

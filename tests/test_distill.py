@@ -78,6 +78,14 @@ def test_write_distill(built, tiny_bert, tmp_path):  # noqa: F811
     assert torch.equal(rows[trained], rows[again])  # seeded: the same rows twice
     assert torch.equal(rows[trained][-1], rows[plain][-1])  # a word in no corpus sentence keeps its fill
     assert torch.equal(rows[trained][:2], rows[plain][:2])  # [PAD] and [UNK] too
+    from xlembed import load
+    from xlembed.config import SENTENCE_SIF
+
+    distilled, projected = load(trained), load(plain)  # sentence vectors: rows trained for the mean
+    assert distilled.default_sif() == 0 and projected.default_sif() == SENTENCE_SIF > 0
+    sentences = ["我们喜欢猫。", "他们读书。"]
+    assert torch.equal(distilled.encode(sentences), distilled.encode(sentences, sif=0))
+    assert not torch.equal(distilled.encode(sentences), distilled.encode(sentences, sif=SENTENCE_SIF))
     for bad in ("-1", "nan", "101"):
         result = xlembed("write", "--work", work, "--out", tmp_path / "no", "--distill", bad)
         assert result.exit_code == 2 and not (tmp_path / "no").exists(), (bad, result.output)
