@@ -259,6 +259,15 @@ def transplant(
             "Chinese sentence's embedding matches the English model's of its translation (layers kept). 0: none.",
         ),
     ] = 0.0,
+    distill_layers_lr: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="With --distill: train the Transformer layers too, at this learning rate (the rows keep theirs), "
+            "for Chinese retrieval rather than a model whose layers stay the English model's (bench/RESULTS.md). "
+            "0: layers kept.",
+        ),
+    ] = 0.0,
     quiet: Quiet = False,
 ):
     """A Chinese model from the English one: its layers, Chinese input rows and a Chinese tokenizer.
@@ -270,7 +279,8 @@ def transplant(
     from xlembed.distill import DistillOptions
     from xlembed.transplant import transplant as transplant_model
 
-    record = transplant_model(out_dir, output, model, work, rows, Reporter(quiet), DistillOptions(epochs=distill))
+    options = DistillOptions(epochs=distill, layers_lr=distill_layers_lr)
+    record = transplant_model(out_dir, output, model, work, rows, Reporter(quiet), options)
     if not quiet:
         err.print(f"[green]✔[/green] wrote {escape(str(output))}: {transplant_summary(record)}")
 
@@ -280,6 +290,7 @@ def transplant_summary(record: dict) -> str:
     summary = f"{record['vocab_size']:,} × {record['dim']} input rows ({sources})"
     trained = record.get("distill")
     if trained:
-        summary += (f"; rows distilled over {trained['pairs']:,} sentence pairs, {trained['steps']:,} steps, "
+        what = "rows and layers" if trained.get("layers_lr") else "rows"
+        summary += (f"; {what} distilled over {trained['pairs']:,} sentence pairs, {trained['steps']:,} steps, "
                     f"loss {trained['loss_first']:.4g} → {trained['loss_last']:.4g}")
     return summary

@@ -3,8 +3,8 @@ the model's embedding of each Chinese sentence of the build corpus matches
 the English model's own embedding of the English sentence it was aligned
 with. The teacher is the English model itself, pooled as it pools for
 sentence-transformers; the student is the same model with the Chinese rows
-(its layers frozen: only the input rows move, so the transplant keeps the
-English model's layers as they are). Reimers and Gurevych (2020) make a
+(its layers frozen by default: only the input rows move, so the transplant
+keeps the English model's layers as they are; with `layers_lr` they train too). Reimers and Gurevych (2020) make a
 sentence encoder multilingual this way, training the whole student; here
 the student starts from the transplant's aligned rows.
 
@@ -31,6 +31,7 @@ class DistillOptions(NamedTuple):
     batch_size: int = 64  # sentence pairs per step
     max_length: int = 128  # tokens per sentence, both models
     seed: int = 0
+    layers_lr: float = 0.0  # > 0: every other parameter (the Transformer layers) trains too, at this rate
 
 
 class SentencePair(NamedTuple):
@@ -138,8 +139,9 @@ def schedule(steps: int):
 
 def distill_rows(student, student_tokenizer, teacher, teacher_tokenizer, pairs: list[SentencePair],
                  options: DistillOptions, pooling: str = "mean", reporter: Reporter = SilentReporter()) -> Distilled:
-    """Train `student`'s input rows (in place) towards the
-    teacher's sentence embeddings of `pairs`; every other parameter frozen."""
+    """Train `student`'s input rows (in place) towards the teacher's
+    sentence embeddings of `pairs`; every other parameter frozen, unless
+    options.layers_lr > 0."""
     if not pairs:
         raise XlembedError("distillation needs sentence pairs, and the build corpus has none")
     torch.manual_seed(options.seed)
@@ -150,11 +152,15 @@ def distill_rows(student, student_tokenizer, teacher, teacher_tokenizer, pairs: 
     targets = teacher_embeddings(teacher, en_ids, teacher_tokenizer.pad_token_id or 0, pooling,
                                  options.batch_size * 2, reporter)  # [n, d]
     rows = student.get_input_embeddings().weight  # [V, d]
+    layers = [parameter for parameter in student.parameters() if parameter is not rows]
     for parameter in student.parameters():
-        parameter.requires_grad_(parameter is rows)
+        parameter.requires_grad_(parameter is rows or options.layers_lr > 0)
     steps_per_epoch = -(-len(pairs) // options.batch_size)
     steps = max(1, round(options.epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW([rows], lr=options.lr, weight_decay=0.0)
+    groups = [dict(params=[rows], lr=options.lr)]
+    if options.layers_lr > 0:
+        groups.append(dict(params=layers, lr=options.layers_lr))
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(steps))
     losses = train_steps(student, zh_ids, targets, steps, optimizer, scheduler, generator, options, pooling, reporter)
     student.eval()

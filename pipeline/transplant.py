@@ -329,6 +329,8 @@ def transplant(
         raise XlembedError(f"--rows must be one of {', '.join(ROW_SOURCES)}, got '{row_source}'")
     if not 0 <= distill.epochs < math.inf:
         raise XlembedError(f"--distill must be a finite number of epochs, 0 or more, got {distill.epochs}")
+    if not 0 <= distill.layers_lr < math.inf:
+        raise XlembedError(f"--distill-layers-lr must be a finite number, 0 or more, got {distill.layers_lr}")
     check_target(dest, "transplant")  # never inside an output (a rebuild would fail on it) or a work directory
     check_transplant_dir(dest)
     manifest = read_json(require(out / "manifest.json", "write"))

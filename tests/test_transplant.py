@@ -280,3 +280,22 @@ def test_distill_trains_only_the_rows_towards_the_english_embeddings(built, tiny
     result = xlembed("transplant", built, "-o", tmp_path / "no", "--rows", "matrix", "--distill", "1",
                      "--work", tmp_path / "nowhere")  # the corpus to distill on: checked before anything is done
     assert result.exit_code == 2 and "tokenize.json: missing" in result.output and not (tmp_path / "no").exists()
+
+
+def test_distill_layers_lr_trains_the_layers_too(built, tiny_bert, tmp_path):  # noqa: F811
+    work = built.with_name("out.work")
+    layers = tmp_path / "layers"
+    result = xlembed("transplant", built, "-o", layers, "--distill", "30", "--distill-layers-lr", "1e-3")
+    assert result.exit_code == 0, result.output
+    assert "rows and layers distilled over 72 sentence pairs" in " ".join(result.output.split())
+    assert json.loads((layers / "xlembed_transplant.json").read_text("utf-8"))["distill"]["layers_lr"] == 1e-3
+    english = load_file(str(tiny_bert / "model.safetensors"))
+    trained = load_file(str(layers / "model.safetensors"))
+    moved = [name for name, tensor in trained.items() if name in english and not torch.equal(tensor, english[name])]
+    assert "encoder.layer.0.attention.self.query.weight" in moved and len(moved) > 10
+    plain = tmp_path / "plain"
+    assert xlembed("transplant", built, "-o", plain, "-q").exit_code == 0
+    assert distillation_error(layers, tiny_bert, work) < 0.5 * distillation_error(plain, tiny_bert, work)
+    for bad in ("-1", "nan"):
+        result = xlembed("transplant", built, "-o", tmp_path / "no", "--distill", "1", "--distill-layers-lr", bad)
+        assert result.exit_code == 2 and not (tmp_path / "no").exists(), (bad, result.output)
