@@ -147,9 +147,7 @@ def main() -> None:
     reporter = Reporter(False)
 
     def english(texts):
-        return teacher_embeddings(
-            teacher, token_ids(teacher_tokenizer, texts, 128), teacher_tokenizer.pad_token_id, "mean", 128, reporter
-        )
+        return teacher_embeddings(teacher, teacher_tokenizer, texts, 128, "mean", 128, reporter)
 
     cache = args.cache
     targets = cached(cache and cache / "train.pt", lambda: english([p.en for p in train]))  # [n, d]

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill_probe import cached, loss_of
 from retrieval_core import english_sentence_vectors, precision_at_1, read_heldout
 
-from xlembed.distill import MatrixDistillOptions, bag_of_rows, distill_matrix
+from xlembed.distill import MatrixDistillOptions, PackedIds, bag_of_rows, distill_matrix
 from xlembed.embeddings import Embeddings
 from xlembed.models import default_model_dir
 
@@ -41,7 +41,7 @@ from xlembed.models import default_model_dir
 def scored(rows: torch.Tensor, id_lists: list[list[int]], english: torch.Tensor) -> dict:
     vectors = torch.zeros(len(id_lists), rows.shape[1])  # a sentence with no known word stays 0
     known = [i for i, ids in enumerate(id_lists) if ids]
-    vectors[known] = bag_of_rows(rows, [id_lists[i] for i in known])
+    vectors[known] = bag_of_rows(rows, *PackedIds.of(id_lists).batch(known))
     return precision_at_1(vectors, english)._asdict()
 
 
@@ -50,15 +50,15 @@ def train(rows0: torch.Tensor, ids: list[list[int]], targets: torch.Tensor, args
         rows = rows0.clone()
         options = MatrixDistillOptions(epochs=args.epochs, anchor=args.anchor, lr=args.lr, batch_size=args.batch_size,
                                        tau=args.tau)
-        print(distill_matrix(rows, ids, targets, options), flush=True)
+        print(distill_matrix(rows, PackedIds.of(ids), targets, options), flush=True)
         return rows
-    rows = torch.nn.Parameter(rows0.clone())
+    rows, packed = torch.nn.Parameter(rows0.clone()), PackedIds.of(ids)
     optimizer = torch.optim.Adam([rows], lr=args.lr)
     for epoch in range(args.epochs):
         order = torch.randperm(len(ids)).tolist()
         for start in range(0, len(order), args.batch_size):
             batch = order[start : start + args.batch_size]
-            predicted = bag_of_rows(rows, [ids[i] for i in batch])  # [b, d]
+            predicted = bag_of_rows(rows, *packed.batch(batch))  # [b, d]
             loss = loss_of(predicted, targets[batch], args.loss, args.nce_weight, args.tau)
             if args.anchor:
                 used = torch.tensor(sorted({j for i in batch for j in ids[i]}))

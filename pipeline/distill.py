@@ -15,8 +15,10 @@ the student starts from the transplant's aligned rows.
 from __future__ import annotations
 
 import json
+from array import array
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 
@@ -105,16 +107,19 @@ def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def teacher_embeddings(teacher, id_lists: list[list[int]], pad_id: int, pooling: str, batch_size: int,
+def teacher_embeddings(teacher, tokenizer, texts: list[str], max_length: int, pooling: str, batch_size: int,
                        reporter: Reporter) -> torch.Tensor:
-    """The English model's sentence embeddings [n, d] float32, in the order
-    given (batches of similar length, for less padding)."""
-    order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))
-    out = torch.zeros((len(id_lists), teacher.config.hidden_size))
-    with reporter.task("distil: English sentence embeddings", len(id_lists), "sentences") as task:
+    """The English model's sentence embeddings [n, d] float32 of `texts`, in
+    their order; each batch (of similar length, for less padding) is
+    tokenized when it runs, so no corpus-sized list of ids is ever held."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.zeros((len(texts), teacher.config.hidden_size))
+    with reporter.task("distil: English sentence embeddings", len(texts), "sentences") as task:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            out[chunk] = pool(teacher, *padded([id_lists[i] for i in chunk], pad_id), pooling).float()
+            batch = tokenizer([texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt")
+            out[chunk] = pool(teacher, batch["input_ids"], batch["attention_mask"], pooling).float()
             task.advance(len(chunk))
     return out
 
@@ -147,9 +152,7 @@ def distill_rows(student, student_tokenizer, teacher, teacher_tokenizer, pairs: 
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
     zh_ids = token_ids(student_tokenizer, [p.zh for p in pairs], options.max_length)
-    en_ids = token_ids(teacher_tokenizer, [p.en for p in pairs], options.max_length)
-    teacher.eval()
-    targets = teacher_embeddings(teacher, en_ids, teacher_tokenizer.pad_token_id or 0, pooling,
+    targets = teacher_embeddings(teacher.eval(), teacher_tokenizer, [p.en for p in pairs], options.max_length, pooling,
                                  options.batch_size * 2, reporter)  # [n, d]
     rows = student.get_input_embeddings().weight  # [V, d]
     layers = [parameter for parameter in student.parameters() if parameter is not rows]
@@ -214,31 +217,62 @@ class MatrixDistillOptions(NamedTuple):
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class PackedIds:
+    """Lists of row ids in one tensor (a corpus's worth of Python lists would
+    cost ~30 times the memory): list i is flat[offsets[i]:offsets[i + 1]]."""
+
+    flat: torch.Tensor  # [total] int64, every list's ids one after another
+    offsets: torch.Tensor  # [n + 1] int64
+
+    @staticmethod
+    def of(id_lists: Iterable[list[int]]) -> "PackedIds":
+        flat, offsets = array("q"), array("q", [0])
+        for ids in id_lists:
+            flat.extend(ids)
+            offsets.append(len(flat))
+        return PackedIds(torch.frombuffer(flat, dtype=torch.int64) if flat else torch.zeros(0, dtype=torch.int64),
+                         torch.frombuffer(offsets, dtype=torch.int64))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ids of lists `indices` one after another, and where each list
+        starts in them: embedding_bag's input and offsets."""
+        spans = [(self.offsets[i].item(), self.offsets[i + 1].item()) for i in indices]
+        flat = torch.cat([self.flat[a:b] for a, b in spans])
+        starts = torch.tensor([0] + [b - a for a, b in spans[:-1]]).cumsum(0)
+        return flat, starts
+
+
 class MatrixPairs(NamedTuple):
     """The build corpus's distinct sentence pairs whose Chinese side has a row."""
 
     english: list[str]  # tokenize's English words of each pair, space-separated
-    row_ids: list[list[int]]  # the rows of each pair's Chinese words ([PAD], [UNK] and words without a row left out)
+    row_ids: PackedIds  # the rows of each pair's Chinese words ([PAD], [UNK] and words without a row left out)
 
 
 def matrix_pairs(work: WorkDir, vocab: list[str], skip: tuple[str, ...]) -> MatrixPairs:
     index = {word: i for i, word in enumerate(vocab) if word not in skip}
     distinct = dict.fromkeys((en, zh) for en, zh in zip(read_lines(work.corpus_en), read_lines(work.corpus_zh))
                              if en and zh)
-    pairs = MatrixPairs([], [])
-    for en, zh in distinct:
-        ids = [index[word] for word in zh.split(" ") if word in index]
-        if ids:
-            pairs.english.append(en)
-            pairs.row_ids.append(ids)
-    return pairs
+    english: list[str] = []
+
+    def each_pairs_rows() -> Iterator[list[int]]:
+        for en, zh in distinct:
+            ids = [index[word] for word in zh.split(" ") if word in index]
+            if ids:
+                english.append(en)
+                yield ids
+
+    row_ids = PackedIds.of(each_pairs_rows())
+    return MatrixPairs(english, row_ids)
 
 
-def bag_of_rows(rows: torch.Tensor, id_lists: list[list[int]]) -> torch.Tensor:
-    """[b, d] the mean row of each id list (none empty), rows [V, d]."""
-    flat = torch.tensor([i for ids in id_lists for i in ids])
-    offsets = torch.tensor([0] + [len(ids) for ids in id_lists[:-1]]).cumsum(0)
-    return torch.nn.functional.embedding_bag(flat, rows, offsets, mode="mean")
+def bag_of_rows(rows: torch.Tensor, flat: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """[b, d] the mean row of each list (PackedIds.batch's flat ids and starts; none empty), rows [V, d]."""
+    return torch.nn.functional.embedding_bag(flat, rows, starts, mode="mean")
 
 
 def info_nce(predicted: torch.Tensor, targets: torch.Tensor, tau: float) -> torch.Tensor:
@@ -249,12 +283,12 @@ def info_nce(predicted: torch.Tensor, targets: torch.Tensor, tau: float) -> torc
     return (torch.nn.functional.cross_entropy(logits, gold) + torch.nn.functional.cross_entropy(logits.T, gold)) / 2
 
 
-def distill_matrix(rows: torch.Tensor, row_ids: list[list[int]], targets: torch.Tensor, options: MatrixDistillOptions,
+def distill_matrix(rows: torch.Tensor, row_ids: PackedIds, targets: torch.Tensor, options: MatrixDistillOptions,
                    reporter: Reporter = SilentReporter()) -> Distilled:
     """Train `rows` [V, d] (in place) so that the mean row of each sentence
-    (row_ids[i]) is nearest its own target [n, d] among the batch's:
+    (its list in row_ids) is nearest its own target [n, d] among the batch's:
     InfoNCE plus anchor x the mean squared change of the batch's rows."""
-    if not row_ids:
+    if not len(row_ids):
         raise XlembedError("distillation needs sentence pairs, and no Chinese sentence of the corpus has a row")
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
@@ -269,9 +303,9 @@ def distill_matrix(rows: torch.Tensor, row_ids: list[list[int]], targets: torch.
             order = torch.randperm(len(row_ids), generator=generator).tolist()
             for first in range(0, len(order), options.batch_size)[: steps - len(losses)]:
                 batch = order[first : first + options.batch_size]
-                ids = [row_ids[i] for i in batch]
-                used = torch.tensor(sorted({j for sentence in ids for j in sentence}))
-                loss = info_nce(bag_of_rows(trained, ids), targets[batch], options.tau)
+                flat, starts = row_ids.batch(batch)
+                used = flat.unique()
+                loss = info_nce(bag_of_rows(trained, flat, starts), targets[batch], options.tau)
                 loss = loss + options.anchor * ((trained[used] - start[used]) ** 2).mean()
                 optimizer.zero_grad()
                 loss.backward()
@@ -291,12 +325,12 @@ def distill_vectors(vectors: torch.Tensor, vocab: list[str], work: WorkDir, mode
     from .models import load_encoder, load_tokenizer
 
     pairs = matrix_pairs(work, vocab, skip)
-    if not pairs.row_ids:
+    if not len(pairs.row_ids):
         raise XlembedError(f"{work.corpus_zh}: no Chinese sentence has a word with a row; nothing to distil on")
     tokenizer, pooling = load_tokenizer(model_dir), sentence_pooling(model_dir)
     limit = min(options.max_length, getattr(tokenizer, "model_max_length", options.max_length))
-    targets = teacher_embeddings(load_encoder(model_dir).eval(), token_ids(tokenizer, pairs.english, limit),
-                                 tokenizer.pad_token_id or 0, pooling, 128, reporter)  # [n, d]
+    targets = teacher_embeddings(load_encoder(model_dir).eval(), tokenizer, pairs.english, limit, pooling, 128,
+                                 reporter)  # [n, d]
     result = distill_matrix(vectors, pairs.row_ids, targets, options, reporter)
     return dict(options._asdict(), pooling=pooling, pairs=result.pairs, steps=result.steps, loss="InfoNCE + anchor",
                 loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))

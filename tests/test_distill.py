@@ -11,16 +11,17 @@ from .test_cli import built, corpus, xlembed  # noqa: F401  (fixtures: a tiny-mo
 
 
 def test_distill_matrix_trains_the_rows_sentences_use_and_no_other():
-    from xlembed.distill import MatrixDistillOptions, bag_of_rows, distill_matrix
+    from xlembed.distill import MatrixDistillOptions, PackedIds, bag_of_rows, distill_matrix
 
     generator = torch.Generator().manual_seed(0)
     rows = torch.randn(12, 8, generator=generator)  # [V, d]; row 11 is in no sentence
-    sentences = [[0, 1], [1, 2, 3], [4], [5, 6], [7, 8, 9], [10, 0]]
+    sentences = PackedIds.of([[0, 1], [1, 2, 3], [4], [5, 6], [7, 8, 9], [10, 0]])
+    assert sentences.batch([1, 5])[0].tolist() == [1, 2, 3, 10, 0] and sentences.batch([1, 5])[1].tolist() == [0, 3]
     targets = torch.randn(6, 8, generator=generator)  # [n, d]
     start = rows.clone()
 
     def nearest() -> list[int]:
-        means = torch.nn.functional.normalize(bag_of_rows(rows, sentences), dim=1)
+        means = torch.nn.functional.normalize(bag_of_rows(rows, *sentences.batch(list(range(6)))), dim=1)
         return (means @ torch.nn.functional.normalize(targets, dim=1).T).argmax(1).tolist()
 
     assert nearest() != list(range(6))
