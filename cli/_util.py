@@ -225,6 +225,10 @@ def summarize(stage: str, record: dict, quiet: bool) -> None:
     filled_by = {k: v for k, v in (counts.get("filled_by") or {}).items() if v}
     if filled_by:  # what --oov gave: a fallback (context to chars, chars to random) shows here
         err.print("  filled rows by source: " + ", ".join(f"{k} {v:,}" for k, v in filled_by.items()))
+    distilled = record.get("distill")
+    if distilled:  # write --distill
+        err.print(f"  rows distilled over {distilled['pairs']:,} sentence pairs, {distilled['steps']:,} steps, "
+                  f"loss {distilled['loss_first']:.4g} → {distilled['loss_last']:.4g}")
     timing = record.get("timing")
     if timing:
         host = ", ".join(f"{k} {v:.1f}" for k, v in timing.items() if k not in ("forward", "host"))

@@ -256,16 +256,17 @@ def transplant(
             min=0,
             metavar="EPOCHS",
             help="Then train the Chinese rows for this many passes over the build corpus (fractions allowed) so each "
-            "Chinese sentence's embedding matches the English model's of its translation (layers kept). 0: none.",
+            "Chinese sentence's embedding matches the English model's of its translation (the layers stay the "
+            "English model's unless --distill-layers-lr). 0: none.",
         ),
     ] = 0.0,
     distill_layers_lr: Annotated[
         float,
         typer.Option(
             min=0,
-            help="With --distill: train the Transformer layers too, at this learning rate (the rows keep theirs), "
-            "for Chinese retrieval rather than a model whose layers stay the English model's (bench/RESULTS.md). "
-            "0: layers kept.",
+            max=1,
+            help="With --distill: train the Transformer layers too, at this learning rate (the rows' is 2e-3): a "
+            "better Chinese encoder, no longer the English model's layers. 0: layers kept.",
         ),
     ] = 0.0,
     quiet: Quiet = False,

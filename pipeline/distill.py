@@ -151,8 +151,9 @@ def distill_rows(student, student_tokenizer, teacher, teacher_tokenizer, pairs: 
         raise XlembedError("distillation needs sentence pairs, and the build corpus has none")
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
-    zh_ids = token_ids(student_tokenizer, [p.zh for p in pairs], options.max_length)
-    targets = teacher_embeddings(teacher.eval(), teacher_tokenizer, [p.en for p in pairs], options.max_length, pooling,
+    limit = min(options.max_length, student.config.max_position_embeddings, teacher.config.max_position_embeddings)
+    zh_ids = token_ids(student_tokenizer, [p.zh for p in pairs], limit)
+    targets = teacher_embeddings(teacher.eval(), teacher_tokenizer, [p.en for p in pairs], limit, pooling,
                                  options.batch_size * 2, reporter)  # [n, d]
     rows = student.get_input_embeddings().weight  # [V, d]
     layers = [parameter for parameter in student.parameters() if parameter is not rows]
@@ -250,11 +251,11 @@ class MatrixPairs(NamedTuple):
     """The build corpus's distinct sentence pairs whose Chinese side has a row."""
 
     english: list[str]  # tokenize's English words of each pair, space-separated
-    row_ids: PackedIds  # the rows of each pair's Chinese words ([PAD], [UNK] and words without a row left out)
+    row_ids: PackedIds  # the rows of each pair's Chinese words (words without a row left out)
 
 
-def matrix_pairs(work: WorkDir, vocab: list[str], skip: tuple[str, ...]) -> MatrixPairs:
-    index = {word: i for i, word in enumerate(vocab) if word not in skip}
+def matrix_pairs(work: WorkDir, words: list[str]) -> MatrixPairs:
+    index = {word: i for i, word in enumerate(words)}
     distinct = dict.fromkeys((en, zh) for en, zh in zip(read_lines(work.corpus_en), read_lines(work.corpus_zh))
                              if en and zh)
     english: list[str] = []
@@ -294,43 +295,56 @@ def distill_matrix(rows: torch.Tensor, row_ids: PackedIds, targets: torch.Tensor
     generator = torch.Generator().manual_seed(options.seed)
     start = rows.clone()  # [V, d] the anchor
     trained = torch.nn.Parameter(rows)
-    optimizer = torch.optim.Adam([trained], lr=options.lr)
-    steps_per_epoch = -(-len(row_ids) // options.batch_size)
-    steps = max(1, round(options.epochs * steps_per_epoch))
+    # sparse gradients and a lazy Adam: a step moves only the rows its batch uses (a rare word does not
+    # drift on momentum between its sentences, where the anchor cannot hold it), and costs the batch, not V
+    optimizer = torch.optim.SparseAdam([trained], lr=options.lr)
+    steps = max(1, round(options.epochs * len(epoch_batches(len(row_ids), options.batch_size, generator))))
     losses: list[float] = []
     with reporter.task("distil: Chinese rows", steps, "steps") as task:
         while len(losses) < steps:
-            order = torch.randperm(len(row_ids), generator=generator).tolist()
-            for first in range(0, len(order), options.batch_size)[: steps - len(losses)]:
-                batch = order[first : first + options.batch_size]
+            for batch in epoch_batches(len(row_ids), options.batch_size, generator)[: steps - len(losses)]:
                 flat, starts = row_ids.batch(batch)
                 used = flat.unique()
-                loss = info_nce(bag_of_rows(trained, flat, starts), targets[batch], options.tau)
-                loss = loss + options.anchor * ((trained[used] - start[used]) ** 2).mean()
+                predicted = torch.nn.functional.embedding_bag(flat, trained, starts, mode="mean", sparse=True)
+                moved = torch.nn.functional.embedding(used, trained, sparse=True) - start[used]  # [u, d]
+                loss = info_nce(predicted, targets[batch], options.tau) + options.anchor * (moved**2).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
                 task.advance()
+    if not bool(torch.isfinite(rows).all()):
+        raise XlembedError("--distill: the training diverged (non-finite rows); lower --distill-anchor")
     window = max(1, len(losses) // 20)
     return Distilled(len(row_ids), steps, sum(losses[:window]) / window, sum(losses[-window:]) / window)
 
 
-def distill_vectors(vectors: torch.Tensor, vocab: list[str], work: WorkDir, model_dir: Path,
-                    options: MatrixDistillOptions, skip: tuple[str, ...],
-                    reporter: Reporter = SilentReporter()) -> dict:
-    """Train a matrix's rows [V, d] (in place) on the build corpus in `work`
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch of 0..n-1 in a seeded order, in batches; a last batch of
+    one joins the one before (alone, it has no negatives)."""
+    order = torch.randperm(n, generator=generator).tolist()
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2] += batches.pop()
+    return batches
+
+
+def distill_vectors(vectors: torch.Tensor, words: list[str], work: WorkDir, model_dir: Path,
+                    options: MatrixDistillOptions, reporter: Reporter = SilentReporter()) -> dict:
+    """Train rows [P, d] of `words` (in place) on the build corpus in `work`
     towards `model_dir`'s own sentence embeddings of its English side; what
     was done, for the manifest."""
-    from .models import load_encoder, load_tokenizer
+    from .models import load_config, load_encoder, load_tokenizer
 
-    pairs = matrix_pairs(work, vocab, skip)
+    pairs = matrix_pairs(work, words)
     if not len(pairs.row_ids):
-        raise XlembedError(f"{work.corpus_zh}: no Chinese sentence has a word with a row; nothing to distil on")
+        raise XlembedError(f"{work.corpus_zh}: no Chinese sentence has a projected word; nothing to distil on")
     tokenizer, pooling = load_tokenizer(model_dir), sentence_pooling(model_dir)
-    limit = min(options.max_length, getattr(tokenizer, "model_max_length", options.max_length))
+    limits = (options.max_length, getattr(tokenizer, "model_max_length", None),
+              getattr(load_config(model_dir), "max_position_embeddings", None))
+    limit = min(n for n in limits if n)  # word pieces per sentence: ours, the tokenizer's and the model's
     targets = teacher_embeddings(load_encoder(model_dir).eval(), tokenizer, pairs.english, limit, pooling, 128,
                                  reporter)  # [n, d]
     result = distill_matrix(vectors, pairs.row_ids, targets, options, reporter)
-    return dict(options._asdict(), pooling=pooling, pairs=result.pairs, steps=result.steps, loss="InfoNCE + anchor",
-                loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))
+    return dict(options._asdict(), max_length=limit, pooling=pooling, pairs=result.pairs, steps=result.steps,
+                loss="InfoNCE + anchor", loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))

@@ -369,5 +369,7 @@ def distilled(transplanted: TransplantedModel, model_dir: Path, work: WorkDir, o
     pooling = sentence_pooling(model_dir)
     result = distill_rows(transplanted.model, transplanted.tokenizer, load_encoder(model_dir),
                           load_tokenizer(model_dir), corpus_pairs(work), options, pooling, reporter)
+    if not all(bool(torch.isfinite(p).all()) for p in transplanted.model.parameters()):
+        raise XlembedError("--distill: the training diverged (non-finite weights); lower --distill-layers-lr")
     return dict(options._asdict(), pooling=pooling, pairs=result.pairs, steps=result.steps, loss="cosine distance",
                 loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))

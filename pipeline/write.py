@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from itertools import groupby
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -15,10 +15,10 @@ from .embeddings import Embeddings, VocabRow
 from .errors import XlembedError
 from .io import Reporter, SilentReporter, check_output_dir, read_lines, read_word_list, release_freed_memory
 from .layout import WorkDir
-from .models import model_name
+from .models import model_name, resolve_model_dir
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
-from .records import check_chain, file_hash, valid_record
+from .records import check_chain, file_hash, model_hash, valid_record
 from .tokenize import count_lines, recorded_splitter, split_rows, worker_count
 from .version import __version__
 
@@ -47,6 +47,7 @@ def shrink_to_chars(
 def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: torch.Tensor, min_count: int,
                  min_freq: int, seed: int, oov: Oov = Oov.random, vocab: list[str] | None = None,
                  shrink: float = 0.0, texts: Iterable[list[str]] | None = None,
+                 tune: Callable[[list[str], torch.Tensor], None] | None = None,
                  ) -> tuple[list[str], torch.Tensor, torch.Tensor, list[VocabRow]]:
     """Vocabulary, rows [V, d] float32, projected [V] uint8 and where each row came from.
 
@@ -57,7 +58,8 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
     see shrink_to_chars), the others a row from the `oov` strategy (random
     rows drawn in vocabulary order with `seed`, scaled to the
     per-dimension mean and std of the projected rows); `texts`, segmented
-    sentences, are what `context` reads."""
+    sentences, are what `context` reads; `tune(words, rows)` trains the
+    projected rows in place before anything is filled from them (--distill)."""
     oov = Oov(oov)
     projected_ids = [k for k, w in enumerate(zh_words) if zh_count[k] >= min_count and w.word not in (PAD, UNK)]
     if not projected_ids:
@@ -75,6 +77,9 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
     filler = None if oov == Oov.random and not shrink else Filler(projected_words, means, freqs)
     if shrink:
         means = shrink_to_chars(projected_words, means, zh_count[projected_ids], filler, shrink)
+    if tune is not None:
+        tune(projected_words, means)
+        filler = None if filler is None else Filler(projected_words, means, freqs)  # fills come from the trained rows
     mean, std = means.mean(0, dtype=torch.float64), means.std(0, unbiased=False).double()  # [d]
     projected_index = {word: i for i, word in enumerate(projected_words)}
     in_corpus = {w.word: w for w in zh_words}
@@ -146,6 +151,7 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
     records = {stage: valid_record(work, stage) for stage in UPSTREAM}  # each with what build_manifest reads
     projection = load_projection(work)
     user_vocab = read_word_list(opts.vocab) if opts.vocab is not None else None
+    distiller = ProjectedRowsDistiller(work, records["encode"], opts, reporter) if opts.distill else None
     # the sums (vocabulary x dimension) are handed over and dropped as soon as they are averaged
     english_words, english = english_matrix(
         projection.en_words, projection.tensors.pop("en_sum"), projection.tensors["en_count"]
@@ -162,10 +168,10 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
         user_vocab,
         opts.shrink,
         context_texts(work, opts, records["tokenize"]["options"], reporter) if opts.oov == Oov.context else None,
+        distiller,
     )
-    encode_options = records["encode"]["options"]
-    distilled = distilled_rows(vectors, vocab, work, encode_options["model"], opts, reporter) if opts.distill else None
     require_finite(work, vectors=vectors, english=english)
+    encode_options = records["encode"]["options"]
     embeddings = Embeddings(
         words=vocab,
         vectors=vectors,
@@ -180,24 +186,33 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
                       seed=str(opts.seed), oov_fill=opts.oov.value, xlembed_version=__version__),
     )
     embeddings.manifest = build_manifest(records, opts, computed, round(time.perf_counter() - start, 3))
-    if distilled is not None:
-        embeddings.manifest["distill"] = distilled
+    if distiller is not None:
+        embeddings.manifest["distill"] = distiller.record
     embeddings = carry_forward(embeddings, out)
     embeddings.save(out)
     return embeddings.manifest
 
 
-def distilled_rows(vectors: torch.Tensor, vocab: list[str], work: WorkDir, model: str | None, opts,
-                   reporter: Reporter) -> dict:
-    """--distill: the rows [V, d] trained in place on the build corpus
-    (distill.py), towards the model that encoded it; the manifest's record."""
-    from .distill import MatrixDistillOptions, distill_vectors
-    from .models import resolve_model_dir
+class ProjectedRowsDistiller:
+    """--distill, as build_matrix's `tune`: trains the projected rows on the
+    build corpus (distill.py) towards the model that encoded it, checked to
+    be that model; `record` is what was done, for the manifest."""
 
-    if model and not Path(model).is_dir():
-        raise XlembedError(f"{model}: the model the corpus was encoded with is not here; --distill needs it")
-    options = MatrixDistillOptions(epochs=opts.distill, anchor=opts.distill_anchor, seed=opts.seed)
-    return distill_vectors(vectors, vocab, work, resolve_model_dir(model), options, (PAD, UNK), reporter)
+    def __init__(self, work: WorkDir, encode_record: dict, opts, reporter: Reporter):
+        model = encode_record["options"]["model"]
+        if model and not Path(model).is_dir():
+            raise XlembedError(f"{model}: the model the corpus was encoded with is not here; --distill needs it")
+        self.model_dir = resolve_model_dir(model)
+        if model_hash(self.model_dir) != encode_record["model_sha256"]:
+            raise XlembedError(f"{self.model_dir}: not the model the corpus was encoded with (its files changed "
+                               "since `xlembed encode`); --distill needs that model")
+        self.work, self.opts, self.reporter, self.record = work, opts, reporter, None
+
+    def __call__(self, words: list[str], rows: torch.Tensor) -> None:
+        from .distill import MatrixDistillOptions, distill_vectors
+
+        options = MatrixDistillOptions(epochs=self.opts.distill, anchor=self.opts.distill_anchor, seed=self.opts.seed)
+        self.record = distill_vectors(rows, words, self.work, self.model_dir, options, self.reporter)
 
 
 def build_manifest(records: dict[str, dict], opts, computed: tuple[str, ...], write_seconds: float) -> dict:

@@ -32,7 +32,7 @@ def test_distill_matrix_trains_the_rows_sentences_use_and_no_other():
 
     anchored, free = start.clone(), start.clone()
     for matrix, anchor in ((anchored, 100.0), (free, 0.0)):
-        distill_matrix(matrix, sentences, targets, MatrixDistillOptions(epochs=20, anchor=anchor, batch_size=3))
+        distill_matrix(matrix, sentences, targets, MatrixDistillOptions(epochs=100, anchor=anchor, batch_size=3))
     assert (anchored - start).norm() < 0.5 * (free - start).norm()  # the anchor holds rows near where they were
 
 
@@ -62,31 +62,56 @@ def own_rank_share(out, work, tiny_bert) -> float:
 
 
 def test_write_distill(built, tiny_bert, tmp_path):  # noqa: F811
+    """The projected rows are trained, then the other rows are filled from them: a word the corpus never
+    shows gets the row `extend` would give it, and [UNK] is the mean of the trained rows."""
+    from xlembed import load
+    from xlembed.config import SENTENCE_SIF
+
     work = built.with_name("out.work")
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join((built / "vocab.txt").read_text("utf-8").splitlines() + ["从未见过"]) + "\n", "utf-8")
-    plain, trained, again = tmp_path / "plain", tmp_path / "trained", tmp_path / "again"
-    assert xlembed("write", "--work", work, "--out", plain, "--vocab", vocab, "-q").exit_code == 0
+    vocab.write_text("\n".join((built / "vocab.txt").read_text("utf-8").splitlines() + ["猫茶"]) + "\n", "utf-8")
+    plain, trained, again, corpus_vocab = (tmp_path / name for name in ("plain", "trained", "again", "corpus"))
+    assert xlembed("write", "--work", work, "--out", plain, "--vocab", vocab, "--oov", "chars", "-q").exit_code == 0
     for out in (trained, again):
-        result = xlembed("write", "--work", work, "--out", out, "--vocab", vocab, "--distill", "30", "-q")
+        result = xlembed("write", "--work", work, "--out", out, "--vocab", vocab, "--oov", "chars", "--distill", "30")
         assert result.exit_code == 0, result.output
+    assert "rows distilled over 72 sentence pairs, 60 steps" in " ".join(result.output.split())
     manifest = json.loads((trained / "manifest.json").read_text("utf-8"))
     record = manifest["distill"]
     assert record["pairs"] == 72 and record["steps"] == 60 and record["anchor"] == 10.0 and record["epochs"] == 30
+    assert record["max_length"] == 64  # the tiny model's positions, not the option's 256
     assert manifest["parameters"]["write"]["distill"] == 30
     assert own_rank_share(trained, work, tiny_bert) > own_rank_share(plain, work, tiny_bert)
     rows = {out: load_file(str(out / "embeddings.safetensors"))["embeddings"] for out in (plain, trained, again)}
     assert torch.equal(rows[trained], rows[again])  # seeded: the same rows twice
-    assert torch.equal(rows[trained][-1], rows[plain][-1])  # a word in no corpus sentence keeps its fill
-    assert torch.equal(rows[trained][:2], rows[plain][:2])  # [PAD] and [UNK] too
-    from xlembed import load
-    from xlembed.config import SENTENCE_SIF
+    projected = load_file(str(trained / "embeddings.safetensors"))["projected"].bool()
+    assert torch.allclose(rows[trained][1], rows[trained][projected].mean(0), atol=1e-6)  # [UNK]: the mean trained row
+    assert xlembed("write", "--work", work, "--out", corpus_vocab, "--distill", "30", "-q").exit_code == 0
+    extended, _ = load(corpus_vocab).extend(["猫茶"], "chars")
+    assert not torch.equal(rows[trained][-1], rows[plain][-1])
+    assert torch.allclose(rows[trained][-1], extended.vectors[-1].float())  # filled from the trained rows
 
-    distilled, projected = load(trained), load(plain)  # sentence vectors: rows trained for the mean
-    assert distilled.default_sif() == 0 and projected.default_sif() == SENTENCE_SIF > 0
+    distilled, as_projected = load(trained), load(plain)  # sentence vectors: rows trained for the mean
+    assert distilled.default_sif() == 0 and as_projected.default_sif() == SENTENCE_SIF > 0
     sentences = ["我们喜欢猫。", "他们读书。"]
     assert torch.equal(distilled.encode(sentences), distilled.encode(sentences, sif=0))
     assert not torch.equal(distilled.encode(sentences), distilled.encode(sentences, sif=SENTENCE_SIF))
     for bad in ("-1", "nan", "101"):
         result = xlembed("write", "--work", work, "--out", tmp_path / "no", "--distill", bad)
         assert result.exit_code == 2 and not (tmp_path / "no").exists(), (bad, result.output)
+    result = xlembed("write", "--work", work, "--out", tmp_path / "no", "--distill", "1", "--distill-anchor", "1001")
+    assert result.exit_code == 2 and not (tmp_path / "no").exists()
+
+
+def test_write_distill_refuses_a_model_changed_since_encode(corpus, tiny_bert, tmp_path):  # noqa: F811
+    import shutil
+
+    model = shutil.copytree(tiny_bert, tmp_path / "model")
+    out = tmp_path / "out"
+    assert xlembed("run", "--tsv", corpus, "--model", model, "--out", out, "-q").exit_code == 0
+    config = model / "config.json"
+    config.write_text(config.read_text("utf-8").replace("{", '{"changed": 1, ', 1), "utf-8")
+    result = xlembed("write", "--work", tmp_path / "out.work", "--out", tmp_path / "d", "--distill", "1")
+    assert result.exit_code == 2 and not (tmp_path / "d").exists()
+    assert "not the model the corpus was encoded with" in " ".join(result.output.split())
+    assert xlembed("write", "--work", tmp_path / "out.work", "--out", tmp_path / "d", "-q").exit_code == 0  # without it

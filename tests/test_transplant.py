@@ -296,6 +296,6 @@ def test_distill_layers_lr_trains_the_layers_too(built, tiny_bert, tmp_path):  #
     plain = tmp_path / "plain"
     assert xlembed("transplant", built, "-o", plain, "-q").exit_code == 0
     assert distillation_error(layers, tiny_bert, work) < 0.5 * distillation_error(plain, tiny_bert, work)
-    for bad in ("-1", "nan"):
+    for bad in ("-1", "nan", "2"):
         result = xlembed("transplant", built, "-o", tmp_path / "no", "--distill", "1", "--distill-layers-lr", bad)
         assert result.exit_code == 2 and not (tmp_path / "no").exists(), (bad, result.output)
