@@ -213,6 +213,27 @@ def plot(
     err.print(f"[green]✔[/green] wrote a map of {n} words to {escape(str(output))}")
 
 
+DistillEpochs = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        metavar="EPOCHS",
+        help="Then train the Chinese rows for this many passes over the build corpus (fractions allowed) so each "
+        "Chinese sentence's embedding matches the English model's of its translation (the layers stay the "
+        "English model's unless --distill-layers-lr). 0: none.",
+    ),
+]
+DistillLayersLr = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        max=1,
+        help="With --distill: train the Transformer layers too, at this learning rate (the rows' is 2e-3): a "
+        "better Chinese encoder, no longer the English model's layers. 0: layers kept.",
+    ),
+]
+
+
 @app.command()
 def transplant(
     out_dir: OutDirArg,
@@ -250,25 +271,8 @@ def transplant(
             "aligned to (by the build's rule); matrix: the build's own rows (e.g. built with --layer 0)."
         ),
     ] = "static",
-    distill: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            metavar="EPOCHS",
-            help="Then train the Chinese rows for this many passes over the build corpus (fractions allowed) so each "
-            "Chinese sentence's embedding matches the English model's of its translation (the layers stay the "
-            "English model's unless --distill-layers-lr). 0: none.",
-        ),
-    ] = 0.0,
-    distill_layers_lr: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            max=1,
-            help="With --distill: train the Transformer layers too, at this learning rate (the rows' is 2e-3): a "
-            "better Chinese encoder, no longer the English model's layers. 0: layers kept.",
-        ),
-    ] = 0.0,
+    distill: DistillEpochs = 0.0,
+    distill_layers_lr: DistillLayersLr = 0.0,
     quiet: Quiet = False,
 ):
     """A Chinese model from the English one: its layers, Chinese input rows and a Chinese tokenizer.

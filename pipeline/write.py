@@ -44,6 +44,16 @@ def shrink_to_chars(
     return composed.addcmul_(means, n).div_(n + k)  # in place: P x d is large
 
 
+def projected_means(zh_sum: torch.Tensor, zh_count: torch.Tensor, projected_ids: list[int]) -> torch.Tensor:
+    """[P, d] float32 (the output's dtype) the mean vector of each projected
+    word, averaged in float64, 8,192 words at a time."""
+    means = torch.empty((len(projected_ids), zh_sum.shape[1]), dtype=torch.float32)  # [P, d]
+    for start in range(0, len(projected_ids), 8192):
+        ids = projected_ids[start:start + 8192]
+        means[start:start + len(ids)] = zh_sum[ids] / zh_count[ids].unsqueeze(1).double()
+    return means
+
+
 def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: torch.Tensor, min_count: int,
                  min_freq: int, seed: int, oov: Oov = Oov.random, vocab: list[str] | None = None,
                  shrink: float = 0.0, texts: Iterable[list[str]] | None = None,
@@ -66,10 +76,7 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
         raise XlembedError(
             "no Chinese word got a projected vector: the corpus is too small, or project.min_count too high"
         )
-    means = torch.empty((len(projected_ids), zh_sum.shape[1]), dtype=torch.float32)  # [P, d]
-    for start in range(0, len(projected_ids), 8192):  # averaged in float64, kept in float32 (the output's dtype)
-        ids = projected_ids[start:start + 8192]
-        means[start:start + len(ids)] = zh_sum[ids] / zh_count[ids].unsqueeze(1).double()
+    means = projected_means(zh_sum, zh_count, projected_ids)  # [P, d]
     del zh_sum
     release_freed_memory()
     projected_words = [zh_words[k].word for k in projected_ids]
