@@ -142,6 +142,11 @@ def schedule(steps: int):
     return lambda step: min(1.0, (step + 1) / warmup) * max(0.0, 1.0 - step / steps)
 
 
+def sentence_limit(options: DistillOptions, student, teacher) -> int:
+    """Tokens per sentence: the option's, capped at both models' positions."""
+    return min(options.max_length, student.config.max_position_embeddings, teacher.config.max_position_embeddings)
+
+
 def distill_rows(student, student_tokenizer, teacher, teacher_tokenizer, pairs: list[SentencePair],
                  options: DistillOptions, pooling: str = "mean", reporter: Reporter = SilentReporter()) -> Distilled:
     """Train `student`'s input rows (in place) towards the teacher's
@@ -151,7 +156,7 @@ def distill_rows(student, student_tokenizer, teacher, teacher_tokenizer, pairs: 
         raise XlembedError("distillation needs sentence pairs, and the build corpus has none")
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
-    limit = min(options.max_length, student.config.max_position_embeddings, teacher.config.max_position_embeddings)
+    limit = sentence_limit(options, student, teacher)
     zh_ids = token_ids(student_tokenizer, [p.zh for p in pairs], limit)
     targets = teacher_embeddings(teacher.eval(), teacher_tokenizer, [p.en for p in pairs], limit, pooling,
                                  options.batch_size * 2, reporter)  # [n, d]
@@ -325,7 +330,8 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[l
     order = torch.randperm(n, generator=generator).tolist()
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2] += batches.pop()
+        last = batches.pop()  # (not `batches[-2] += batches.pop()`: that writes to the slot -2 names after the pop)
+        batches[-1] += last
     return batches
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .config import PAD, UNK, Oov, Strategy
-from .distill import DistillOptions, corpus_pairs, distill_rows, sentence_pooling
+from .distill import DistillOptions, corpus_pairs, distill_rows, sentence_limit, sentence_pooling
 from .errors import XlembedError
 from .export import check_target
 from .io import (
@@ -366,10 +366,11 @@ def distilled(transplanted: TransplantedModel, model_dir: Path, work: WorkDir, o
     """Train the transplant's Chinese rows on the build corpus (in place); what was done, for the record."""
     from .models import load_encoder, load_tokenizer
 
-    pooling = sentence_pooling(model_dir)
-    result = distill_rows(transplanted.model, transplanted.tokenizer, load_encoder(model_dir),
-                          load_tokenizer(model_dir), corpus_pairs(work), options, pooling, reporter)
+    pooling, teacher = sentence_pooling(model_dir), load_encoder(model_dir)
+    result = distill_rows(transplanted.model, transplanted.tokenizer, teacher, load_tokenizer(model_dir),
+                          corpus_pairs(work), options, pooling, reporter)
     if not all(bool(torch.isfinite(p).all()) for p in transplanted.model.parameters()):
         raise XlembedError("--distill: the training diverged (non-finite weights); lower --distill-layers-lr")
-    return dict(options._asdict(), pooling=pooling, pairs=result.pairs, steps=result.steps, loss="cosine distance",
+    return dict(options._asdict(), max_length=sentence_limit(options, transplanted.model, teacher), pooling=pooling,
+                pairs=result.pairs, steps=result.steps, loss="cosine distance",
                 loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))

@@ -36,6 +36,17 @@ def test_distill_matrix_trains_the_rows_sentences_use_and_no_other():
     assert (anchored - start).norm() < 0.5 * (free - start).norm()  # the anchor holds rows near where they were
 
 
+def test_epoch_batches_cover_every_pair_once_and_leave_no_batch_of_one():
+    from xlembed.distill import epoch_batches
+
+    for n in (1, 2, 63, 64, 65, 128, 129, 193, 200):
+        batches = epoch_batches(n, 64, torch.Generator().manual_seed(0))
+        assert sorted(i for batch in batches for i in batch) == list(range(n)), n
+        assert n == 1 or min(len(batch) for batch in batches) > 1, n
+        assert len({id(batch) for batch in batches}) == len(batches), n
+    assert [len(b) for b in epoch_batches(129, 64, torch.Generator().manual_seed(0))] == [64, 65]
+
+
 def english_embeddings(model_dir, sentences: list[str]) -> torch.Tensor:
     """The tiny BERT's mean-pooled last layer, as its own tokenizer splits each sentence."""
     from transformers import AutoModel, AutoTokenizer

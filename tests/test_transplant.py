@@ -288,7 +288,8 @@ def test_distill_layers_lr_trains_the_layers_too(built, tiny_bert, tmp_path):  #
     result = xlembed("transplant", built, "-o", layers, "--distill", "30", "--distill-layers-lr", "1e-3")
     assert result.exit_code == 0, result.output
     assert "rows and layers distilled over 72 sentence pairs" in " ".join(result.output.split())
-    assert json.loads((layers / "xlembed_transplant.json").read_text("utf-8"))["distill"]["layers_lr"] == 1e-3
+    record = json.loads((layers / "xlembed_transplant.json").read_text("utf-8"))["distill"]
+    assert record["layers_lr"] == 1e-3 and record["max_length"] == 64  # the tiny model's positions, not 128
     english = load_file(str(tiny_bert / "model.safetensors"))
     trained = load_file(str(layers / "model.safetensors"))
     moved = [name for name, tensor in trained.items() if name in english and not torch.equal(tensor, english[name])]
