@@ -87,6 +87,10 @@ def info(
         "method", f"{result['strategy']}, {result['symmetrization']}, oov {result['oov_fill']}, seed {result['seed']}"
     )
     table.add_row("corpus", f"{c.get('pairs_kept', 0):,} pairs ({c.get('pairs_dropped', 0):,} dropped)")
+    if result.get("distill"):
+        d = result["distill"]
+        table.add_row("distilled", f"{d['epochs']:g} epochs over {d['pairs']:,} sentence pairs, anchor {d['anchor']:g} "
+                                   "(sentence vectors unweighted by default)")
     table.add_row("top words", escape(" ".join(result["top_words"])))
     table.add_row("xlembed", str(result["xlembed_version"]))
     out.print(table)

@@ -97,6 +97,7 @@ def info_of(
         oov_fill=m.get("oov_fill"),
         seed=int(m["seed"]) if str(m.get("seed", "")).lstrip("-").isdigit() else m.get("seed"),
         counts=manifest.get("counts", {}),
+        distill=manifest.get("distill"),  # write --distill's record, or None
         xlembed_version=m.get("xlembed_version"),
         top_words=[w for w in words if w not in (PAD, UNK)][:top],
     )

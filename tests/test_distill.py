@@ -72,7 +72,7 @@ def own_rank_share(out, work, tiny_bert) -> float:
     return (cosines.argmax(1) == torch.arange(len(zh))).float().mean().item()
 
 
-def test_write_distill(built, tiny_bert, tmp_path):  # noqa: F811
+def test_write_distill(built, tiny_bert, tmp_path, monkeypatch):  # noqa: F811
     """The projected rows are trained, then the other rows are filled from them: a word the corpus never
     shows gets the row `extend` would give it, and [UNK] is the mean of the trained rows."""
     from xlembed import load
@@ -89,6 +89,12 @@ def test_write_distill(built, tiny_bert, tmp_path):  # noqa: F811
     assert "rows distilled over 72 sentence pairs, 60 steps" in " ".join(result.output.split())
     manifest = json.loads((trained / "manifest.json").read_text("utf-8"))
     record = manifest["distill"]
+    assert json.loads(xlembed("info", trained, "--json").stdout)["distill"] == record
+    assert json.loads(xlembed("info", plain, "--json").stdout)["distill"] is None
+    from xlembed.cli._util import out as table_console
+
+    monkeypatch.setattr(table_console, "width", 200)  # what the table says, not how it wraps
+    assert "30 epochs over 72 sentence pairs" in xlembed("info", trained).stdout
     assert record["pairs"] == 72 and record["steps"] == 60 and record["anchor"] == 10.0 and record["epochs"] == 30
     assert record["max_length"] == 64  # the tiny model's positions, not the option's 256
     assert manifest["parameters"]["write"]["distill"] == 30
