@@ -225,15 +225,19 @@ def summarize(stage: str, record: dict, quiet: bool) -> None:
     filled_by = {k: v for k, v in (counts.get("filled_by") or {}).items() if v}
     if filled_by:  # what --oov gave: a fallback (context to chars, chars to random) shows here
         err.print("  filled rows by source: " + ", ".join(f"{k} {v:,}" for k, v in filled_by.items()))
-    distilled = record.get("distill")
-    if distilled:  # write --distill
-        err.print(f"  rows distilled over {distilled['pairs']:,} sentence pairs, {distilled['steps']:,} steps, "
-                  f"loss {distilled['loss_first']:.4g} → {distilled['loss_last']:.4g}")
+    if record.get("distill"):  # write --distill
+        err.print(f"  {distilled_text(record['distill'])}")
     timing = record.get("timing")
     if timing:
         host = ", ".join(f"{k} {v:.1f}" for k, v in timing.items() if k not in ("forward", "host"))
         err.print(f"  forward (model + pooling) {timing['forward']:.1f} s, host {timing['host']:.1f} s ({host})"
                   f"{precision_note(record)}")
+
+
+def distilled_text(distilled: dict, what: str = "rows") -> str:
+    """'rows distilled over N sentence pairs, S steps, loss a → b': a distillation's record (write, transplant)."""
+    return (f"{what} distilled over {distilled['pairs']:,} sentence pairs, {distilled['steps']:,} steps, "
+            f"loss {distilled['loss_first']:.4g} → {distilled['loss_last']:.4g}")
 
 
 def precision_note(record: dict) -> str:

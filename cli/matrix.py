@@ -11,7 +11,7 @@ from rich.table import Table
 from xlembed.config import SENTENCE_SIF, Oov
 from xlembed.config import ExportFormat as Format
 
-from ._util import JsonFlag, OutDirArg, Quiet, Reporter, app, err, fail, out, print_table
+from ._util import JsonFlag, OutDirArg, Quiet, Reporter, app, distilled_text, err, fail, out, print_table
 
 
 def _lang(value: str) -> str:
@@ -299,7 +299,5 @@ def transplant_summary(record: dict) -> str:
     summary = f"{record['vocab_size']:,} × {record['dim']} input rows ({sources})"
     trained = record.get("distill")
     if trained:
-        what = "rows and layers" if trained.get("layers_lr") else "rows"
-        summary += (f"; {what} distilled over {trained['pairs']:,} sentence pairs, {trained['steps']:,} steps, "
-                    f"loss {trained['loss_first']:.4g} → {trained['loss_last']:.4g}")
+        summary += "; " + distilled_text(trained, "rows and layers" if trained.get("layers_lr") else "rows")
     return summary

@@ -32,9 +32,8 @@ SENTENCE_SIF = 0.03
 
 
 def sif_value(sif: Any) -> float:
-    """SIF's a as a float (None: SENTENCE_SIF); 0 (no weighting) or a finite number above, else one line."""
-    if sif is None:
-        return SENTENCE_SIF
+    """SIF's a as a float: 0 (no weighting) or a finite number above, else one line (Embeddings.sif_for
+    gives None its meaning)."""
     if isinstance(sif, bool) or not isinstance(sif, numbers.Real) or not 0 <= sif < math.inf:  # NaN fails too
         raise XlembedError(f"sif (--sif) must be 0 (no weighting) or a finite number above, got {sif!r}")
     return float(sif)

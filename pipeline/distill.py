@@ -142,9 +142,9 @@ def schedule(steps: int):
     return lambda step: min(1.0, (step + 1) / warmup) * max(0.0, 1.0 - step / steps)
 
 
-def sentence_limit(options: DistillOptions, student, teacher) -> int:
-    """Tokens per sentence: the option's, capped at both models' positions."""
-    return min(options.max_length, student.config.max_position_embeddings, teacher.config.max_position_embeddings)
+def sentence_limit(max_length: int, *models) -> int:
+    """Tokens per sentence: max_length, capped at every model's positions."""
+    return min([max_length] + [model.config.max_position_embeddings for model in models])
 
 
 def distill_rows(student, student_tokenizer, teacher, teacher_tokenizer, pairs: list[SentencePair],
@@ -156,7 +156,7 @@ def distill_rows(student, student_tokenizer, teacher, teacher_tokenizer, pairs: 
         raise XlembedError("distillation needs sentence pairs, and the build corpus has none")
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
-    limit = sentence_limit(options, student, teacher)
+    limit = sentence_limit(options.max_length, student, teacher)
     zh_ids = token_ids(student_tokenizer, [p.zh for p in pairs], limit)
     targets = teacher_embeddings(teacher.eval(), teacher_tokenizer, [p.en for p in pairs], limit, pooling,
                                  options.batch_size * 2, reporter)  # [n, d]
@@ -296,7 +296,6 @@ def distill_matrix(rows: torch.Tensor, row_ids: PackedIds, targets: torch.Tensor
     InfoNCE plus anchor x the mean squared change of the batch's rows."""
     if not len(row_ids):
         raise XlembedError("distillation needs sentence pairs, and no Chinese sentence of the corpus has a row")
-    torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
     start = rows.clone()  # [V, d] the anchor
     trained = torch.nn.Parameter(rows)
@@ -340,17 +339,16 @@ def distill_vectors(vectors: torch.Tensor, words: list[str], work: WorkDir, mode
     """Train rows [P, d] of `words` (in place) on the build corpus in `work`
     towards `model_dir`'s own sentence embeddings of its English side; what
     was done, for the manifest."""
-    from .models import load_config, load_encoder, load_tokenizer
+    from .models import load_encoder, load_tokenizer
 
     pairs = matrix_pairs(work, words)
     if not len(pairs.row_ids):
         raise XlembedError(f"{work.corpus_zh}: no Chinese sentence has a projected word; nothing to distil on")
-    tokenizer, pooling = load_tokenizer(model_dir), sentence_pooling(model_dir)
-    limits = (options.max_length, getattr(tokenizer, "model_max_length", None),
-              getattr(load_config(model_dir), "max_position_embeddings", None))
-    limit = min(n for n in limits if n)  # word pieces per sentence: ours, the tokenizer's and the model's
-    targets = teacher_embeddings(load_encoder(model_dir).eval(), tokenizer, pairs.english, limit, pooling, 128,
-                                 reporter)  # [n, d]
+    tokenizer, pooling, teacher = load_tokenizer(model_dir), sentence_pooling(model_dir), load_encoder(model_dir)
+    # word pieces per sentence: ours, capped at the tokenizer's limit and the model's positions
+    limit = sentence_limit(min(options.max_length, getattr(tokenizer, "model_max_length", None) or options.max_length),
+                           teacher)
+    targets = teacher_embeddings(teacher.eval(), tokenizer, pairs.english, limit, pooling, 128, reporter)  # [n, d]
     result = distill_matrix(vectors, pairs.row_ids, targets, options, reporter)
     return dict(options._asdict(), max_length=limit, pooling=pooling, pairs=result.pairs, steps=result.steps,
                 loss="InfoNCE + anchor", loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))

@@ -373,10 +373,14 @@ class Embeddings:
         split for rows as projected: 0.719 -> 0.765). bench/RESULTS.md."""
         return 0.0 if self.manifest.get("distill") else SENTENCE_SIF
 
+    def sif_for(self, sif: float | None) -> float:
+        """SIF's a as given (checked), or `default_sif()` for None."""
+        return self.default_sif() if sif is None else sif_value(sif)
+
     def word_weights(self, sif: float | None = None) -> torch.Tensor:
         """[V] float64 SIF's a / (a + p(word)), a = sif (None: `default_sif()`); 1 for every word with sif 0.
         float64 so that any finite a gives finite weights that are not all 0."""
-        sif = self.default_sif() if sif is None else sif_value(sif)
+        sif = self.sif_for(sif)
         if sif == 0:
             return torch.ones(len(self.words), dtype=torch.float64)
         freq = torch.tensor([float(r.freq) for r in self.rows] if self.rows else [0.0] * len(self.words),

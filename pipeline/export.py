@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .config import PAD, UNK, sif_value
+from .config import PAD, UNK
 from .config import ExportFormat as Format
 from .errors import XlembedError
 from .io import XLEMBED_OUTPUT, _temp_name, atomic_path, read_json, refuse_link
@@ -144,7 +144,7 @@ def write_model2vec(e, target: Path, sif: float | None = None) -> int:
     the rows."""
     from safetensors.numpy import save_file
 
-    sif = e.default_sif() if sif is None else sif_value(sif)
+    sif = e.sif_for(sif)
     check_target(target)
     _check_replaceable(target)
     weights = e.word_weights(sif)  # [V] float64

@@ -371,6 +371,7 @@ def distilled(transplanted: TransplantedModel, model_dir: Path, work: WorkDir, o
                           corpus_pairs(work), options, pooling, reporter)
     if not all(bool(torch.isfinite(p).all()) for p in transplanted.model.parameters()):
         raise XlembedError("--distill: the training diverged (non-finite weights); lower --distill-layers-lr")
-    return dict(options._asdict(), max_length=sentence_limit(options, transplanted.model, teacher), pooling=pooling,
-                pairs=result.pairs, steps=result.steps, loss="cosine distance",
+    limit = sentence_limit(options.max_length, transplanted.model, teacher)
+    return dict(options._asdict(), max_length=limit, pooling=pooling, pairs=result.pairs, steps=result.steps,
+                loss="cosine distance",
                 loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))
