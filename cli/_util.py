@@ -235,9 +235,14 @@ def summarize(stage: str, record: dict, quiet: bool) -> None:
 
 
 def distilled_text(distilled: dict, what: str = "rows") -> str:
-    """'rows distilled over N sentence pairs, S steps, loss a → b': a distillation's record (write, transplant)."""
-    return (f"{what} distilled over {distilled['pairs']:,} sentence pairs, {distilled['steps']:,} steps, "
+    """'rows distilled over N sentence pairs, S steps, loss a → b': a distillation's record (write, transplant),
+    with a warning where the loss rose (the output is still written: it is what was asked for)."""
+    text = (f"{what} distilled over {distilled['pairs']:,} sentence pairs, {distilled['steps']:,} steps, "
             f"loss {distilled['loss_first']:.4g} → {distilled['loss_last']:.4g}")
+    if distilled["loss_last"] > distilled["loss_first"]:
+        hint = "; a lower --distill-layers-lr may help" if distilled.get("layers_lr") else ""
+        text += f" [yellow](warning: the loss rose, so the training made the fit worse{hint})[/yellow]"
+    return text
 
 
 def precision_note(record: dict) -> str:

@@ -29,6 +29,7 @@ PAD, UNK = "[PAD]", "[UNK]"
 # sentence vectors (Embeddings.encode, the model2vec export) weight each word a / (a + p(word)), SIF's a;
 # chosen on the Tatoeba dev split (1,000 pairs cut from the build corpus): bench/RESULTS.md
 SENTENCE_SIF = 0.03
+DISTILL_ANCHOR = 10.0  # write.distill_anchor's default
 
 
 def sif_value(sif: Any) -> float:
@@ -247,8 +248,9 @@ class WriteConfig:
                                  "of its translation (InfoNCE over batches of 64; for sentence vectors); runs the "
                                  "encode model over the corpus once more, so it must still be there. 0 = off.",
                             min=0, max=100)
-    distill_anchor: float = option(10.0, "With --distill: weight of the rows' squared change, which keeps each "
-                                         "word near its projected row (and its neighbours).", min=0, max=1000)
+    distill_anchor: float = option(DISTILL_ANCHOR, "With --distill: weight of the rows' squared change, which keeps "
+                                                   "each word near its projected row (and its neighbours).",
+                                   min=0, max=1000)
 
 
 @dataclass
@@ -309,6 +311,8 @@ class Config:
         if "write" in (stages or STAGES) and self.write.vocab is not None:
             # a duplicate or a tab: now, not after projection
             read_word_list(require_input(self.write.vocab, "vocabulary file"))
+        if "write" in (stages or STAGES) and self.write.distill == 0 and self.write.distill_anchor != DISTILL_ANCHOR:
+            raise XlembedError("write.distill_anchor weighs write.distill's training only: give write.distill too")
         if "write" in (stages or STAGES) and self.write.context is not None:
             if self.write.oov != Oov.context:
                 raise XlembedError(f"write.context is read by --oov context only (not --oov {self.write.oov.value})")

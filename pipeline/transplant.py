@@ -331,6 +331,8 @@ def transplant(
         raise XlembedError(f"--distill must be a finite number of epochs, 0 or more, got {distill.epochs}")
     if not 0 <= distill.layers_lr < math.inf:
         raise XlembedError(f"--distill-layers-lr must be a finite number, 0 or more, got {distill.layers_lr}")
+    if distill.layers_lr > 0 and distill.epochs == 0:
+        raise XlembedError("--distill-layers-lr trains the layers during --distill only: give --distill EPOCHS too")
     check_target(dest, "transplant")  # never inside an output (a rebuild would fail on it) or a work directory
     check_transplant_dir(dest)
     manifest = read_json(require(out / "manifest.json", "write"))

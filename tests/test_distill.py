@@ -118,6 +118,9 @@ def test_write_distill(built, tiny_bert, tmp_path, monkeypatch):  # noqa: F811
         assert result.exit_code == 2 and not (tmp_path / "no").exists(), (bad, result.output)
     result = xlembed("write", "--work", work, "--out", tmp_path / "no", "--distill", "1", "--distill-anchor", "1001")
     assert result.exit_code == 2 and not (tmp_path / "no").exists()
+    result = xlembed("write", "--work", work, "--out", tmp_path / "no", "--distill-anchor", "5")  # without --distill
+    assert result.exit_code == 2 and not (tmp_path / "no").exists()
+    assert "--distill-anchor weighs --distill's training only" in " ".join(result.output.split())
 
 
 def test_write_distill_refuses_a_model_changed_since_encode(corpus, tiny_bert, tmp_path):  # noqa: F811
@@ -132,3 +135,12 @@ def test_write_distill_refuses_a_model_changed_since_encode(corpus, tiny_bert, t
     assert result.exit_code == 2 and not (tmp_path / "d").exists()
     assert "not the model the corpus was encoded with" in " ".join(result.output.split())
     assert xlembed("write", "--work", tmp_path / "out.work", "--out", tmp_path / "d", "-q").exit_code == 0  # without it
+
+
+def test_a_distillation_whose_loss_rose_is_reported_with_a_warning():
+    from xlembed.cli._util import distilled_text
+
+    record = dict(pairs=72, steps=30, loss_first=0.045, loss_last=1.07, layers_lr=1.0)
+    assert "warning: the loss rose" in distilled_text(record) and "--distill-layers-lr" in distilled_text(record)
+    assert "--distill-layers-lr" not in distilled_text(record | dict(layers_lr=0.0))  # write's rows: no such option
+    assert "warning" not in distilled_text(record | dict(loss_last=0.03))

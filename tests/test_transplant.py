@@ -300,3 +300,6 @@ def test_distill_layers_lr_trains_the_layers_too(built, tiny_bert, tmp_path):  #
     for bad in ("-1", "nan", "2"):
         result = xlembed("transplant", built, "-o", tmp_path / "no", "--distill", "1", "--distill-layers-lr", bad)
         assert result.exit_code == 2 and not (tmp_path / "no").exists(), (bad, result.output)
+    result = xlembed("transplant", built, "-o", tmp_path / "no", "--distill-layers-lr", "1e-3")  # without --distill
+    assert result.exit_code == 2 and not (tmp_path / "no").exists()
+    assert "--distill-layers-lr trains the layers during --distill only" in " ".join(result.output.split())
