@@ -155,6 +155,7 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
     opts = config.write
     check_output_dir(out)
     check_chain(work, "project")  # and through it every record the matrix comes from: current, outputs intact
+    write_inputs = input_hashes(opts)  # before they are read, checked again before anything is saved
     records = {stage: valid_record(work, stage) for stage in UPSTREAM}  # each with what build_manifest reads
     projection = load_projection(work)
     user_vocab = read_word_list(opts.vocab) if opts.vocab is not None else None
@@ -192,7 +193,8 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
                       symmetrization=records["align"]["options"]["symmetrization"],
                       seed=str(opts.seed), oov_fill=opts.oov.value, xlembed_version=__version__),
     )
-    embeddings.manifest = build_manifest(records, opts, computed, round(time.perf_counter() - start, 3))
+    check_unchanged(opts, write_inputs)
+    embeddings.manifest = build_manifest(records, opts, computed, write_inputs, round(time.perf_counter() - start, 3))
     if distiller is not None:
         embeddings.manifest["distill"] = distiller.record
     embeddings = carry_forward(embeddings, out)
@@ -222,9 +224,23 @@ class ProjectedRowsDistiller:
         self.record = distill_vectors(rows, words, self.work, self.model_dir, options, self.reporter)
 
 
-def build_manifest(records: dict[str, dict], opts, computed: tuple[str, ...], write_seconds: float) -> dict:
-    """The manifest from the upstream stages' records: parameters, inputs,
-    the model by name and hash, counts, seconds, and the stages reused."""
+def input_hashes(opts) -> dict[str, str]:
+    """write's own input files (--vocab, --context) by resolved path and content hash."""
+    return {str(Path(p).resolve()): file_hash(p) for p in (opts.vocab, opts.context) if p is not None}
+
+
+def check_unchanged(opts, write_inputs: dict[str, str]) -> None:
+    """One line, before anything is saved, where --vocab or --context changed since write began reading it."""
+    for path, digest in input_hashes(opts).items():
+        if write_inputs.get(path) != digest:
+            raise XlembedError(f"{path}: changed while write was reading it; nothing was written, run write again")
+
+
+def build_manifest(records: dict[str, dict], opts, computed: tuple[str, ...], write_inputs: dict[str, str],
+                   write_seconds: float) -> dict:
+    """The manifest from the upstream stages' records: parameters, inputs
+    (write's own as hashed before it read them), the model by name and hash,
+    counts, seconds, and the stages reused."""
     tokenized = records["tokenize"]["counts"]
     counts = dict(
         pairs_read=tokenized["pairs_read"],
@@ -237,7 +253,7 @@ def build_manifest(records: dict[str, dict], opts, computed: tuple[str, ...], wr
         xlembed_version=__version__,
         parameters={stage: records[stage]["options"] for stage in UPSTREAM} | {"write": section_dict(opts)},
         inputs=records["tokenize"]["inputs"],
-        write_inputs={str(Path(p).resolve()): file_hash(p) for p in (opts.vocab, opts.context) if p is not None},
+        write_inputs=write_inputs,
         model=dict(name=model_name(records["encode"]["options"]["model"]), sha256=records["encode"]["model_sha256"]),
         model_sha256=records["encode"]["model_sha256"],
         counts=counts,

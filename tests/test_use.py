@@ -54,6 +54,28 @@ def test_write_with_a_user_vocabulary(built, tmp_path):
     assert torch.equal(m["embeddings"][4], ours[vocab.index("猫")])  # the same projected row
 
 
+def test_write_refuses_a_vocabulary_changed_while_it_read_it(built, tmp_path, monkeypatch):
+    """The manifest's write_inputs are hashed before write reads the files; a file that changed by the
+    time the matrix is ready is an error, and nothing is written."""
+    import importlib
+
+    write_module = importlib.import_module("xlembed.write")
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("[PAD]\n[UNK]\n猫\n", encoding="utf-8")
+    read = write_module.read_word_list
+
+    def read_then_change(path, *args):
+        words = read(path, *args)
+        vocab.write_text("[PAD]\n[UNK]\n狗\n", encoding="utf-8")  # another process, while write works
+        return words
+
+    monkeypatch.setattr(write_module, "read_word_list", read_then_change)
+    out = tmp_path / "out"
+    result = xlembed("write", "--work", built.with_name("out.work"), "--out", out, "--vocab", vocab)
+    assert result.exit_code == 2 and not out.exists(), result.output
+    assert "v.txt: changed while write was reading it" in " ".join(result.output.split())
+
+
 def test_write_with_oov_context_reads_the_corpus_and_the_users_text(built, tmp_path, monkeypatch):
     """The tiny build projects fewer words than its 32 dimensions, too few to fit the map from
     contexts to rows: every word then gets what `chars` gives (tests/test_oov.py has the map)."""
