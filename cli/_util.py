@@ -120,10 +120,37 @@ def _value_name(param) -> str | None:
     return None
 
 
+RICH_HELP_MIN_WIDTH = 80  # under it Rich's tables cut long option names ("--distill-…"): click's plain help
+
+
+def help_width() -> int:
+    """The width Typer's Rich help is drawn at: TERMINAL_WIDTH (read by Typer at import), else the terminal's."""
+    from rich.console import Console
+    from typer import rich_utils
+
+    return rich_utils.MAX_WIDTH or Console().width
+
+
+def _plain_when_narrow(command) -> None:
+    """Under RICH_HELP_MIN_WIDTH columns, click's own help layout (it wraps option names, never cuts them;
+    50 columns at least, as click draws it); decided when the help is drawn, so start-up imports nothing more."""
+    if hasattr(command, "rich_help_mode"):
+        return
+    command.rich_help_mode, own_format_help = command.rich_markup_mode, command.format_help
+
+    def format_help(ctx, formatter):
+        command.rich_markup_mode = None if help_width() < RICH_HELP_MIN_WIDTH else command.rich_help_mode
+        return own_format_help(ctx, formatter)
+
+    command.format_help = format_help
+
+
 def _tidy_help(command) -> None:
     """Help as a user reads it at any width: docstring paragraphs reflowed
     (Typer keeps their line breaks), no `<bool>` on --help, choices that wrap
-    between words, and arguments in usage lines as OUT_DIR, not {out_dir}."""
+    between words, arguments in usage lines as OUT_DIR, not {out_dir}, and
+    in a narrow terminal click's plain layout."""
+    _plain_when_narrow(command)
     if command.help:
         command.help = "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(command.help).split("\n\n"))
     own_help_option = command.get_help_option

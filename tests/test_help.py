@@ -41,6 +41,19 @@ def test_help_reads_well_at_any_width(command, width):
             assert str(getattr(choice, "value", choice)) in text, f"--{param.name}: choice {choice} cut"
 
 
+@pytest.mark.parametrize("width", [40, 60, 79, 80, 120])
+def test_every_option_name_is_whole_at_any_width(width):
+    """Rich's tables cut long names ("--distill-…") under 80 columns; there the help is click's plain layout."""
+    group = get_command(app)
+    for name, command in group.commands.items():
+        subcommands = getattr(command, "commands", None) or {None: command}  # `xlembed work …`
+        for sub, click_command in subcommands.items():
+            text = help_text(width, name, *([sub] if sub else []))
+            for param in click_command.params:
+                for flag in (o for o in param.opts if o.startswith("--")):
+                    assert re.search(re.escape(flag) + r"(?![\w-])", text), f"{name} {sub or ''}: {flag} cut at {width}"
+
+
 def test_the_argument_is_named_in_capitals_in_usage_lines():
     assert re.search(r"Usage: xlembed neighbors \[OPTIONS\] OUT_DIR WORD", help_text(200, "neighbors"))
 
