@@ -13,12 +13,20 @@ import torch
 from .config import PAD, STAGES, UNK, Config, Oov, section_dict
 from .embeddings import Embeddings, VocabRow
 from .errors import XlembedError
-from .io import Reporter, SilentReporter, check_output_dir, read_lines, read_word_list, release_freed_memory
+from .io import (
+    Reporter,
+    SilentReporter,
+    check_output_dir,
+    read_lines,
+    read_word_list,
+    release_freed_memory,
+    sha256_file,
+)
 from .layout import WorkDir
 from .models import model_name, resolve_model_dir
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
-from .records import check_chain, file_hash, model_hash, valid_record
+from .records import check_chain, model_hash, valid_record
 from .tokenize import count_lines, recorded_splitter, split_rows, worker_count
 from .version import __version__
 
@@ -225,15 +233,17 @@ class ProjectedRowsDistiller:
 
 
 def input_hashes(opts) -> dict[str, str]:
-    """write's own input files (--vocab, --context) by resolved path and content hash."""
-    return {str(Path(p).resolve()): file_hash(p) for p in (opts.vocab, opts.context) if p is not None}
+    """write's own input files (--vocab, --context) by resolved path and content hash, read now (no cache:
+    check_unchanged compares two such readings)."""
+    return {str(Path(p).resolve()): sha256_file(p) for p in (opts.vocab, opts.context) if p is not None}
 
 
 def check_unchanged(opts, write_inputs: dict[str, str]) -> None:
-    """One line, before anything is saved, where --vocab or --context changed since write began reading it."""
-    for path, digest in input_hashes(opts).items():
-        if write_inputs.get(path) != digest:
-            raise XlembedError(f"{path}: changed while write was reading it; nothing was written, run write again")
+    """One line naming the path as given, before anything is saved, where --vocab or --context now holds
+    other bytes (or, through a link, is another file) than when write began reading it."""
+    for given in (p for p in (opts.vocab, opts.context) if p is not None):
+        if write_inputs.get(str(Path(given).resolve())) != sha256_file(given):
+            raise XlembedError(f"{given}: changed while write was reading it; nothing was written, run write again")
 
 
 def build_manifest(records: dict[str, dict], opts, computed: tuple[str, ...], write_inputs: dict[str, str],

@@ -55,25 +55,37 @@ def test_write_with_a_user_vocabulary(built, tmp_path):
 
 
 def test_write_refuses_a_vocabulary_changed_while_it_read_it(built, tmp_path, monkeypatch):
-    """The manifest's write_inputs are hashed before write reads the files; a file that changed by the
-    time the matrix is ready is an error, and nothing is written."""
+    """The manifest's write_inputs are hashed before write reads the files; a file that holds other
+    bytes by the time the matrix is ready (even with its size and time kept), or a link pointed
+    elsewhere, is an error naming the path as given, and nothing is written."""
     import importlib
+    import os
 
     write_module = importlib.import_module("xlembed.write")
-    vocab = tmp_path / "v.txt"
-    vocab.write_text("[PAD]\n[UNK]\n猫\n", encoding="utf-8")
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("[PAD]\n[UNK]\n猫\n", encoding="utf-8")
+    second.write_text("[PAD]\n[UNK]\n狗\n", encoding="utf-8")
+    link = tmp_path / "v.txt"
     read = write_module.read_word_list
 
-    def read_then_change(path, *args):
-        words = read(path, *args)
-        vocab.write_text("[PAD]\n[UNK]\n狗\n", encoding="utf-8")  # another process, while write works
-        return words
+    def same_size_and_time(path):
+        stat = first.stat()
+        first.write_text("[PAD]\n[UNK]\n狗\n", encoding="utf-8")  # another process, while write works
+        os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as cp -p or tar leave it
 
-    monkeypatch.setattr(write_module, "read_word_list", read_then_change)
-    out = tmp_path / "out"
-    result = xlembed("write", "--work", built.with_name("out.work"), "--out", out, "--vocab", vocab)
-    assert result.exit_code == 2 and not out.exists(), result.output
-    assert "v.txt: changed while write was reading it" in " ".join(result.output.split())
+    def link_elsewhere(path):
+        link.unlink()
+        link.symlink_to(second)
+
+    for given, change in ((first, same_size_and_time), (link, link_elsewhere)):
+        first.write_text("[PAD]\n[UNK]\n猫\n", encoding="utf-8")
+        if given == link:
+            link.symlink_to(first)
+        monkeypatch.setattr(write_module, "read_word_list", lambda path, *a: (read(path, *a), change(path))[0])
+        out = tmp_path / "out"
+        result = xlembed("write", "--work", built.with_name("out.work"), "--out", out, "--vocab", given)
+        assert result.exit_code == 2 and not out.exists(), result.output
+        assert f"{given.name}: changed while write was reading it" in " ".join(result.output.split())
 
 
 def test_write_with_oov_context_reads_the_corpus_and_the_users_text(built, tmp_path, monkeypatch):
