@@ -139,7 +139,9 @@ def _plain_when_narrow(command) -> None:
     command.rich_help_mode, own_format_help = command.rich_markup_mode, command.format_help
 
     def format_help(ctx, formatter):
-        command.rich_markup_mode = None if help_width() < RICH_HELP_MIN_WIDTH else command.rich_help_mode
+        width = help_width()
+        command.rich_markup_mode = None if width < RICH_HELP_MIN_WIDTH else command.rich_help_mode
+        formatter.width = max(width - 2, 50)  # click's own rule, from the width Rich would have used
         return own_format_help(ctx, formatter)
 
     command.format_help = format_help
@@ -264,9 +266,10 @@ def summarize(stage: str, record: dict, quiet: bool) -> None:
 def distilled_text(distilled: dict, what: str = "rows") -> str:
     """'rows distilled over N sentence pairs, S steps, loss a → b': a distillation's record (write, transplant),
     with a warning where the loss rose (the output is still written: it is what was asked for)."""
+    first, last = (f"{distilled[key]:.4g}" for key in ("loss_first", "loss_last"))
     text = (f"{what} distilled over {distilled['pairs']:,} sentence pairs, {distilled['steps']:,} steps, "
-            f"loss {distilled['loss_first']:.4g} → {distilled['loss_last']:.4g}")
-    if distilled["loss_last"] > distilled["loss_first"]:
+            f"loss {first} → {last}")
+    if float(last) > float(first):  # as printed: a rise too small to show is no rise
         hint = "; a lower --distill-layers-lr may help" if distilled.get("layers_lr") else ""
         text += f" [yellow](warning: the loss rose, so the training made the fit worse{hint})[/yellow]"
     return text

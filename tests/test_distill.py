@@ -144,3 +144,4 @@ def test_a_distillation_whose_loss_rose_is_reported_with_a_warning():
     assert "warning: the loss rose" in distilled_text(record) and "--distill-layers-lr" in distilled_text(record)
     assert "--distill-layers-lr" not in distilled_text(record | dict(layers_lr=0.0))  # write's rows: no such option
     assert "warning" not in distilled_text(record | dict(loss_last=0.03))
+    assert "warning" not in distilled_text(record | dict(loss_first=0.041879, loss_last=0.041882))  # 0.04188 both
