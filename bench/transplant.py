@@ -1,11 +1,11 @@
 """The transplanted model, measured: cross-lingual retrieval on held-out
 pairs, and fine-tuning on the dev tasks.
 
-    python bench/transplant.py retrieval --name tatoeba --out OUT --work WORK --heldout HELDOUT [--json FILE]
+    python bench/transplant.py [--json FILE] retrieval --name tatoeba --out OUT --work WORK --heldout HELDOUT
     python bench/transplant.py retrieval --name mixed --work WORK --heldout HELDOUT   # no OUT: write's defaults
     python bench/transplant.py random-rows MODEL_DIR -o DIR   # the same transplant, Chinese rows random
-    python bench/transplant.py finetune --model-dir DIR --random-dir DIR [--sizes 100 1000] [--seeds 0 1 2] \
-        [--test-size 1000] [--select] [--json FILE] [--cells DIR]
+    python bench/transplant.py [--json FILE] finetune --model-dir DIR --random-dir DIR [--sizes 100 1000] \
+        [--seeds 0 1 2] [--test-size 1000] [--select] [--cells DIR]   # = bench/transplant_finetune.py
 
 Retrieval: Chinese sentences encoded by each Chinese encoder, English ones by
 the English model itself (mean pooling, bench/retrieval_core.py); P@1 both

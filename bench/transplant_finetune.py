@@ -118,8 +118,17 @@ def summarize(scores: list[float]) -> dict:
     return dict(mean=round(mean, 4), sd=round(sd, 4), scores=scores)
 
 
+def check_arguments(args) -> None:
+    """Up front, not after the first runs: a variant without its model, a --select with nothing held out."""
+    if "random rows" in args.variants and args.random_dir is None:
+        raise SystemExit("error: the variant 'random rows' needs --random-dir (or give --variants transplant)")
+    if args.select and args.test_size <= 0:
+        raise SystemExit("error: --select scores on --test-size held-out training examples: give a size above 0")
+
+
 def finetune(args) -> dict:
     """Seed by seed (every cell gets its first seed first), each run printed and saved as it ends."""
+    check_arguments(args)
     torch.set_num_threads(args.threads)
     splits = {
         name: split_task(read_task(args.downstream / DEV_TASKS[name][0].name, *DEV_TASKS[name][1:], name), seed=0)
