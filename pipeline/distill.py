@@ -195,7 +195,8 @@ def train_steps(student, zh_ids, targets, steps, optimizer, scheduler, generator
     losses: list[float] = []
     pad_id = student.config.pad_token_id or 0
     lengths = [len(ids) for ids in zh_ids]
-    with reporter.task("distil: Chinese rows", steps, "steps") as task:
+    trained = "Chinese rows and layers" if options.layers_lr > 0 else "Chinese rows"
+    with reporter.task(f"distil: {trained}", steps, "steps") as task:
         while len(losses) < steps:
             for batch in batch_order(lengths, options.batch_size, generator)[: steps - len(losses)]:
                 ids = [ids_of(zh_ids[i]) if ids_of else zh_ids[i] for i in batch]

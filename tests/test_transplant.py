@@ -282,11 +282,13 @@ def test_distill_trains_only_the_rows_towards_the_english_embeddings(built, tiny
     assert result.exit_code == 2 and "tokenize.json: missing" in result.output and not (tmp_path / "no").exists()
 
 
-def test_distill_layers_lr_trains_the_layers_too(built, tiny_bert, tmp_path):  # noqa: F811
+def test_distill_layers_lr_trains_the_layers_too(built, tiny_bert, tmp_path, monkeypatch):  # noqa: F811
     work = built.with_name("out.work")
     layers = tmp_path / "layers"
+    monkeypatch.setenv("XLEMBED_PROGRESS_INTERVAL", "0")  # a log line at every step
     result = xlembed("transplant", built, "-o", layers, "--distill", "30", "--distill-layers-lr", "1e-3")
     assert result.exit_code == 0, result.output
+    assert any(line.startswith("distil: Chinese rows and layers:") for line in result.output.splitlines())
     assert "rows and layers distilled over 72 sentence pairs" in " ".join(result.output.split())
     record = json.loads((layers / "xlembed_transplant.json").read_text("utf-8"))["distill"]
     assert record["layers_lr"] == 1e-3 and record["max_length"] == 64  # the tiny model's positions, not 128
