@@ -92,13 +92,17 @@ def static_word_vectors(embedding: torch.Tensor, tokenizer, words: list[str]) ->
     `embedding` [W, d]. Returns vectors [N, d] float64 and whether the word
     has any piece [N] bool."""
     pieces = tokenizer(words, add_special_tokens=False)["input_ids"]  # N lists of piece ids
-    owner = torch.tensor([i for i, ids in enumerate(pieces) for _ in ids], dtype=torch.int64)  # [P]
+    n_pieces = torch.tensor([len(ids) for ids in pieces], dtype=torch.int64)  # [N]
+    owner = torch.repeat_interleave(torch.arange(len(words)), n_pieces)  # [P]
     flat = torch.tensor([p for ids in pieces for p in ids], dtype=torch.int64)  # [P]
-    n_pieces = torch.bincount(owner, minlength=len(words)).double()  # [N]
-    sums = torch.zeros((len(words), embedding.shape[1]), dtype=torch.float64).index_add_(
-        0, owner, embedding[flat].double()
+    # a sparse [N, W] count of each word's pieces times the rows: no [P, d] copy of the rows (on the mixed
+    # corpus's 55k English words that copy, in float64, was most of transplant's peak)
+    piece_counts = torch.sparse_coo_tensor(
+        torch.stack([owner, flat]), torch.ones(len(flat), dtype=torch.float64), (len(words), len(embedding)),
+        check_invariants=True,  # piece ids inside the embedding (a tokenizer larger than its model is an error)
     )
-    return sums / n_pieces.clamp(min=1).unsqueeze(1), n_pieces > 0
+    sums = torch.sparse.mm(piece_counts, embedding.double())  # [N, W] @ [W, d] -> [N, d]
+    return sums.div_(n_pieces.clamp(min=1).double().unsqueeze(1)), n_pieces > 0
 
 
 def chinese_sums(
@@ -145,8 +149,8 @@ def static_rows(
     project, write = manifest["parameters"]["project"], manifest["parameters"]["write"]
     stopwords = Path(project["stopwords"]) if project.get("stopwords") else None
     links = chosen_link_counts(work, LinkRule(Strategy(project["strategy"]), stopwords))
-    en_vectors, en_has = static_word_vectors(embedding, tokenizer, links.en_words)
-    zh_sum, zh_count = chinese_sums(links, en_vectors, en_has)
+    # the English words' vectors [E, d] float64 are dropped as soon as the Chinese sums are made
+    zh_sum, zh_count = chinese_sums(links, *static_word_vectors(embedding, tokenizer, links.en_words))
     _, rows, _, provenance = build_matrix(
         links.zh_words,
         zh_sum,
@@ -182,8 +186,10 @@ def transplant_rows(out: Path, work: WorkDir, model_dir: Path, row_source: str =
             ["matrix"] * len(words),
         )
     else:
-        check_same_corpus(out, built.manifest, work)
-        rows, sources = static_rows(work, words, built.manifest, english_tokenizer, embedding)
+        manifest = built.manifest
+        del built  # only its words, their frequencies and its manifest are needed (its rows: 0.5 GB on mixed)
+        check_same_corpus(out, manifest, work)
+        rows, sources = static_rows(work, words, manifest, english_tokenizer, embedding)
     all_rows = torch.cat([special_rows(english_tokenizer, embedding).float(), rows.float()])  # [V, d]
     return TransplantRows(
         list(SPECIALS) + words,
