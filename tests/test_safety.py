@@ -453,3 +453,11 @@ def test_safetensors_written_without_copies_read_back_by_the_library(tmp_path):
     first = (tmp_path / "t.safetensors").read_bytes()
     save_tensors(tmp_path / "t.safetensors", tensors, metadata={"a": "2", "z": "1"})
     assert (tmp_path / "t.safetensors").read_bytes() == first  # reproducible bytes
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5"])
+def test_a_terminal_width_typer_cannot_read_is_ignored(value):
+    """Typer parses TERMINAL_WIDTH at import: a traceback (abc) or no help at all (0) without xlembed's guard."""
+    proc = subprocess.run([XLEMBED, "write", "--help"], capture_output=True, text=True,
+                          env=dict(os.environ, TERMINAL_WIDTH=value, COLUMNS="100"))
+    assert proc.returncode == 0 and "Usage: xlembed write" in proc.stdout and "Traceback" not in proc.stderr
