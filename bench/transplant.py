@@ -26,7 +26,6 @@ Fine-tuning: bench/transplant_finetune.py (`finetune` here is the same command).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval_core import english_sentence_vectors, precision_at_1, read_heldout
 from transplant_finetune import add_arguments as add_finetune_arguments
-from transplant_finetune import finetune
+from transplant_finetune import finetune, report
 
 from xlembed.embeddings import ChineseTokenizer, Embeddings
 from xlembed.layout import WorkDir
@@ -232,11 +231,7 @@ def main() -> None:
     m.set_defaults(func=random_rows_model)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    result = dict(command=" ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())) | args.func(args)
-    print(json.dumps(result, ensure_ascii=False, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    report(args.func(args), args.json)
 
 
 if __name__ == "__main__":

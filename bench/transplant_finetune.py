@@ -200,11 +200,16 @@ def main() -> None:
     add_arguments(parser)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    result = dict(command=" ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())) | finetune(args)
+    report(finetune(args), args.json)
+
+
+def report(result: dict, json_path: Path | None) -> None:
+    """The command line and the date, then the result: printed, and written to --json where given."""
+    result = dict(command=" ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())) | result
     print(json.dumps(result, ensure_ascii=False, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
