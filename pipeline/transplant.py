@@ -375,11 +375,11 @@ def distilled(transplanted: TransplantedModel, model_dir: Path, work: WorkDir, o
     from .models import load_encoder, load_tokenizer
 
     pooling, teacher = sentence_pooling(model_dir), load_encoder(model_dir)
+    # the limit actually used, once, in the options trained with and recorded
+    options = options._replace(max_length=sentence_limit(options.max_length, transplanted.model, teacher))
     result = distill_rows(transplanted.model, transplanted.tokenizer, teacher, load_tokenizer(model_dir),
                           corpus_pairs(work), options, pooling, reporter)
     if not all(bool(torch.isfinite(p).all()) for p in transplanted.model.parameters()):
         raise XlembedError("--distill: the training diverged (non-finite weights); lower --distill-layers-lr")
-    limit = sentence_limit(options.max_length, transplanted.model, teacher)
-    return dict(options._asdict(), max_length=limit, pooling=pooling, pairs=result.pairs, steps=result.steps,
-                loss="cosine distance",
+    return dict(options._asdict(), pooling=pooling, pairs=result.pairs, steps=result.steps, loss="cosine distance",
                 loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))
