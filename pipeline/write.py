@@ -232,17 +232,22 @@ class ProjectedRowsDistiller:
         self.record = distill_vectors(rows, words, self.work, self.model_dir, options, self.reporter)
 
 
+def input_paths(opts) -> list[Path]:
+    """write's own input files (--vocab, --context), as given."""
+    return [Path(p) for p in (opts.vocab, opts.context) if p is not None]
+
+
 def input_hashes(opts) -> dict[str, str]:
-    """write's own input files (--vocab, --context) by resolved path and content hash, read now (no cache:
-    check_unchanged compares two such readings)."""
-    return {str(Path(p).resolve()): sha256_file(p) for p in (opts.vocab, opts.context) if p is not None}
+    """write's own input files by resolved path and content hash, read now (no cache: check_unchanged
+    compares two such readings)."""
+    return {str(p.resolve()): sha256_file(p) for p in input_paths(opts)}
 
 
 def check_unchanged(opts, write_inputs: dict[str, str]) -> None:
     """One line naming the path as given, before anything is saved, where --vocab or --context now holds
     other bytes (or, through a link, is another file) than when write began reading it."""
-    for given in (p for p in (opts.vocab, opts.context) if p is not None):
-        if write_inputs.get(str(Path(given).resolve())) != sha256_file(given):
+    for given in input_paths(opts):
+        if write_inputs.get(str(given.resolve())) != sha256_file(given):
             raise XlembedError(f"{given}: changed while write was reading it; nothing was written, run write again")
 
 
