@@ -78,7 +78,7 @@ from .project import (
     save_projection,
     sums_by_id,
 )
-from .records import STAGE_READS, invalidate, model_hash, read_keys, run_stage, up_to_date
+from .records import STAGE_READS, invalidate, model_hash, read_keys, run_stage, stage_outputs, stamps, up_to_date
 
 RETRIES = 3  # of a shard or an alignment part whose worker died
 FOLD_EVERY = 16  # returned shards the driver keeps as files before it checkpoints their sum
@@ -233,21 +233,24 @@ class BlockSums(NamedTuple):
     links_without_vector: int
     encode_counts: dict  # Encoder.counts of the shard
     ran_on: str  # "DEVICE PRECISION" of the encoder that made it
+    sentences: torch.Tensor | None = None  # [n_pairs, d] float16, the English model's embedding of each pair's sentence
 
 
 def project_block(encoder: Encoder, tables: ProjectionTables, task: BlockTask) -> BlockSums:
     """The projection core on one shard: choose links, encode, rows, sums (as the local stage does)."""
     links = choose_links(task.zh_lines, task.en_lines, task.links_lines, tables)
-    word_rows, vectors, counts = encoder.vectors(task.en_lines)  # [n_words], [n_rows, d]
-    rows = link_rows(links, word_rows)
-    zh, en = sums_by_id(vectors, rows.zh_ids, rows.zh_rows), sums_by_id(vectors, rows.en_ids, rows.en_rows)
+    encoded = encoder.vectors(task.en_lines)
+    rows = link_rows(links, encoded.word_rows)
+    zh = sums_by_id(encoded.vectors, rows.zh_ids, rows.zh_rows)
+    en = sums_by_id(encoded.vectors, rows.en_ids, rows.en_rows)
     return BlockSums(
         task.index,
         zh._replace(sum=zh.sum.float()),
         en._replace(sum=en.sum.float()),
         rows.links_without_vector,
-        counts,
+        encoded.counts,
         f"{encoder.device} {encoder.precision.value}",
+        encoded.sentences,
     )
 
 
@@ -329,6 +332,21 @@ class Totals:
     def shard_path(self, k: int) -> Path:
         return self.dir / f"shard-{k:05d}.safetensors"
 
+    def sentences_path(self, k: int) -> Path:
+        """Shard k's sentence embeddings (kept until the end: the checkpoint holds only sums)."""
+        return self.dir / f"sentences-{k:05d}.safetensors"
+
+    def save_sentence_vectors(self, work: WorkDir, key: str, n_shards: int) -> bool:
+        """Every shard's sentence embeddings, in corpus order, as the local encode
+        writes them (one per line); False (and no file) where a shard's are missing."""
+        work.sentence_vectors.unlink(missing_ok=True)
+        if not all(self.sentences_path(k).exists() for k in range(n_shards)):
+            return False
+        vectors = torch.cat([load_file(str(self.sentences_path(k)))["vectors"] for k in range(n_shards)])  # [n, d]
+        save_tensors(work.sentence_vectors, {"vectors": vectors, "line_sentence": torch.arange(len(vectors))},
+                     metadata={"encode_key": key})
+        return True
+
     def read_block(self, k: int) -> BlockSums:
         path = self.shard_path(k)
         t = load_file(str(path))
@@ -348,6 +366,9 @@ class Totals:
             metadata=dict({k: str(v) for k, v in shard.encode_counts.items()}, ran_on=shard.ran_on),
         )
         self.bytes_returned += sum(t.nbytes for t in tensors.values())
+        if shard.sentences is not None:
+            save_tensors(self.sentences_path(shard.index), {"vectors": shard.sentences})
+            self.bytes_returned += shard.sentences.nbytes
 
     def add(self, shard: BlockSums, save: bool = True) -> None:
         if save:
@@ -493,6 +514,7 @@ def encode_and_project(config: Config, work: WorkDir, executor: "RayExecutor", r
         dim = model_config.hidden_size
         job = run_blocks(executor.ray, config, work, key, setup, tables, n_pairs, dim, reporter)
         remove_vectors(work)  # any from an earlier local encode are not these
+        kept = job.totals.save_sentence_vectors(work, setup.key, job.executor["shards"])
         counts = {name: job.totals.counts.get(name, 0) for name in ENCODE_COUNTS}
         encoded = encode_record(config, work, setup, max_length_used(config.encode, model_config), dim, counts)
         records["encode"] = dict(
@@ -500,9 +522,10 @@ def encode_and_project(config: Config, work: WorkDir, executor: "RayExecutor", r
             key=setup.key,
             **ran_on_record(encoded, job.totals.ran_on),
             vectors_kept=False,
+            sentence_vectors=kept,
             executor=job.executor,
             read=read_keys(work, STAGE_READS["encode"]),
-            wrote={},  # no vectors kept
+            wrote=stamps(work, stage_outputs(work, "encode")),  # no vectors kept: the sentence embeddings, if any
             seconds=round(time.perf_counter() - start, 3),
         )
         write_json_atomic(work.record("encode"), records["encode"])
@@ -529,7 +552,8 @@ def parts_directory(work: WorkDir, key: str, n_shards: int) -> Path:
 def remove_parts(parts_dir: Path) -> None:
     """A parts directory's files (ours by name: returned shards and the
     checkpoint), then the directory if nothing else is left in it."""
-    for path in [*parts_dir.glob("shard-*.safetensors"), parts_dir / "totals.safetensors"]:
+    for path in [*parts_dir.glob("shard-*.safetensors"), *parts_dir.glob("sentences-*.safetensors"),
+                 parts_dir / "totals.safetensors"]:
         path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         parts_dir.rmdir()

@@ -14,17 +14,18 @@ the student starts from the transplant's aligned rows.
 
 from __future__ import annotations
 
-import json
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
+from safetensors import safe_open
 
 from .errors import XlembedError
 from .io import Reporter, SilentReporter, read_lines
 from .layout import WorkDir
+from .models import sentence_pooling
 
 
 class DistillOptions(NamedTuple):
@@ -67,20 +68,6 @@ def corpus_pairs(work: WorkDir) -> list[SentencePair]:
     pairs = zip(read_lines(work.corpus_en), read_lines(work.corpus_zh))
     distinct = dict.fromkeys(SentencePair(en, chinese_text(zh.split(" "))) for en, zh in pairs if en and zh)
     return list(distinct)
-
-
-def sentence_pooling(model_dir: Path) -> str:
-    """How the model pools a sentence for sentence-transformers: "cls" where
-    its Pooling module says so, else "mean" (also for a plain transformers model)."""
-    modules = model_dir / "modules.json"
-    if not modules.exists():
-        return "mean"
-    for module in json.loads(modules.read_text(encoding="utf-8")):
-        config = model_dir / module.get("path", "") / "config.json"
-        if module.get("type", "").endswith("Pooling") and config.exists():
-            pooling = json.loads(config.read_text(encoding="utf-8"))
-            return "cls" if pooling.get("pooling_mode_cls_token") else "mean"
-    return "mean"
 
 
 def pool(model, ids: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -258,23 +245,40 @@ class MatrixPairs(NamedTuple):
 
     english: list[str]  # tokenize's English words of each pair, space-separated
     row_ids: PackedIds  # the rows of each pair's Chinese words (words without a row left out)
+    lines: torch.Tensor  # [n] int64, the first line of the corpus that holds each pair
 
 
 def matrix_pairs(work: WorkDir, words: list[str]) -> MatrixPairs:
     index = {word: i for i, word in enumerate(words)}
-    distinct = dict.fromkeys((en, zh) for en, zh in zip(read_lines(work.corpus_en), read_lines(work.corpus_zh))
-                             if en and zh)
+    distinct: dict[tuple[str, str], int] = {}
+    for line, (en, zh) in enumerate(zip(read_lines(work.corpus_en), read_lines(work.corpus_zh))):
+        if en and zh:
+            distinct.setdefault((en, zh), line)
     english: list[str] = []
+    lines = array("q")
 
     def each_pairs_rows() -> Iterator[list[int]]:
-        for en, zh in distinct:
+        for (en, zh), line in distinct.items():
             ids = [index[word] for word in zh.split(" ") if word in index]
             if ids:
                 english.append(en)
+                lines.append(line)
                 yield ids
 
     row_ids = PackedIds.of(each_pairs_rows())
-    return MatrixPairs(english, row_ids)
+    return MatrixPairs(english, row_ids, torch.tensor(lines, dtype=torch.int64))
+
+
+def stored_targets(work: WorkDir, encode_key: str, lines: torch.Tensor) -> torch.Tensor | None:
+    """[n, d] float32: the encode stage's sentence embeddings (WORK/sentences.safetensors)
+    of corpus lines `lines`; None where that encode (`encode_key`) kept none."""
+    if not work.sentence_vectors.exists():
+        return None
+    with safe_open(str(work.sentence_vectors), "pt") as f:
+        if (f.metadata() or {}).get("encode_key") != encode_key:
+            return None
+        vectors, line_sentence = f.get_tensor("vectors"), f.get_tensor("line_sentence")  # [U, d], [n_lines]
+    return vectors[line_sentence[lines]].float()
 
 
 def bag_of_rows(rows: torch.Tensor, flat: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
@@ -335,21 +339,42 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[l
     return batches
 
 
-def distill_vectors(vectors: torch.Tensor, words: list[str], work: WorkDir, model_dir: Path,
+def distill_vectors(vectors: torch.Tensor, words: list[str], work: WorkDir, teacher: Teacher,
                     options: MatrixDistillOptions, reporter: Reporter = SilentReporter()) -> dict:
     """Train rows [P, d] of `words` (in place) on the build corpus in `work`
-    towards `model_dir`'s own sentence embeddings of its English side; what
-    was done, for the manifest."""
-    from .models import load_encoder, load_tokenizer
-
+    towards the English model's own sentence embeddings of its English side:
+    those the encode stage kept, else the teacher's (a second pass of the
+    model); what was done, for the manifest."""
     pairs = matrix_pairs(work, words)
     if not len(pairs.row_ids):
         raise XlembedError(f"{work.corpus_zh}: no Chinese sentence has a projected word; nothing to distil on")
-    tokenizer, pooling, teacher = load_tokenizer(model_dir), sentence_pooling(model_dir), load_encoder(model_dir)
-    # word pieces per sentence: ours, capped at the tokenizer's limit and the model's positions
-    limit = sentence_limit(min(options.max_length, getattr(tokenizer, "model_max_length", None) or options.max_length),
-                           teacher)
-    targets = teacher_embeddings(teacher.eval(), tokenizer, pairs.english, limit, pooling, 128, reporter)  # [n, d]
+    targets = stored_targets(work, teacher.encode_key, pairs.lines)  # [n, d]
+    source: dict = dict(targets="encode")
+    if targets is None:
+        targets, source = teacher.embeddings(pairs.english, options.max_length, reporter)
     result = distill_matrix(vectors, pairs.row_ids, targets, options, reporter)
-    return dict(options._asdict(), max_length=limit, pooling=pooling, pairs=result.pairs, steps=result.steps,
+    chosen = {k: v for k, v in options._asdict().items() if k != "max_length"}  # the teacher's source says its own
+    return dict(chosen, **source, pairs=result.pairs, steps=result.steps,
                 loss="InfoNCE + anchor", loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))
+
+
+class Teacher(NamedTuple):
+    """The English model a corpus was encoded with (`encode_key`: that encode stage's key)."""
+
+    model_dir: Path | None  # None: not here (only the encode stage's kept embeddings can serve)
+    encode_key: str
+
+    def embeddings(self, english: list[str], max_length: int, reporter: Reporter) -> tuple[torch.Tensor, dict]:
+        """[n, d] the model's sentence embeddings of `english`, computed now, and how."""
+        from .models import load_encoder, load_tokenizer
+
+        if self.model_dir is None:
+            raise XlembedError("--distill: this work directory's encode kept no sentence embeddings (encoded before "
+                               "xlembed kept them), and the model it was encoded with is not here; "
+                               "run `xlembed encode --force`")
+        tokenizer, pooling = load_tokenizer(self.model_dir), sentence_pooling(self.model_dir)
+        model = load_encoder(self.model_dir)
+        # word pieces per sentence: ours, capped at the tokenizer's limit and the model's positions
+        limit = sentence_limit(min(max_length, getattr(tokenizer, "model_max_length", None) or max_length), model)
+        targets = teacher_embeddings(model.eval(), tokenizer, english, limit, pooling, 128, reporter)  # [n, d]
+        return targets, dict(targets="teacher", max_length=limit, pooling=pooling)

@@ -47,7 +47,14 @@ from .io import (
     write_json_atomic,
 )
 from .layout import WorkDir
-from .models import load_encoder, load_model_config, load_tokenizer, resolve_model_dir, special_tokens
+from .models import (
+    load_encoder,
+    load_model_config,
+    load_tokenizer,
+    resolve_model_dir,
+    sentence_pooling,
+    special_tokens,
+)
 from .records import file_hash, fingerprint, model_hash, run_stage, stage_key
 
 TOKENIZE_CHUNK = 4096  # sentences per call of the Rust tokenizer
@@ -350,6 +357,8 @@ class Batch:
     n_rows: int  # words that get their vector from this batch
     n_sentences: int  # items that end a sentence
     n_pieces: int  # word pieces of its items, special tokens and padding left out (progress counts these)
+    sentence_of: torch.Tensor  # [B] long, the unique sentence of each item
+    sentence_mask: torch.Tensor  # [B, T] float32, 1 at the tokens each item adds to its sentence's pooled sum
 
     def pin_memory(self) -> Batch:
         """The same batch in page-locked memory, for asynchronous copies to a CUDA device."""
@@ -362,11 +371,14 @@ class Batch:
             self.n_rows,
             self.n_sentences,
             self.n_pieces,
+            self.sentence_of,
+            self.sentence_mask.pin_memory(),
         )
 
 
 def make_batch(
-    items: list[Item], pieces: PiecePlan, rows: RowPlan, prefix: list[int], suffix: list[int], pad_id: int
+    items: list[Item], pieces: PiecePlan, rows: RowPlan, prefix: list[int], suffix: list[int], pad_id: int,
+    pooling: str = "mean",
 ) -> Batch:
     n_prefix = len(prefix)
     lengths = np.array(
@@ -388,8 +400,9 @@ def make_batch(
         width,
         n_prefix,
     )
-    for b in np.flatnonzero(~whole):
-        words.append(window_words(b, items[b], pieces, rows, input_ids, width, n_prefix))
+    windowed = [window_words(b, items[b], pieces, rows, input_ids, width, n_prefix) for b in np.flatnonzero(~whole)]
+    words += windowed
+    in_sentence = sentence_mask(items, pieces, attention, windowed, n_prefix, len(suffix), pooling)  # [B, T]
     first, count, target = (
         np.concatenate(parts) for parts in zip(*words)
     )  # [n_rows] each; a batch's rows are consecutive
@@ -410,7 +423,37 @@ def make_batch(
         n_rows=n_rows,
         n_sentences=sum(ends_sentence(item, pieces) for item in items),
         n_pieces=sum(item.stop - item.start for item in items),
+        sentence_of=torch.tensor([item.sentence for item in items], dtype=torch.int64),
+        sentence_mask=torch.from_numpy(in_sentence),
     )
+
+
+def sentence_mask(items: list[Item], pieces: PiecePlan, attention: np.ndarray, windowed: list[BatchWords],
+                  n_prefix: int, n_suffix: int, pooling: str) -> np.ndarray:
+    """[B, T] float32: the tokens each item adds to its sentence's pooled sum,
+    so that a sentence's items add up to the model's own pooling of it
+    ("mean": every token, special ones included; "cls": the first). A whole
+    sentence: its tokens. A window of a long one: the pieces of the words
+    it owns (each word is owned by one window), and the special tokens
+    that open and close the sentence in the windows that own its first and
+    last word. (A word longer than a window adds its first window's pieces.)"""
+    if pooling == "cls":
+        mask = np.zeros(attention.shape, dtype=np.float32)
+        mask[[item.start == 0 for item in items], 0] = 1.0
+        return mask
+    mask = attention.astype(np.float32)  # [B, T]
+    for b, words in zip(np.flatnonzero([item.owned is not None for item in items]), windowed):
+        item = items[b]
+        mask[b] = 0.0
+        within = np.arange(words.count.sum()) - np.repeat(np.cumsum(words.count) - words.count, words.count)
+        mask.reshape(-1)[np.repeat(words.first, words.count) + within] = 1.0  # flat b*T + t of each owned piece
+        with_pieces = np.flatnonzero(pieces.n_pieces[item.sentence])  # (a window owns at least one of them)
+        if with_pieces[0] in item.owned:
+            mask[b, :n_prefix] = 1.0
+        if with_pieces[-1] in item.owned:
+            end = int(attention[b].sum())
+            mask[b, end - n_suffix : end] = 1.0
+    return mask
 
 
 class BatchWords(NamedTuple):
@@ -472,9 +515,16 @@ def batch_bounds(items: list[Item], batch_size: int, batch_tokens: int, n_specia
     return bounds
 
 
-def forward(model, batch: Batch, layers: list[int], device: torch.device) -> torch.Tensor:
-    """Hidden states [B, T, d] in float32: the mean of `layers` (indices into
-    hidden_states, 0 = embeddings), computed in the model's precision."""
+class Hidden(NamedTuple):
+    """A forward pass's hidden states, float32, computed in the model's precision."""
+
+    words: torch.Tensor  # [B, T, d] the mean of the chosen layers: what word vectors pool
+    last: torch.Tensor  # [B, T, d] the last layer: what the model's own sentence embedding pools
+
+
+def forward(model, batch: Batch, layers: list[int], device: torch.device) -> Hidden:
+    """The hidden states of `layers` (indices into hidden_states, 0 =
+    embeddings), averaged, and of the last layer."""
     n_layers = model.config.num_hidden_layers
     last_only = len(layers) == 1 and layers[0] == n_layers
     out = model(
@@ -482,9 +532,17 @@ def forward(model, batch: Batch, layers: list[int], device: torch.device) -> tor
         attention_mask=batch.attention.to(device, non_blocking=True),
         output_hidden_states=not last_only,
     )
+    last = out.last_hidden_state.float()
     if last_only:
-        return out.last_hidden_state.float()
-    return torch.stack([out.hidden_states[i].float() for i in layers]).mean(0)
+        return Hidden(last, last)
+    return Hidden(torch.stack([out.hidden_states[i].float() for i in layers]).mean(0), last)
+
+
+def pool_sentences(last: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """[B, d] float32 on the CPU: each item's sum of the last layer over its
+    sentence_mask tokens (a sentence's items add up to its pooled sum)."""
+    mask = batch.sentence_mask.to(last.device, non_blocking=True)  # [B, T]
+    return torch.bmm(mask.unsqueeze(1), last).squeeze(1).cpu()  # [B, d]
 
 
 def pool(hidden: torch.Tensor, batch: Batch, out: torch.Tensor) -> None:
@@ -590,6 +648,12 @@ class ShardWriter:
         self.disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlembed-shards")
         self.pending: list = []  # the write in flight (of the other buffer), if any
         self.seconds = 0.0  # spent here on the caller's thread
+        self.sentence_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # since the last shard
+
+    def add_sentences(self, batch: Batch, sentence_sums: torch.Tensor) -> None:
+        """A batch's pooled sums [B, d] (pool_sentences), for the next shard: each shard holds
+        those of its own items, so a resumed run has every item's."""
+        self.sentence_parts.append((batch.sentence_of, sentence_sums, batch.sentence_mask.sum(1)))
 
     def rows(self, n: int) -> torch.Tensor:
         """The next `n` rows of the buffer [n, d], for a batch to pool into."""
@@ -613,7 +677,11 @@ class ShardWriter:
         progress = dict(key=self.key, shard_starts=list(self.shard_starts), next_item=next_item)
         self.wait()  # the other buffer's write is done: it may be filled again
         # the blob's parts are the buffer's memory; made here: torch work stays on this thread
-        blob = tensors_blob({"vectors": self.buffers[self.current][: self.buffered]})
+        ids, sums, tokens = (torch.cat(part) for part in zip(*self.sentence_parts)) if self.sentence_parts else (
+            torch.zeros(0, dtype=torch.int64), torch.zeros((0, self.buffers[0].shape[1])), torch.zeros(0))
+        self.sentence_parts = []
+        blob = tensors_blob({"vectors": self.buffers[self.current][: self.buffered],
+                             "sentence_ids": ids, "sentence_sums": sums, "sentence_tokens": tokens})
         self.pending.append(self.disk.submit(self._write, k, blob, progress))
         self.current, self.buffered = 1 - self.current, 0
         if len(self.buffers) == 1:
@@ -737,6 +805,7 @@ class Encoder:
         self.layers = opts.layer.indices(config.num_hidden_layers)
         self.max_length = max_length_used(opts, config)
         self.prefix, self.suffix = special_tokens(self.tokenizer)
+        self.pooling = sentence_pooling(model_dir)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.window = self.max_length - len(self.prefix) - len(self.suffix)  # word pieces per forward row
         self.timing.load += time.perf_counter() - start
@@ -774,11 +843,12 @@ class Encoder:
         plan: EncodePlan,
         next_item: int,
         rows_for: Callable[[int], torch.Tensor],
-        done: Callable[[Batch, int], None],
+        done: Callable[[Batch, int, torch.Tensor], None],
     ) -> None:
         """Forward passes over the items from `next_item` on, in batches; each
         batch pools into `rows_for(n_rows)` [n_rows, d], then `done(batch,
-        next item)` is called. Adds the forward and waiting seconds to `timing`."""
+        next item, sentence sums [B, d])` is called (pool_sentences). Adds the
+        forward and waiting seconds to `timing`."""
         bounds = batch_bounds(
             plan.rows.items, self.opts.batch_size, self.opts.batch_tokens, len(self.prefix) + len(self.suffix)
         )
@@ -788,7 +858,8 @@ class Encoder:
 
         def make(b: int) -> Batch:
             batch = make_batch(
-                plan.rows.items[b : end_of[b]], plan.pieces, plan.rows, self.prefix, self.suffix, self.pad_id
+                plan.rows.items[b : end_of[b]], plan.pieces, plan.rows, self.prefix, self.suffix, self.pad_id,
+                self.pooling,
             )
             return batch.pin_memory() if pin else batch
 
@@ -802,29 +873,33 @@ class Encoder:
                 self.timing.waiting += ready - start
                 if batch is None:
                     return
-                pool(forward(model, batch, self.layers, self.device), batch, rows_for(batch.n_rows))
+                hidden = forward(model, batch, self.layers, self.device)
+                pool(hidden.words, batch, rows_for(batch.n_rows))
+                sentence_sums = pool_sentences(hidden.last, batch)  # [B, d]
+                del hidden
                 self.timing.forward += time.perf_counter() - ready
-                done(batch, b + len(batch.input_ids))
+                done(batch, b + len(batch.input_ids), sentence_sums)
                 if n_batches % TRIM_EVERY == 0:
                     release_freed_memory()
 
-    def vectors(self, lines: list[str]) -> tuple[np.ndarray, torch.Tensor, dict]:
-        """In memory: the row of every word of `lines` (-1: no vector)
-        [n_words_total], the rows [n_rows, d] (float16, as the encode stage
-        stores them) and the plan's counts."""
+    def vectors(self, lines: list[str]) -> EncodedLines:
+        """`lines` encoded in memory, as the encode stage stores them."""
         plan = self.plan(lines)
         vectors = torch.empty((plan.rows.n_rows, self.dim), dtype=torch.float16)  # [n_rows, d]
+        sentences = SentenceSums(len(plan.n_words), self.dim)
         filled = 0
 
         def rows_for(n: int) -> torch.Tensor:
             return vectors[filled : filled + n]  # a batch's rows are consecutive, in processing order
 
-        def done(batch: Batch, next_item: int) -> None:
+        def done(batch: Batch, next_item: int, sentence_sums: torch.Tensor) -> None:
             nonlocal filled
             filled += batch.n_rows
+            sentences.add(batch.sentence_of, sentence_sums, batch.sentence_mask.sum(1))
 
         self.run(plan, 0, rows_for, done)
-        return plan.rows.word_rows, vectors, self.counts(plan)
+        line_vectors = sentences.means()[torch.from_numpy(plan.unique_of)]  # [n_lines, d]
+        return EncodedLines(plan.rows.word_rows, vectors, line_vectors, self.counts(plan))
 
     def counts(self, plan: EncodePlan) -> dict:
         """What the encode record counts (all sums over sentences: additive)."""
@@ -848,6 +923,51 @@ class Encoder:
             plan.rows.n_rows,
         )
         return {name: int(n) for name, n in zip(ENCODE_COUNTS, counts)}
+
+
+class EncodedLines(NamedTuple):
+    """Sentences encoded in memory (Encoder.vectors)."""
+
+    word_rows: np.ndarray  # [n_words_total] the row of every word (-1: no vector)
+    vectors: torch.Tensor  # [n_rows, d] float16, the word vectors
+    sentences: torch.Tensor  # [n_lines, d] float16, the model's own embedding of each line (SentenceSums)
+    counts: dict  # the plan's counts (Encoder.counts)
+
+
+class SentenceSums:
+    """The model's own embedding of each unique sentence, as it pools it (the
+    mean of its last layer's tokens, or its first token): pooled sums and
+    token counts, added up over the items of the sentence (additive, so
+    windows, shards and machines add up)."""
+
+    def __init__(self, n_sentences: int, dim: int):
+        self.sums = torch.zeros((n_sentences, dim))  # [U, d] float32
+        self.tokens = torch.zeros(n_sentences)  # [U]
+
+    def add(self, ids: torch.Tensor, sums: torch.Tensor, tokens: torch.Tensor) -> None:
+        self.sums.index_add_(0, ids, sums.float())
+        self.tokens.index_add_(0, ids, tokens.float())
+
+    def means(self) -> torch.Tensor:
+        """[U, d] float16, each sentence's pooled embedding."""
+        return (self.sums / self.tokens.clamp(min=1).unsqueeze(1)).half()
+
+
+def save_sentence_vectors(work: WorkDir, key: str, n_shards: int, unique_of: np.ndarray, dim: int) -> bool:
+    """The shards' pooled sums added up into WORK/sentences.safetensors: `vectors`
+    [U, d] float16, one per unique sentence, and `line_sentence` [n_lines], the
+    unique sentence of each line of corpus.en. False (and no file) where a shard
+    (of an interrupted run before xlembed kept them) has none."""
+    work.sentence_vectors.unlink(missing_ok=True)
+    sentences = SentenceSums(int(unique_of.max(initial=-1)) + 1, dim)
+    for k in range(n_shards):
+        with safe_open(str(work.vectors_shard(k)), "pt") as f:
+            if "sentence_sums" not in f.keys():
+                return False
+            sentences.add(f.get_tensor("sentence_ids"), f.get_tensor("sentence_sums"), f.get_tensor("sentence_tokens"))
+    save_tensors(work.sentence_vectors, {"vectors": sentences.means(), "line_sentence": torch.from_numpy(unique_of)},
+                 metadata={"encode_key": key})
+    return True
 
 
 class EncodeSetup(NamedTuple):
@@ -882,6 +1002,7 @@ def encode_setup(config: Config, work: WorkDir) -> EncodeSetup:
         device=str(device),
         precision_used=choice.precision.value,
         corpus_en=file_hash(corpus_en),
+        kept="word vectors, sentence embeddings",  # an encode before the sentence embeddings were kept is not this
     )
     return EncodeSetup(model_dir, device, key, choice)
 
@@ -927,12 +1048,14 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
         with reporter.task("encode", sum(item.stop - item.start for item in plan.rows.items), "word pieces") as task:
             task.advance(sum(item.stop - item.start for item in plan.rows.items[:next_item]))
 
-            def done(batch: Batch, next_item: int) -> None:
+            def done(batch: Batch, next_item: int, sentence_sums: torch.Tensor) -> None:
+                writer.add_sentences(batch, sentence_sums)
                 writer.add(batch.n_rows, next_item)
                 task.advance(batch.n_pieces)
 
             encoder.run(plan, next_item, writer.rows, done)
             writer.close(len(plan.rows.items))
+        kept = save_sentence_vectors(work, setup.key, len(writer.shard_starts) - 1, plan.unique_of, encoder.dim)
 
         start_index = time.perf_counter()
         save_tensors(
@@ -950,6 +1073,7 @@ def encode(config: Config, work: WorkDir, reporter: Reporter = SilentReporter(),
         return dict(
             encode_record(config, work, setup, encoder.max_length, encoder.dim, counts),
             vectors_kept=True,
+            sentence_vectors=kept,
             resumed_at_shard=resumed_at,
             timing=encoder.timing.record(time.perf_counter() - start),
         )

@@ -38,6 +38,11 @@ class WorkDir:
     def vectors_shard(self, k: int) -> Path:
         return self.vectors_dir / f"shard-{k:05d}.safetensors"
 
+    @property
+    def sentence_vectors(self) -> Path:
+        """The English model's own embedding of each sentence (as it pools them), kept by encode."""
+        return self.root / "sentences.safetensors"
+
     # align
     @property
     def links_forward(self) -> Path:

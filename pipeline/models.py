@@ -7,6 +7,7 @@ be a local directory.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from functools import lru_cache
@@ -189,3 +190,17 @@ def load_encoder(model_dir: Path):
             return AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
     except Exception as e:
         raise XlembedError(f"{model_dir}: cannot load the model: {str(e).splitlines()[0]}")
+
+
+def sentence_pooling(model_dir: Path) -> str:
+    """How the model pools a sentence for sentence-transformers: "cls" where
+    its Pooling module says so, else "mean" (also for a plain transformers model)."""
+    modules = model_dir / "modules.json"
+    if not modules.exists():
+        return "mean"
+    for module in json.loads(modules.read_text(encoding="utf-8")):
+        config = model_dir / module.get("path", "") / "config.json"
+        if module.get("type", "").endswith("Pooling") and config.exists():
+            pooling = json.loads(config.read_text(encoding="utf-8"))
+            return "cls" if pooling.get("pooling_mode_cls_token") else "mean"
+    return "mean"

@@ -54,7 +54,7 @@ def stage_outputs(work: WorkDir, stage: str) -> list[Path]:
     """The files a stage writes into the work directory (those that exist)."""
     files = {
         "tokenize": [work.corpus_en, work.corpus_zh],
-        "encode": [work.vectors_index, *sorted(work.vectors_dir.glob("shard-*.safetensors"))],
+        "encode": [work.vectors_index, *sorted(work.vectors_dir.glob("shard-*.safetensors")), work.sentence_vectors],
         "align": [work.links_forward, work.links_reverse, work.links, work.lexicon],
         "project": [work.projection, work.projection_zh_vocab, work.projection_en_vocab],
     }.get(stage, [])

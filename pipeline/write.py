@@ -212,24 +212,31 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
 
 class ProjectedRowsDistiller:
     """--distill, as build_matrix's `tune`: trains the projected rows on the
-    build corpus (distill.py) towards the model that encoded it, checked to
-    be that model; `record` is what was done, for the manifest."""
+    build corpus (distill.py) towards the model that encoded it: the
+    sentence embeddings its encode stage kept, else the model itself,
+    checked to be that model; `record` is what was done, for the manifest."""
 
     def __init__(self, work: WorkDir, encode_record: dict, opts, reporter: Reporter):
+        from .distill import Teacher
+
+        self.work, self.opts, self.reporter, self.record = work, opts, reporter, None
+        self.teacher = Teacher(None, encode_record["key"])
+        if encode_record.get("sentence_vectors") and work.sentence_vectors.exists():
+            return  # checked against the encode key when read
         model = encode_record["options"]["model"]
         if model and not Path(model).is_dir():
             raise XlembedError(f"{model}: the model the corpus was encoded with is not here; --distill needs it")
-        self.model_dir = resolve_model_dir(model)
-        if model_hash(self.model_dir) != encode_record["model_sha256"]:
-            raise XlembedError(f"{self.model_dir}: not the model the corpus was encoded with (its files changed "
+        model_dir = resolve_model_dir(model)
+        if model_hash(model_dir) != encode_record["model_sha256"]:
+            raise XlembedError(f"{model_dir}: not the model the corpus was encoded with (its files changed "
                                "since `xlembed encode`); --distill needs that model")
-        self.work, self.opts, self.reporter, self.record = work, opts, reporter, None
+        self.teacher = Teacher(model_dir, encode_record["key"])
 
     def __call__(self, words: list[str], rows: torch.Tensor) -> None:
         from .distill import MatrixDistillOptions, distill_vectors
 
         options = MatrixDistillOptions(epochs=self.opts.distill, anchor=self.opts.distill_anchor, seed=self.opts.seed)
-        self.record = distill_vectors(rows, words, self.work, self.model_dir, options, self.reporter)
+        self.record = distill_vectors(rows, words, self.work, self.teacher, options, self.reporter)
 
 
 def input_paths(opts) -> list[Path]:

@@ -83,6 +83,16 @@ def assert_same_rows(a: Path, b: Path) -> None:
         assert torch.nn.functional.cosine_similarity(x[nonzero], y[nonzero], dim=1).min() >= 0.999
 
 
+def assert_same_sentences(local_work: Path, work: Path) -> None:
+    """The English model's sentence embeddings each line was given (WORK/sentences.safetensors)."""
+    by_line = []
+    for w in (local_work, work):
+        kept = load_file(str(w / "sentences.safetensors"))
+        by_line.append(kept["vectors"][kept["line_sentence"]].float())  # [n_lines, d]
+    assert by_line[0].shape == by_line[1].shape
+    assert torch.nn.functional.cosine_similarity(*by_line, dim=1).min() >= 0.999
+
+
 def copy_without_records(local_run: Path, to: Path) -> Path:
     """The check from outside the project: a local run's work directory with
     every record but tokenize's and align's deleted."""
@@ -123,6 +133,8 @@ def test_ray_run_gives_the_local_rows_and_the_local_records(local_ray, local_run
     local_encode = json.loads((local_run / "work" / "encode.json").read_text())
     ray_encode = json.loads((work / "encode.json").read_text())
     assert ray_encode["key"] == local_encode["key"] and ray_encode["vectors_kept"] is False
+    assert ray_encode["sentence_vectors"] is local_encode["sentence_vectors"] is True
+    assert_same_sentences(local_run / "work", work)
     assert ray_encode["executor"]["shards"] == 5 and ray_encode["executor"]["encoders"] == 2
     for count in ("sentences", "words", "words_with_vector", "words_truncated", "sentences_in_windows"):
         assert ray_encode["counts"][count] == local_encode["counts"][count]
@@ -234,6 +246,7 @@ def test_a_killed_driver_leaves_a_work_directory_the_next_run_resumes(local_ray,
         resumed.stderr
     )
     assert_same_rows(local_run / "out", tmp_path / "out")
+    assert_same_sentences(local_run / "work", work)  # the 2 shards' sentence embeddings kept across the restart
 
 
 def test_the_drivers_totals_fold_returned_shards_into_a_checkpoint_and_read_back_the_same(tmp_path, monkeypatch):

@@ -96,7 +96,7 @@ def test_write_distill(built, tiny_bert, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setattr(table_console, "width", 200)  # what the table says, not how it wraps
     assert "30 epochs over 72 sentence pairs" in xlembed("info", trained).stdout
     assert record["pairs"] == 72 and record["steps"] == 60 and record["anchor"] == 10.0 and record["epochs"] == 30
-    assert record["max_length"] == 64  # the tiny model's positions, not the option's 256
+    assert record["targets"] == "encode" and "max_length" not in record  # the encode stage's sentence embeddings
     assert manifest["parameters"]["write"]["distill"] == 30
     assert own_rank_share(trained, work, tiny_bert) > own_rank_share(plain, work, tiny_bert)
     rows = {out: load_file(str(out / "embeddings.safetensors"))["embeddings"] for out in (plain, trained, again)}
@@ -123,18 +123,38 @@ def test_write_distill(built, tiny_bert, tmp_path, monkeypatch):  # noqa: F811
     assert "--distill-anchor weighs --distill's training only" in " ".join(result.output.split())
 
 
-def test_write_distill_refuses_a_model_changed_since_encode(corpus, tiny_bert, tmp_path):  # noqa: F811
+def test_encode_keeps_the_english_models_own_sentence_embeddings(built, tiny_bert):  # noqa: F811
+    """WORK/sentences.safetensors: each corpus line's embedding as the model pools it (mean of the last layer)."""
+    work = built.with_name("out.work")
+    kept = load_file(str(work / "sentences.safetensors"))
+    lines = (work / "corpus.en").read_text("utf-8").splitlines()
+    vectors = kept["vectors"][kept["line_sentence"]].float()  # [n_lines, d]
+    expected = english_embeddings(tiny_bert, lines)
+    assert vectors.shape == expected.shape == (72, 32)
+    assert torch.nn.functional.cosine_similarity(vectors, expected).min() > 0.99
+    assert json.loads((work / "encode.json").read_text("utf-8"))["sentence_vectors"] is True
+
+
+def test_write_distill_needs_the_model_only_without_kept_sentence_embeddings(corpus, tiny_bert, tmp_path):  # noqa: F811
     import shutil
 
     model = shutil.copytree(tiny_bert, tmp_path / "model")
-    out = tmp_path / "out"
+    out, work = tmp_path / "out", tmp_path / "out.work"
     assert xlembed("run", "--tsv", corpus, "--model", model, "--out", out, "-q").exit_code == 0
     config = model / "config.json"
     config.write_text(config.read_text("utf-8").replace("{", '{"changed": 1, ', 1), "utf-8")
-    result = xlembed("write", "--work", tmp_path / "out.work", "--out", tmp_path / "d", "--distill", "1")
+    assert xlembed("write", "--work", work, "--out", tmp_path / "kept", "--distill", "1", "-q").exit_code == 0
+    assert json.loads((tmp_path / "kept" / "manifest.json").read_text("utf-8"))["distill"]["targets"] == "encode"
+    (work / "sentences.safetensors").unlink()  # as an encode before xlembed kept them: the model's second pass
+    result = xlembed("write", "--work", work, "--out", tmp_path / "d", "--distill", "1")
     assert result.exit_code == 2 and not (tmp_path / "d").exists()
     assert "not the model the corpus was encoded with" in " ".join(result.output.split())
-    assert xlembed("write", "--work", tmp_path / "out.work", "--out", tmp_path / "d", "-q").exit_code == 0  # without it
+    assert xlembed("write", "--work", work, "--out", tmp_path / "d", "-q").exit_code == 0  # without it
+    shutil.rmtree(model)
+    shutil.copytree(tiny_bert, model)  # the model as encoded: the teacher computes the targets
+    assert xlembed("write", "--work", work, "--out", tmp_path / "t", "--distill", "1", "-q").exit_code == 0
+    record = json.loads((tmp_path / "t" / "manifest.json").read_text("utf-8"))["distill"]
+    assert record["targets"] == "teacher" and record["max_length"] == 64  # the tiny model's positions, not 256
 
 
 def test_a_distillation_whose_loss_rose_is_reported_with_a_warning():

@@ -318,6 +318,36 @@ def test_pooling_adds_each_words_pieces_in_order_and_divides_by_their_number():
     assert torch.equal(out, expected)
 
 
+def test_a_sentences_items_add_up_to_its_pooled_sum():
+    """pool_sentences: every piece of a sentence counted once over its windows, and its special tokens once."""
+    from xlembed.encode import PiecePlan, batch_bounds, make_batch, pool_sentences, row_plan
+
+    rng = np.random.default_rng(2)
+    n_pieces = [rng.integers(0, 4, size=n) for n in (3, 40, 7, 1, 25, 0)]  # the last: no words at all
+    pieces = PiecePlan(
+        [rng.integers(5, 100, size=int(n.sum())).astype(np.int32) for n in n_pieces],
+        [np.repeat(np.arange(len(n)), n).astype(np.int32) for n in n_pieces],
+        n_pieces,
+    )
+    rows = row_plan(np.arange(len(n_pieces)), np.array([len(n) for n in n_pieces]), pieces, window=12)
+    assert any(item.owned is not None for item in rows.items)  # windows
+    sums, tokens = np.zeros(len(n_pieces)), np.zeros(len(n_pieces))
+    bounds = batch_bounds(rows.items, batch_size=3, batch_tokens=40, n_special=2)
+    for b, e in zip(bounds[:-1], bounds[1:]):
+        items = rows.items[b:e]
+        batch = make_batch(items, pieces, rows, prefix=[1], suffix=[2], pad_id=0)
+        hidden = torch.full((*batch.input_ids.shape, 1), 1e6)  # [B, T, 1]: padding, never counted
+        for i, item in enumerate(items):
+            n = min(item.stop, len(pieces.ids[item.sentence])) - item.start
+            hidden[i, 0], hidden[i, n + 1] = 1000.0, 2000.0  # [CLS], [SEP]
+            hidden[i, 1 : n + 1, 0] = torch.arange(item.start, item.start + n) + 1.0  # piece p of the sentence: p + 1
+        np.add.at(sums, batch.sentence_of.numpy(), pool_sentences(hidden, batch)[:, 0].numpy())
+        np.add.at(tokens, batch.sentence_of.numpy(), batch.sentence_mask.sum(1).numpy())
+    total = np.array([n.sum() for n in n_pieces])
+    assert tokens.tolist() == (total + 2).tolist()
+    assert sums.tolist() == (total * (total + 1) / 2 + 3000).tolist()
+
+
 def first_row(items, rows) -> int:
     """The first row a batch of these items fills (its rows are consecutive)."""
     return min(
