@@ -243,10 +243,11 @@ class WriteConfig:
     context: Path | None = option(None, "Chinese text for --oov context, e.g. your task's unlabelled text (a "
                                         "sentence or document a line, .gz ok; segmented as the corpus was).",
                                   shown="the corpus's Chinese side only")
-    distill: float = option(0.0, "Epochs of training the projected rows, before anything is filled from them, so "
+    distill: float = option(3.0, "Epochs of training the projected rows, before anything is filled from them, so "
                                  "that each corpus sentence's mean row is nearest the English model's own embedding "
-                                 "of its translation (InfoNCE over batches of 64; for sentence vectors); runs the "
-                                 "encode model over the corpus once more, so it must still be there. 0 = off.",
+                                 "of its translation (InfoNCE over batches of 64; for sentence vectors), as the "
+                                 "encode stage kept it (an encode from before xlembed kept them: the model runs over "
+                                 "the corpus once more, so it must still be there). 0 = off.",
                             min=0, max=100)
     distill_anchor: float = option(DISTILL_ANCHOR, "With --distill: weight of the rows' squared change, which keeps "
                                                    "each word near its projected row (and its neighbours).",

@@ -41,6 +41,7 @@ ARTIFACTS = (
         ("projection.safetensors", "projection.zh.tsv", "projection.en.tsv", "project.json"),
         "per-word sums and counts; write reads them",
     ),
+    Artifact("encode", ("sentences.safetensors",), "the English model's embedding of each sentence; write reads them"),
     Artifact("encode", ("ray",), "shards returned by Ray workers, until the job finishes"),
 )
 LOCK = ".lock"

@@ -82,7 +82,8 @@ def test_write_distill(built, tiny_bert, tmp_path, monkeypatch):  # noqa: F811
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join((built / "vocab.txt").read_text("utf-8").splitlines() + ["猫茶"]) + "\n", "utf-8")
     plain, trained, again, corpus_vocab = (tmp_path / name for name in ("plain", "trained", "again", "corpus"))
-    assert xlembed("write", "--work", work, "--out", plain, "--vocab", vocab, "--oov", "chars", "-q").exit_code == 0
+    assert xlembed("write", "--work", work, "--out", plain, "--vocab", vocab, "--oov", "chars", "--distill", "0",
+                   "-q").exit_code == 0
     for out in (trained, again):
         result = xlembed("write", "--work", work, "--out", out, "--vocab", vocab, "--oov", "chars", "--distill", "30")
         assert result.exit_code == 0, result.output
@@ -118,7 +119,7 @@ def test_write_distill(built, tiny_bert, tmp_path, monkeypatch):  # noqa: F811
         assert result.exit_code == 2 and not (tmp_path / "no").exists(), (bad, result.output)
     result = xlembed("write", "--work", work, "--out", tmp_path / "no", "--distill", "1", "--distill-anchor", "1001")
     assert result.exit_code == 2 and not (tmp_path / "no").exists()
-    result = xlembed("write", "--work", work, "--out", tmp_path / "no", "--distill-anchor", "5")  # without --distill
+    result = xlembed("write", "--work", work, "--out", tmp_path / "no", "--distill", "0", "--distill-anchor", "5")
     assert result.exit_code == 2 and not (tmp_path / "no").exists()
     assert "--distill-anchor weighs --distill's training only" in " ".join(result.output.split())
 
@@ -149,7 +150,7 @@ def test_write_distill_needs_the_model_only_without_kept_sentence_embeddings(cor
     result = xlembed("write", "--work", work, "--out", tmp_path / "d", "--distill", "1")
     assert result.exit_code == 2 and not (tmp_path / "d").exists()
     assert "not the model the corpus was encoded with" in " ".join(result.output.split())
-    assert xlembed("write", "--work", work, "--out", tmp_path / "d", "-q").exit_code == 0  # without it
+    assert xlembed("write", "--work", work, "--out", tmp_path / "d", "--distill", "0", "-q").exit_code == 0
     shutil.rmtree(model)
     shutil.copytree(tiny_bert, model)  # the model as encoded: the teacher computes the targets
     assert xlembed("write", "--work", work, "--out", tmp_path / "t", "--distill", "1", "-q").exit_code == 0

@@ -586,9 +586,9 @@ def test_damage_the_stamps_cannot_see_is_still_caught(work_copy):
     shard = work / "vectors" / "shard-00000.safetensors"
 
     def nan_rows(path):
-        vectors = load_file(str(path))["vectors"]
-        vectors[:3] = float("nan")
-        save_file({"vectors": vectors}, str(path))
+        tensors = load_file(str(path))
+        tensors["vectors"][:3] = float("nan")
+        save_file(tensors, str(path))
 
     keep_mtime(shard, nan_rows)
     assert "shard-00000.safetensors: holds non-finite values" in one_line_error(
