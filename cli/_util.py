@@ -269,6 +269,8 @@ def distilled_text(distilled: dict, what: str = "rows") -> str:
     first, last = (f"{distilled[key]:.4g}" for key in ("loss_first", "loss_last"))
     text = (f"{what} distilled over {distilled['pairs']:,} sentence pairs, {distilled['steps']:,} steps, "
             f"loss {first} → {last}")
+    if distilled.get("targets") == "teacher":  # write's, where encode kept no sentence embeddings
+        text += " (the model ran again for the targets: `xlembed encode --force` keeps them)"
     if float(last) > float(first):  # as printed: a rise too small to show is no rise
         hint = "; a lower --distill-layers-lr may help" if distilled.get("layers_lr") else ""
         text += f" [yellow](warning: the loss rose, so the training made the fit worse{hint})[/yellow]"

@@ -313,7 +313,8 @@ class Config:
             # a duplicate or a tab: now, not after projection
             read_word_list(require_input(self.write.vocab, "vocabulary file"))
         if "write" in (stages or STAGES) and self.write.distill == 0 and self.write.distill_anchor != DISTILL_ANCHOR:
-            raise XlembedError("write.distill_anchor weighs write.distill's training only: give write.distill too")
+            raise XlembedError("write.distill_anchor weighs write.distill's training only, "
+                               "and write.distill = 0 turns it off")
         if "write" in (stages or STAGES) and self.write.context is not None:
             if self.write.oov != Oov.context:
                 raise XlembedError(f"write.context is read by --oov context only (not --oov {self.write.oov.value})")

@@ -95,13 +95,13 @@ def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
 
 @torch.no_grad()
 def teacher_embeddings(teacher, tokenizer, texts: list[str], max_length: int, pooling: str, batch_size: int,
-                       reporter: Reporter) -> torch.Tensor:
+                       reporter: Reporter, description: str = "distil: English sentence embeddings") -> torch.Tensor:
     """The English model's sentence embeddings [n, d] float32 of `texts`, in
     their order; each batch (of similar length, for less padding) is
     tokenized when it runs, so no corpus-sized list of ids is ever held."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.zeros((len(texts), teacher.config.hidden_size))
-    with reporter.task("distil: English sentence embeddings", len(texts), "sentences") as task:
+    with reporter.task(description, len(texts), "sentences") as task:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             batch = tokenizer([texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length,
@@ -369,12 +369,12 @@ class Teacher(NamedTuple):
         from .models import load_encoder, load_tokenizer
 
         if self.model_dir is None:
-            raise XlembedError("--distill: this work directory's encode kept no sentence embeddings (encoded before "
-                               "xlembed kept them), and the model it was encoded with is not here; "
+            raise XlembedError("sentences.safetensors: not the sentence embeddings of this work directory's encode; "
                                "run `xlembed encode --force`")
         tokenizer, pooling = load_tokenizer(self.model_dir), sentence_pooling(self.model_dir)
         model = load_encoder(self.model_dir)
         # word pieces per sentence: ours, capped at the tokenizer's limit and the model's positions
         limit = sentence_limit(min(max_length, getattr(tokenizer, "model_max_length", None) or max_length), model)
-        targets = teacher_embeddings(model.eval(), tokenizer, english, limit, pooling, 128, reporter)  # [n, d]
+        again = "distil: English sentence embeddings, none kept by encode (the model runs again)"
+        targets = teacher_embeddings(model.eval(), tokenizer, english, limit, pooling, 128, reporter, again)  # [n, d]
         return targets, dict(targets="teacher", max_length=limit, pooling=pooling)

@@ -210,6 +210,10 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
     return embeddings.manifest
 
 
+NO_KEPT = ("its encode kept no sentence embeddings (sentences.safetensors); --distill (3 by default) needs one "
+           "or the other: run `xlembed encode --force`, or write with --distill 0")
+
+
 class ProjectedRowsDistiller:
     """--distill, as build_matrix's `tune`: trains the projected rows on the
     build corpus (distill.py) towards the model that encoded it: the
@@ -223,13 +227,14 @@ class ProjectedRowsDistiller:
         self.teacher = Teacher(None, encode_record["key"])
         if encode_record.get("sentence_vectors") and work.sentence_vectors.exists():
             return  # checked against the encode key when read
+        # an encode from before xlembed kept them (or the file was removed): the model runs again, if it is here
         model = encode_record["options"]["model"]
         if model and not Path(model).is_dir():
-            raise XlembedError(f"{model}: the model the corpus was encoded with is not here; --distill needs it")
+            raise XlembedError(f"{model}: the model the corpus was encoded with is not here, and {NO_KEPT}")
         model_dir = resolve_model_dir(model)
         if model_hash(model_dir) != encode_record["model_sha256"]:
             raise XlembedError(f"{model_dir}: not the model the corpus was encoded with (its files changed "
-                               "since `xlembed encode`); --distill needs that model")
+                               f"since `xlembed encode`), and {NO_KEPT}")
         self.teacher = Teacher(model_dir, encode_record["key"])
 
     def __call__(self, words: list[str], rows: torch.Tensor) -> None:
