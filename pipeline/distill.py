@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 
 from .errors import XlembedError
-from .io import Reporter, SilentReporter, read_lines
+from .io import Reporter, SilentReporter, all_finite, read_lines, release_freed_memory
 from .layout import WorkDir
 from .models import sentence_pooling
 
@@ -243,7 +243,6 @@ class PackedIds:
 class MatrixPairs(NamedTuple):
     """The build corpus's distinct sentence pairs whose Chinese side has a row."""
 
-    english: list[str]  # tokenize's English words of each pair, space-separated
     row_ids: PackedIds  # the rows of each pair's Chinese words (words without a row left out)
     lines: torch.Tensor  # [n] int64, the first line of the corpus that holds each pair
 
@@ -254,31 +253,30 @@ def matrix_pairs(work: WorkDir, words: list[str]) -> MatrixPairs:
     for line, (en, zh) in enumerate(zip(read_lines(work.corpus_en), read_lines(work.corpus_zh))):
         if en and zh:
             distinct.setdefault((en, zh), line)
-    english: list[str] = []
     lines = array("q")
 
     def each_pairs_rows() -> Iterator[list[int]]:
         for (en, zh), line in distinct.items():
             ids = [index[word] for word in zh.split(" ") if word in index]
             if ids:
-                english.append(en)
                 lines.append(line)
                 yield ids
 
     row_ids = PackedIds.of(each_pairs_rows())
-    return MatrixPairs(english, row_ids, torch.tensor(lines, dtype=torch.int64))
+    return MatrixPairs(row_ids, torch.tensor(lines, dtype=torch.int64))
 
 
 def stored_targets(work: WorkDir, encode_key: str, lines: torch.Tensor) -> torch.Tensor | None:
-    """[n, d] float32: the encode stage's sentence embeddings (WORK/sentences.safetensors)
-    of corpus lines `lines`; None where that encode (`encode_key`) kept none."""
+    """[n, d] float16 (as kept; a batch at a time is made float32): the encode stage's sentence
+    embeddings (WORK/sentences.safetensors) of corpus lines `lines`; None where that encode
+    (`encode_key`) kept none."""
     if not work.sentence_vectors.exists():
         return None
     with safe_open(str(work.sentence_vectors), "pt") as f:
         if (f.metadata() or {}).get("encode_key") != encode_key:
             return None
         vectors, line_sentence = f.get_tensor("vectors"), f.get_tensor("line_sentence")  # [U, d], [n_lines]
-    return vectors[line_sentence[lines]].float()
+    return vectors[line_sentence[lines]]
 
 
 def bag_of_rows(rows: torch.Tensor, flat: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
@@ -316,13 +314,13 @@ def distill_matrix(rows: torch.Tensor, row_ids: PackedIds, targets: torch.Tensor
                 used = flat.unique()
                 predicted = torch.nn.functional.embedding_bag(flat, trained, starts, mode="mean", sparse=True)
                 moved = torch.nn.functional.embedding(used, trained, sparse=True) - start[used]  # [u, d]
-                loss = info_nce(predicted, targets[batch], options.tau) + options.anchor * (moved**2).mean()
+                loss = info_nce(predicted, targets[batch].float(), options.tau) + options.anchor * (moved**2).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
                 task.advance()
-    if not bool(torch.isfinite(rows).all()):
+    if not all_finite(rows):  # (a block at a time: a mask of the whole would cost more than the rows)
         raise XlembedError("--distill: the training diverged (non-finite rows); lower --distill-anchor")
     window = max(1, len(losses) // 20)
     return Distilled(len(row_ids), steps, sum(losses[:window]) / window, sum(losses[-window:]) / window)
@@ -351,11 +349,18 @@ def distill_vectors(vectors: torch.Tensor, words: list[str], work: WorkDir, teac
     targets = stored_targets(work, teacher.encode_key, pairs.lines)  # [n, d]
     source: dict = dict(targets="encode")
     if targets is None:
-        targets, source = teacher.embeddings(pairs.english, options.max_length, reporter)
+        targets, source = teacher.embeddings(english_lines(work, pairs.lines), options.max_length, reporter)
+    release_freed_memory()  # what finding the pairs and their targets freed, before the optimizer's state
     result = distill_matrix(vectors, pairs.row_ids, targets, options, reporter)
     chosen = {k: v for k, v in options._asdict().items() if k != "max_length"}  # the teacher's source says its own
     return dict(chosen, **source, pairs=result.pairs, steps=result.steps,
                 loss="InfoNCE + anchor", loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))
+
+
+def english_lines(work: WorkDir, lines: torch.Tensor) -> list[str]:
+    """Lines `lines` (increasing) of corpus.en: tokenize's English words, space-separated."""
+    wanted = set(lines.tolist())
+    return [en for line, en in enumerate(read_lines(work.corpus_en)) if line in wanted]
 
 
 class Teacher(NamedTuple):

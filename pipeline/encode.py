@@ -37,6 +37,7 @@ from .errors import XlembedError
 from .io import (
     Reporter,
     SilentReporter,
+    all_finite,
     read_json,
     read_lines,
     release_freed_memory,
@@ -1098,12 +1099,6 @@ def read_progress(work: WorkDir, key: str) -> dict | None:
     if not all(work.vectors_shard(k).exists() for k in range(len(progress["shard_starts"]) - 1)):
         return None
     return progress
-
-
-def all_finite(vectors: torch.Tensor, rows: int = 8192) -> bool:
-    """No NaN or infinity in `vectors` [n, d], checked a block of rows at a
-    time (a mask of the whole shard would be a transient copy of it)."""
-    return all(bool(torch.isfinite(vectors[i : i + rows]).all()) for i in range(0, len(vectors), rows))
 
 
 class VectorStore:

@@ -583,3 +583,11 @@ class SilentReporter:
     @contextlib.contextmanager
     def task(self, description: str, total: int | None, unit: str):
         yield SilentTask()
+
+
+def all_finite(vectors, rows: int = 8192) -> bool:
+    """No NaN or infinity in the tensor `vectors` [n, d], checked a block of rows
+    at a time (torch.isfinite of the whole makes transient copies larger than it)."""
+    import torch
+
+    return all(bool(torch.isfinite(vectors[i : i + rows]).all()) for i in range(0, len(vectors), rows))

@@ -16,6 +16,7 @@ from .errors import XlembedError
 from .io import (
     Reporter,
     SilentReporter,
+    all_finite,
     check_output_dir,
     read_lines,
     read_word_list,
@@ -148,7 +149,7 @@ def english_matrix(en_words: list[str], en_sum: torch.Tensor, en_count: torch.Te
 def require_finite(work: WorkDir, **matrices: torch.Tensor) -> None:
     """Never written: a matrix with NaN rows loads and misleads."""
     for name, matrix in matrices.items():
-        if not bool(torch.isfinite(matrix).all()):
+        if not all_finite(matrix):
             raise XlembedError(f"{work.projection}: the {name} rows hold non-finite values; "
                                "run `xlembed project --force`")
 
