@@ -352,6 +352,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=Settings().epochs)
     p.add_argument("--min-steps", type=int, default=Settings().min_steps)
     p.add_argument("--lr", type=float, default=Settings().lr)
+    p.add_argument("--centre", action="store_true",
+                   help="subtract each initialisation's mean row ([PAD] left at 0) before training, every init alike")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a busy machine more only spin)")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", action="store_true", help="print the table to stdout")
@@ -372,19 +374,30 @@ def load_tasks(args) -> list:
 
 
 def initial_rows(
-    init: str, data: Data, xl: dict[str, str], reference: torch.Tensor, corpus: list[list[str]], seed: int, cache: dict
+    init: str, data: Data, xl: dict[str, str], reference: torch.Tensor, corpus: list[list[str]], seed: int, cache: dict,
+    centre: bool = False,
 ) -> torch.Tensor:
     """Each initialisation once per (task, init), random rows once per seed (word2vec and fastText
-    are trained once per task, with seed 0: the seeds vary the classifier's training)."""
+    are trained once per task, with seed 0: the seeds vary the classifier's training); with
+    `centre`, less their mean row."""
     key = (data.name, init, seed if init == "random" else 0)
     if key not in cache:
         if init == "random":
-            cache[key] = random_init(data.vocab, reference, seed)
+            rows = random_init(data.vocab, reference, seed)
         elif init in ("word2vec", "fasttext"):
-            cache[key] = gensim_init(init, data, corpus, reference.shape[1], 0)
+            rows = gensim_init(init, data, corpus, reference.shape[1], 0)
         else:
-            cache[key] = xlembed_init(xl[init], data)
+            rows = xlembed_init(xl[init], data)
+        cache[key] = centred(rows) if centre else rows
     return cache[key]
+
+
+def centred(rows: torch.Tensor) -> torch.Tensor:
+    """rows [V, d] less the mean of every row but [PAD] (row 0, left at zeros)."""
+    out = rows.clone()
+    out[1:] -= out[1:].mean(0)
+    out[0] = 0
+    return out
 
 
 def main() -> None:
@@ -418,7 +431,7 @@ def main() -> None:
         for init in inits:
             for seed in [int(x) for x in args.seeds.split(",")]:
                 try:
-                    rows = initial_rows(init, data, xl, reference, corpus, seed, cache)
+                    rows = initial_rows(init, data, xl, reference, corpus, seed, cache, args.centre)
                 except (OSError, SystemExit, xlembed.XlembedError) as e:  # a missing build: the other cells still count
                     print(f"{data.name} {init}: skipped ({e})", file=sys.stderr, flush=True)
                     break
@@ -447,7 +460,7 @@ def main() -> None:
                             )
     summary = summarise(cells)
     result = dict(
-        settings=s._asdict(),
+        settings=dict(s._asdict(), centre=args.centre),
         tasks={
             d.name: dict(train=len(d.train), test=len(d.test_ids), vocab=len(d.vocab), labels=len(d.labels))
             for d in datasets

@@ -292,10 +292,19 @@ class Embeddings:
 
     # --- uses -----------------------------------------------------------------------------------
 
-    def to_torch(self, freeze: bool = True) -> torch.nn.Embedding:
-        """The matrix as an nn.Embedding (frozen by default; padding_idx = the [PAD] row)."""
+    def to_torch(self, freeze: bool = True, centre: bool = False) -> torch.nn.Embedding:
+        """The matrix as an nn.Embedding (frozen by default; padding_idx = the [PAD] row).
+        `centre`: every row but [PAD] less their mean row, which a Transformer over a frozen
+        input layer learns better from (bench/RESULTS.md, "Centred rows"); the rows then
+        leave the English model's space."""
         pad = self.word_index.get(PAD)
-        return torch.nn.Embedding.from_pretrained(self.vectors.float().clone(), freeze=freeze, padding_idx=pad)
+        rows = self.vectors.float().clone()  # [V, d]
+        if centre:
+            words = torch.ones(len(rows), dtype=torch.bool)  # [V] every row but [PAD]
+            if pad is not None:
+                words[pad] = False
+            rows[words] -= rows[words].mean(0)
+        return torch.nn.Embedding.from_pretrained(rows, freeze=freeze, padding_idx=pad)
 
     @cached_property
     def tokenizer(self) -> "ChineseTokenizer":

@@ -216,6 +216,11 @@ def test_python_api_embedding_and_tokenizer(hand_made):
     assert isinstance(embedding, torch.nn.Embedding) and embedding.weight.shape == (5, 2)
     assert embedding.padding_idx == 0 and not embedding.weight.requires_grad
     assert load(hand_made).to_torch(freeze=False).weight.requires_grad
+    rows, centred = load(hand_made).vectors.float(), load(hand_made).to_torch(centre=True).weight  # [5, 2]
+    assert torch.equal(centred[0], torch.zeros(2))  # [PAD] stays zeros, out of the mean
+    assert torch.allclose(centred[1:], rows[1:] - rows[1:].mean(0))
+    assert torch.allclose(centred[1:].mean(0), torch.zeros(2), atol=1e-6)
+    assert torch.equal(embedding.weight, rows)  # not centred unless asked
     assert tokenizer.tokenize("猫和狗。") == ["猫", "和", "狗", "。"]
     assert tokenizer.encode("猫和狗") == [2, 1, 3]  # 和 is unknown: [UNK]
     ids, mask = tokenizer.batch_encode(["猫和狗", "书"])
