@@ -59,6 +59,7 @@ from .encode import (
     max_length_used,
     remove_vectors,
     resolve_device_precision,
+    write_sentence_vectors,
 )
 from .errors import XlembedError
 from .io import Reporter, SilentReporter, read_lines, require, require_same_counts, save_tensors, write_json_atomic
@@ -343,8 +344,7 @@ class Totals:
         if not all(self.sentences_path(k).exists() for k in range(n_shards)):
             return False
         vectors = torch.cat([load_file(str(self.sentences_path(k)))["vectors"] for k in range(n_shards)])  # [n, d]
-        save_tensors(work.sentence_vectors, {"vectors": vectors, "line_sentence": torch.arange(len(vectors))},
-                     metadata={"encode_key": key})
+        write_sentence_vectors(work, key, vectors, torch.arange(len(vectors)))  # one row per line
         return True
 
     def read_block(self, k: int) -> BlockSums:

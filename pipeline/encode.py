@@ -966,9 +966,16 @@ def save_sentence_vectors(work: WorkDir, key: str, n_shards: int, unique_of: np.
             if "sentence_sums" not in f.keys():
                 return False
             sentences.add(f.get_tensor("sentence_ids"), f.get_tensor("sentence_sums"), f.get_tensor("sentence_tokens"))
-    save_tensors(work.sentence_vectors, {"vectors": sentences.means(), "line_sentence": torch.from_numpy(unique_of)},
-                 metadata={"encode_key": key})
+    write_sentence_vectors(work, key, sentences.means(), torch.from_numpy(unique_of))
     return True
+
+
+def write_sentence_vectors(work: WorkDir, key: str, vectors: torch.Tensor, line_sentence: torch.Tensor) -> None:
+    """WORK/sentences.safetensors (distill.stored_targets reads it): `vectors` [U, d]
+    float16, `line_sentence` [n_lines] the row of each line of corpus.en, and the
+    key of the encode that made them."""
+    save_tensors(work.sentence_vectors, {"vectors": vectors, "line_sentence": line_sentence},
+                 metadata={"encode_key": key})
 
 
 class EncodeSetup(NamedTuple):

@@ -590,4 +590,6 @@ def all_finite(vectors, rows: int = 8192) -> bool:
     at a time (torch.isfinite of the whole makes transient copies larger than it)."""
     import torch
 
+    if vectors.dim() == 0:  # a scalar (a model's parameter may be one)
+        return bool(torch.isfinite(vectors))
     return all(bool(torch.isfinite(vectors[i : i + rows]).all()) for i in range(0, len(vectors), rows))

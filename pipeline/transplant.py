@@ -38,6 +38,7 @@ from .export import check_target
 from .io import (
     Reporter,
     SilentReporter,
+    all_finite,
     read_json,
     refuse_link,
     require,
@@ -379,7 +380,7 @@ def distilled(transplanted: TransplantedModel, model_dir: Path, work: WorkDir, o
     options = options._replace(max_length=sentence_limit(options.max_length, transplanted.model, teacher))
     result = distill_rows(transplanted.model, transplanted.tokenizer, teacher, load_tokenizer(model_dir),
                           corpus_pairs(work), options, pooling, reporter)
-    if not all(bool(torch.isfinite(p).all()) for p in transplanted.model.parameters()):
+    if not all(all_finite(p) for p in transplanted.model.parameters()):
         raise XlembedError("--distill: the training diverged (non-finite weights); lower --distill-layers-lr")
     return dict(options._asdict(), pooling=pooling, pairs=result.pairs, steps=result.steps, loss="cosine distance",
                 loss_first=round(result.loss_first, 6), loss_last=round(result.loss_last, 6))

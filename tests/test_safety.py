@@ -461,3 +461,16 @@ def test_a_terminal_width_typer_cannot_read_is_ignored(value):
     proc = subprocess.run([XLEMBED, "write", "--help"], capture_output=True, text=True,
                           env=dict(os.environ, TERMINAL_WIDTH=value, COLUMNS="100"))
     assert proc.returncode == 0 and "Usage: xlembed write" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_all_finite_finds_a_nan_or_infinity_in_any_block_and_in_a_scalar():
+    from xlembed.io import all_finite
+
+    rows = torch.zeros(20000, 4)  # three blocks of 8,192 rows
+    assert all_finite(rows) and all_finite(torch.zeros(0, 4)) and all_finite(torch.tensor(1.0))
+    for value in (float("nan"), float("inf"), -float("inf")):
+        for at in (0, 8191, 8192, 19999):
+            damaged = rows.clone()
+            damaged[at, 3] = value
+            assert not all_finite(damaged), (value, at)
+        assert not all_finite(torch.tensor(value)) and not all_finite(torch.tensor([1.0, value]))
