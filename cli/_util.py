@@ -256,6 +256,10 @@ def summarize(stage: str, record: dict, quiet: bool) -> None:
         err.print("  filled rows by source: " + ", ".join(f"{k} {v:,}" for k, v in filled_by.items()))
     if record.get("distill"):  # write --distill
         err.print(f"  {distilled_text(record['distill'])}")
+    if record.get("context_training"):  # write --context with --context-epochs
+        trained = record["context_training"]
+        err.print(f"  rows trained on --context's text ({trained['words']:,} words, {trained['epochs']} "
+                  f"epoch(s) of skip-gram): loss {' → '.join(f'{x:.4g}' for x in trained['loss'])}")
     timing = record.get("timing")
     if timing:
         host = ", ".join(f"{k} {v:.1f}" for k, v in timing.items() if k not in ("forward", "host"))

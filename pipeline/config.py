@@ -30,6 +30,8 @@ PAD, UNK = "[PAD]", "[UNK]"
 # chosen on the Tatoeba dev split (1,000 pairs cut from the build corpus): bench/RESULTS.md
 SENTENCE_SIF = 0.03
 DISTILL_ANCHOR = 10.0  # write.distill_anchor's default
+CONTEXT_EPOCHS = 1  # write.context_epochs' default
+CONTEXT_ANCHOR = 0.1  # write.context_anchor's default
 
 
 def sif_value(sif: Any) -> float:
@@ -243,6 +245,13 @@ class WriteConfig:
     context: Path | None = option(None, "Chinese text for --oov context, e.g. your task's unlabelled text (a "
                                         "sentence or document a line, .gz ok; segmented as the corpus was).",
                                   shown="the corpus's Chinese side only")
+    context_epochs: int = option(CONTEXT_EPOCHS, "With --context: epochs of training every row on that text by "
+                                                 "skip-gram (word2vec's objective), each anchored to where "
+                                                 "projection and the fill put it, so that the rows take the text's "
+                                                 "usage: for a task model's input layer (the rows move off the "
+                                                 "English model's sentence space). 0 = off.", min=0, max=100)
+    context_anchor: float = option(CONTEXT_ANCHOR, "With --context-epochs: weight of a row's squared change (rows "
+                                                   "taken less their mean, over their mean norm).", min=0, max=1000)
     distill: float = option(3.0, "Epochs of training the projected rows, before anything is filled from them, so "
                                  "that each corpus sentence's mean row is nearest the English model's own embedding "
                                  "of its translation (InfoNCE over batches of 64; for sentence vectors), as the "
@@ -315,6 +324,14 @@ class Config:
         if "write" in (stages or STAGES) and self.write.distill == 0 and self.write.distill_anchor != DISTILL_ANCHOR:
             raise XlembedError("write.distill_anchor weighs write.distill's training only, "
                                "and write.distill = 0 turns it off")
+        w = self.write
+        if "write" in (stages or STAGES) and w.context is None and (w.context_epochs, w.context_anchor) != (
+                CONTEXT_EPOCHS, CONTEXT_ANCHOR):
+            raise XlembedError("write.context_epochs and write.context_anchor weigh the training on write.context's "
+                               "text: give write.context")
+        if "write" in (stages or STAGES) and w.context_epochs == 0 and w.context_anchor != CONTEXT_ANCHOR:
+            raise XlembedError("write.context_anchor weighs write.context_epochs' training only, "
+                               "and write.context_epochs = 0 turns it off")
         if "write" in (stages or STAGES) and self.write.context is not None:
             if self.write.oov != Oov.context:
                 raise XlembedError(f"write.context is read by --oov context only (not --oov {self.write.oov.value})")

@@ -28,6 +28,7 @@ from .models import model_name, resolve_model_dir
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
 from .records import check_chain, model_hash, valid_record
+from .skipgram import SkipGramTrainer, TextRecorder
 from .tokenize import count_lines, recorded_splitter, split_rows, worker_count
 from .version import __version__
 
@@ -125,20 +126,33 @@ def build_matrix(zh_words: list[ProjectedWord], zh_sum: torch.Tensor, zh_count: 
     return vocab, rows, projected, provenance
 
 
-def context_texts(work: WorkDir, opts, tokenize_options: dict,
-                  reporter: Reporter = SilentReporter()) -> Iterator[list[str]]:
+def context_texts(work: WorkDir, opts, tokenize_options: dict, reporter: Reporter = SilentReporter(),
+                  recorder: TextRecorder | None = None) -> Iterator[list[str]]:
     """What --oov context reads: the corpus's segmented Chinese side, then
     --context's lines segmented as the corpus was (jieba's options, and its
-    worker processes, as tokenize's), with a progress bar."""
+    worker processes, as tokenize's), with a progress bar; `recorder` keeps
+    --context's for the training on it."""
     for line in read_lines(work.corpus_zh):
         yield line.split()
     if opts.context is not None:
         split = recorded_splitter(tokenize_options)
         lines = ((line,) for line in read_lines(opts.context))
+        workers = worker_count(tokenize_options.get("workers", 0))
+        segmented = (words for (words,) in split_rows(lines, (split,), workers))
         with reporter.task("context", count_lines(opts.context), "lines") as task:
-            for (words,) in split_rows(lines, (split,), worker_count(tokenize_options.get("workers", 0))):
+            for words in segmented if recorder is None else recorder.record(segmented):
                 task.advance()
                 yield words
+
+
+def train_on_context(vocab: list[str], rows: torch.Tensor, texts: Iterator[list[str]], recorder: TextRecorder,
+                     opts, reporter: Reporter) -> tuple[torch.Tensor, dict]:
+    """--context-epochs: rows [V, d] trained on --context's text (skipgram.py), with what was done."""
+    for _ in texts:  # the fill reads the text only where a word needs one
+        pass
+    trainer = SkipGramTrainer(opts.context_epochs, opts.context_anchor, opts.seed, reporter)
+    trained = torch.tensor([w not in (PAD, UNK) for w in vocab])  # [V]
+    return trainer.train(rows, trained, recorder.text(vocab, (PAD, UNK))), trainer.record
 
 
 def english_matrix(en_words: list[str], en_sum: torch.Tensor, en_count: torch.Tensor) -> tuple[list[str], torch.Tensor]:
@@ -152,6 +166,15 @@ def require_finite(work: WorkDir, **matrices: torch.Tensor) -> None:
         if not all_finite(matrix):
             raise XlembedError(f"{work.projection}: the {name} rows hold non-finite values; "
                                "run `xlembed project --force`")
+
+
+def output_metadata(records: dict, opts) -> dict[str, str]:
+    """embeddings.safetensors' metadata: what the rows are (model, layer, rules, seed)."""
+    encode_options = records["encode"]["options"]
+    return dict(model=model_name(encode_options["model"]), model_sha256=records["encode"]["model_sha256"],
+                layer=str(encode_options["layer"]), strategy=records["project"]["options"]["strategy"],
+                symmetrization=records["align"]["options"]["symmetrization"],
+                seed=str(opts.seed), oov_fill=opts.oov.value, xlembed_version=__version__)
 
 
 def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = (),
@@ -169,6 +192,9 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
     projection = load_projection(work)
     user_vocab = read_word_list(opts.vocab) if opts.vocab is not None else None
     distiller = ProjectedRowsDistiller(work, records["encode"], opts, reporter) if opts.distill else None
+    recorder = TextRecorder() if opts.context is not None and opts.context_epochs else None
+    texts = (context_texts(work, opts, records["tokenize"]["options"], reporter, recorder)
+             if opts.oov == Oov.context else None)
     # the sums (vocabulary x dimension) are handed over and dropped as soon as they are averaged
     english_words, english = english_matrix(
         projection.en_words, projection.tensors.pop("en_sum"), projection.tensors["en_count"]
@@ -184,28 +210,21 @@ def write(config: Config, work: WorkDir, out: Path, computed: tuple[str, ...] = 
         opts.oov,
         user_vocab,
         opts.shrink,
-        context_texts(work, opts, records["tokenize"]["options"], reporter) if opts.oov == Oov.context else None,
+        texts,
         distiller,
     )
+    trained_on_context = None
+    if recorder is not None:
+        vectors, trained_on_context = train_on_context(vocab, vectors, texts, recorder, opts, reporter)
     require_finite(work, vectors=vectors, english=english)
-    encode_options = records["encode"]["options"]
-    embeddings = Embeddings(
-        words=vocab,
-        vectors=vectors,
-        projected=projected.bool(),
-        english_words=english_words,
-        english_vectors=english,
-        rows=provenance,
-        metadata=dict(model=model_name(encode_options["model"]), model_sha256=records["encode"]["model_sha256"],
-                      layer=str(encode_options["layer"]),
-                      strategy=records["project"]["options"]["strategy"],
-                      symmetrization=records["align"]["options"]["symmetrization"],
-                      seed=str(opts.seed), oov_fill=opts.oov.value, xlembed_version=__version__),
-    )
+    embeddings = Embeddings(words=vocab, vectors=vectors, projected=projected.bool(), english_words=english_words,
+                            english_vectors=english, rows=provenance, metadata=output_metadata(records, opts))
     check_unchanged(opts, write_inputs)
     embeddings.manifest = build_manifest(records, opts, computed, write_inputs, round(time.perf_counter() - start, 3))
     if distiller is not None:
         embeddings.manifest["distill"] = distiller.record
+    if trained_on_context is not None:
+        embeddings.manifest["context_training"] = trained_on_context
     embeddings = carry_forward(embeddings, out)
     embeddings.save(out)
     return embeddings.manifest

@@ -109,9 +109,23 @@ def test_write_with_oov_context_reads_the_corpus_and_the_users_text(built, tmp_p
         str(tmp_path / "v.txt"): hashlib.sha256((tmp_path / "v.txt").read_bytes()).hexdigest(),
         str(tmp_path / "reviews.txt"): hashlib.sha256((tmp_path / "reviews.txt").read_bytes()).hexdigest(),
     }
+    trained = manifest["context_training"]  # --context-epochs 1, the default: every row trained on the text
+    assert (trained["epochs"], trained["anchor"], trained["words"], len(trained["loss"])) == (1, 0.1, 7, 1)
+    assert any(line.startswith("skip-gram: ") for line in result.output.splitlines()), result.output
+    assert "rows trained on --context's text (7 words, 1 epoch(s) of skip-gram)" in result.output
+    untrained = tmp_path / "untrained"
+    result = xlembed(*args[:4], untrained, *args[5:], "--oov", "context", "--context", tmp_path / "reviews.txt",
+                     "--context-epochs", "0")
+    assert result.exit_code == 0 and "context_training" not in json.loads((untrained / "manifest.json").read_text())
+    with_training, without = (load_file(str(d / "embeddings.safetensors"))["embeddings"] for d in (out, untrained))
+    assert torch.equal(with_training[:3], without[:3])  # [PAD], [UNK], and 猫, which the text does not hold
+    assert not torch.equal(with_training[3:], without[3:])  # 猫咪 and 足球, which it does
     for extra, message in (
         (["--oov", "chars", "--context", tmp_path / "reviews.txt"], "--context is read by --oov context only"),
         (["--oov", "context", "--context", tmp_path / "none.txt"], "none.txt: context text does not exist"),
+        (["--context-epochs", "2"], "give --context"),
+        (["--oov", "context", "--context", tmp_path / "reviews.txt", "--context-epochs", "0", "--context-anchor", "1"],
+         "--context-epochs = 0 turns it off"),
     ):
         result = xlembed(*args[:4], tmp_path / "refused", *args[5:], *extra)
         assert result.exit_code == 2 and message in result.output, result.output
