@@ -119,9 +119,11 @@ class SkipGramTrainer:
                 total, count = 0.0, 0
                 order = torch.randperm(len(text.ids), generator=g)
                 for at in range(0, len(order), POSITIONS_AT_ONCE):
-                    word, context = pairs_at(text, order[at:at + POSITIONS_AT_ONCE])  # [M], [M]
+                    positions = order[at:at + POSITIONS_AT_ONCE]  # [p]
+                    word, context = pairs_at(text, positions)  # [M], [M]
                     mixed = torch.randperm(len(word), generator=g)
                     self.pairs += len(word)
+                    shown = 0  # of the p words, those the progress bar has counted
                     for step in range(0, len(mixed), PAIRS_PER_STEP):
                         pick = mixed[step:step + PAIRS_PER_STEP]
                         loss = self._loss(word[pick], context[pick], word_in, word_out, start, anchored, noise, g)
@@ -129,7 +131,10 @@ class SkipGramTrainer:
                         loss.backward()
                         optimizer.step()
                         total, count = total + float(loss.detach()), count + 1
-                    task.advance(len(order[at:at + POSITIONS_AT_ONCE]))
+                        done = len(positions) * (step + len(pick)) // len(mixed)  # the share of the pairs trained
+                        task.advance(done - shown)
+                        shown = done
+                    task.advance(len(positions) - shown)  # a piece without pairs (one-word sentences)
                 losses.append(round(total / max(count, 1), 4))
         return losses
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from xlembed.config import PAD, UNK
+from xlembed.progress import CallbackReporter
 from xlembed.skipgram import SkipGramTrainer, TextRecorder, pairs_at
 
 VOCAB = [PAD, UNK, "猫", "狗", "鱼", "鸟", "书"]
@@ -72,11 +73,15 @@ def test_training_brings_words_in_the_same_company_closer_and_keeps_the_others()
 def test_pairs_are_taken_a_few_positions_at_a_time_all_of_them_once_an_epoch(monkeypatch):
     import xlembed.skipgram
 
-    monkeypatch.setattr(xlembed.skipgram, "POSITIONS_AT_ONCE", 7)
+    monkeypatch.setattr(xlembed.skipgram, "POSITIONS_AT_ONCE", 1000)
     rows, text = rows_and_text()
-    trainer = SkipGramTrainer(epochs=2, anchor=0.1, seed=0)
+    seen = []
+    trainer = SkipGramTrainer(epochs=2, anchor=0.1, seed=0, reporter=CallbackReporter(lambda *e: seen.append(e)))
     trainer.train(rows, torch.tensor([w not in (PAD, UNK) for w in VOCAB]), text)
     assert trainer.record["pairs"] == 6000
+    # the bar moves at every step (2,000 pairs a piece, 256 a step), not once a piece, and ends at every word twice
+    assert len(seen) >= 2 * 3 * 8 and seen[-1] == ("skip-gram", 6000, 6000, "words")
+    assert all(later[1] >= earlier[1] for earlier, later in zip(seen, seen[1:]))
 
 
 def test_a_strong_anchor_holds_the_rows_where_they_were():
