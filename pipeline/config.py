@@ -31,7 +31,7 @@ PAD, UNK = "[PAD]", "[UNK]"
 SENTENCE_SIF = 0.03
 DISTILL_ANCHOR = 10.0  # write.distill_anchor's default
 CONTEXT_EPOCHS = 1  # write.context_epochs' default
-CONTEXT_ANCHOR = 0.1  # write.context_anchor's default
+CONTEXT_ANCHOR = 0.03  # write.context_anchor's default (0.1 and 1.0 tried: bench/RESULTS.md)
 
 
 def sif_value(sif: Any) -> float:
