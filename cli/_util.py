@@ -258,8 +258,9 @@ def summarize(stage: str, record: dict, quiet: bool) -> None:
         err.print(f"  {distilled_text(record['distill'])}")
     if record.get("context_training"):  # write --context with --context-epochs
         trained = record["context_training"]
-        err.print(f"  rows trained on --context's text ({trained['words']:,} words, {trained['epochs']} "
-                  f"epoch(s) of skip-gram): loss {' → '.join(f'{x:.4g}' for x in trained['loss'])}")
+        loss = trained["loss"]
+        err.print(f"  {trained['rows']:,} rows trained on --context's text ({trained['words']:,} words, "
+                  f"{trained['epochs']} epoch(s) of skip-gram): loss {loss[0]:.4g} → {loss[-1]:.4g}")
     timing = record.get("timing")
     if timing:
         host = ", ".join(f"{k} {v:.1f}" for k, v in timing.items() if k not in ("forward", "host"))

@@ -243,7 +243,8 @@ class WriteConfig:
     vocab: Path | None = option(None, "Your vocabulary (one word per line, order kept) instead of the corpus's; "
                                       "unseen words are filled by --oov.", shown="the corpus's words")
     context: Path | None = option(None, "Chinese text for --oov context, e.g. your task's unlabelled text (a "
-                                        "sentence or document a line, .gz ok; segmented as the corpus was).",
+                                        "sentence or document a line, .gz ok; segmented as the corpus was); "
+                                        "the rows are then trained on it too (--context-epochs).",
                                   shown="the corpus's Chinese side only")
     context_epochs: int = option(CONTEXT_EPOCHS, "With --context: epochs of training every row on that text by "
                                                  "skip-gram (word2vec's objective), each anchored to where "
@@ -325,8 +326,8 @@ class Config:
             raise XlembedError("write.distill_anchor weighs write.distill's training only, "
                                "and write.distill = 0 turns it off")
         w = self.write
-        if "write" in (stages or STAGES) and w.context is None and (w.context_epochs, w.context_anchor) != (
-                CONTEXT_EPOCHS, CONTEXT_ANCHOR):
+        if "write" in (stages or STAGES) and w.context is None and (
+                w.context_epochs not in (0, CONTEXT_EPOCHS) or w.context_anchor != CONTEXT_ANCHOR):
             raise XlembedError("write.context_epochs and write.context_anchor weigh the training on write.context's "
                                "text: give write.context")
         if "write" in (stages or STAGES) and w.context_epochs == 0 and w.context_anchor != CONTEXT_ANCHOR:

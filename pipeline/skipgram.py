@@ -19,7 +19,7 @@ from .io import Reporter, SilentReporter
 WINDOW = 5  # words on each side that make a word's context (word2vec's default)
 NEGATIVES = 5  # noise words per (word, context) pair, drawn by frequency ** 0.75
 PAIRS_PER_STEP = 8192
-POSITIONS_AT_ONCE = 1_000_000  # words whose pairs (about 2 x WINDOW each, 16 bytes a pair) are shuffled together
+POSITIONS_AT_ONCE = 1_000_000  # words whose pairs are shuffled together (about 2 x WINDOW a word, 24 bytes a pair)
 LEARNING_RATE = 3e-3  # SparseAdam's
 UNSEEN_SCALE = 0.1  # the initial norm of a vector for a word only the text has (a row is about 1)
 
@@ -64,6 +64,16 @@ class TextRecorder:
         return TextIds(ids, sentence, torch.bincount(ids, minlength=n_ids))
 
 
+def trainable(text: TextIds, vocab_size: int) -> str | None:
+    """Why `text` gives the training nothing to learn (no two words in one
+    sentence, or no word of the vocabulary), or None."""
+    if len(text.ids) == 0 or int(torch.bincount(text.sentence).max()) < 2:
+        return "it has no line of two words or more"
+    if int(text.counts[:vocab_size].sum()) == 0:
+        return "none of its words is in the vocabulary"
+    return None
+
+
 def pairs_at(text: TextIds, positions: torch.Tensor, window: int = WINDOW) -> tuple[torch.Tensor, torch.Tensor]:
     """(word, context) id pairs [M], [M] of the words at `positions` [p]: every
     word within `window` of each in the same sentence."""
@@ -101,10 +111,11 @@ class SkipGramTrainer:
         noise = text.counts.double().pow(0.75)  # [W]
         optimizer = torch.optim.SparseAdam([word_in.weight, word_out.weight], lr=LEARNING_RATE)
         losses = self._epochs(text, word_in, word_out, initial, anchored, noise, optimizer, g)
-        changed = trained & (text.counts[:vocab_size] > 0)  # [V] the others are left bit for bit
+        learnt = word_in.weight.detach()[:vocab_size]  # [V, d]
+        changed = trained & (learnt != start).any(1)  # [V] the rows the training moved; the others bit for bit
         out = rows.clone()
-        out[changed] = (word_in.weight.detach()[:vocab_size][changed].double() * scale + centre).float()
-        moved = (word_in.weight.detach()[:vocab_size][changed] - start[changed]).norm(dim=1).mean()
+        out[changed] = (learnt[changed].double() * scale + centre).float()
+        moved = (learnt[changed] - start[changed]).norm(dim=1).mean() if bool(changed.any()) else torch.tensor(0.0)
         self.record = dict(epochs=self.epochs, anchor=self.anchor, words=int(len(text.ids)),
                            pairs=self.pairs // max(self.epochs, 1), rows=int(changed.sum()), loss=losses,
                            moved=round(float(moved), 4))

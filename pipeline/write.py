@@ -28,7 +28,7 @@ from .models import model_name, resolve_model_dir
 from .oov import Filler, fill_rows
 from .project import ProjectedWord, load_projection
 from .records import check_chain, model_hash, valid_record
-from .skipgram import SkipGramTrainer, TextRecorder
+from .skipgram import SkipGramTrainer, TextRecorder, trainable
 from .tokenize import count_lines, recorded_splitter, split_rows, worker_count
 from .version import __version__
 
@@ -150,9 +150,14 @@ def train_on_context(vocab: list[str], rows: torch.Tensor, texts: Iterator[list[
     """--context-epochs: rows [V, d] trained on --context's text (skipgram.py), with what was done."""
     for _ in texts:  # the fill reads the text only where a word needs one
         pass
+    text = recorder.text(vocab, (PAD, UNK))
+    nothing = trainable(text, len(vocab))
+    if nothing is not None:
+        raise XlembedError(f"{opts.context}: nothing to train the rows on: {nothing} "
+                           "(write.context_epochs = 0 keeps the fill and skips the training)")
     trainer = SkipGramTrainer(opts.context_epochs, opts.context_anchor, opts.seed, reporter)
     trained = torch.tensor([w not in (PAD, UNK) for w in vocab])  # [V]
-    return trainer.train(rows, trained, recorder.text(vocab, (PAD, UNK))), trainer.record
+    return trainer.train(rows, trained, text), trainer.record
 
 
 def english_matrix(en_words: list[str], en_sum: torch.Tensor, en_count: torch.Tensor) -> tuple[list[str], torch.Tensor]:

@@ -93,3 +93,20 @@ def test_a_strong_anchor_holds_the_rows_where_they_were():
     out = held.train(rows, trained, text)
     assert held.record["moved"] < loose.record["moved"] / 5
     assert (out - rows).norm(dim=1).max() < 0.2 * (rows[2:] - rows[2:].mean(0)).norm(dim=1).mean()
+
+
+def test_a_row_without_pairs_is_left_bit_for_bit_and_not_counted():
+    rows, _ = rows_and_text()
+    text = recorded([["书"]] * 50 + [["我", "喜欢", ["猫", "狗"][i % 2]] for i in range(300)])  # 书: one-word lines
+    trainer = SkipGramTrainer(epochs=2, anchor=0.03, seed=0)
+    out = trainer.train(rows, torch.tensor([w not in (PAD, UNK) for w in VOCAB]), text)
+    assert torch.equal(out[6], rows[6]) and not torch.equal(out[2], rows[2])
+    assert trainer.record["rows"] == 2  # 猫 and 狗
+
+
+def test_trainable_says_why_a_text_gives_nothing_to_learn():
+    from xlembed.skipgram import trainable
+
+    assert trainable(recorded([["猫"], [], ["狗"]]), len(VOCAB)) == "it has no line of two words or more"
+    assert trainable(recorded([["我", "喜欢"]]), len(VOCAB)) == "none of its words is in the vocabulary"
+    assert trainable(recorded([["我", "猫"]]), len(VOCAB)) is None

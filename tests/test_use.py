@@ -96,6 +96,7 @@ def test_write_with_oov_context_reads_the_corpus_and_the_users_text(built, tmp_p
     out = tmp_path / "out"
     args = ["write", "--work", built.with_name("out.work"), "--out", out, "--vocab", tmp_path / "v.txt", "-q"]
     monkeypatch.setenv("XLEMBED_PROGRESS_INTERVAL", "0")  # a log line at every step
+    monkeypatch.setattr("xlembed.skipgram.PAIRS_PER_STEP", 4)  # steps enough to train on two lines
     result = xlembed(*args[:-1], "--oov", "context", "--context", tmp_path / "reviews.txt")  # not quiet
     assert result.exit_code == 0, result.output
     assert any(line.startswith("context: 2/2 lines") for line in result.output.splitlines()), result.output
@@ -112,7 +113,7 @@ def test_write_with_oov_context_reads_the_corpus_and_the_users_text(built, tmp_p
     trained = manifest["context_training"]  # --context-epochs 1, the default: every row trained on the text
     assert (trained["epochs"], trained["anchor"], trained["words"], len(trained["loss"])) == (1, 0.03, 7, 1)
     assert any(line.startswith("skip-gram: ") for line in result.output.splitlines()), result.output
-    assert "rows trained on --context's text (7 words, 1 epoch(s) of skip-gram)" in result.output
+    assert "2 rows trained on --context's text (7 words, 1 epoch(s) of skip-gram): loss " in result.output
     untrained = tmp_path / "untrained"
     result = xlembed(*args[:4], untrained, *args[5:], "--oov", "context", "--context", tmp_path / "reviews.txt",
                      "--context-epochs", "0")
@@ -120,10 +121,18 @@ def test_write_with_oov_context_reads_the_corpus_and_the_users_text(built, tmp_p
     with_training, without = (load_file(str(d / "embeddings.safetensors"))["embeddings"] for d in (out, untrained))
     assert torch.equal(with_training[:3], without[:3])  # [PAD], [UNK], and 猫, which the text does not hold
     assert not torch.equal(with_training[3:], without[3:])  # 猫咪 and 足球, which it does
+    (tmp_path / "empty.txt").write_text("\n猫咪\n", encoding="utf-8")
+    (tmp_path / "foreign.txt").write_text("我们 明天 上午\n", encoding="utf-8")
+    result = xlembed(*args[:4], tmp_path / "off", *args[5:], "--oov", "context", "--context-epochs", "0")
+    assert result.exit_code == 0, result.output  # off without --context: nothing to refuse
     for extra, message in (
         (["--oov", "chars", "--context", tmp_path / "reviews.txt"], "--context is read by --oov context only"),
         (["--oov", "context", "--context", tmp_path / "none.txt"], "none.txt: context text does not exist"),
         (["--context-epochs", "2"], "give --context"),
+        (["--oov", "context", "--context", tmp_path / "empty.txt"],
+         "empty.txt: nothing to train the rows on: it has no line of two words or more (--context-epochs = 0"),
+        (["--oov", "context", "--context", tmp_path / "foreign.txt"],
+         "foreign.txt: nothing to train the rows on: none of its words is in the vocabulary"),
         (["--oov", "context", "--context", tmp_path / "reviews.txt", "--context-epochs", "0", "--context-anchor", "1"],
          "--context-epochs = 0 turns it off"),
     ):
