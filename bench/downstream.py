@@ -393,9 +393,11 @@ def initial_rows(
 
 
 def centred(rows: torch.Tensor) -> torch.Tensor:
-    """rows [V, d] less the mean of every row but [PAD] (row 0, left at zeros)."""
-    out = rows.clone()
-    out[1:] -= out[1:].mean(0)
+    """rows [V, d] less the mean of every row but [PAD] (row 0, left at zeros), as
+    `Embeddings.to_torch(centre=True)` gives them."""
+    from xlembed.embeddings import centred_
+
+    out = centred_(rows.clone(), 0)
     out[0] = 0
     return out
 

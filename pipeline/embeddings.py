@@ -299,12 +299,8 @@ class Embeddings:
         leave the English model's space."""
         pad = self.word_index.get(PAD)
         rows = self.vectors.float().clone()  # [V, d]
-        if centre:
-            words = torch.ones(len(rows), dtype=torch.bool)  # [V] every row but [PAD]
-            if pad is not None:
-                words[pad] = False
-            rows[words] -= rows[words].mean(0)
-        return torch.nn.Embedding.from_pretrained(rows, freeze=freeze, padding_idx=pad)
+        return torch.nn.Embedding.from_pretrained(centred_(rows, pad) if centre else rows, freeze=freeze,
+                                                  padding_idx=pad)
 
     @cached_property
     def tokenizer(self) -> "ChineseTokenizer":
@@ -462,6 +458,16 @@ class Embeddings:
             self.path, list(self.vectors.shape), dtype, list(self.english_vectors.shape), self.metadata, self.manifest,
             self.words, top,
         )
+
+
+def centred_(rows: torch.Tensor, pad: int | None) -> torch.Tensor:
+    """In place, and returned: rows [V, d] less the mean of every row but
+    the [PAD] row `pad` (None: none), which is left as it is."""
+    words = torch.ones(len(rows), dtype=torch.bool)  # [V] every row but [PAD]
+    if pad is not None:
+        words[pad] = False
+    rows[words] -= rows[words].mean(0)
+    return rows
 
 
 def _check_k(k: int) -> None:

@@ -93,7 +93,6 @@ class SkipGramTrainer:
     def __init__(self, epochs: int, anchor: float, seed: int = 0, reporter: Reporter = SilentReporter()):
         self.epochs, self.anchor, self.seed, self.reporter = epochs, anchor, seed, reporter
         self.record: dict = {}  # what train did, for the manifest
-        self.pairs = 0  # (word, context) pairs trained on, over every epoch
 
     def train(self, rows: torch.Tensor, trained: torch.Tensor, text: TextIds) -> torch.Tensor:
         """rows [V, d] float32; trained [V] bool: the rows to train (the others are kept as they are)."""
@@ -110,21 +109,22 @@ class SkipGramTrainer:
         anchored = torch.cat([trained.float(), torch.zeros(len(unseen))])  # [W]
         noise = text.counts.double().pow(0.75)  # [W]
         optimizer = torch.optim.SparseAdam([word_in.weight, word_out.weight], lr=LEARNING_RATE)
-        losses = self._epochs(text, word_in, word_out, initial, anchored, noise, optimizer, g)
+        losses, pairs = self._epochs(text, word_in, word_out, initial, anchored, noise, optimizer, g)
         learnt = word_in.weight.detach()[:vocab_size]  # [V, d]
         changed = trained & (learnt != start).any(1)  # [V] the rows the training moved; the others bit for bit
         out = rows.clone()
         out[changed] = (learnt[changed].double() * scale + centre).float()
         moved = (learnt[changed] - start[changed]).norm(dim=1).mean() if bool(changed.any()) else torch.tensor(0.0)
         self.record = dict(epochs=self.epochs, anchor=self.anchor, words=int(len(text.ids)),
-                           pairs=self.pairs // max(self.epochs, 1), rows=int(changed.sum()), loss=losses,
+                           pairs=pairs // max(self.epochs, 1), rows=int(changed.sum()), loss=losses,
                            moved=round(float(moved), 4))
         return out
 
-    def _epochs(self, text, word_in, word_out, start, anchored, noise, optimizer, g) -> list[float]:
+    def _epochs(self, text, word_in, word_out, initial, anchored, noise, optimizer, g) -> tuple[list[float], int]:
         """Each epoch: the text's words in a random order, POSITIONS_AT_ONCE at a time made into their
-        pairs, which are shuffled and taken PAIRS_PER_STEP at a time."""
-        losses, self.pairs = [], 0
+        pairs, which are shuffled and taken PAIRS_PER_STEP at a time. Returns each epoch's mean loss
+        and the pairs trained on over all of them."""
+        losses, pairs = [], 0
         with self.reporter.task("skip-gram", self.epochs * len(text.ids), "words") as task:
             for _ in range(self.epochs):
                 total, count = 0.0, 0
@@ -133,11 +133,11 @@ class SkipGramTrainer:
                     positions = order[at:at + POSITIONS_AT_ONCE]  # [p]
                     word, context = pairs_at(text, positions)  # [M], [M]
                     mixed = torch.randperm(len(word), generator=g)
-                    self.pairs += len(word)
+                    pairs += len(word)
                     shown = 0  # of the p words, those the progress bar has counted
                     for step in range(0, len(mixed), PAIRS_PER_STEP):
                         pick = mixed[step:step + PAIRS_PER_STEP]
-                        loss = self._loss(word[pick], context[pick], word_in, word_out, start, anchored, noise, g)
+                        loss = self._loss(word[pick], context[pick], word_in, word_out, initial, anchored, noise, g)
                         optimizer.zero_grad()
                         loss.backward()
                         optimizer.step()
@@ -147,13 +147,13 @@ class SkipGramTrainer:
                         shown = done
                     task.advance(len(positions) - shown)  # a piece without pairs (one-word sentences)
                 losses.append(round(total / max(count, 1), 4))
-        return losses
+        return losses, pairs
 
-    def _loss(self, word, context, word_in, word_out, start, anchored, noise, g) -> torch.Tensor:
+    def _loss(self, word, context, word_in, word_out, initial, anchored, noise, g) -> torch.Tensor:
         negatives = torch.multinomial(noise, len(word) * NEGATIVES, replacement=True, generator=g)
         vec = word_in(word)  # [M, d]
         positive = (vec * word_out(context)).sum(1)  # [M]
         negative = torch.bmm(word_out(negatives.view(len(word), NEGATIVES)), vec.unsqueeze(2)).squeeze(2)  # [M, K]
         sgns = -(torch.nn.functional.logsigmoid(positive) + torch.nn.functional.logsigmoid(-negative).sum(1))
-        change = ((vec - start[word]) ** 2).sum(1) * anchored[word]  # [M], zero for the text's own words
+        change = ((vec - initial[word]) ** 2).sum(1) * anchored[word]  # [M], zero for the text's own words
         return (sgns + self.anchor * change).mean()
